@@ -1,0 +1,129 @@
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2) as a Flax linen module.
+
+The layers are one `nn.scan` over a stacked parameter tree, so a 30-layer model compiles as fast as
+a 1-layer one. Parameter layout (the loaders produce exactly this; kernels are [in, out]):
+
+    embed_tokens/embedding [V, D]
+    layers/input_layernorm/scale [L, D]
+    layers/self_attn/{q,k,v}_proj/kernel [L, D, H*Dh] (+ bias [L, H*Dh] when attention_bias)
+    layers/self_attn/o_proj/kernel [L, Hq*Dh, D]
+    layers/post_attention_layernorm/scale [L, D]
+    layers/mlp/{gate,up}_proj/kernel [L, D, F], layers/mlp/down_proj/kernel [L, F, D]
+    norm/scale [D]
+    lm_head/kernel [D, V] (absent when tie_word_embeddings)
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import ModelConfig
+from jaxllm.layers.attention import get_attention_fn
+from jaxllm.layers.norms import RMSNorm
+from jaxllm.layers.rotary import apply_rotary, rope_cos_sin, rope_inv_freq
+from jaxllm.models.batch import KVCache, StepBatch
+from pallas_kernels.reference import write_kv_pages
+
+
+def _dense(features: int, bias: bool, dtype, name: str) -> nn.Dense:
+    return nn.Dense(features, use_bias=bias, dtype=dtype, param_dtype=dtype, name=name)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    backend: str
+
+    @nn.compact
+    def __call__(self, x, cos, sin, k_pages, v_pages, layer, batch: StepBatch):
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        T = x.shape[0]
+        q = _dense(c.num_attention_heads * c.head_dim, c.attention_bias, dt, "q_proj")(x)
+        k = _dense(c.num_key_value_heads * c.head_dim, c.attention_bias, dt, "k_proj")(x)
+        v = _dense(c.num_key_value_heads * c.head_dim, c.attention_bias, dt, "v_proj")(x)
+        q = apply_rotary(q.reshape(T, c.num_attention_heads, c.head_dim), cos, sin)
+        k = apply_rotary(k.reshape(T, c.num_key_value_heads, c.head_dim), cos, sin)
+        v = v.reshape(T, c.num_key_value_heads, c.head_dim)
+        k_pages, v_pages = write_kv_pages(k_pages, v_pages, k, v, batch.slot_mapping, layer)
+        extra = {"decode_only": batch.decode_only} if self.backend == "pallas" else {}
+        o = get_attention_fn(self.backend)(
+            q,
+            k_pages,
+            v_pages,
+            batch.block_tables,
+            batch.kv_lens,
+            batch.query_start_loc,
+            layer,
+            sm_scale=c.head_dim**-0.5,
+            sliding_window=c.sliding_window,
+            **extra,
+        )
+        o = o.reshape(T, c.num_attention_heads * c.head_dim)
+        return _dense(c.hidden_size, False, dt, "o_proj")(o), k_pages, v_pages
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):  # [T, D] -> [T, D]
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        gate = _dense(c.intermediate_size, c.mlp_bias, dt, "gate_proj")(x)
+        up = _dense(c.intermediate_size, c.mlp_bias, dt, "up_proj")(x)
+        return _dense(c.hidden_size, c.mlp_bias, dt, "down_proj")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """One layer; scanned over L with carry (hidden, k_pages, v_pages)."""
+
+    config: ModelConfig
+    backend: str
+
+    @nn.compact
+    def __call__(self, carry, layer, cos, sin, batch: StepBatch):
+        h, k_pages, v_pages = carry
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        x = RMSNorm(c.rms_norm_eps, dt, name="input_layernorm")(h)
+        a, k_pages, v_pages = Attention(c, self.backend, name="self_attn")(
+            x, cos, sin, k_pages, v_pages, layer, batch
+        )
+        h = h + a
+        x = RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(h)
+        h = h + MLP(c, name="mlp")(x)
+        return (h, k_pages, v_pages), None
+
+
+class LlamaForCausalLM(nn.Module):
+    """`__call__(kv_cache, batch) -> (kv_cache, logits [R, V] float32)`."""
+
+    config: ModelConfig
+    backend: str = "reference"
+
+    @nn.compact
+    def __call__(self, kv_cache: KVCache, batch: StepBatch):
+        c = self.config
+        dt = jnp.dtype(c.dtype)
+        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dt, param_dtype=dt, name="embed_tokens")
+        h = embed(batch.token_ids)  # [T, D]
+        cos, sin = rope_cos_sin(
+            batch.positions, rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)
+        )
+        layers = nn.scan(
+            DecoderLayer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.num_hidden_layers,
+        )(c, self.backend, name="layers")
+        layer_ids = jnp.arange(c.num_hidden_layers, dtype=jnp.int32)
+        (h, k, v), _ = layers((h, kv_cache.k, kv_cache.v), layer_ids, cos, sin, batch)
+        h = RMSNorm(c.rms_norm_eps, dt, name="norm")(h[batch.logits_indices])  # [R, D]
+        if c.tie_word_embeddings:
+            logits = embed.attend(h)
+        else:
+            logits = _dense(c.vocab_size, False, dt, "lm_head")(h)
+        return KVCache(k, v), logits.astype(jnp.float32)

@@ -1,0 +1,26 @@
+"""Pallas kernels for jaxllm (paged attention first). Imports only JAX, never jaxllm.
+
+`ragged_paged_attention` runs the Triton-lowered Pallas kernels (NVIDIA GPUs; `interpret=True`
+anywhere); `ragged_paged_attention_reference` is the pure-jnp oracle with the same interface.
+"""
+
+from . import tuned_block_sizes
+from .ragged_paged_attention import (
+    SUPPORTED_DTYPES,
+    SUPPORTED_HEAD_DIMS,
+    ragged_paged_attention,
+    resolve_decode_only,
+    validate_inputs,
+)
+from .reference import ragged_paged_attention_reference, write_kv_pages
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "SUPPORTED_HEAD_DIMS",
+    "ragged_paged_attention",
+    "ragged_paged_attention_reference",
+    "resolve_decode_only",
+    "tuned_block_sizes",
+    "validate_inputs",
+    "write_kv_pages",
+]

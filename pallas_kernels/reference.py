@@ -1,0 +1,92 @@
+"""Pure-jnp ragged paged attention: the oracle every other backend is checked against.
+
+The ragged interface (shared by the `reference`, `pallas` and `cuda` backends):
+
+- queries of many sequences are packed flat: `q[T, Hq, D]`; sequence `s` owns query rows
+  `query_start_loc[s] : query_start_loc[s + 1]`; rows at or past `query_start_loc[-1]` are padding
+  and come back as zeros;
+- the KV cache of all layers is one array per K and V, `[L, num_blocks, Hkv, block_size, D]`; the
+  `layer` argument (a Python int or an int32 scalar, traced or not) picks the layer, so a model that
+  scans over its layers never copies a layer's cache out of the stacked array;
+- sequence `s` owns the pages `block_tables[s, :ceil(kv_lens[s] / block_size)]`, and its KV
+  length `kv_lens[s]` already counts this step's new tokens (written before attention);
+- the query rows of sequence `s` are its last `q_len = query_start_loc[s+1] - query_start_loc[s]`
+  tokens, so query row `i` of the sequence sits at absolute position `kv_lens[s] - q_len + i` and
+  attends causally to positions `0 .. that position` (within `sliding_window` when set).
+
+This file imports only JAX.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def ragged_paged_attention_reference(
+    q: jax.Array,  # [T, Hq, D]
+    k_pages: jax.Array,  # [L, N, Hkv, bs, D]
+    v_pages: jax.Array,  # [L, N, Hkv, bs, D]
+    block_tables: jax.Array,  # [S, P] int32
+    kv_lens: jax.Array,  # [S] int32
+    query_start_loc: jax.Array,  # [S + 1] int32
+    layer: jax.Array | int = 0,
+    *,
+    sm_scale: float | None = None,
+    sliding_window: int | None = None,
+) -> jax.Array:  # [T, Hq, D]
+    """Ragged paged attention in plain jnp; float32 softmax, output in `q.dtype`."""
+    T, Hq, D = q.shape
+    _, _, Hkv, bs, _ = k_pages.shape
+    S, P = block_tables.shape
+    G = Hq // Hkv
+    if sm_scale is None:
+        sm_scale = D**-0.5
+
+    tok = jnp.arange(T, dtype=jnp.int32)
+    seq = jnp.searchsorted(query_start_loc[1:], tok, side="right").astype(jnp.int32)  # [T]
+    valid = tok < query_start_loc[S]
+    seq = jnp.minimum(seq, S - 1)
+    q_start = query_start_loc[seq]
+    q_len = query_start_loc[seq + 1] - q_start
+    pos = kv_lens[seq] - q_len + (tok - q_start)  # [T] absolute position of each query
+
+    k_layer = jax.lax.dynamic_index_in_dim(k_pages, layer, axis=0, keepdims=False)
+    v_layer = jax.lax.dynamic_index_in_dim(v_pages, layer, axis=0, keepdims=False)
+    blocks = block_tables[seq]  # [T, P]
+    k = k_layer[blocks]  # [T, P, Hkv, bs, D]
+    v = v_layer[blocks]
+    k = k.transpose(0, 2, 1, 3, 4).reshape(T, Hkv, P * bs, D)
+    v = v.transpose(0, 2, 1, 3, 4).reshape(T, Hkv, P * bs, D)
+
+    qg = q.reshape(T, Hkv, G, D).astype(jnp.float32)
+    s = jnp.einsum("thgd,thkd->thgk", qg, k.astype(jnp.float32)) * sm_scale  # [T, Hkv, G, K]
+    kpos = jnp.arange(P * bs, dtype=jnp.int32)[None, :]
+    mask = kpos <= pos[:, None]  # causal (and so within kv_len)
+    if sliding_window is not None:
+        mask &= kpos > pos[:, None] - sliding_window
+    mask &= valid[:, None]
+    s = jnp.where(mask[:, None, None, :], s, -jnp.inf)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    p = jnp.exp(s - m)
+    l = jnp.sum(p, axis=-1, keepdims=True)
+    o = jnp.einsum("thgk,thkd->thgd", p, v.astype(jnp.float32)) / jnp.where(l == 0, 1.0, l)
+    return o.reshape(T, Hq, D).astype(q.dtype)
+
+
+def write_kv_pages(
+    k_pages: jax.Array,  # [L, N, Hkv, bs, D]
+    v_pages: jax.Array,  # [L, N, Hkv, bs, D]
+    k: jax.Array,  # [T, Hkv, D]
+    v: jax.Array,  # [T, Hkv, D]
+    slot_mapping: jax.Array,  # [T] int32: block_id * bs + offset, or -1 for padding rows
+    layer: jax.Array | int = 0,
+) -> tuple[jax.Array, jax.Array]:
+    """Scatter this step's K/V rows into their slots of layer `layer`; rows with slot -1 are dropped."""
+    _, N, _, bs, _ = k_pages.shape
+    blk = jnp.where(slot_mapping >= 0, slot_mapping // bs, N)  # N is out of bounds: dropped
+    off = jnp.where(slot_mapping >= 0, slot_mapping % bs, 0)
+    k_pages = k_pages.at[layer, blk, :, off].set(k.astype(k_pages.dtype), mode="drop")
+    v_pages = v_pages.at[layer, blk, :, off].set(v.astype(v_pages.dtype), mode="drop")
+    return k_pages, v_pages

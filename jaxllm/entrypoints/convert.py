@@ -1,0 +1,23 @@
+"""`jaxllm convert MODEL OUT_DIR`: load any accepted model once and save it as a converted folder
+(orbax params + config + tokenizer) that later loads without dequantizing or restacking."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+
+
+def convert_main(model: str, out_dir: str, dtype: str = "auto", *, overwrite: bool = False) -> str:
+    """Convert `model` (anything `load_model` accepts) into `out_dir`; returns the folder path."""
+    from jaxllm.models.loader import load_model
+    from jaxllm.models.orbax_checkpoint import save_converted
+
+    start = time.perf_counter()
+    loaded = load_model(model, dtype=dtype, tokenizer=True)
+    path = save_converted(loaded, out_dir, overwrite=overwrite)
+    n_params = sum(x.size for x in jax.tree.leaves(loaded.params))
+    print(f"converted {loaded.source} -> {path}: {n_params / 1e6:.1f}M params, "
+          f"{loaded.config.dtype}, tokenizer {'saved' if loaded.tokenizer is not None else 'none'}, "
+          f"{time.perf_counter() - start:.1f}s")
+    return path

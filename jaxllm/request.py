@@ -1,0 +1,146 @@
+"""A generation request's host-side state: its tokens and a few counters.
+
+The scheduler and the KV-cache manager read and advance this record; the engine creates it. A
+request's state is a handful of counters, as in nano-vllm and vLLM v1:
+
+    all_token_ids = prompt_token_ids + output_token_ids
+    num_computed_tokens <= num_tokens      (tokens whose KV is in the cache)
+
+`sampling_params` is duck-typed: anything with `max_tokens` (int or None), `min_tokens`,
+`ignore_eos` and `stop_token_ids` works (e.g. `jaxllm.sampling_params.SamplingParams`).
+Host side only: no JAX here.
+"""
+
+from __future__ import annotations
+
+import enum
+import numbers
+import time
+from typing import Any, Sequence
+
+
+class RequestStatus(enum.IntEnum):
+    """Lifecycle of a request. Every status after PREEMPTED is a finished one."""
+
+    WAITING = enum.auto()
+    RUNNING = enum.auto()
+    PREEMPTED = enum.auto()
+    FINISHED_STOPPED = enum.auto()
+    FINISHED_LENGTH_CAPPED = enum.auto()
+    FINISHED_ABORTED = enum.auto()
+
+    def is_finished(self) -> bool:
+        """`status.is_finished()` or `RequestStatus.is_finished(status)`."""
+        return self > RequestStatus.PREEMPTED
+
+    def finish_reason(self) -> str | None:
+        """OpenAI/vLLM finish reason: "stop", "length" or "abort"; None while unfinished."""
+        return FINISH_REASONS.get(self)
+
+
+FINISH_REASONS: dict[RequestStatus, str] = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH_CAPPED: "length",
+    RequestStatus.FINISHED_ABORTED: "abort",
+}
+
+
+class Request:
+    """One sequence being generated.
+
+    Args:
+        request_id: unique id (the scheduler rejects duplicates).
+        prompt_token_ids: the prompt, at least one token.
+        sampling_params: duck-typed, see the module docstring.
+        eos_token_ids: end-of-sequence ids from the model/tokenizer (ignored when
+            `sampling_params.ignore_eos`).
+        arrival_time: wall-clock seconds; defaults to now.
+        cache_salt: extra key mixed into the prefix-cache hash, so that requests with different
+            salts never share cached KV blocks.
+        priority: kept for API parity with vLLM; the FCFS policy ignores it.
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        sampling_params: Any,
+        eos_token_ids: Sequence[int] = (),
+        arrival_time: float | None = None,
+        cache_salt: str | None = None,
+        priority: int = 0,
+    ) -> None:
+        if not isinstance(request_id, str):
+            raise ValueError(f"request_id must be a str, got {type(request_id).__name__}")
+        if len(prompt_token_ids) == 0:
+            raise ValueError(f"request {request_id!r}: prompt_token_ids must not be empty")
+        for name in ("max_tokens", "min_tokens", "ignore_eos", "stop_token_ids"):
+            if not hasattr(sampling_params, name):
+                raise ValueError(f"request {request_id!r}: sampling_params lacks {name!r}")
+        max_tokens = sampling_params.max_tokens
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"request {request_id!r}: max_tokens must be >= 1, got {max_tokens}")
+        if cache_salt is not None and not isinstance(cache_salt, str):
+            raise ValueError(f"request {request_id!r}: cache_salt must be a str or None")
+
+        self.request_id = request_id
+        self.prompt_token_ids: list[int] = list(prompt_token_ids)
+        self.sampling_params = sampling_params
+        self.eos_token_ids: tuple[int, ...] = tuple(eos_token_ids)
+        self.arrival_time = time.time() if arrival_time is None else arrival_time
+        self.cache_salt = cache_salt
+        self.priority = priority
+
+        self.output_token_ids: list[int] = []
+        # prompt + output, kept in step with output_token_ids so reads never rebuild a list.
+        self._all_token_ids: list[int] = list(self.prompt_token_ids)
+        self.status = RequestStatus.WAITING
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = -1  # prefix-cache hit tokens at first scheduling
+        self.num_preemptions = 0
+        self.stop_reason: int | str | None = None
+
+    # ----- token counts -----------------------------------------------------------------------
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._all_token_ids)
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        """prompt + output tokens. The live list: read it, do not mutate it."""
+        return self._all_token_ids
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.sampling_params.max_tokens
+
+    def append_output_token_ids(self, token_ids: int | Sequence[int]) -> None:
+        if isinstance(token_ids, numbers.Integral):
+            token_ids = (int(token_ids),)
+        else:
+            token_ids = [int(t) for t in token_ids]  # plain ints, also from numpy arrays
+        self.output_token_ids.extend(token_ids)
+        self._all_token_ids.extend(token_ids)
+
+    # ----- status -----------------------------------------------------------------------------
+    def is_finished(self) -> bool:
+        return self.status.is_finished()
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.status.finish_reason()
+
+    def __repr__(self) -> str:
+        return (
+            f"Request(id={self.request_id!r}, status={self.status.name}, "
+            f"prompt={self.num_prompt_tokens}, output={self.num_output_tokens}, "
+            f"computed={self.num_computed_tokens})"
+        )

@@ -1,0 +1,263 @@
+"""The `jaxllm` command line: `jaxllm generate ...`, `jaxllm convert MODEL OUT_DIR`.
+
+`generate` completes prompts (PROMPT arguments and/or `--prompts-file`) and writes one JSON object
+per prompt, in input order, to `--output` (default stdout):
+
+    {"index": 0, "prompt": "...", ["messages": [...],] "num_prompt_tokens": 7,
+     "num_cached_tokens": 0, "outputs": [{"index": 0, "text": "...", "token_ids": [...],
+     "finish_reason": "length", "stop_reason": null,
+     ["cumulative_logprob": -3.2, "logprobs": [[{"token_id": 5, "logprob": -0.1, "rank": 1,
+     "token": "a"}, ...], ...]]}],
+     ["prompt_logprobs": [null, [{"token_id": ...}, ...], ...]]}
+
+`outputs` holds the `--n` completions. `logprobs`/`cumulative_logprob` appear with `--logprobs`,
+`prompt_logprobs` with `--prompt-logprobs`; each position lists the engine's {token: Logprob}
+entries in its order (non-finite logprobs are written as null). Chat prompts (`{"messages": ...}`
+lines, or any prompt under `--chat`) carry `messages`, and `prompt` is the templated text.
+
+Bad input (no prompts, a missing or malformed prompts file, bad config) prints one line on stderr
+and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from jaxllm.entrypoints.cli_args import CLIError, GenerateOptions, build_parser, resolve_generate_args
+
+__all__ = ["main", "run_generate", "run_convert", "PromptItem", "read_prompts_file",
+           "collect_prompts", "request_output_to_json"]
+
+
+@dataclass
+class PromptItem:
+    """One input: a plain prompt or a chat conversation (exactly one of the two is set)."""
+
+    prompt: Optional[str] = None
+    messages: Optional[list[dict]] = None
+
+
+# ------------------------------------------------------------------------------------ prompts in
+
+
+def _check_messages(messages: Any, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise CLIError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
+            m.get("content"), str
+        ):
+            raise CLIError(f"{where}: each message needs a string 'role' and 'content', got {m!r}")
+    return messages
+
+
+def _parse_jsonl_line(line: str, where: str) -> PromptItem:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise CLIError(f'{where}: expected an object with "prompt" or "messages", got {obj!r}')
+    unknown = sorted(set(obj) - {"prompt", "messages"})
+    if unknown:
+        raise CLIError(f'{where}: unknown key(s) {", ".join(unknown)} (use "prompt" or "messages")')
+    if ("prompt" in obj) == ("messages" in obj):
+        raise CLIError(f'{where}: give exactly one of "prompt" and "messages"')
+    if "messages" in obj:
+        return PromptItem(messages=_check_messages(obj["messages"], where))
+    prompt = obj["prompt"]
+    if not isinstance(prompt, str) or not prompt:
+        raise CLIError(f'{where}: "prompt" must be a non-empty string, got {prompt!r}')
+    return PromptItem(prompt=prompt)
+
+
+def read_prompts_file(path: str) -> list[PromptItem]:
+    """A `.jsonl` file (one {"prompt"} or {"messages"} object a line) or a text file (one prompt a
+    line). Blank lines are skipped. Errors name the file and the line number."""
+    if not os.path.isfile(path):
+        raise CLIError(f"prompts file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise CLIError(f"prompts file {path} is not UTF-8 text ({e.reason})") from None
+    is_jsonl = path.lower().endswith(".jsonl")
+    items = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        items.append(_parse_jsonl_line(line, f"{path}:{lineno}") if is_jsonl else PromptItem(prompt=line))
+    return items
+
+
+def collect_prompts(opts: GenerateOptions) -> list[PromptItem]:
+    """PROMPT arguments first, then the prompts file; `--chat` turns plain prompts into messages."""
+    items = []
+    for i, p in enumerate(opts.prompts):
+        if not isinstance(p, str) or not p:
+            raise CLIError(f"prompt {i} is empty")
+        items.append(PromptItem(prompt=p))
+    if opts.prompts_file:
+        items.extend(read_prompts_file(opts.prompts_file))
+    if not items:
+        raise CLIError("no prompts: give PROMPT arguments or --prompts-file")
+    if opts.chat:
+        items = [
+            PromptItem(messages=[{"role": "user", "content": it.prompt}]) if it.messages is None else it
+            for it in items
+        ]
+    return items
+
+
+# ----------------------------------------------------------------------------------- results out
+
+
+def _num(x: Optional[float]) -> Optional[float]:
+    """JSON-safe float: non-finite values (e.g. -inf logprobs) become null."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _position_to_json(entry: Optional[dict]) -> Optional[list[dict]]:
+    if entry is None:
+        return None
+    return [
+        {"token_id": int(tid), "logprob": _num(lp.logprob), "rank": lp.rank, "token": lp.decoded_token}
+        for tid, lp in entry.items()
+    ]
+
+
+def request_output_to_json(
+    index: int, item: PromptItem, out: Any, with_logprobs: bool, with_prompt_logprobs: bool
+) -> dict[str, Any]:
+    """One JSONL record for a finished RequestOutput (see the module docstring for the schema)."""
+    rec: dict[str, Any] = {"index": index}
+    if item.messages is not None:
+        rec["messages"] = item.messages
+    rec["prompt"] = out.prompt if item.messages is not None else item.prompt
+    rec["num_prompt_tokens"] = len(out.prompt_token_ids) if out.prompt_token_ids is not None else None
+    rec["num_cached_tokens"] = out.num_cached_tokens
+    completions = []
+    for c in out.outputs:
+        cj: dict[str, Any] = {
+            "index": c.index,
+            "text": c.text,
+            "token_ids": [int(t) for t in c.token_ids],
+            "finish_reason": c.finish_reason,
+            "stop_reason": c.stop_reason,
+        }
+        if with_logprobs:
+            cj["cumulative_logprob"] = _num(c.cumulative_logprob)
+            cj["logprobs"] = None if c.logprobs is None else [_position_to_json(p) for p in c.logprobs]
+        completions.append(cj)
+    rec["outputs"] = completions
+    if with_prompt_logprobs:
+        rec["prompt_logprobs"] = (
+            None if out.prompt_logprobs is None else [_position_to_json(p) for p in out.prompt_logprobs]
+        )
+    return rec
+
+
+# ----------------------------------------------------------------------------------- subcommands
+
+
+def _default_llm_factory(**engine_kwargs: Any) -> Any:
+    from jaxllm.entrypoints.llm import LLM
+
+    return LLM(**engine_kwargs)
+
+
+def run_generate(args: argparse.Namespace, llm_factory: Optional[Callable[..., Any]] = None) -> int:
+    """`jaxllm generate`. `llm_factory(**engine_kwargs)` builds the LLM (default: jaxllm's LLM).
+
+    Raises CLIError on bad input (before any model is loaded).
+    """
+    opts = resolve_generate_args(args)
+    items = collect_prompts(opts)
+    to_stdout = opts.output in (None, "-")
+    if not to_stdout:
+        parent = os.path.dirname(os.path.abspath(opts.output))
+        if not os.path.isdir(parent):
+            raise CLIError(f"output folder does not exist: {parent}")
+
+    from jaxllm.sampling_params import SamplingParams
+
+    try:
+        sampling_params = SamplingParams(**opts.sampling_kwargs)
+    except ValueError as e:
+        raise CLIError(f"bad sampling option: {e}") from None
+    try:
+        llm = (llm_factory or _default_llm_factory)(**opts.engine_kwargs)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(f"cannot start the engine: {e}") from None
+
+    plain = [i for i, it in enumerate(items) if it.messages is None]
+    chats = [i for i, it in enumerate(items) if it.messages is not None]
+    results: list[Any] = [None] * len(items)
+    if plain:
+        outs = llm.generate([items[i].prompt for i in plain], sampling_params, use_tqdm=opts.progress)
+        for i, out in zip(plain, outs):
+            results[i] = out
+    if chats:
+        outs = llm.chat([items[i].messages for i in chats], sampling_params, use_tqdm=opts.progress)
+        for i, out in zip(chats, outs):
+            results[i] = out
+
+    with_lp = opts.sampling_kwargs.get("logprobs") is not None
+    with_plp = opts.sampling_kwargs.get("prompt_logprobs") is not None
+    lines = [
+        json.dumps(request_output_to_json(i, it, out, with_lp, with_plp), ensure_ascii=False)
+        for i, (it, out) in enumerate(zip(items, results))
+    ]
+    text = "".join(line + "\n" for line in lines)
+    if to_stdout:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        with open(opts.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """`jaxllm convert MODEL OUT_DIR [--dtype D]`."""
+    from jaxllm.entrypoints.convert import convert_main
+
+    try:
+        rc = convert_main(args.model, args.out_dir, args.dtype)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
+    return rc if isinstance(rc, int) else 0
+
+
+def main(argv: Optional[Sequence[str]] = None, *, llm_factory: Optional[Callable[..., Any]] = None) -> int:
+    """Entry point of the `jaxllm` script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed usage / the error
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        if args.command == "generate":
+            return run_generate(args, llm_factory=llm_factory)
+        if args.command == "convert":
+            return run_convert(args)
+    except CLIError as e:
+        print(f"jaxllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

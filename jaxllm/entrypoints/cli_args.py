@@ -1,0 +1,355 @@
+"""Command-line arguments shared by the `jaxllm` subcommands (no JAX, no model).
+
+Three groups of options, each added by one function so later subcommands (`serve`, `bench`) reuse
+them:
+
+* engine options (`add_engine_args`) -> keyword arguments of `jaxllm.LLM` (vLLM names);
+* sampling options (`add_sampling_args`) -> keyword arguments of `jaxllm.SamplingParams`;
+* the subcommand's own options (e.g. `generate`'s `--prompts-file`, `--output`).
+
+Seeds: `--seed` is the engine seed (`LLM(seed=...)`, as in vLLM's CLI); `--sampling-seed` is the
+per-request seed (`SamplingParams(seed=...)`).
+
+`--config FILE.yaml` holds the same options as a flat mapping: keys are the long flag names with
+dashes or underscores (`max-model-len` or `max_model_len`; `tp` works too), values are YAML
+scalars or lists (`stop: ["\\n", "###"]`). Precedence: flags given on the command line > the config
+file > built-in defaults (the `LLM` / `SamplingParams` defaults; only options that were set are
+passed on). Unknown keys and badly typed values raise `CLIError` naming them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+__all__ = [
+    "CLIError",
+    "DEFAULT_MODEL",
+    "ENGINE_ARGS",
+    "SAMPLING_ARGS",
+    "GenerateOptions",
+    "add_engine_args",
+    "add_sampling_args",
+    "add_generate_args",
+    "add_convert_args",
+    "build_parser",
+    "generate_parser",
+    "load_config_file",
+    "merge_config",
+    "split_kwargs",
+    "resolve_generate_args",
+]
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# argparse dest -> LLM keyword (vLLM names).
+ENGINE_ARGS = {
+    "model": "model",
+    "dtype": "dtype",
+    "max_model_len": "max_model_len",
+    "max_num_seqs": "max_num_seqs",
+    "max_num_batched_tokens": "max_num_batched_tokens",
+    "block_size": "block_size",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "num_gpu_blocks": "num_gpu_blocks_override",
+    "enable_prefix_caching": "enable_prefix_caching",
+    "tensor_parallel_size": "tensor_parallel_size",
+    "seed": "seed",
+    "max_logprobs": "max_logprobs",
+    "attention_backend": "attention_backend",
+}
+
+# argparse dest -> SamplingParams keyword.
+SAMPLING_ARGS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "max_tokens": "max_tokens",
+    "min_tokens": "min_tokens",
+    "n": "n",
+    "sampling_seed": "seed",
+    "stop": "stop",
+    "stop_token_ids": "stop_token_ids",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "ignore_eos": "ignore_eos",
+    "logprobs": "logprobs",
+    "prompt_logprobs": "prompt_logprobs",
+}
+
+# Defaults of options that are not passed through to LLM / SamplingParams.
+_GENERATE_DEFAULTS = {
+    "model": DEFAULT_MODEL,
+    "prompts": [],
+    "prompts_file": None,
+    "output": None,
+    "chat": False,
+    "no_progress": False,
+}
+
+
+class CLIError(ValueError):
+    """Bad command-line input; the CLI prints it on stderr and exits with status 2."""
+
+
+def _int_list(text: str) -> list[int]:
+    """'2,3' -> [2, 3] (for --stop-token-ids)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------- groups
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Engine options; each maps to an `LLM(...)` keyword (see ENGINE_ARGS)."""
+    g = parser.add_argument_group("engine")
+    g.add_argument("--model", help=f"model: a preset name, an HF folder, a .gguf file or a "
+                   f"converted jaxllm folder (default: {DEFAULT_MODEL})")
+    g.add_argument("--dtype", help="weights/compute dtype: auto, float32, bfloat16 (default: auto)")
+    g.add_argument("--max-model-len", type=int, help="longest prompt + output, in tokens")
+    g.add_argument("--max-num-seqs", type=int, help="most sequences in one step")
+    g.add_argument("--max-num-batched-tokens", type=int, help="token budget of one step")
+    g.add_argument("--block-size", type=int, help="tokens per KV-cache block")
+    g.add_argument("--gpu-memory-utilization", type=float,
+                   help="fraction of device memory the engine may use (0, 1]")
+    g.add_argument("--num-gpu-blocks", type=int,
+                   help="number of KV-cache blocks, overriding the memory-based size "
+                   "(LLM's num_gpu_blocks_override)")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   help="reuse KV blocks of shared prompt prefixes")
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, help="devices to shard the model over")
+    g.add_argument("--seed", type=int, help="engine random seed (LLM(seed=...))")
+    g.add_argument("--max-logprobs", type=int, help="most logprobs a request may ask for")
+    g.add_argument("--attention-backend",
+                   help="attention implementation: reference, pallas or cuda (default: automatic)")
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    """Sampling options; each maps to a `SamplingParams(...)` keyword (see SAMPLING_ARGS)."""
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, help="0 means greedy")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens (0 or -1: all)")
+    g.add_argument("--min-p", type=float, help="drop tokens below min_p * p(most likely)")
+    g.add_argument("--max-tokens", type=int, help="most tokens to generate per sequence (default 16)")
+    g.add_argument("--min-tokens", type=int, help="generate at least this many tokens")
+    g.add_argument("--n", type=int, help="completions per prompt")
+    g.add_argument("--sampling-seed", type=int, help="per-request seed (SamplingParams(seed=...))")
+    g.add_argument("--stop", action="append", metavar="STRING",
+                   help="stop string (repeatable; in a shell, $'\\n' gives a newline)")
+    g.add_argument("--stop-token-ids", type=_int_list, action="extend", metavar="ID[,ID...]",
+                   help="token ids that end a sequence, comma-separated (repeatable)")
+    g.add_argument("--presence-penalty", type=float, help="in [-2, 2]")
+    g.add_argument("--frequency-penalty", type=float, help="in [-2, 2]")
+    g.add_argument("--repetition-penalty", type=float, help="> 0; 1 means none")
+    g.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
+    g.add_argument("--logprobs", type=int, help="return this many top logprobs per generated token")
+    g.add_argument("--prompt-logprobs", type=int, help="return this many top logprobs per prompt token")
+
+
+def add_generate_args(parser: argparse.ArgumentParser) -> None:
+    """All options of `jaxllm generate`."""
+    parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts to complete")
+    io = parser.add_argument_group("input/output")
+    io.add_argument("--prompts-file", metavar="FILE",
+                    help="prompts: a text file (one prompt a line) or .jsonl with "
+                    '{"prompt": ...} or {"messages": [...]} per line')
+    io.add_argument("--output", "-o", metavar="FILE", help="write JSONL results here (default: stdout)")
+    io.add_argument("--chat", action="store_true",
+                    help="send each plain prompt as one user message through the chat template")
+    io.add_argument("--no-progress", action="store_true", help="no progress bar")
+    io.add_argument("--config", metavar="FILE.yaml",
+                    help="YAML file of these options (flags given here override it)")
+    add_engine_args(parser)
+    add_sampling_args(parser)
+
+
+def add_convert_args(parser: argparse.ArgumentParser) -> None:
+    """Options of `jaxllm convert MODEL OUT_DIR`."""
+    parser.add_argument("model", help="model to convert (HF folder, .gguf file or preset name)")
+    parser.add_argument("out_dir", help="folder to write the converted checkpoint to")
+    parser.add_argument("--dtype", default="auto", help="dtype of the saved weights (default: auto)")
+
+
+def generate_parser(prog: str = "jaxllm generate") -> argparse.ArgumentParser:
+    """A standalone parser of `generate`'s options (unset options stay absent from the namespace)."""
+    parser = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS)
+    add_generate_args(parser)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxllm", description="jaxllm: LLM inference on JAX/XLA with vLLM's API."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    gen = sub.add_parser(
+        "generate",
+        help="complete prompts, write JSONL",
+        description="Complete prompts and write one JSON object per prompt.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add_generate_args(gen)
+    conv = sub.add_parser("convert", help="convert a model to a jaxllm checkpoint folder")
+    add_convert_args(conv)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------- config
+
+
+def _config_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Config key (underscore form) -> the argparse action it sets."""
+    keys: dict[str, argparse.Action] = {}
+    for action in parser._actions:  # argparse offers no public listing of its actions
+        if action.dest in ("help", "config"):
+            continue
+        keys[action.dest] = action
+        for opt in action.option_strings:
+            name = opt.lstrip("-").replace("-", "_")
+            if not name.startswith("no_") or name == action.dest:
+                keys.setdefault(name, action)
+    return keys
+
+
+def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
+    """Check/convert one config value the way argparse would convert the flag's text."""
+    is_flag = action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction)
+    if is_flag:
+        if not isinstance(value, bool):
+            raise CLIError(f"{where} must be true or false, got {value!r}")
+        return value
+
+    def one(item: Any) -> Any:
+        if isinstance(item, (dict, list, bool)):
+            raise CLIError(f"{where} has a bad value {item!r}")
+        text = str(item)
+        if action.type is None:
+            return text
+        try:
+            return action.type(text)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            raise CLIError(f"{where}: invalid value {item!r} ({e})") from None
+
+    many = isinstance(action, (argparse._AppendAction, argparse._ExtendAction)) or action.nargs in ("*", "+")
+    if not many:
+        return one(value)
+    items = value if isinstance(value, list) else [value]
+    out: list[Any] = []
+    for item in items:
+        converted = one(item)
+        if isinstance(action, argparse._ExtendAction) and isinstance(converted, list):
+            out.extend(converted)
+        else:
+            out.append(converted)
+    return out
+
+
+def _yaml_load_strict(stream: Any) -> Any:
+    """yaml.safe_load that rejects a key given twice in one mapping (PyYAML keeps the last)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return yaml.load(stream, Loader=StrictLoader)
+
+
+def load_config_file(path: str, parser: Optional[argparse.ArgumentParser] = None) -> dict[str, Any]:
+    """Read a YAML config into {argparse dest: value}; unknown keys -> CLIError naming them."""
+    import yaml
+
+    parser = parser or generate_parser()
+    if not os.path.isfile(path):
+        raise CLIError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = _yaml_load_strict(f)
+    except yaml.YAMLError as e:
+        raise CLIError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CLIError(f"config file {path} must hold a mapping of option names to values, "
+                       f"got {type(data).__name__}")
+    actions = _config_actions(parser)
+    unknown = sorted(str(k) for k in data if str(k).replace("-", "_") not in actions)
+    if unknown:
+        raise CLIError(f"unknown key(s) in config file {path}: {', '.join(unknown)} "
+                       f"(known: {', '.join(sorted(a.dest for a in set(actions.values())))})")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        action = actions[str(key).replace("-", "_")]
+        if value is None:
+            continue  # `key: null` leaves the default
+        if action.dest in values:
+            raise CLIError(f"config file {path} sets {action.dest!r} twice (key {key!r})")
+        values[action.dest] = _coerce(action, value, f"config file {path}: key {key!r}")
+    return values
+
+
+def merge_config(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> dict[str, Any]:
+    """{dest: value}: the config file's values (if --config), overridden by flags given."""
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    config_path = getattr(args, "config", None)
+    merged = load_config_file(config_path, parser) if config_path else {}
+    merged.update(given)
+    return merged
+
+
+def split_kwargs(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Split {dest: value} into (LLM kwargs, SamplingParams kwargs, the rest), renaming keys."""
+    engine = {ENGINE_ARGS[k]: v for k, v in values.items() if k in ENGINE_ARGS}
+    sampling = {SAMPLING_ARGS[k]: v for k, v in values.items() if k in SAMPLING_ARGS}
+    rest = {k: v for k, v in values.items() if k not in ENGINE_ARGS and k not in SAMPLING_ARGS}
+    return engine, sampling, rest
+
+
+@dataclass
+class GenerateOptions:
+    """Everything `jaxllm generate` needs, after merging the config file and the flags."""
+
+    engine_kwargs: dict[str, Any]
+    sampling_kwargs: dict[str, Any]
+    prompts: list[str] = field(default_factory=list)
+    prompts_file: Optional[str] = None
+    output: Optional[str] = None  # None or "-": stdout
+    chat: bool = False
+    progress: bool = True
+
+
+def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
+    """Merge defaults < config file < command-line flags into a GenerateOptions."""
+    values = dict(_GENERATE_DEFAULTS)
+    values.update(merge_config(args, generate_parser()))
+    engine, sampling, rest = split_kwargs(values)
+    return GenerateOptions(
+        engine_kwargs=engine,
+        sampling_kwargs=sampling,
+        prompts=list(rest["prompts"]),
+        prompts_file=rest["prompts_file"],
+        output=rest["output"],
+        chat=bool(rest["chat"]),
+        progress=not rest["no_progress"],
+    )

@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def smollm2_gguf_path() -> str | None:

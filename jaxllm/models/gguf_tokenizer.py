@@ -108,13 +108,29 @@ def _tokenizer_class(arch: str) -> type:
     return tokenizer_class_from_name(name) or TokenizersBackend
 
 
+def _load_with_auto_tokenizer(path: str, reader: Any) -> tuple[Any, str | None]:
+    import os
+
+    from transformers import AutoTokenizer
+
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except Exception as e:  # noqa: BLE001 - name the file and the cause
+        raise ValueError(f"{path}: cannot build the tokenizer: {e}") from e
+    return tok, getattr(tok, "chat_template", None)
+
+
 def load_gguf_tokenizer(path: str, reader: Any = None) -> tuple[Any, str | None]:
     """(HF tokenizer, chat template or None) for a GGUF file, equal to what
     `AutoTokenizer.from_pretrained(dirname, gguf_file=basename)` gives, but without torch.
 
     reader: an already open `gguf.GGUFReader` of `path` (saves parsing the file twice).
     """
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+    except ImportError:  # other transformers releases: their own (torch-needing) GGUF path
+        return _load_with_auto_tokenizer(path, reader)
 
     if reader is None:
         reader = _open_reader(path)

@@ -1,0 +1,341 @@
+"""LLMEngine: requests in, RequestOutputs out, one scheduler step + one model step at a time.
+
+`add_request` validates and tokenizes (n > 1 fans out into n child sequences of one parent),
+`step` schedules, runs the model runner, feeds sampled tokens back to the scheduler, detokenizes
+incrementally, applies stop strings, and returns the RequestOutputs that are due.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from jaxllm.config import EngineConfig
+from jaxllm.engine.compilation_cache import enable_compilation_cache
+from jaxllm.engine.detokenizer import IncrementalDetokenizer
+from jaxllm.engine.model_runner import ModelRunner, StepResult
+from jaxllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from jaxllm.request import Request, RequestStatus
+from jaxllm.sampling_metadata import SamplingRow, min_tokens_banned_ids, request_seed
+from jaxllm.sampling_params import SamplingParams
+from jaxllm.scheduler.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_KINDS = ("final", "cumulative", "delta")
+
+
+@dataclass
+class _Sequence:
+    """Engine-side state of one child sequence (the scheduler holds its `Request`)."""
+
+    request: Request
+    index: int
+    seed: int
+    params: SamplingParams
+    detok: IncrementalDetokenizer
+    logprobs: list[dict[int, Logprob]] | None
+    cumulative_logprob: float | None
+    sent_tokens: int = 0  # for delta outputs
+    sent_logprobs: int = 0
+
+
+@dataclass
+class _Parent:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    output_kind: str
+    metrics: RequestMetrics
+    seqs: list[_Sequence] = field(default_factory=list)
+    prompt_logprobs: list | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return all(s.request.is_finished() for s in self.seqs)
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        engine_config: EngineConfig,
+        params: dict,
+        tokenizer: Any = None,
+        *,
+        attention_backend: str | None = None,
+        compilation_cache_dir: str | None = None,
+        generation_config: dict | None = None,
+    ) -> None:
+        enable_compilation_cache(compilation_cache_dir)
+        self.config = engine_config
+        self.model_config = engine_config.model
+        self.tokenizer = tokenizer
+        self.runner = ModelRunner(self.model_config, params, engine_config, attention_backend)
+        self.scheduler = Scheduler(engine_config.scheduler, engine_config.cache, self.runner.num_blocks)
+        capacity = (self.runner.num_blocks - 1) * engine_config.cache.block_size
+        if engine_config.scheduler.max_model_len > capacity:
+            raise ValueError(
+                f"max_model_len ({engine_config.scheduler.max_model_len}) is larger than the KV "
+                f"cache can hold ({capacity} tokens in {self.runner.num_blocks - 1} blocks); lower "
+                "max_model_len or give the cache more blocks"
+            )
+        eos = set(self.model_config.eos_token_ids)
+        gen_eos = (generation_config or {}).get("eos_token_id")
+        if isinstance(gen_eos, int):
+            eos.add(gen_eos)
+        elif isinstance(gen_eos, list):
+            eos.update(gen_eos)
+        if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.eos_token_ids = tuple(sorted(eos))
+        self._parents: dict[str, _Parent] = {}
+        self._seq_by_child: dict[str, tuple[_Parent, _Sequence]] = {}
+        self._counter = itertools.count()
+
+    # ----- requests -----------------------------------------------------------------------------
+    def tokenize(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass prompt token ids instead of text")
+        return list(self.tokenizer.encode(prompt))
+
+    def add_request(
+        self,
+        request_id: str | None,
+        prompt: str | Sequence[int] | dict,
+        params: SamplingParams | None = None,
+        *,
+        arrival_time: float | None = None,
+        output_kind: str = "cumulative",
+        cache_salt: str | None = None,
+    ) -> str:
+        """Validate and queue a request; raises ValueError naming the problem (nothing is queued)."""
+        params = params or SamplingParams()
+        if output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
+        if request_id is None:
+            request_id = str(next(self._counter))
+        if request_id in self._parents:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, ids = self._prompt_ids(prompt)
+        self._validate(ids, params)
+        max_len = self.config.scheduler.max_model_len
+        now = time.time() if arrival_time is None else arrival_time
+        parent = _Parent(request_id, text, ids, params, output_kind, RequestMetrics(arrival_time=now))
+        if params.prompt_logprobs is not None:
+            parent.prompt_logprobs = [None]
+        for i in range(params.n):
+            child_params = params.clone()
+            child_params.n = 1
+            if params.seed is not None:
+                child_params.seed = params.seed + i
+            if child_params.max_tokens is None:
+                child_params.max_tokens = max_len - len(ids) if max_len > len(ids) else 1
+            child_id = request_id if params.n == 1 else f"{request_id}#{i}"
+            req = Request(child_id, ids, child_params, self.eos_token_ids, now, cache_salt)
+            detok = IncrementalDetokenizer.from_sampling_params(self.tokenizer, ids, child_params)
+            seq = _Sequence(
+                req,
+                i,
+                request_seed(child_params),
+                child_params,
+                detok,
+                [] if params.logprobs is not None else None,
+                0.0 if params.logprobs is not None else None,
+            )
+            parent.seqs.append(seq)
+            self._seq_by_child[child_id] = (parent, seq)
+        self._parents[request_id] = parent
+        for seq in parent.seqs:
+            self.scheduler.add_request(seq.request)
+        return request_id
+
+    def _prompt_ids(self, prompt: str | Sequence[int] | dict) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            if "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            return prompt, self.tokenize(prompt)
+        try:
+            ids = [int(t) for t in prompt]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"prompt must be a string or a list of token ids: {e}") from None
+        return None, ids
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise ValueError("prompt is empty (0 tokens)")
+        max_len = self.config.scheduler.max_model_len
+        if len(ids) > max_len:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens long, longer than max_model_len ({max_len})"
+            )
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if t < 0 or t >= vocab]
+        if bad:
+            raise ValueError(f"prompt holds token id {bad[0]}, outside the vocabulary [0, {vocab})")
+        max_lp = self.config.max_logprobs
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(params, name)
+            if k is not None and (k > max_lp or (k == -1 and vocab > max_lp)):
+                raise ValueError(f"{name}={k} is above the configured max_logprobs ({max_lp})")
+        for tid in list(params.stop_token_ids or []) + list((params.logit_bias or {}).keys()):
+            if not 0 <= int(tid) < vocab:
+                raise ValueError(f"token id {tid} in sampling params is outside [0, {vocab})")
+
+    def abort_request(self, request_id: str | Sequence[str]) -> None:
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        for rid in ids:
+            parent = self._parents.pop(rid, None)
+            if parent is None:
+                continue
+            child_ids = [s.request.request_id for s in parent.seqs]
+            self.scheduler.finish_requests(child_ids, RequestStatus.FINISHED_ABORTED)
+            for cid in child_ids:
+                self._seq_by_child.pop(cid, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._parents)
+
+    # ----- the step -----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        now = time.time()
+        rows = []
+        prompt_lp: dict[str, int] = {}
+        for sr in sched.scheduled:
+            parent, seq = self._seq_by_child[sr.request.request_id]
+            if parent.metrics.first_scheduled_time is None:
+                parent.metrics.first_scheduled_time = now
+                parent.metrics.time_in_queue = now - parent.metrics.arrival_time
+            req = sr.request
+            rows.append(
+                SamplingRow(
+                    seq.params,
+                    seq.seed,
+                    req.prompt_token_ids,
+                    req.output_token_ids,
+                    min_tokens_banned_ids(seq.params, req.num_output_tokens),
+                )
+            )
+            if (
+                seq.index == 0
+                and seq.params.prompt_logprobs is not None
+                and sr.num_computed_tokens < req.num_prompt_tokens - 1
+            ):
+                k = seq.params.prompt_logprobs
+                prompt_lp[req.request_id] = self.model_config.vocab_size if k == -1 else k
+        result = self.runner.execute(sched, rows, prompt_lp)
+        self.scheduler.update_from_output(sched, {k: [v] for k, v in result.sampled.items()})
+        return self._process(sched, result)
+
+    def _process(self, sched, result: StepResult) -> list[RequestOutput]:
+        now = time.time()
+        touched: dict[str, _Parent] = {}
+        for rid, (start, lps, ranks, top_ids, top_lps) in result.prompt_logprobs.items():
+            parent, _ = self._seq_by_child[rid]
+            targets = parent.prompt_token_ids[start + 1 : start + 1 + len(lps)]
+            for j, t in enumerate(targets):
+                entry = {int(t): Logprob(float(lps[j]), int(ranks[j]), self._decode_one(int(t)))}
+                for tid, lp in zip(top_ids[j], top_lps[j]):
+                    entry.setdefault(int(tid), Logprob(float(lp), None, self._decode_one(int(tid))))
+                self._rank_top(entry, top_ids[j])
+                parent.prompt_logprobs.append(entry)
+        for rid, token in result.sampled.items():
+            parent, seq = self._seq_by_child[rid]
+            touched[parent.request_id] = parent
+            if parent.metrics.first_token_time is None:
+                parent.metrics.first_token_time = now
+            parent.metrics.last_token_time = now
+            if parent.num_cached_tokens == 0 and seq.request.num_cached_tokens > 0:
+                parent.num_cached_tokens = seq.request.num_cached_tokens
+            if rid in result.logprobs:
+                lp, rank, top_ids, top_lps = result.logprobs[rid]
+                entry = {token: Logprob(lp, rank, self._decode_one(token))}
+                for tid, tlp in zip(top_ids, top_lps):
+                    entry.setdefault(int(tid), Logprob(float(tlp), None, self._decode_one(int(tid))))
+                self._rank_top(entry, top_ids)
+                seq.logprobs.append(entry)
+                seq.cumulative_logprob += lp
+            stop_token = seq.request.status == RequestStatus.FINISHED_STOPPED  # eos or stop id
+            stop_str = seq.detok.update([token], stop_terminated=stop_token)
+            if stop_str is not None:
+                self.scheduler.finish_requests([rid], RequestStatus.FINISHED_STOPPED)
+                seq.request.stop_reason = stop_str
+        outputs = []
+        for parent in touched.values():
+            finished = parent.finished
+            if finished:
+                parent.metrics.finished_time = now
+            if parent.output_kind == "final" and not finished:
+                continue
+            outputs.append(self._make_output(parent, finished))
+            if finished:
+                self._release(parent)
+        return outputs
+
+    def _decode_one(self, token_id: int) -> str | None:
+        if self.tokenizer is None:
+            return None
+        return self.tokenizer.decode([token_id])
+
+    @staticmethod
+    def _rank_top(entry: dict[int, Logprob], top_ids) -> None:
+        for r, tid in enumerate(top_ids, start=1):
+            entry[int(tid)].rank = r
+
+    def _make_output(self, parent: _Parent, finished: bool) -> RequestOutput:
+        delta = parent.output_kind == "delta"
+        outs = []
+        for seq in parent.seqs:
+            req = seq.request
+            done = req.is_finished()
+            text = seq.detok.get_next_output_text(done, delta)
+            ids = req.output_token_ids[seq.sent_tokens :] if delta else list(req.output_token_ids)
+            lps = seq.logprobs
+            if delta and lps is not None:
+                lps = lps[seq.sent_logprobs :]
+            if delta:
+                seq.sent_tokens = req.num_output_tokens
+                seq.sent_logprobs = len(seq.logprobs or [])
+            outs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=text,
+                    token_ids=list(ids),
+                    cumulative_logprob=seq.cumulative_logprob,
+                    logprobs=list(lps) if lps is not None else None,
+                    finish_reason=req.finish_reason if done else None,
+                    stop_reason=req.stop_reason if done else None,
+                )
+            )
+        return RequestOutput(
+            request_id=parent.request_id,
+            prompt=parent.prompt,
+            prompt_token_ids=parent.prompt_token_ids,
+            prompt_logprobs=parent.prompt_logprobs,
+            outputs=outs,
+            finished=finished,
+            metrics=parent.metrics,
+            num_cached_tokens=parent.num_cached_tokens,
+        )
+
+    def _release(self, parent: _Parent) -> None:
+        self._parents.pop(parent.request_id, None)
+        for seq in parent.seqs:
+            self._seq_by_child.pop(seq.request.request_id, None)

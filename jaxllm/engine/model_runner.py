@@ -1,0 +1,213 @@
+"""The model runner: owns the device state (params, KV cache) and runs one jitted step.
+
+Per step: the host packs the scheduler's output (batch_builder.py) and the sampling rows
+(sampling_metadata.py) into numpy arrays; one `jax.device_put` moves them; one jitted function
+runs the model, samples on the device and computes logprobs; one `jax.device_get` brings back the
+token ids (and logprobs when asked). The KV cache is donated through the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxllm.config import EngineConfig, ModelConfig
+from jaxllm.engine.batch_builder import HostBatch, build_host_batch
+from jaxllm.layers.sampler import compute_logprobs, sample
+from jaxllm.models.batch import StepBatch, kv_cache_bytes_per_block, make_kv_cache
+from jaxllm.models.step import build_model
+from jaxllm.sampling_metadata import SamplerFlags, SamplingMetadata, SamplingRow, build_sampling_metadata
+from jaxllm.scheduler.output import SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+CPU_KV_SPACE_ENV = "JAXLLM_CPU_KVCACHE_SPACE"  # GiB of host memory for the KV cache on the CPU
+DEFAULT_CPU_KV_SPACE_GIB = 4.0
+
+
+@dataclass
+class StepResult:
+    """What one step brings back to the host, indexed like `SchedulerOutput.scheduled`."""
+
+    sampled: dict[str, int]  # request_id -> new token (only requests with samples=True)
+    # request_id -> (logprob of sampled token, rank, top ids, top logprobs) when logprobs asked
+    logprobs: dict[str, tuple[float, int, np.ndarray, np.ndarray]]
+    # request_id -> (positions start, [c] target logprobs, [c] ranks, [c, k] top ids, [c, k] top logprobs)
+    prompt_logprobs: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def choose_num_blocks(
+    model_config: ModelConfig, engine_config: EngineConfig, dtype, device: jax.Device
+) -> int:
+    """Blocks for the KV cache: explicit, else from free device memory, else a host budget."""
+    cache = engine_config.cache
+    sched = engine_config.scheduler
+    if cache.num_gpu_blocks is not None:
+        return cache.num_gpu_blocks
+    per_block = kv_cache_bytes_per_block(model_config, cache.block_size, dtype)
+    needed = sched.max_num_seqs * math.ceil(sched.max_model_len / cache.block_size) + 1
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        limit, used = stats["bytes_limit"], stats.get("bytes_in_use", 0)
+        # room for activations and logits of the largest step
+        reserve = 512 * 2**20 + sched.max_num_batched_tokens * (
+            4 * model_config.intermediate_size + 4 * model_config.vocab_size
+        ) * 4
+        budget = cache.gpu_memory_utilization * limit - used - reserve
+    else:
+        budget = float(os.environ.get(CPU_KV_SPACE_ENV, DEFAULT_CPU_KV_SPACE_GIB)) * 2**30
+    blocks = min(int(budget // per_block), needed)
+    if blocks < 2:
+        raise ValueError(
+            f"not enough memory for the KV cache: {budget / 2**30:.2f} GiB available, one block "
+            f"takes {per_block / 2**20:.2f} MiB; lower max_model_len / max_num_seqs or raise "
+            "gpu_memory_utilization"
+        )
+    return blocks
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        params: dict,
+        engine_config: EngineConfig,
+        backend: str | None = None,
+    ) -> None:
+        self.model_config = model_config
+        self.config = engine_config
+        self.params = params
+        self.model = build_model(model_config, backend)
+        self.backend = self.model.backend
+        self.block_size = engine_config.cache.block_size
+        kv_dtype = engine_config.cache.kv_cache_dtype
+        self.kv_dtype = jnp.dtype(model_config.dtype if kv_dtype == "auto" else kv_dtype)
+        device = jax.devices()[0]
+        self.num_blocks = choose_num_blocks(model_config, engine_config, self.kv_dtype, device)
+        self.kv_cache = make_kv_cache(model_config, self.num_blocks, self.block_size, self.kv_dtype)
+        self.max_blocks_per_seq = math.ceil(engine_config.scheduler.max_model_len / self.block_size)
+        self._step = jax.jit(
+            self._step_impl, donate_argnums=(1,), static_argnames=("flags", "num_prompt_logprobs")
+        )
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB), attention backend %s",
+            self.num_blocks,
+            self.block_size,
+            self.num_blocks * kv_cache_bytes_per_block(model_config, self.block_size, self.kv_dtype)
+            / 2**30,
+            self.backend,
+        )
+
+    @property
+    def num_compilations(self) -> int:
+        """How many step variants have been compiled so far."""
+        return self._step._cache_size()
+
+    def _step_impl(
+        self,
+        params: dict,
+        kv_cache,
+        batch: StepBatch,
+        md: SamplingMetadata,
+        prompt_targets: jax.Array,  # [Rp] int32
+        *,
+        flags: SamplerFlags,
+        num_prompt_logprobs: int,
+    ):
+        kv_cache, logits = self.model.apply({"params": params}, kv_cache, batch)  # [S + Rp, V]
+        S = md.temperature.shape[0]
+        out = sample(logits[:S], md, flags)
+        prompt = None
+        if num_prompt_logprobs >= 0:
+            prompt = compute_logprobs(logits[S:], prompt_targets, num_prompt_logprobs)
+        return kv_cache, out, prompt
+
+    def execute(
+        self,
+        sched: SchedulerOutput,
+        rows: list[SamplingRow],
+        prompt_logprobs: dict[str, int],
+    ) -> StepResult:
+        """Run one step. `rows[i]` samples for `sched.scheduled[i]`; `prompt_logprobs` maps
+        request ids wanting prompt logprobs to their count."""
+        hb: HostBatch = build_host_batch(
+            sched,
+            block_size=self.block_size,
+            max_num_batched_tokens=self.config.scheduler.max_num_batched_tokens,
+            max_num_seqs=self.config.scheduler.max_num_seqs,
+            max_blocks_per_seq=self.max_blocks_per_seq,
+            want_prompt_logprobs=frozenset(prompt_logprobs),
+        )
+        S = hb.block_tables.shape[0]
+        md, flags = build_sampling_metadata(
+            rows, vocab_size=self.model_config.vocab_size, pad_rows_to=S
+        )
+        targets = np.zeros(hb.num_prompt_logprob_rows, np.int32)
+        k_prompt = -1
+        for row, start, count, offset in hb.prompt_logprob_rows:
+            req = sched.scheduled[row].request
+            targets[offset : offset + count] = req.prompt_token_ids[start + 1 : start + 1 + count]
+            k_prompt = max(k_prompt, prompt_logprobs[req.request_id])
+        host = (
+            StepBatch(
+                token_ids=hb.token_ids,
+                positions=hb.positions,
+                slot_mapping=hb.slot_mapping,
+                block_tables=hb.block_tables,
+                kv_lens=hb.kv_lens,
+                query_start_loc=hb.query_start_loc,
+                logits_indices=hb.logits_indices,
+                decode_only=hb.decode_only,
+            ),
+            md,
+            targets,
+        )
+        batch, md_dev, targets_dev = jax.device_put(host)
+        self.kv_cache, out, prompt = self._step(
+            self.params,
+            self.kv_cache,
+            batch,
+            md_dev,
+            targets_dev,
+            flags=flags,
+            num_prompt_logprobs=k_prompt,
+        )
+        want_lp = flags.num_logprobs > 0 or any(r.params.logprobs is not None for r in rows)
+        fetch = (out.token_ids, out.logprobs, out.logprob_token_ids, out.token_ranks) if want_lp else (
+            out.token_ids,
+        )
+        fetched = jax.device_get((fetch, prompt))
+        host_out, host_prompt = fetched
+        token_ids = host_out[0]
+
+        result = StepResult({}, {}, {})
+        for i, sr in enumerate(sched.scheduled):
+            rid = sr.request.request_id
+            if not sr.samples:
+                continue
+            result.sampled[rid] = int(token_ids[i])
+            if want_lp and rows[i].params.logprobs is not None:
+                _, lps, ids, ranks = host_out
+                k = rows[i].params.logprobs
+                k = lps.shape[1] - 1 if k == -1 else k
+                result.logprobs[rid] = (float(lps[i, 0]), int(ranks[i]), ids[i, 1 : 1 + k], lps[i, 1 : 1 + k])
+        if host_prompt is not None:
+            p_lps, p_ids, p_ranks = host_prompt.logprobs, host_prompt.logprob_token_ids, host_prompt.token_ranks
+            for row, start, count, offset in hb.prompt_logprob_rows:
+                req = sched.scheduled[row].request
+                k = prompt_logprobs[req.request_id]
+                sl = slice(offset, offset + count)
+                result.prompt_logprobs[req.request_id] = (
+                    start,
+                    p_lps[sl, 0],
+                    p_ranks[sl],
+                    p_ids[sl, 1 : 1 + k],
+                    p_lps[sl, 1 : 1 + k],
+                )
+        return result

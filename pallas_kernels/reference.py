@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 
-def ragged_paged_attention_reference(
+def ragged_paged_attention_naive(
     q: jax.Array,  # [T, Hq, D]
     k_pages: jax.Array,  # [L, N, Hkv, bs, D]
     v_pages: jax.Array,  # [L, N, Hkv, bs, D]
@@ -35,7 +35,8 @@ def ragged_paged_attention_reference(
     sm_scale: float | None = None,
     sliding_window: int | None = None,
 ) -> jax.Array:  # [T, Hq, D]
-    """Ragged paged attention in plain jnp; float32 softmax, output in `q.dtype`."""
+    """The obvious algorithm: every query row gathers its sequence's whole KV (O(T * P * bs)
+    memory). The oracle that `ragged_paged_attention_reference` is tested against."""
     T, Hq, D = q.shape
     _, _, Hkv, bs, _ = k_pages.shape
     S, P = block_tables.shape
@@ -73,6 +74,83 @@ def ragged_paged_attention_reference(
     l = jnp.sum(p, axis=-1, keepdims=True)
     o = jnp.einsum("thgk,thkd->thgd", p, v.astype(jnp.float32)) / jnp.where(l == 0, 1.0, l)
     return o.reshape(T, Hq, D).astype(q.dtype)
+
+
+def _attend(q, k, v, q_pos, valid, sm_scale, sliding_window):
+    """q [N, Bq, Hkv, G, D], k/v [N, K, Hkv, D], q_pos/valid [N, Bq] -> [N, Bq, Hkv, G, D] f32."""
+    K = k.shape[1]
+    s = jnp.einsum("nqhgd,nkhd->nhgqk", q.astype(jnp.float32), k.astype(jnp.float32)) * sm_scale
+    kpos = jnp.arange(K, dtype=jnp.int32)[None, None, :]
+    mask = (kpos <= q_pos[:, :, None]) & valid[:, :, None]  # [N, Bq, K]
+    if sliding_window is not None:
+        mask &= kpos > q_pos[:, :, None] - sliding_window
+    s = jnp.where(mask[:, None, None], s, -jnp.inf)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    p = jnp.exp(s - m)
+    l = jnp.sum(p, axis=-1, keepdims=True)
+    o = jnp.einsum("nhgqk,nkhd->nqhgd", p / jnp.where(l == 0, 1.0, l), v.astype(jnp.float32))
+    return o
+
+
+def ragged_paged_attention_reference(
+    q: jax.Array,  # [T, Hq, D]
+    k_pages: jax.Array,  # [L, N, Hkv, bs, D]
+    v_pages: jax.Array,  # [L, N, Hkv, bs, D]
+    block_tables: jax.Array,  # [S, P] int32
+    kv_lens: jax.Array,  # [S] int32
+    query_start_loc: jax.Array,  # [S + 1] int32
+    layer: jax.Array | int = 0,
+    *,
+    sm_scale: float | None = None,
+    sliding_window: int | None = None,
+    query_block: int | None = None,
+    decode_only: bool = False,
+) -> jax.Array:  # [T, Hq, D]
+    """Ragged paged attention in plain jnp (float32 softmax, output in `q.dtype`).
+
+    Queries are cut into tiles of `query_block` consecutive rows of one sequence (a static
+    bound of T // query_block + S tiles); each tile gathers its sequence's pages once, so KV
+    traffic is O(tiles * P * bs) instead of O(T * P * bs). `decode_only` (static: one query per
+    sequence) makes tiles of one row.
+    """
+    T, Hq, D = q.shape
+    _, _, Hkv, bs, _ = k_pages.shape
+    S, P = block_tables.shape
+    G = Hq // Hkv
+    if sm_scale is None:
+        sm_scale = D**-0.5
+    Bq = 1 if decode_only else (query_block or min(16, T))
+    NT = S if decode_only else T // Bq + S  # static bound on the number of tiles
+
+    q_len = query_start_loc[1:] - query_start_loc[:-1]  # [S]
+    tiles_per_seq = (q_len + Bq - 1) // Bq
+    tile_end = jnp.cumsum(tiles_per_seq)  # [S]
+    tile_start = tile_end - tiles_per_seq
+    tile = jnp.arange(NT, dtype=jnp.int32)
+    seq = jnp.minimum(jnp.searchsorted(tile_end, tile, side="right"), S - 1).astype(jnp.int32)
+    tile_valid = tile < tile_end[S - 1]
+    first_row = query_start_loc[seq] + (tile - tile_start[seq]) * Bq  # [NT]
+    rows = first_row[:, None] + jnp.arange(Bq, dtype=jnp.int32)[None, :]  # [NT, Bq]
+    row_valid = tile_valid[:, None] & (rows < query_start_loc[seq + 1][:, None])
+    q_pos = kv_lens[seq][:, None] - q_len[seq][:, None] + (rows - query_start_loc[seq][:, None])
+
+    k_layer = jax.lax.dynamic_index_in_dim(k_pages, layer, axis=0, keepdims=False)
+    v_layer = jax.lax.dynamic_index_in_dim(v_pages, layer, axis=0, keepdims=False)
+    blocks = block_tables[seq]  # [NT, P]
+    k = k_layer[blocks].transpose(0, 1, 3, 2, 4).reshape(NT, P * bs, Hkv, D)
+    v = v_layer[blocks].transpose(0, 1, 3, 2, 4).reshape(NT, P * bs, Hkv, D)
+    qt = q[jnp.clip(rows, 0, T - 1)].reshape(NT, Bq, Hkv, G, D)
+    o = _attend(qt, k, v, q_pos, row_valid, sm_scale, sliding_window)  # [NT, Bq, Hkv, G, D]
+
+    # each token reads its row of its tile back; padding rows get zeros
+    tok = jnp.arange(T, dtype=jnp.int32)
+    tseq = jnp.minimum(jnp.searchsorted(query_start_loc[1:], tok, side="right"), S - 1)
+    local = tok - query_start_loc[tseq]
+    t_tile = tile_start[tseq] + local // Bq
+    out = o[jnp.clip(t_tile, 0, NT - 1), local % Bq].reshape(T, Hq, D)
+    valid = tok < query_start_loc[S]
+    return jnp.where(valid[:, None, None], out, 0).astype(q.dtype)
 
 
 def write_kv_pages(

@@ -4,7 +4,9 @@ Every backend has the ragged paged-attention signature of
 `pallas_kernels.reference.ragged_paged_attention_reference` (see its docstring):
 
     fn(q [T, Hq, D], k_pages [L, N, Hkv, bs, D], v_pages, block_tables [S, P], kv_lens [S],
-       query_start_loc [S + 1], layer, *, sm_scale, sliding_window) -> [T, Hq, D]
+       query_start_loc [S + 1], layer, *, sm_scale, sliding_window, decode_only) -> [T, Hq, D]
+
+(`decode_only` is a static promise that every sequence has exactly one query row.)
 
 Backends: `reference` (pure jnp, runs anywhere, the oracle), `pallas` (Pallas GPU kernels),
 `cuda` (XLA FFI custom call from `cuda_ext/`). The environment variable

@@ -47,7 +47,6 @@ class Attention(nn.Module):
         k = apply_rotary(k.reshape(T, c.num_key_value_heads, c.head_dim), cos, sin)
         v = v.reshape(T, c.num_key_value_heads, c.head_dim)
         k_pages, v_pages = write_kv_pages(k_pages, v_pages, k, v, batch.slot_mapping, layer)
-        extra = {"decode_only": batch.decode_only} if self.backend == "pallas" else {}
         o = get_attention_fn(self.backend)(
             q,
             k_pages,
@@ -58,7 +57,7 @@ class Attention(nn.Module):
             layer,
             sm_scale=c.head_dim**-0.5,
             sliding_window=c.sliding_window,
-            **extra,
+            decode_only=batch.decode_only,
         )
         o = o.reshape(T, c.num_attention_heads * c.head_dim)
         return _dense(c.hidden_size, False, dt, "o_proj")(o), k_pages, v_pages

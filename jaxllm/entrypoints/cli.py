@@ -1,4 +1,4 @@
-"""The `jaxllm` command line: `jaxllm generate ...`, `jaxllm convert MODEL OUT_DIR`.
+"""The `jaxllm` command line: `jaxllm generate ...`, `jaxllm convert MODEL OUT_DIR`, `jaxllm serve`.
 
 `generate` completes prompts (PROMPT arguments and/or `--prompts-file`) and writes one JSON object
 per prompt, in input order, to `--output` (default stdout):
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from jaxllm.entrypoints.cli_args import CLIError, GenerateOptions, build_parser, resolve_generate_args
+from jaxllm.entrypoints.openai.serve_args import add_serve_subcommand
 
 __all__ = ["main", "run_generate", "run_convert", "PromptItem", "read_prompts_file",
            "collect_prompts", "request_output_to_json"]
@@ -241,6 +242,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None, *, llm_factory: Optional[Callable[..., Any]] = None) -> int:
     """Entry point of the `jaxllm` script; returns the exit status."""
     parser = build_parser()
+    add_serve_subcommand(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed usage / the error
@@ -253,6 +255,10 @@ def main(argv: Optional[Sequence[str]] = None, *, llm_factory: Optional[Callable
             return run_generate(args, llm_factory=llm_factory)
         if args.command == "convert":
             return run_convert(args)
+        if args.command == "serve":
+            from jaxllm.entrypoints.openai.api_server import run_serve
+
+            return run_serve(args)
     except CLIError as e:
         print(f"jaxllm {args.command}: error: {e}", file=sys.stderr)
         return 2

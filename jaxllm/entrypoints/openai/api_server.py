@@ -1,0 +1,232 @@
+"""The OpenAI-compatible HTTP server: a FastAPI app over an AsyncLLMEngine, run by uvicorn.
+
+    jaxllm serve smollm2-135m --port 8000 --api-key sk-local
+    client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="sk-local")
+
+Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models (Bearer auth on every
+/v1 route when an API key is set), POST /tokenize, POST /detokenize, GET /health (200, or 503 once
+the engine loop died), GET /metrics (Prometheus text), GET /version.
+
+In-process use (tests, notebooks): `app, ctx = build_app(llm, opts)` then run `app` under any ASGI
+server; `Server(app, host, port)` below starts uvicorn in a thread and reports the bound port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from jaxllm.engine.async_engine import AsyncLLMEngine
+from jaxllm.entrypoints.openai.errors import OpenAIError, install_error_handlers, unauthorized
+from jaxllm.entrypoints.openai.metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from jaxllm.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from jaxllm.entrypoints.openai.serve_args import ServeOptions
+from jaxllm.entrypoints.openai.serving_chat import apply_chat_template, create_chat_completion
+from jaxllm.entrypoints.openai.serving_common import ServerContext, check_token_ids
+from jaxllm.entrypoints.openai.serving_completions import create_completion
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["APIKeyMiddleware", "Server", "build_app", "build_llm", "run_serve"]
+
+
+class APIKeyMiddleware:
+    """Pure ASGI middleware: `Authorization: Bearer KEY` on every /v1 route (401 otherwise).
+
+    (A pure ASGI middleware, not BaseHTTPMiddleware, so streaming responses and client-disconnect
+    cancellation pass through untouched.)"""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self._key = api_key.encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1") and scope["method"] != "OPTIONS":
+            header = dict(scope.get("headers") or []).get(b"authorization")
+            error = None
+            if header is None:
+                error = "Missing API key: send it as 'Authorization: Bearer <key>'."
+            else:
+                scheme, _, token = header.partition(b" ")
+                if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self._key):
+                    error = "Incorrect API key provided."
+            if error is not None:
+                resp = unauthorized(error).response()
+                resp.headers["WWW-Authenticate"] = "Bearer"
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_llm(opts: ServeOptions, model: Any = None) -> Any:
+    """The `LLM` the server runs (model: a LoadedModel to reuse instead of opts' model)."""
+    from jaxllm.entrypoints.llm import LLM
+
+    kwargs = dict(opts.engine_kwargs)
+    if model is not None:
+        kwargs["model"] = model
+    return LLM(**kwargs)
+
+
+def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
+    """The FastAPI app serving `llm` (a jaxllm.LLM); the engine thread starts with the app."""
+    engine = llm.llm_engine
+    names = opts.served_model_names or [str(opts.engine_kwargs.get("model", "model"))]
+    async_engine = AsyncLLMEngine(engine, max_waiting_requests=opts.max_waiting_requests)
+    metrics = ServerMetrics(names[0], async_engine.stats)
+    async_engine.stat_listener = metrics
+    ctx = ServerContext(
+        engine=async_engine,
+        tokenizer=llm.tokenizer,
+        served_model_names=list(names),
+        max_model_len=engine.config.scheduler.max_model_len,
+        max_logprobs=engine.config.max_logprobs,
+        vocab_size=engine.model_config.vocab_size,
+        chat_template=llm.chat_template,
+        model_source=str(getattr(llm, "model_source", "")),
+        retry_after_s=opts.retry_after,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async_engine.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(async_engine.shutdown)
+
+    app = FastAPI(title="jaxllm OpenAI-compatible server", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
+    install_error_handlers(app)
+    app.state.ctx = ctx
+    app.state.metrics = metrics
+
+    @app.get("/health")
+    async def health() -> Response:
+        if not async_engine.is_running:
+            return OpenAIError(503, "the engine is not running", type="server_error",
+                               code="engine_dead").response()
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict:
+        from jaxllm import __version__
+
+        return {"version": __version__}
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        cards = [ModelCard(id=n, root=ctx.model_source or None, max_model_len=ctx.max_model_len)
+                 for n in ctx.served_model_names]
+        return ModelList(data=cards).model_dump()
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, raw: Request) -> Response:
+        return await create_completion(ctx, body, raw)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
+        return await create_chat_completion(ctx, body, raw)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> Response:
+        ctx.check_model(body.model)
+        tok = ctx.require_tokenizer("prompt")
+        if (body.prompt is None) == (body.messages is None):
+            raise OpenAIError(400, "Give exactly one of 'prompt' and 'messages'.", param="prompt",
+                              code="invalid_value")
+        if body.messages is not None:
+            text = apply_chat_template(ctx, body.messages,
+                                       add_generation_prompt=body.add_generation_prompt)
+            special = False if body.add_special_tokens is None else body.add_special_tokens
+        else:
+            text = body.prompt
+            special = True if body.add_special_tokens is None else body.add_special_tokens
+        ids = list(tok.encode(text, add_special_tokens=special))
+        return JSONResponse(TokenizeResponse(count=len(ids), max_model_len=ctx.max_model_len,
+                                             tokens=ids).model_dump())
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> Response:
+        ctx.check_model(body.model)
+        tok = ctx.require_tokenizer("tokens")
+        ids = check_token_ids(ctx, body.tokens, "tokens") if body.tokens else []
+        return JSONResponse(DetokenizeResponse(prompt=tok.decode(ids)).model_dump())
+
+    if opts.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=opts.api_key)
+    return app, ctx
+
+
+class Server:
+    """uvicorn running `app` in a background thread (tests, notebooks); `port` is the bound one."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+                 log_level: str = "warning", access_log: bool = False) -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                access_log=access_log, lifespan="on", timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="jaxllm-uvicorn", daemon=True)
+        self.host = host
+        self.port: Optional[int] = None
+
+    def start(self, timeout: float = 60.0) -> "Server":
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        sock = self._server.servers[0].sockets[0]
+        self.port = sock.getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+
+def run_serve(args: Any) -> int:
+    """`jaxllm serve`: parse options, load the model, serve until interrupted."""
+    from jaxllm.entrypoints.cli_args import CLIError
+    from jaxllm.entrypoints.openai.serve_args import resolve_serve_args
+
+    opts = resolve_serve_args(args)
+    logging.basicConfig(level=opts.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        llm = build_llm(opts)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(f"cannot start the engine: {e}") from None
+    app, ctx = build_app(llm, opts)
+    print(f"jaxllm serve: {', '.join(ctx.served_model_names)} on http://{opts.host}:{opts.port} "
+          f"(max_model_len {ctx.max_model_len})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=opts.host, port=opts.port, log_level=opts.log_level,
+                access_log=opts.access_log)
+    return 0

@@ -8,15 +8,21 @@ in the same run:
   reference  -- the pure-jnp oracle (skipped where its gathered copy of the KV would not fit).
 
 Per row: median time per call (N calls after warm-up, each `block_until_ready`), the time per call
-inside one jitted loop (no dispatch overhead), achieved bytes/s (KV actually needed + queries read
-once + output written, over the in-loop time) and its fraction of the card's copy bandwidth,
-measured in the same run with a timed jitted `x + 1` over a 2 GiB bf16 array (bytes read + written).
-Also a max-abs-error column against the reference (or against `pallas` where the reference is
-skipped), and a small prefill table (general path, causal) in TFLOP/s.
+inside one jitted loop (reps per loop chosen per row so one loop runs ~10 ms: the loop call's own
+dispatch stays under 1 us per call), achieved bytes/s (KV actually needed + queries read once +
+output written, over the in-loop time) and its fraction of the card's copy bandwidth, measured in
+the same run with a timed jitted `x + 1` over a 2 GiB bf16 array (bytes read + written). Also a
+max-abs-error column against the reference (or against `pallas` where the reference is skipped),
+the loop floor per batch (the same loop with a one-fusion body), and a small prefill table (general
+path, causal) in TFLOP/s.
 
   PYTHONPATH=. python bench/kernels.py            # full grid (GPU)
   PYTHONPATH=. python bench/kernels.py --quick    # reduced grid
-  PYTHONPATH=. python bench/kernels.py --tune     # sweep our kernel's knobs, print the best
+  PYTHONPATH=. python bench/kernels.py --tune [--tune-points 1x512,16x2048] [--tune-json F]
+                                                  # coordinate descent over our decode knobs
+  PYTHONPATH=. python bench/kernels.py --profile 1x512 --profile-splits 1,8,16:2
+                                                  # untimed calls, to run under ncu
+  PYTHONPATH=. python bench/kernels.py --summarize-ncu F.csv  # per-kernel device time from ncu
   PYTHONPATH=. python bench/kernels.py --cpu-smoke  # tiny sizes, interpret=True (checks the script)
 """
 
@@ -26,6 +32,7 @@ import argparse
 import dataclasses
 import functools
 import itertools
+import json
 import statistics
 import sys
 import time
@@ -69,6 +76,14 @@ def _median_call_s(fn, args, iters: int, warmup: int = 2) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def auto_reps(nbytes: int, target_s: float = 10e-3, lo: int = 10, hi: int = 200) -> int:
+    """Calls per jitted timing loop: enough that one loop runs ~`target_s`, so the host's dispatch
+    and completion latency of the loop call itself (tens of us) is spread thin over the calls.
+    The per-call estimate assumes 2 TB/s plus 20 us."""
+    est = nbytes / 2e12 + 20e-6
+    return int(max(lo, min(hi, round(target_s / est))))
 
 
 def _in_jit_s(attn, args, reps: int, iters: int) -> float:
@@ -126,6 +141,7 @@ def decode_table(shape: Shape, grid: dict, *, iters: int, reps: int, interpret: 
         jax_pa, jax_note = None, f"import failed: {type(e).__name__}"
 
     rows = []
+    floors = {}
     for B, ctx in itertools.product(grid["batches"], grid["contexts"]):
         P = ctx // bs
         q = jax.random.normal(jax.random.fold_in(k4, B * 100003 + ctx), (B, shape.Hq, shape.D), dtype)
@@ -156,6 +172,8 @@ def decode_table(shape: Shape, grid: dict, *, iters: int, reps: int, interpret: 
                 lambda q, k, v, bt, kl, qsl: ragged_paged_attention_reference(q, k, v, bt, kl, qsl, 0),
                 (q, k_pages, v_pages, bt, kv_lens, qsl),
             )
+        if B not in floors:  # the timing loop with a one-fusion body instead of attention
+            floors[B] = _in_jit_s(lambda q, *rest: q, (q,), reps or auto_reps(nbytes), max(3, iters // 4)) * 1e6
         outs = {}
         for name, (fn, args) in backends.items():
             row = dict(batch=B, ctx=ctx, backend=name, note="")
@@ -163,7 +181,9 @@ def decode_table(shape: Shape, grid: dict, *, iters: int, reps: int, interpret: 
                 jfn = jax.jit(fn)
                 outs[name] = np.asarray(jfn(*args).astype(jnp.float32))
                 row["call_us"] = _median_call_s(jfn, args, iters) * 1e6
-                row["loop_us"] = _in_jit_s(fn, args, reps, max(3, iters // 4)) * 1e6
+                row_reps = reps or auto_reps(nbytes)
+                row["loop_us"] = _in_jit_s(fn, args, row_reps, max(3, iters // 4)) * 1e6
+                row["reps"] = row_reps
                 row["GBps"] = nbytes / (row["loop_us"] * 1e-6) / 1e9
                 row["frac"] = row["GBps"] * 1e9 / copy_bw
             except Exception as e:  # noqa: BLE001 -- e.g. a kernel that fails to lower: note it
@@ -180,7 +200,7 @@ def decode_table(shape: Shape, grid: dict, *, iters: int, reps: int, interpret: 
         if jax_pa is None:
             rows.append(dict(batch=B, ctx=ctx, backend="jax-paged", note=jax_note))
     del k_pages, v_pages, jax_layout
-    return rows
+    return rows, floors
 
 
 def prefill_table(shape: Shape, grid, *, iters: int, interpret: bool):
@@ -220,62 +240,209 @@ def prefill_table(shape: Shape, grid, *, iters: int, interpret: bool):
     return rows
 
 
-def tune(shape: Shape, *, iters: int, reps: int, interpret: bool, copy_bw: float, smoke: bool):
-    """Sweep our decode kernel's knobs at a few points, in two stages (block/warps/stages at the
-    automatic split count, then the split count at the best of those); print the best per point."""
-    bs, dtype = shape.block_size, jnp.dtype(shape.dtype)
-    points = ((1, 64), (3, 32)) if smoke else ((1, 8192), (16, 2048), (64, 2048), (256, 512), (256, 8192))
-    stage1 = list(itertools.product((1, 2), (4,), (2,))) if smoke else list(
-        itertools.product((2, 4, 8), (4, 8), (2, 3))
-    )
-    split_choices = (1, 2) if smoke else (1, 2, 4, 8, 16, 32)
-    lines = [
-        "| batch | ctx | best (pages/block, warps, stages, splits) | us in loop | GB/s | frac | default us |",
-        "|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    key = jax.random.key(2)
-    for B, ctx in points:
-        P = ctx // bs
-        k1, k2, k3 = jax.random.split(jax.random.fold_in(key, B * 100003 + ctx), 3)
-        k_pages = jax.random.normal(k1, (1, B * P, shape.Hkv, bs, shape.D), dtype)
-        v_pages = jax.random.normal(k2, (1, B * P, shape.Hkv, bs, shape.D), dtype)
-        q = jax.random.normal(k3, (B, shape.Hq, shape.D), dtype)
-        bt = jnp.arange(B * P, dtype=jnp.int32).reshape(B, P)
-        kv_lens = jnp.full((B,), ctx, jnp.int32)
-        qsl = jnp.arange(B + 1, dtype=jnp.int32)
-        args = (q, k_pages, v_pages, bt, kv_lens, qsl)
-        nbytes = (2 * B * ctx * shape.Hkv + 2 * B * shape.Hq) * shape.D * dtype.itemsize
+# Tuning points, most important first (the issue's targets: batch >= 16 at context >= 2048, and
+# the small rows where launches dominate); a time budget may cut the list short.
+TUNE_POINTS = (
+    (16, 2048), (1, 512), (64, 2048), (16, 8192), (256, 2048), (1, 8192),
+    (64, 8192), (256, 8192), (1, 2048), (16, 512), (64, 512), (256, 512),
+)
+TUNE_SMOKE_POINTS = ((1, 64), (3, 32))
+SPLIT_CHOICES = (1, 2, 4, 8, 16, 32)
 
-        def timed(ppcb, nw, ns, nsplit):
-            fn = functools.partial(
-                ragged_paged_attention, decode_only=True, interpret=interpret,
-                pages_per_compute_block=ppcb, num_warps=nw, num_stages=ns, num_kv_splits=nsplit,
-            )
+
+def _decode_inputs(shape: Shape, B: int, ctx: int, key):
+    """Our args, JAX-layout args, and the bytes a decode step must move (KV + q + out)."""
+    bs, dtype = shape.block_size, jnp.dtype(shape.dtype)
+    P = ctx // bs
+    k1, k2, k3 = jax.random.split(jax.random.fold_in(key, B * 100003 + ctx), 3)
+    k_pages = jax.random.normal(k1, (1, B * P, shape.Hkv, bs, shape.D), dtype)
+    v_pages = jax.random.normal(k2, (1, B * P, shape.Hkv, bs, shape.D), dtype)
+    q = jax.random.normal(k3, (B, shape.Hq, shape.D), dtype)
+    bt = jax.random.permutation(k3, B * P).astype(jnp.int32).reshape(B, P)
+    kv_lens = jnp.full((B,), ctx, jnp.int32)
+    qsl = jnp.arange(B + 1, dtype=jnp.int32)
+    ours = (q, k_pages, v_pages, bt, kv_lens, qsl)
+    q_scaled = (q.astype(jnp.float32) * shape.D**-0.5).astype(dtype)
+    theirs = (q_scaled, jnp.swapaxes(k_pages[0], 0, 1), jnp.swapaxes(v_pages[0], 0, 1), bt, kv_lens)
+    nbytes = (2 * B * ctx * shape.Hkv + 2 * B * shape.Hq) * shape.D * dtype.itemsize
+    return ours, theirs, nbytes
+
+
+def tune(
+    shape: Shape,
+    *,
+    iters: int,
+    reps: int | None,
+    interpret: bool,
+    copy_bw: float,
+    smoke: bool,
+    budget_s: float,
+    descent_points: int,
+    json_path: str | None,
+    points=None,
+):
+    """Sweep our decode kernel's knobs (pages per compute block, warps, stages, splits) point by
+    point, by coordinate descent from the table's values: splits, then pages, warps, stages, then
+    splits again next to the best. Points past the first `descent_points` get the split sweep only.
+    JAX's op and a one-fusion loop (the per-iteration floor) are timed at each point too. Stops
+    starting new configurations once `budget_s` seconds have passed."""
+    from pallas_kernels import tuned_block_sizes
+
+    t0 = time.perf_counter()
+    cfg = tuned_block_sizes.lookup(shape.D, shape.block_size, shape.dtype, shape.Hq // shape.Hkv)
+    base = (cfg.decode_pages_per_compute_block, cfg.decode_num_warps, cfg.decode_num_stages)
+    points = points or (TUNE_SMOKE_POINTS if smoke else TUNE_POINTS)
+    lines = [
+        f"table config {cfg}",
+        "",
+        "| batch | ctx | best (pages/block, warps, stages, splits) | us in loop | GB/s | frac "
+        "| table default us (splits) | jax-paged us | floor us | reps |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    record = []
+    key = jax.random.key(2)
+    try:
+        from jax.experimental.pallas.ops.gpu import paged_attention as jax_pa
+    except Exception:  # noqa: BLE001
+        jax_pa = None
+    for i, (B, ctx) in enumerate(points):
+        if time.perf_counter() - t0 > budget_s:
+            lines.append(f"| {B} | {ctx} | skipped: time budget | | | | | | | |")
+            continue
+        ours, theirs, nbytes = _decode_inputs(shape, B, ctx, key)
+        row_reps = reps or auto_reps(nbytes)
+        P = ctx // shape.block_size
+        cache: dict = {}
+
+        def loop_us(attn, args):
             try:
-                attn = lambda q, k, v, bt, kl, qsl: fn(q, k, v, bt, kl, qsl, 0)  # noqa: E731
-                return _in_jit_s(attn, args, reps, iters) * 1e6
+                return _in_jit_s(attn, args, row_reps, iters) * 1e6
             except Exception as e:  # noqa: BLE001
-                print(f"  {B}x{ctx} {(ppcb, nw, ns, nsplit)}: failed {type(e).__name__}", file=sys.stderr)
+                print(f"  {B}x{ctx}: failed {type(e).__name__}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
                 return float("inf")
 
-        default_us = timed(None, None, None, None)
-        results = {(*knobs, None): timed(*knobs, None) for knobs in stage1}
-        best = min(results, key=results.get)
-        results.update({(*best[:3], n): timed(*best[:3], n) for n in split_choices})
-        best = min(results, key=results.get)
-        gbps = nbytes / (results[best] * 1e-6) / 1e9
+        def timed(knobs):
+            if knobs in cache:
+                return cache[knobs]
+            if time.perf_counter() - t0 > budget_s:
+                return float("inf")
+            ppcb, nw, nst, nsplit = knobs
+            fn = functools.partial(
+                ragged_paged_attention, decode_only=True, interpret=interpret,
+                pages_per_compute_block=ppcb, num_warps=nw, num_stages=nst, num_kv_splits=nsplit,
+            )
+            cache[knobs] = loop_us(lambda q, k, v, bt, kl, qsl: fn(q, k, v, bt, kl, qsl, 0), ours)
+            print(f"  {B}x{ctx} {knobs}: {cache[knobs]:.1f} us", file=sys.stderr, flush=True)
+            return cache[knobs]
+
+        floor = loop_us(lambda q, *rest: q, ours)
+        jax_us = float("nan")
+        if jax_pa is not None:
+            jfn = functools.partial(jax_pa.paged_attention, interpret=interpret, **_jax_paged_attention_kwargs(P))
+            jax_us = loop_us(lambda q, k, v, bt, kl: jfn(q, k, v, bt, kl), theirs)
+        max_split = max(1, ctx // 64)  # a split keeps >= 64 tokens
+        auto_split = tuned_block_sizes.choose_num_kv_splits(
+            B, shape.Hkv, ctx, cfg.decode_pages_per_compute_block * shape.block_size, cfg
+        )
+        default_us = timed((*base, auto_split))
+        splits = [n for n in SPLIT_CHOICES if n <= max_split] if not smoke else [1, 2]
+        for n in splits:
+            timed((*base, n))
+        best = min(cache, key=cache.get)
+        if i < descent_points:
+            for pp in (2, 4, 8) if not smoke else (1, 2):
+                timed((pp, *best[1:]))
+            best = min(cache, key=cache.get)
+            for nw in (2, 4, 8) if not smoke else (4,):
+                timed((best[0], nw, *best[2:]))
+            best = min(cache, key=cache.get)
+            for nst in (1, 2, 3, 4) if not smoke else (2,):
+                timed((*best[:2], nst, best[3]))
+            best = min(cache, key=cache.get)
+            for n in (best[3] // 2, best[3] * 2):
+                if n in splits:
+                    timed((*best[:3], n))
+            best = min(cache, key=cache.get)
+        gbps = nbytes / (cache[best] * 1e-6) / 1e9
         lines.append(
-            f"| {B} | {ctx} | {best} | {results[best]:.1f} | {gbps:.4g} | "
-            f"{gbps * 1e9 / copy_bw:.2f} | {default_us:.1f} |"
+            f"| {B} | {ctx} | {best} | {cache[best]:.1f} | {gbps:.4g} | {gbps * 1e9 / copy_bw:.2f} | "
+            f"{default_us:.1f} ({auto_split}) | {jax_us:.1f} | {floor:.1f} | {row_reps} |"
         )
         print(lines[-1], flush=True)
-        del k_pages, v_pages
+        record.append(dict(
+            batch=B, ctx=ctx, reps=row_reps, floor_us=floor, jax_us=jax_us, auto_split=auto_split,
+            results=[[*k, v] for k, v in cache.items()],
+        ))
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(dict(copy_bw=copy_bw, table=dataclasses.asdict(cfg), points=record), f)
+        del ours, theirs
     return "\n".join(lines)
 
 
-def _decode_markdown(rows, copy_bw) -> str:
+def profile_runs(shape: Shape, points, splits, *, calls: int, interpret: bool) -> None:
+    """Run each backend `calls` times per point, untimed, for an external profiler (e.g. Nsight
+    Compute: `ncu --metrics gpu__time_duration.sum python bench/kernels.py --profile 1x512`), which
+    then reports each kernel's device time: ours per split count (main + combine kernel) and JAX's
+    op (its kernel + the XLA fusions of its combine)."""
+    try:
+        from jax.experimental.pallas.ops.gpu import paged_attention as jax_pa
+    except Exception:  # noqa: BLE001
+        jax_pa = None
+    key = jax.random.key(3)
+    for B, ctx in points:
+        ours, theirs, _ = _decode_inputs(shape, B, ctx, key)
+        fns = {}
+        for n, pp in splits:
+            fn = functools.partial(
+                ragged_paged_attention, decode_only=True, interpret=interpret, num_kv_splits=n,
+                pages_per_compute_block=pp or None,
+            )
+            fns[f"pallas ns={n} ppcb={pp}"] = (
+                jax.jit(lambda q, k, v, bt, kl, qsl, fn=fn: fn(q, k, v, bt, kl, qsl, 0)), ours
+            )
+        if jax_pa is not None:
+            kw = _jax_paged_attention_kwargs(ctx // shape.block_size)
+            fns["jax-paged"] = (jax.jit(functools.partial(jax_pa.paged_attention, interpret=interpret, **kw)), theirs)
+        for name, (fn, args) in fns.items():
+            jax.block_until_ready(fn(*args))  # compile
+            for _ in range(calls):
+                jax.block_until_ready(fn(*args))
+            print(f"profiled {B}x{ctx} {name}: {calls} calls", flush=True)
+
+
+def summarize_ncu_csv(path: str) -> str:
+    """Median device time per kernel name from `ncu --csv --metrics gpu__time_duration.sum` output,
+    in launch order (first appearance)."""
+    import csv
+
+    times: dict[str, list[float]] = {}
+    with open(path) as f:
+        lines = [ln for ln in f if ln.startswith('"')]
+    for rec in csv.DictReader(lines):
+        if rec.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+        value = float(rec["Metric Value"].replace(",", "")) * scale.get(rec.get("Metric Unit", "ns"), 1e-3)
+        name = rec["Kernel Name"][:70] + f" grid{rec.get('Grid Size', '')}"
+        times.setdefault(name, []).append(value)
+    out = ["| kernel | launches | median us |", "|---|---:|---:|"]
+    for name, ts in times.items():
+        out.append(f"| {name} | {len(ts)} | {statistics.median(ts):.2f} |")
+    return "\n".join(out)
+
+
+def _parse_points(text: str):
+    return tuple(tuple(int(x) for x in p.split("x")) for p in text.split(",") if p)
+
+
+def _decode_markdown(rows, copy_bw, floors) -> str:
+    floor_text = ", ".join(f"batch {b}: {us:.1f} us" for b, us in floors.items())
     out = [
         f"Decode, copy bandwidth {copy_bw / 1e9:.4g} GB/s (x + 1 in a jitted loop, read + write).",
+        "In-loop time: median over loop calls of (loop time / reps), reps per row so that one loop",
+        "runs ~10 ms (the loop call's own dispatch is then < 1 us per call). Loop floor (the same",
+        f"loop with a one-fusion body instead of attention): {floor_text}.",
         "",
         "| batch | ctx | backend | us/call (median) | us/call in jit loop | GB/s | frac of copy BW "
         "| max abs err | note |",
@@ -319,8 +486,20 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="calls per jitted timing loop")
     ap.add_argument("--no-prefill", action="store_true", help="skip the prefill table")
     ap.add_argument("--out", default=None, help="also write the Markdown tables to this file")
+    ap.add_argument("--tune-budget", type=float, default=240.0, help="seconds of tuning (--tune)")
+    ap.add_argument("--tune-descent", type=int, default=5, help="points tuned in full (--tune)")
+    ap.add_argument("--tune-json", default=None, help="write every tuning timing to this JSON file")
+    ap.add_argument("--tune-points", default=None, help="BxCTX,... instead of the built-in list (--tune)")
+    ap.add_argument("--profile", default=None, help="BxCTX,...: untimed calls for a profiler, then exit")
+    ap.add_argument(
+        "--profile-splits", default="1,2,4,8", help="our split counts, NS or NS:PAGES_PER_BLOCK (--profile)"
+    )
+    ap.add_argument("--summarize-ncu", default=None, help="print per-kernel medians of an ncu CSV, exit")
     args = ap.parse_args(argv)
 
+    if args.summarize_ncu:
+        print(summarize_ncu_csv(args.summarize_ncu))
+        return 0
     smoke = args.cpu_smoke
     if not smoke and jax.devices()[0].platform != "gpu":
         print("no GPU: run with --cpu-smoke (tiny sizes, interpret mode)", file=sys.stderr)
@@ -328,7 +507,14 @@ def main(argv=None) -> int:
     shape = SMOKE if smoke else LLAMA3_8B
     grid = SMOKE_GRID if smoke else (QUICK_GRID if args.quick else FULL_GRID)
     iters = args.iters or (2 if smoke else 20)
-    reps = args.reps or (1 if smoke else 10)
+    reps = args.reps or (1 if smoke else None)  # None: auto_reps per row
+    if args.profile:
+        profile_runs(
+            shape, _parse_points(args.profile),
+            [tuple(int(y) for y in (x + ":0").split(":")[:2]) for x in args.profile_splits.split(",")],
+            calls=3 if smoke else 5, interpret=smoke,
+        )
+        return 0
     dev = jax.devices()[0]
     header = (
         f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}; shape Hq={shape.Hq} "
@@ -339,11 +525,15 @@ def main(argv=None) -> int:
     print(f"copy bandwidth: {copy_bw / 1e9:.4g} GB/s", flush=True)
 
     if args.tune:
-        text = tune(shape, iters=max(3, iters // 4), reps=reps, interpret=smoke, copy_bw=copy_bw, smoke=smoke)
+        text = tune(
+            shape, iters=max(3, iters // 4), reps=reps, interpret=smoke, copy_bw=copy_bw, smoke=smoke,
+            budget_s=args.tune_budget, descent_points=args.tune_descent, json_path=args.tune_json,
+            points=_parse_points(args.tune_points) if args.tune_points else None,
+        )
         sections = [header, text]
     else:
-        rows = decode_table(shape, grid, iters=iters, reps=reps, interpret=smoke, copy_bw=copy_bw)
-        sections = [header, _decode_markdown(rows, copy_bw)]
+        rows, floors = decode_table(shape, grid, iters=iters, reps=reps, interpret=smoke, copy_bw=copy_bw)
+        sections = [header, _decode_markdown(rows, copy_bw, floors)]
         print(sections[-1], flush=True)
         if not args.no_prefill:
             pgrid = PREFILL_SMOKE if smoke else (PREFILL_GRID[:1] if args.quick else PREFILL_GRID)

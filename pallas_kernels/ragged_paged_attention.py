@@ -10,7 +10,11 @@ Two kernels, both on the full stacked cache (the layer is picked inside the kern
 - decode (`decode_only=True`, one query token per sequence): grid (sequence, KV head, KV split). One
   program holds all `G = Hq / Hkv` query heads of its KV head as the rows of one tile (padded to 16
   rows, the smallest tensor-core tile), so each KV page is read once per step. Splits
-  (flash-decoding) give long contexts with few sequences enough programs; a jnp step combines them.
+  (flash-decoding) give long contexts with few sequences enough programs; they interleave (split j
+  takes compute blocks j, j + NS, ...), so block addresses need no kv_lens load and any length
+  splits evenly. A second Pallas kernel (grid (sequence, KV head)) merges the splits. The last
+  kernel writes every output row (zeros where no sequence owns one): a decode step is one or two
+  kernel launches and nothing else (no zero-fill, no scatter).
 - general (mixed prefill chunks and decodes): grid (work item, KV head); a work item is one block of
   `block_q` query tokens of one sequence; the jnp wrapper builds the work list
   (`_work_list`) and passes it as an int32 array. Causal (and sliding-window) masks per row.
@@ -77,7 +81,10 @@ def _attend(
     row_pos,  # [M] int32 absolute position of each row (-1: sees nothing)
     kv_lo,  # int32 scalar: first KV token this program may need
     kv_hi,  # int32 scalar: one past the last KV token this program may need
+    start,  # int32 scalar: first token of the first compute block (page-aligned)
+    n_steps,  # int32 scalar: compute blocks to visit
     *,
+    block_stride: int,  # tokens from one visited block to the next (block_k: contiguous)
     k_ref,  # [L, N, Hkv, bs, D]
     v_ref,  # [L, N, Hkv, bs, D]
     bt_ref,  # [S, P] int32
@@ -89,7 +96,8 @@ def _attend(
     scale_log2: float,
     sliding_window: int | None,
 ):
-    """Online softmax over KV tokens [kv_lo, kv_hi) of `seq`; returns (acc [M, D] f32, m [M], l [M]).
+    """Online softmax over the KV tokens in [kv_lo, kv_hi) of `seq` that lie in the compute blocks
+    starting at `start + i * block_stride`, i < n_steps; returns (acc [M, D] f32, m [M], l [M]).
 
     `acc` is unnormalised, `m` is the running max in log2 units, `l` the running sum of exp2.
     """
@@ -97,18 +105,18 @@ def _attend(
     P = bt_ref.shape[1]
     num_blocks = k_ref.shape[1]
     lg_bs = _log2(block_size)
-    start = (kv_lo >> lg_bs) << lg_bs  # page-aligned first token
-    n_steps = (jnp.maximum(kv_hi - start, 0) + block_k - 1) >> _log2(block_k)
     offs = jnp.arange(block_k, dtype=jnp.int32)
     d = jnp.arange(D, dtype=jnp.int32)
     zero = jnp.zeros((), k_ref.dtype)
 
     def body(i, carry):
         acc, m, l = carry
-        tok = start + i * block_k + offs  # [BK] absolute token positions
+        tok = start + i * block_stride + offs  # [BK] absolute token positions
         live = (tok >= kv_lo) & (tok < kv_hi)
-        page_slot = jnp.minimum(tok >> lg_bs, P - 1)
-        page = plgpu.load(bt_ref.at[seq, page_slot], mask=live, other=0)  # [BK]
+        # The table load is unmasked (every slot of the row is addressable), so it does not wait for
+        # kv_lens; entries past the sequence's pages may be garbage: clipped, and their K/V masked.
+        page_slot = jnp.clip(tok >> lg_bs, 0, P - 1)
+        page = plgpu.load(bt_ref.at[seq, page_slot])  # [BK]
         page = jnp.clip(page, 0, num_blocks - 1)  # memory-safe even for a corrupt table
         slot = tok & (block_size - 1)
         live_kd = jnp.broadcast_to(live[:, None], (block_k, D))
@@ -148,6 +156,36 @@ def _normalize(acc, l):
     return acc / jnp.where(l == 0.0, 1.0, l)[:, None]
 
 
+def _zero_unowned_rows(out_ref, s, kvh, q0, q1, q_total, num_seqs: int, *, G: int, R: int):
+    """Write zeros to the heads of KV head `kvh` in the output rows that no sequence owns and that
+    fall to sequence `s`: the rows of `s` before its last one (only with several query rows, which
+    decode mode does not compute), rows before `query_start_loc[0]` (to s = 0) and the padding rows
+    at or past `query_start_loc[S]` (row `query_start_loc[S] + s + k * S` to s). In a well-formed
+    decode batch only the padding rows exist, so these loops are empty or short.
+
+    `q0, q1, q_total` are query_start_loc[s], [s + 1] and [S], loaded by the caller at the top of
+    the kernel so that their latency overlaps the main work."""
+    S = num_seqs
+    T, _, D = out_ref.shape
+    g = jnp.arange(R, dtype=jnp.int32)
+    d = jnp.arange(D, dtype=jnp.int32)
+    ok = g < G
+    head = jnp.where(ok, kvh * G + g, out_ref.shape[1])  # masked rows point past the array
+    mask = jnp.broadcast_to(ok[:, None], (R, D))
+    zeros = jnp.zeros((R, D), out_ref.dtype)
+
+    def zero_row(t, carry):
+        plgpu.store(out_ref.at[t, head[:, None], d[None, :]], zeros, mask=mask)
+        return carry
+
+    lo = jnp.clip(jnp.where(s == 0, 0, q0), 0, T)
+    hi = jnp.clip(q1 - (q1 > q0).astype(jnp.int32), lo, T)  # the last row (if any) is owned
+    lax.fori_loop(lo, hi, zero_row, 0)
+    first = jnp.clip(q_total, 0, T) + s
+    n_tail = jnp.maximum(T - first + S - 1, 0) // S
+    lax.fori_loop(0, n_tail, lambda k, c: zero_row(first + k * S, c), 0)
+
+
 def _decode_kernel(
     layer_ref,  # [1] int32
     qsl_ref,  # [S + 1] int32
@@ -156,7 +194,7 @@ def _decode_kernel(
     q_ref,  # [T, Hq, D]
     k_ref,  # [L, N, Hkv, bs, D]
     v_ref,  # [L, N, Hkv, bs, D]
-    *refs,  # splits == 1: (out_init [T, Hq, D], out [T, Hq, D]); else (o [NS,S,Hq,D], m, l [NS,S,Hq])
+    *refs,  # splits == 1: ([out_init,] out [T, Hq, D]); else (o [S, Hkv, NS, M, D], m, l [S, Hkv, NS, M])
     G: int,
     M: int,
     num_splits: int,
@@ -167,9 +205,10 @@ def _decode_kernel(
 ):
     s, kvh, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     T, Hq, D = q_ref.shape
-    layer = layer_ref[0]
-    q_end = qsl_ref[s + 1]
-    q_len = q_end - qsl_ref[s]
+    layer = jnp.clip(layer_ref[0], 0, k_ref.shape[0] - 1)
+    q_start, q_end = qsl_ref[s], qsl_ref[s + 1]
+    q_total = qsl_ref[qsl_ref.shape[0] - 1] if num_splits == 1 else None  # for the zero rows
+    q_len = q_end - q_start
     kv_len = jnp.where(q_len > 0, kv_lens_ref[s], 0)
     row = jnp.clip(q_end - 1, 0, T - 1)  # the sequence's (last) query row
 
@@ -180,19 +219,25 @@ def _decode_kernel(
     ok_md = jnp.broadcast_to(head_ok[:, None], (M, D))
     q = plgpu.load(q_ref.at[row, head[:, None], d[None, :]], mask=ok_md, other=jnp.zeros((), q_ref.dtype))
 
-    lo = 0 if sliding_window is None else jnp.maximum(kv_len - sliding_window, 0)
-    base = (lo >> _log2(block_size)) << _log2(block_size)
-    span = jnp.maximum(kv_len - base, 0)
-    per = (span + num_splits - 1) >> _log2(num_splits)
-    per = ((per + block_k - 1) >> _log2(block_k)) << _log2(block_k)  # whole compute blocks
-    split_lo = base + split * per
-    split_hi = jnp.minimum(split_lo + per, kv_len)
+    # Splits interleave: split j visits compute blocks j, j + NS, j + 2 NS, ... of the sequence's KV
+    # (from the window's first page). Without a window the block addresses depend on the program
+    # id alone, so the block-table loads need not wait for kv_lens; any kv_len splits evenly.
+    if sliding_window is None:
+        lo, base = 0, 0
+    else:
+        lo = jnp.maximum(kv_len - sliding_window, 0)
+        base = (lo >> _log2(block_size)) << _log2(block_size)
+    n_blocks = (jnp.maximum(kv_len - base, 0) + block_k - 1) >> _log2(block_k)
+    n_steps = jnp.maximum(n_blocks - split + num_splits - 1, 0) >> _log2(num_splits)
     row_pos = jnp.broadcast_to(kv_len - 1, (M,))
     acc, m, l = _attend(
         q,
         row_pos,
-        jnp.maximum(split_lo, lo),
-        split_hi,
+        lo,
+        kv_len,
+        base + split * block_k,
+        n_steps,
+        block_stride=num_splits * block_k,
         k_ref=k_ref,
         v_ref=v_ref,
         bt_ref=bt_ref,
@@ -206,7 +251,7 @@ def _decode_kernel(
     )
 
     if num_splits == 1:
-        _, out_ref = refs
+        out_ref = refs[-1]  # refs[0] is the aliased initial buffer when there are two
         store_ok = head_ok & (q_len > 0)
         dst = jnp.where(store_ok, head, Hq)  # masked rows point past the array: never collide
         plgpu.store(
@@ -214,12 +259,60 @@ def _decode_kernel(
             _normalize(acc, l).astype(out_ref.dtype),
             mask=jnp.broadcast_to(store_ok[:, None], (M, D)),
         )
+        _zero_unowned_rows(out_ref, s, kvh, q_start, q_end, q_total, bt_ref.shape[0], G=G, R=M)
     else:
         o_ref, m_ref, l_ref = refs
-        dst = jnp.where(head_ok, head, Hq)
-        plgpu.store(o_ref.at[split, s, dst[:, None], d[None, :]], acc, mask=ok_md)
-        plgpu.store(m_ref.at[split, s, dst], m, mask=head_ok)
-        plgpu.store(l_ref.at[split, s, dst], l, mask=head_ok)
+        plgpu.store(o_ref.at[s, kvh, split, r[:, None], d[None, :]], acc, mask=ok_md)
+        plgpu.store(m_ref.at[s, kvh, split, r], m, mask=head_ok)
+        plgpu.store(l_ref.at[s, kvh, split, r], l, mask=head_ok)
+
+
+def _combine_kernel(
+    qsl_ref,  # [S + 1] int32
+    o_ref,  # [S, Hkv, NS, M, D] f32 unnormalised partial outputs
+    m_ref,  # [S, Hkv, NS, M] f32 running max (log2 units)
+    l_ref,  # [S, Hkv, NS, M] f32 running sum
+    *refs,  # ([out_init,] out [T, Hq, D])
+    G: int,
+    R: int,
+    num_splits: int,
+):
+    """One program per (sequence, KV head): merge the splits' partials, write the G output heads of
+    the sequence's row and zero its share of the unowned rows. The split loop is unrolled so all
+    loads are in flight at once (they are independent)."""
+    out_ref = refs[-1]
+    s, kvh = pl.program_id(0), pl.program_id(1)
+    T, Hq, D = out_ref.shape
+    g = jnp.arange(R, dtype=jnp.int32)
+    d = jnp.arange(D, dtype=jnp.int32)
+    ok = g < G
+    ok_rd = jnp.broadcast_to(ok[:, None], (R, D))
+    S = qsl_ref.shape[0] - 1
+    q_start, q_end, q_total = qsl_ref[s], qsl_ref[s + 1], qsl_ref[S]
+    ms = [plgpu.load(m_ref.at[s, kvh, j, g], mask=ok, other=_NEG) for j in range(num_splits)]
+    ls = [plgpu.load(l_ref.at[s, kvh, j, g], mask=ok, other=0.0) for j in range(num_splits)]
+    os_ = [
+        plgpu.load(o_ref.at[s, kvh, j, g[:, None], d[None, :]], mask=ok_rd, other=0.0)
+        for j in range(num_splits)
+    ]
+    m_all = functools.reduce(jnp.maximum, ms)  # [R]
+    acc = jnp.zeros((R, D), jnp.float32)
+    l_all = jnp.zeros((R,), jnp.float32)
+    for m_j, l_j, o_j in zip(ms, ls, os_):
+        w = jnp.exp2(m_j - m_all)  # empty splits: m_j = _NEG, l_j = 0, o_j = 0
+        acc = acc + w[:, None] * o_j
+        l_all = l_all + w * l_j
+
+    q_len = q_end - q_start
+    row = jnp.clip(q_end - 1, 0, T - 1)
+    store_ok = ok & (q_len > 0)
+    dst = jnp.where(store_ok, kvh * G + g, Hq)  # masked rows point past the array: never collide
+    plgpu.store(
+        out_ref.at[row, dst[:, None], d[None, :]],
+        _normalize(acc, l_all).astype(out_ref.dtype),
+        mask=jnp.broadcast_to(store_ok[:, None], (R, D)),
+    )
+    _zero_unowned_rows(out_ref, s, kvh, q_start, q_end, q_total, S, G=G, R=R)
 
 
 def _general_kernel(
@@ -245,7 +338,7 @@ def _general_kernel(
     del out_init_ref  # only there to zero the rows no program writes
     w, kvh = pl.program_id(0), pl.program_id(1)
     T, Hq, D = q_ref.shape
-    layer = layer_ref[0]
+    layer = jnp.clip(layer_ref[0], 0, k_ref.shape[0] - 1)
     seq = work_ref[0, w]
     qblk = work_ref[1, w]
     q_start = qsl_ref[seq]
@@ -271,11 +364,16 @@ def _general_kernel(
     row_pos = jnp.where(ok, pos0 + t, -1)
     kv_hi = jnp.where(n_rows > 0, pos0 + n_rows, 0)
     kv_lo = 0 if sliding_window is None else jnp.maximum(pos0 - sliding_window + 1, 0)
+    start = (kv_lo >> _log2(block_size)) << _log2(block_size)  # page-aligned first token
+    n_steps = (jnp.maximum(kv_hi - start, 0) + block_k - 1) >> _log2(block_k)
     acc, _, l = _attend(
         q,
         row_pos,
         kv_lo,
         kv_hi,
+        start,
+        n_steps,
+        block_stride=block_k,
         k_ref=k_ref,
         v_ref=v_ref,
         bt_ref=bt_ref,
@@ -317,6 +415,9 @@ def _work_list(
 
 
 def _decode_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_init, *, st):
+    """Decode path: one kernel (no split) or the split kernel plus the combine kernel. The final
+    kernel writes every output row (zeros where no sequence owns it), so no zero-filled buffer is
+    needed; `out_init` (tests only) is aliased to the output when given."""
     T, Hq, D = q.shape
     Hkv = k_pages.shape[2]
     S = block_tables.shape[0]
@@ -336,36 +437,42 @@ def _decode_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_ini
     params = _TritonParams(num_warps=st["decode_num_warps"], num_stages=st["decode_num_stages"])
     args = (layer, qsl, kv_lens, block_tables, q, k_pages, v_pages)
     name = f"rpa_decode_G{G}_D{D}_bs{st['block_size']}_bk{st['decode_block_k']}_ns{ns}"
+    out_shape = jax.ShapeDtypeStruct((T, Hq, D), q.dtype)
     if ns == 1:
+        extra = () if out_init is None else (out_init,)
         return pl.pallas_call(
             kernel,
             grid=(S, Hkv, 1),
-            out_shape=jax.ShapeDtypeStruct((T, Hq, D), q.dtype),
-            input_output_aliases={len(args): 0},
+            out_shape=out_shape,
+            input_output_aliases={} if out_init is None else {len(args): 0},
             compiler_params=params,
             interpret=st["interpret"],
             name=name,
-        )(*args, out_init)
+        )(*args, *extra)
     o, m, l = pl.pallas_call(
         kernel,
         grid=(S, Hkv, ns),
         out_shape=[
-            jax.ShapeDtypeStruct((ns, S, Hq, D), jnp.float32),
-            jax.ShapeDtypeStruct((ns, S, Hq), jnp.float32),
-            jax.ShapeDtypeStruct((ns, S, Hq), jnp.float32),
+            jax.ShapeDtypeStruct((S, Hkv, ns, M, D), jnp.float32),
+            jax.ShapeDtypeStruct((S, Hkv, ns, M), jnp.float32),
+            jax.ShapeDtypeStruct((S, Hkv, ns, M), jnp.float32),
         ],
         compiler_params=params,
         interpret=st["interpret"],
         name=name,
     )(*args)
-    # Combine the splits (log2-domain maxima): o = sum_j 2^(m_j - m) acc_j / sum_j 2^(m_j - m) l_j.
-    m_all = jnp.max(m, axis=0)  # [S, Hq]
-    wgt = jnp.exp2(m - m_all[None])  # [NS, S, Hq]
-    l_all = jnp.sum(wgt * l, axis=0)
-    o = jnp.sum(wgt[..., None] * o, axis=0) / jnp.where(l_all == 0.0, 1.0, l_all)[..., None]
-    has_q = qsl[1:] > qsl[:-1]
-    rows = jnp.where(has_q, qsl[1:] - 1, T)  # T: dropped
-    return out_init.at[rows].set(o.astype(q.dtype), mode="drop")
+    R = max(2, _next_pow2(G))
+    cargs = (qsl, o, m, l)
+    extra = () if out_init is None else (out_init,)
+    return pl.pallas_call(
+        functools.partial(_combine_kernel, G=G, R=R, num_splits=ns),
+        grid=(S, Hkv),
+        out_shape=out_shape,
+        input_output_aliases={} if out_init is None else {len(cargs): 0},
+        compiler_params=_TritonParams(num_warps=st["combine_num_warps"], num_stages=1),
+        interpret=st["interpret"],
+        name=f"rpa_decode_combine_G{G}_D{D}_ns{ns}",
+    )(*cargs, *extra)
 
 
 def _general_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_init, *, st):
@@ -388,6 +495,8 @@ def _general_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_in
         sliding_window=st["sliding_window"],
     )
     args = (layer, qsl, kv_lens, block_tables, work, q, k_pages, v_pages)
+    if out_init is None:
+        out_init = jnp.zeros(q.shape, q.dtype)
     return pl.pallas_call(
         kernel,
         grid=(num_work, Hkv),
@@ -401,11 +510,11 @@ def _general_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_in
 
 @functools.partial(jax.jit, static_argnames=("static",))
 def _rpa_jit(q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, out_init, *, static):
-    """`out_init` [T, Hq, D]: the buffer the kernels write into (zeros from the public entry); rows
-    no sequence owns keep its values (tests pass NaN to prove every owned row is written)."""
+    """`out_init` [T, Hq, D] or None: a buffer the kernels write into (tests pass NaN to prove every
+    owned row is written); None: the general path zero-fills one, the decode path writes every row.
+    Nothing here launches a kernel of its own: the layer index is clipped inside the kernels."""
     st = dict(static)
-    L = k_pages.shape[0]
-    layer = jnp.clip(jnp.asarray(layer, jnp.int32).reshape((1,)), 0, L - 1)
+    layer = jnp.asarray(layer, jnp.int32).reshape((1,))
     block_tables = block_tables.astype(jnp.int32)
     kv_lens = kv_lens.astype(jnp.int32)
     qsl = query_start_loc.astype(jnp.int32)
@@ -518,6 +627,19 @@ def validate_inputs(
         raise ValueError(f"block_q must be a power of two >= 1, got {block_q!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def _device_num_sms() -> int:
+    """Streaming multiprocessors of the default GPU (sizes the split count); the table's default
+    (an H100's 132) on other backends or when the runtime does not say."""
+    try:
+        dev = jax.devices()[0]
+        if dev.platform == "gpu":
+            return int(getattr(dev, "core_count", 0) or tuned_block_sizes.DEFAULT_NUM_SMS)
+    except Exception:  # noqa: BLE001 -- no backend yet: fall back to the default
+        pass
+    return tuned_block_sizes.DEFAULT_NUM_SMS
+
+
 def _concrete_q_lens(query_start_loc):
     """The per-sequence query counts when query_start_loc is concrete, else None (traced)."""
     try:
@@ -613,7 +735,9 @@ def ragged_paged_attention(
     block_q = max(block_q, max(1, 16 // Gp))  # >= 16 tile rows
     max_kv = P * bs if sliding_window is None else min(P * bs, sliding_window + bs)
     if num_kv_splits is None:
-        num_kv_splits = tuned_block_sizes.choose_num_kv_splits(S, Hkv, max_kv, dec_ppcb * bs, cfg)
+        num_kv_splits = tuned_block_sizes.choose_num_kv_splits(
+            S, Hkv, max_kv, dec_ppcb * bs, cfg, num_sms=_device_num_sms()
+        )
     if sm_scale is None:
         sm_scale = D**-0.5
 
@@ -626,13 +750,13 @@ def ragged_paged_attention(
         ("decode_block_k", dec_ppcb * bs),
         ("decode_num_warps", int(num_warps or cfg.decode_num_warps)),
         ("decode_num_stages", int(num_stages or cfg.decode_num_stages)),
+        ("combine_num_warps", int(cfg.combine_num_warps)),
         ("block_k", gen_ppcb * bs),
         ("block_q", int(block_q)),
         ("num_warps", int(num_warps or cfg.num_warps)),
         ("num_stages", int(num_stages or cfg.num_stages)),
         ("interpret", bool(interpret)),
     )
-    out_init = jnp.zeros(q.shape, q.dtype) if _out_init is None else _out_init
     return _rpa_jit(
-        q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, out_init, static=static
+        q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, _out_init, static=static
     )

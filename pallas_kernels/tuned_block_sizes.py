@@ -4,9 +4,13 @@ One small table keyed by `(head_dim, block_size, dtype name, q heads per KV head
 back to `default_config()` (a rule of thumb) for keys the table lacks. `choose_num_kv_splits()` picks
 the flash-decoding split count from the static batch shape.
 
-STATUS: the entries below are the rule-of-thumb values, entered by hand before any measurement; they
-get replaced by H100 measurements (`bench/kernels.py --tune` prints the best setting per shape). Keep
-`MEASURED_ON` in step with what the numbers came from.
+STATUS: the decode knobs of `(128, 16, "bfloat16", 4)` (Llama-3-8B attention) and the split rule
+(`choose_num_kv_splits` with the `KernelConfig` defaults) were measured on an H100 80GB HBM3
+(`bench/kernels.py --tune`, in-jit-loop time, runs in `bench/gpu_runs/2026-11-28_h100_*`): pages per
+compute block 4, 4 warps, 2 stages was best or within ~3% of best at batch 16-256 x context
+512-8192 (exceptions: batch 256 x 2048 liked (8 pages, 8 warps) by 2%, batch 1 x 512 liked
+(8 pages, 1 stage) by ~2-3 us). Everything else in the table (all general-path knobs, other keys)
+is still the rule of thumb, entered by hand before any measurement.
 
 This file imports nothing from JAX: values only.
 """
@@ -15,7 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 
-MEASURED_ON = "nothing yet (rule-of-thumb defaults; H100 measurement pending)"
+MEASURED_ON = (
+    "H100 80GB HBM3, jax 0.11.2, 2026-11-28: decode knobs of (128, 16, bfloat16, 4) and the split "
+    "rule; all other values are rule-of-thumb"
+)
 
 # H100 SXM has 132 SMs; used only to size the flash-decoding split count.
 DEFAULT_NUM_SMS = 132
@@ -33,6 +40,9 @@ class KernelConfig:
     num_warps / num_stages: Triton launch / pipelining depth of the general kernel.
     max_kv_splits: upper bound on flash-decoding splits.
     min_kv_blocks_per_split: a split gets at least this many compute blocks of KV.
+    split_programs_per_sm: the decode grid (sequences x KV heads x splits) stays within this many
+        programs per SM.
+    combine_num_warps: Triton warps of the kernel that merges the splits.
     """
 
     decode_pages_per_compute_block: int
@@ -43,7 +53,9 @@ class KernelConfig:
     num_warps: int
     num_stages: int
     max_kv_splits: int = 32
-    min_kv_blocks_per_split: int = 2
+    min_kv_blocks_per_split: int = 4
+    split_programs_per_sm: float = 4.0
+    combine_num_warps: int = 4
 
 
 def _tokens_per_step(head_dim: int, itemsize: int) -> int:
@@ -68,10 +80,15 @@ def default_config(head_dim: int, block_size: int, dtype_name: str, q_per_kv: in
 
 
 # (head_dim, block_size, dtype name, q heads per KV head) -> KernelConfig.
-# Pre-measurement values (same as default_config); to be overwritten from H100 runs.
 TUNED: dict[tuple[int, int, str, int], KernelConfig] = {
     # Llama-3-8B / 70B (Hq/Hkv = 4 / 8), Mistral-7B (4), bf16, block 16 and 32.
+    # Measured (decode part, H100): (4 pages, 4 warps, 2 stages); splits from the rule, whose
+    # defaults (4 programs per SM, >= 4 compute blocks per split, <= 32) pick the best split count
+    # or one within ~5% of it at batch >= 16 (e.g. batch 16 x 2048: 4 splits 56 us, 2: 58, 8: 59,
+    # 1: 76). At batch 1 the loop timings move by +-3 us between runs, too much to rank the split
+    # counts; 1 split beat the rule's 2 at batch 1 x 512 in both runs, by 1-2 us.
     (128, 16, "bfloat16", 4): KernelConfig(4, 4, 2, 4, 64, 4, 2),
+    # Not measured (rule of thumb) from here on.
     (128, 32, "bfloat16", 4): KernelConfig(2, 4, 2, 2, 64, 4, 2),
     (128, 16, "bfloat16", 8): KernelConfig(4, 4, 2, 4, 64, 4, 2),
     (128, 32, "bfloat16", 8): KernelConfig(2, 4, 2, 2, 64, 4, 2),
@@ -94,6 +111,10 @@ def _next_pow2(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
 
 
+def _floor_pow2(x: int) -> int:
+    return 1 << (max(1, int(x)).bit_length() - 1)
+
+
 def choose_num_kv_splits(
     num_seqs: int,
     num_kv_heads: int,
@@ -104,11 +125,11 @@ def choose_num_kv_splits(
 ) -> int:
     """Flash-decoding split count (a power of two) from static shapes only.
 
-    Enough programs to fill the card twice over (`2 * num_sms`), but never splits so short that a
-    split has fewer than `cfg.min_kv_blocks_per_split` compute blocks of `max_kv_len`.
+    The largest power of two that keeps the decode grid within `cfg.split_programs_per_sm * num_sms`
+    programs, no larger than leaves each split `cfg.min_kv_blocks_per_split` compute blocks of
+    `max_kv_len`, and at most `cfg.max_kv_splits`; at least 1.
     """
     programs = max(1, num_seqs * num_kv_heads)
-    want = _next_pow2(-(-2 * num_sms // programs))
-    by_len = max(1, max_kv_len // (block_k * cfg.min_kv_blocks_per_split))
-    cap = 1 << (by_len.bit_length() - 1)  # largest power of two <= by_len
+    want = _floor_pow2(int(cfg.split_programs_per_sm * num_sms) // programs)
+    cap = _floor_pow2(max_kv_len // (block_k * cfg.min_kv_blocks_per_split))
     return int(max(1, min(want, cap, cfg.max_kv_splits)))

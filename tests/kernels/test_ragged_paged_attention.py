@@ -14,6 +14,7 @@ a row the kernel fails to write stays NaN.
 from __future__ import annotations
 
 import dataclasses
+import re
 import zlib
 
 import jax
@@ -195,10 +196,14 @@ def make_batch(case: Case, seed: int):
     return kernel_args, ref_args, int(qsl[-1])
 
 
+_reference_jit = jax.jit(ragged_paged_attention_reference, static_argnames=("sm_scale", "sliding_window"))
+
+
 def reference(*args, **kwargs) -> np.ndarray:
-    """The oracle in full f32 (on GPUs JAX's default f32 matmul precision may be TF32)."""
+    """The oracle in full f32 (on GPUs JAX's default f32 matmul precision may be TF32), jitted (one
+    compile per shape instead of one per op: the GPU run's time goes to the kernels)."""
     with jax.default_matmul_precision("highest"):
-        return np.asarray(ragged_paged_attention_reference(*args, **kwargs))
+        return np.asarray(_reference_jit(*args, **kwargs))
 
 
 def _tolerance(dtype: str) -> dict:
@@ -222,16 +227,22 @@ def check_case(case: Case, interpret: bool, num_batches: int) -> None:
         T, Hq, D = kernel_args[0].shape
         expected = reference(*ref_args, case.layer, sliding_window=case.window)
         nan_out = jnp.full((T, Hq, D), jnp.nan, kernel_args[0].dtype)
-        got = ragged_paged_attention(
-            *kernel_args, case.layer, _out_init=nan_out, **_kernel_kwargs(case, interpret)
-        )
-        got = np.asarray(got.astype(jnp.float32))
-        assert got.dtype == np.float32 and got.shape == (T, Hq, D)
-        np.testing.assert_allclose(
-            got[:n_valid], expected[:n_valid], err_msg=f"{case.name} batch {seed}", **_tolerance(case.dtype)
-        )
-        # Rows no sequence owns are never written (they keep the NaN the buffer started with).
-        assert np.isnan(got[n_valid:]).all(), f"{case.name} batch {seed}: a padding row was written"
+        # General path: into a NaN buffer (rows it must not write keep the NaN). Decode path: the
+        # public call, whose kernels write every row (the interpreter starts outputs as NaN, so a
+        # skipped row shows); compiled, also into a NaN buffer, since device memory starts stale.
+        buffers = [nan_out] if not case.decode else ([None] if interpret else [None, nan_out])
+        for out_init in buffers:
+            got = ragged_paged_attention(
+                *kernel_args, case.layer, _out_init=out_init, **_kernel_kwargs(case, interpret)
+            )
+            got = np.asarray(got.astype(jnp.float32))
+            msg = f"{case.name} batch {seed} ({'own buffer' if out_init is None else 'NaN buffer'})"
+            assert got.dtype == np.float32 and got.shape == (T, Hq, D)
+            np.testing.assert_allclose(got[:n_valid], expected[:n_valid], err_msg=msg, **_tolerance(case.dtype))
+            if case.decode:  # zeros where no sequence owns the row
+                np.testing.assert_array_equal(got[n_valid:], 0.0, err_msg=msg)
+            else:  # never written: the buffer's NaN stays
+                assert np.isnan(got[n_valid:]).all(), f"{msg}: a padding row was written"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,11 +393,17 @@ def test_tuned_lookup_and_splits():
     for c in (cfg, fallback):
         for v in (c.decode_pages_per_compute_block, c.pages_per_compute_block, c.block_q_rows):
             assert v & (v - 1) == 0
-    # Few sequences, long context: split up to the cap; many sequences: no split; short: capped.
-    assert tuned_block_sizes.choose_num_kv_splits(1, 8, 8192, 64, cfg) == 32
-    assert tuned_block_sizes.choose_num_kv_splits(256, 8, 8192, 64, cfg) == 1
-    assert tuned_block_sizes.choose_num_kv_splits(1, 8, 512, 64, cfg) == 4
-    assert tuned_block_sizes.choose_num_kv_splits(16, 8, 2048, 64, cfg) == 4
+    # Few sequences, long context: split up to the cap; many sequences: no split; short: capped by
+    # length (4 compute blocks per split); 16 x 8 programs: 4 splits fill 4 programs per SM.
+    split = tuned_block_sizes.choose_num_kv_splits
+    assert split(1, 8, 8192, 64, cfg) == 32
+    assert split(1, 8, 2048, 64, cfg) == 8
+    assert split(1, 8, 512, 64, cfg) == 2
+    assert split(256, 8, 8192, 64, cfg) == 1
+    assert split(64, 8, 2048, 64, cfg) == 1
+    assert split(16, 8, 2048, 64, cfg) == 4
+    assert split(16, 8, 2048, 64, cfg, num_sms=100) == 2  # smaller card: fewer programs fit
+    assert split(3, 1, 64, 16, cfg) == 1  # one compute block in all: nothing to split
 
 
 def _can_lower_for_cuda() -> bool:
@@ -436,7 +453,17 @@ def test_lowers_to_triton_for_cuda(G, D, bs, dtype, decode, splits, window, L_, 
         lambda *a: ragged_paged_attention(*a, decode_only=decode, num_kv_splits=splits, sliding_window=window)
     )
     text = f.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("__gpu$xla.gpu.triton") == 1  # one Triton kernel, no Mosaic GPU
+    kernels = text.count("__gpu$xla.gpu.triton")  # Triton kernels (no Mosaic GPU)
+    if not decode:
+        assert kernels == 1
+        return
+    # Decode: the split kernel plus the combine kernel when split, and nothing else that could
+    # launch a kernel of its own (no zero-fill, no scatter, no jnp combine).
+    if splits is not None:
+        assert kernels == (2 if splits > 1 else 1)
+    assert kernels in (1, 2)
+    ops = set(re.findall(r"= \"?(stablehlo\.\w+)", text))
+    assert ops <= {"stablehlo.custom_call", "stablehlo.reshape"}, ops
 
 
 # --------------------------------------------------------------------------------------------------

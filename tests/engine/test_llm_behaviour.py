@@ -27,7 +27,7 @@ def _others(tok):
 
 def test_same_prompt_same_greedy_tokens_alone_and_in_batch(llm):
     p = "The three primary colours are"
-    sp = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     alone = llm.generate(p, sp, use_tqdm=False)[0].outputs[0].token_ids
     batch = llm.generate(_others(llm.tokenizer)[:2] + [p] + _others(llm.tokenizer)[2:], sp, use_tqdm=False)
     assert batch[2].outputs[0].token_ids == alone
@@ -35,7 +35,7 @@ def test_same_prompt_same_greedy_tokens_alone_and_in_batch(llm):
 
 def test_seeded_sampling_is_batch_invariant(llm):
     p = "My favourite animal is"
-    sp = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=20, seed=1234, ignore_eos=True)
+    sp = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=12, seed=1234, ignore_eos=True)
     alone = llm.generate(p, sp, use_tqdm=False)[0].outputs[0].token_ids
     noise = SamplingParams(temperature=1.0, max_tokens=12)
     prompts = _others(llm.tokenizer) + [p]
@@ -44,7 +44,7 @@ def test_seeded_sampling_is_batch_invariant(llm):
     assert batch[-1].outputs[0].token_ids == alone
     again = llm.generate(p, sp, use_tqdm=False)[0].outputs[0].token_ids
     assert again == alone
-    other_seed = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=20, seed=99, ignore_eos=True)
+    other_seed = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=12, seed=99, ignore_eos=True)
     assert llm.generate(p, other_seed, use_tqdm=False)[0].outputs[0].token_ids != alone
 
 

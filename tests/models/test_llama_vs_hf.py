@@ -83,3 +83,17 @@ def test_smollm2_logits_match_hf(smollm2, smollm2_hf):
         # jaxllm 1.7e-4), not a modelling difference, so it gets 2e-4.
         np.testing.assert_allclose(got[1:], ref[1:], atol=1e-4, rtol=0)
         np.testing.assert_allclose(got[:1], ref[:1], atol=2e-4, rtol=0)
+
+
+def test_converted_orbax_checkpoint_reloads_to_identical_logits(hf_pair, tmp_path):
+    from jaxllm.models.orbax_checkpoint import save_converted
+
+    _, loaded = hf_pair
+    out = save_converted(loaded, str(tmp_path / "converted"))
+    again = load_model(out, dtype="float32", tokenizer=False)
+    assert again.config == loaded.config
+    seqs = [[3, 1, 4, 1, 5, 9, 2, 6], list(range(40))]
+    a = full_logits(loaded.params, loaded.config, seqs, backend="reference")
+    b = full_logits(again.params, again.config, seqs, backend="reference")
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)

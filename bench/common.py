@@ -186,15 +186,26 @@ def engine_settings(llm) -> dict:
 
 
 # ----- machine, device, packages -----------------------------------------------------------------
-def cpu_model() -> str:
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo_fields().get("model name") or platform.processor() or platform.machine()
+
+
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 def machine_info() -> dict:
@@ -211,8 +222,12 @@ def machine_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
+    info = _cpuinfo_fields()
+    flags = set(info.get("flags", "").split())
     return {
         "cpu_model": cpu_model(),
+        "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
+        "cpu_simd": [f for f in SIMD_FLAGS if f in flags],
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "memory_gib": mem_gib,
@@ -220,6 +235,16 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "hostname": platform.node(),
     }
+
+
+def machine_line(rec: dict) -> str:
+    """One line naming the machine, device, JAX version and load averages of a result record."""
+    m, d = rec["machine"], rec["device"]
+    simd = ", ".join(m.get("cpu_simd") or []) or "?"
+    return (f"machine: {m['cpu_model']} (family/model {m.get('cpu_family_model', '?')}, {simd}; "
+            f"{m['cpus_usable']} cores usable, {m['memory_gib']} GiB), device {d['device_kind']} "
+            f"({d['backend']}), jax {rec['packages']['jax']}; load average (1, 5, 15 min) before "
+            f"{rec['load_average']['before']}, after {rec['load_average']['after']}")
 
 
 def device_info() -> dict:

@@ -188,12 +188,9 @@ def print_report(rec: dict) -> None:
     if rec["profile"]:
         print("\nStep-time split of the timed runs (jaxllm):\n")
         print(common.profile_table(rec["profile"]))
-    m, d = rec["machine"], rec["device"]
     print(f"\nengine: KV blocks {e['num_blocks']} x {e['block_size']}, max_model_len "
           f"{e['max_model_len']}, attention {e['attention_backend']}; HF decode timing: timing streamer")
-    print(f"machine: {m['cpu_model']} ({m['cpus_usable']} cores usable), device {d['device_kind']} "
-          f"({d['backend']}), jax {rec['packages']['jax']}; load average before "
-          f"{rec['load_average']['before']}, after {rec['load_average']['after']}")
+    print(common.machine_line(rec))
 
 
 if __name__ == "__main__":

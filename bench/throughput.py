@@ -217,14 +217,11 @@ def print_report(rec: dict) -> None:
     if rec["profile"]:
         print("\nStep-time split of the timed run (jaxllm):\n")
         print(common.profile_table(rec["profile"]))
-    m, d = rec["machine"], rec["device"]
     print(f"\nengine: max_num_seqs {e['max_num_seqs']}, max_num_batched_tokens "
           f"{e['max_num_batched_tokens']}, max_model_len {e['max_model_len']}, KV blocks "
           f"{e['num_blocks']} x {e['block_size']}, prefix caching {e['enable_prefix_caching']}, "
           f"attention {e['attention_backend']}")
-    print(f"machine: {m['cpu_model']} ({m['cpus_usable']} cores usable), device {d['device_kind']} "
-          f"({d['backend']}), jax {rec['packages']['jax']}; load average before "
-          f"{rec['load_average']['before']}, after {rec['load_average']['after']}")
+    print(common.machine_line(rec))
 
 
 if __name__ == "__main__":

@@ -35,22 +35,6 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _open_reader(path: str) -> Any:
-    from gguf import GGUFReader
-
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: GGUF file not found")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise ValueError(f"{path}: not a GGUF file (magic bytes {magic!r}, expected b'GGUF')")
-    try:
-        return GGUFReader(path)
-    except Exception as e:  # short/corrupt files fail inside the reader with reshape/index errors
-        raise ValueError(f"{path}: not a readable GGUF file (truncated or corrupt?): "
-                         f"{type(e).__name__}: {e}") from e
-
-
 def read_tokenizer_metadata(reader: Any) -> dict[str, Any]:
     """`general.architecture` and every `tokenizer.*` field as plain Python values."""
     return {key: _plain(field.contents()) for key, field in reader.fields.items()
@@ -133,7 +117,9 @@ def load_gguf_tokenizer(path: str, reader: Any = None) -> tuple[Any, str | None]
         return _load_with_auto_tokenizer(path, reader)
 
     if reader is None:
-        reader = _open_reader(path)
+        from jaxllm.models.gguf_loader import open_gguf  # (gguf_loader imports this module)
+
+        reader = open_gguf(path)
     metadata = read_tokenizer_metadata(reader)
     arch, vocab_spec, init_kwargs = tokenizer_inputs(metadata, path)
     try:

@@ -8,7 +8,7 @@ def next_power_of_two(n: int, minimum: int = 1) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def token_bucket(num_tokens: int, max_tokens: int, minimum: int = 16) -> int:
+def token_bucket(num_tokens: int, max_tokens: int, minimum: int = 1) -> int:
     """Pad a step's token count to a power of two, capped at the (rounded-up) budget."""
     cap = next_power_of_two(max_tokens, minimum)
     return min(next_power_of_two(num_tokens, minimum), cap)

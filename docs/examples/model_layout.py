@@ -1,0 +1,12 @@
+"""What a model provides: a registered architecture and its parameters in the shared layout."""
+
+from jaxllm.models.dummy import dummy_config
+from jaxllm.models.hf_loader import param_layout
+from jaxllm.models.registry import get_model_class, supported_architectures
+
+print(supported_architectures())
+
+config = dummy_config("tiny")  # a small Llama-family ModelConfig (random-weight preset)
+print(config.architecture, "->", get_model_class(config.architecture).__name__)
+for spec in param_layout(config):  # leaf path, HF tensor name, jaxllm shape ([L, ...] if stacked)
+    print("/".join(spec.path), spec.hf_name, spec.shape, "transposed" if spec.transpose else "")

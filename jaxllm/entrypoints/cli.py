@@ -1,4 +1,6 @@
-"""The `jaxllm` command line: `jaxllm generate ...`, `jaxllm convert MODEL OUT_DIR`, `jaxllm serve`.
+"""The `jaxllm` command line: `jaxllm generate ...`, `jaxllm convert MODEL OUT_DIR`, `jaxllm serve`,
+`jaxllm bench throughput|latency|serve ...` (jaxllm.benchmarks) and `jaxllm sweep FILE.yaml`
+(jaxllm.sweep).
 
 `generate` completes prompts (PROMPT arguments and/or `--prompts-file`) and writes one JSON object
 per prompt, in input order, to `--output` (default stdout):
@@ -29,8 +31,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
+from jaxllm.benchmarks.cli import add_bench_subcommand, run_bench
 from jaxllm.entrypoints.cli_args import CLIError, GenerateOptions, build_parser, resolve_generate_args
 from jaxllm.entrypoints.openai.serve_args import add_serve_subcommand
+from jaxllm.sweep.cli import add_sweep_subcommand, run_sweep
 
 __all__ = ["main", "run_generate", "run_convert", "PromptItem", "read_prompts_file",
            "collect_prompts", "request_output_to_json"]
@@ -243,6 +247,8 @@ def main(argv: Optional[Sequence[str]] = None, *, llm_factory: Optional[Callable
     """Entry point of the `jaxllm` script; returns the exit status."""
     parser = build_parser()
     add_serve_subcommand(parser)
+    add_bench_subcommand(parser)
+    add_sweep_subcommand(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed usage / the error
@@ -259,6 +265,10 @@ def main(argv: Optional[Sequence[str]] = None, *, llm_factory: Optional[Callable
             from jaxllm.entrypoints.openai.api_server import run_serve
 
             return run_serve(args)
+        if args.command == "bench":
+            return run_bench(args)
+        if args.command == "sweep":
+            return run_sweep(args)
     except CLIError as e:
         print(f"jaxllm {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
-"""bench/throughput.py and bench/latency.py run end to end on `dummy:tiny` (tiny sizes).
+"""bench/throughput.py and bench/latency.py (thin scripts over jaxllm.benchmarks) run end to end
+on `dummy:tiny` (tiny sizes), with the flags they always had.
 
 Each script runs as a subprocess, as a user would run it; the test checks the printed Markdown
 table and the `--json` record: fields present, rates consistent with the workload, compilations
-few and none in the timed run after a warm-up.
+few and none in the timed run after a warm-up. (`jaxllm bench ...` without warm-up, random
+lengths and the HF peer: test_bench_cli.py.)
 """
 
 from __future__ import annotations
@@ -19,11 +21,18 @@ BENCH = os.path.join(ROOT, "bench")
 
 
 def _run(script: str, args: list[str], tmp_path) -> str:
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     proc = subprocess.run(
         [sys.executable, os.path.join(BENCH, script), *args],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -51,16 +60,38 @@ def test_throughput_smoke(tmp_path):
     data = tmp_path / "prompts.jsonl"
     # a dataset of token ids: 3 requests of different input and output lengths
     data.write_text(
-        "\n".join(json.dumps(r) for r in [
-            {"prompt_token_ids": [5, 6, 7, 8, 9], "output_len": 3},
-            {"prompt_token_ids": list(range(10, 30)), "output_len": 5},
-            {"prompt_token_ids": list(range(40, 52))},  # default --output-len
-        ]) + "\n"
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"prompt_token_ids": [5, 6, 7, 8, 9], "output_len": 3},
+                {"prompt_token_ids": list(range(10, 30)), "output_len": 5},
+                {"prompt_token_ids": list(range(40, 52))},  # default --output-len
+            ]
+        )
+        + "\n"
     )
-    stdout = _run("throughput.py", [
-        "--model", "dummy:tiny", "--dataset", str(data), "--output-len", "4", "--warmup",
-        "--max-num-seqs", "4", "--block-size", "32", "--peer", "hf", "--profile",
-        "--json", str(out_json)], tmp_path)
+    stdout = _run(
+        "throughput.py",
+        [
+            "--model",
+            "dummy:tiny",
+            "--dataset",
+            str(data),
+            "--output-len",
+            "4",
+            "--warmup",
+            "--max-num-seqs",
+            "4",
+            "--block-size",
+            "32",
+            "--peer",
+            "hf",
+            "--profile",
+            "--json",
+            str(out_json),
+        ],
+        tmp_path,
+    )
     row = _table_row(stdout, "jaxllm")
     assert row[1:4] == ["3", "37", "12"]  # requests, input tokens, output tokens
     assert float(row[4]) > 0 and float(row[6]) > 0
@@ -91,29 +122,23 @@ def test_throughput_smoke(tmp_path):
     assert 0 < phases["device_step"]["share"] < 1
 
 
-def test_throughput_random_lengths_without_warmup(tmp_path):
-    out_json = tmp_path / "tp.json"
-    stdout = _run("throughput.py", [
-        "--model", "dummy:tiny", "--num-prompts", "5", "--lengths", "4:12", "--output-len", "3",
-        "--no-prefix-caching", "--max-num-seqs", "2", "--max-num-batched-tokens", "16", "--json", str(out_json)], tmp_path)
-    rec = json.loads(out_json.read_text())
-    _check_common(rec)
-    w = rec["workload"]
-    assert w["num_requests"] == 5 and w["output_tokens"] == 15
-    assert 4 <= w["input_len_min"] <= w["input_len_max"] <= 12
-    assert rec["engine"]["enable_prefix_caching"] is False
-    assert rec["engine"]["max_num_batched_tokens"] == 16
-    j = rec["results"]["jaxllm"]
-    assert j["compilations_warmup"] is None
-    assert 1 <= j["compilations_timed"] <= 8
-    assert _table_row(stdout, "jaxllm")[8].endswith("(no warm-up)")
-
-
 def test_throughput_rejects_bad_lengths(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "throughput.py"), "--model", "dummy:tiny",
-         "--lengths", "40:4"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+        [
+            sys.executable,
+            os.path.join(BENCH, "throughput.py"),
+            "--model",
+            "dummy:tiny",
+            "--lengths",
+            "40:4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert "LO <= HI" in proc.stderr
 
@@ -122,9 +147,25 @@ def test_latency_smoke(tmp_path):
     """A 40-token prompt under a 16-token budget prefills in 3 steps (16 + 16 + 8); TTFT spans
     them, and each of the output_len - 1 later steps is one timed decode token."""
     out_json = tmp_path / "lat.json"
-    stdout = _run("latency.py", [
-        "--model", "dummy:tiny", "--input-len", "40", "--output-len", "6", "--num-iters", "2",
-        "--max-num-batched-tokens", "16", "--profile", "--json", str(out_json)], tmp_path)
+    stdout = _run(
+        "latency.py",
+        [
+            "--model",
+            "dummy:tiny",
+            "--input-len",
+            "40",
+            "--output-len",
+            "6",
+            "--num-iters",
+            "2",
+            "--max-num-batched-tokens",
+            "16",
+            "--profile",
+            "--json",
+            str(out_json),
+        ],
+        tmp_path,
+    )
     row = _table_row(stdout, "jaxllm")
     assert all(float(c) > 0 for c in row[1:6])
     assert row[6].endswith("+ 0 timed")

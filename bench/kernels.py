@@ -5,7 +5,10 @@ in the same run:
   pallas     -- our Triton-lowered kernel (`pallas_kernels.ragged_paged_attention`, decode path);
   jax-paged  -- JAX's own `jax.experimental.pallas.ops.gpu.paged_attention` (its cache layout
                 [Hkv, pages, page_size, D] is a transposed copy of ours);
+  cuda       -- our CUDA kernels through XLA FFI (`cuda_ext.attention.ragged_paged_attention_cuda`,
+                decode path; skipped with the reason when the cuda backend is unavailable);
   reference  -- the pure-jnp oracle (skipped where its gathered copy of the KV would not fit).
+`--backends` picks a subset (e.g. `--backends pallas,jax-paged,cuda`).
 
 Per row: median time per call (N calls after warm-up, each `block_until_ready`), the time per call
 inside one jitted loop (reps per loop chosen per row so one loop runs ~10 ms: the loop call's own
@@ -121,10 +124,34 @@ def _jax_paged_attention_kwargs(pages_per_seq: int) -> dict:
     return dict(k_splits=k_splits, pages_per_compute_block=min(8, pages_per_seq // k_splits))
 
 
-def decode_table(shape: Shape, grid: dict, *, iters: int, reps: int, interpret: bool, copy_bw: float):
+BACKENDS = ("pallas", "jax-paged", "cuda", "reference")
+
+
+@functools.cache
+def cuda_attention_or_reason():
+    """(the cuda backend's attention function, "") when it can run here (building the library on
+    first use), else (None, why not)."""
+    try:
+        from cuda_ext import registry
+        from cuda_ext.attention import ragged_paged_attention_cuda
+
+        missing = registry.missing_requirements()
+        if missing:
+            return None, "cuda backend unavailable: missing " + "; ".join(missing)
+        registry.ensure_registered()
+    except Exception as e:  # noqa: BLE001 -- report, don't stop
+        return None, f"cuda backend unavailable: {type(e).__name__}: {str(e).splitlines()[0][:100]}"
+    return ragged_paged_attention_cuda, ""
+
+
+def decode_table(
+    shape: Shape, grid: dict, *, iters: int, reps: int, interpret: bool, copy_bw: float,
+    backends_wanted=BACKENDS, on_point=None,
+):  # fmt: skip
+    """Rows of the decode grid; `on_point(rows, floors)` is called after each (batch, ctx) point
+    (the caller writes partial tables, so a time limit still leaves the finished rows)."""
     B_max, C_max = max(grid["batches"]), max(grid["contexts"])
     bs, dtype = shape.block_size, jnp.dtype(shape.dtype)
-    G = shape.Hq // shape.Hkv
     n_pages = B_max * C_max // bs  # cache sized to what the grid needs, one layer
     key = jax.random.key(0)
     k1, k2, k3, k4 = jax.random.split(key, 4)
@@ -144,21 +171,25 @@ def decode_table(shape: Shape, grid: dict, *, iters: int, reps: int, interpret: 
     floors = {}
     for B, ctx in itertools.product(grid["batches"], grid["contexts"]):
         P = ctx // bs
-        q = jax.random.normal(jax.random.fold_in(k4, B * 100003 + ctx), (B, shape.Hq, shape.D), dtype)
+        q = jax.random.normal(
+            jax.random.fold_in(k4, B * 100003 + ctx), (B, shape.Hq, shape.D), dtype
+        )
         bt = pool[: B * P].reshape(B, P)
         kv_lens = jnp.full((B,), ctx, jnp.int32)
         qsl = jnp.arange(B + 1, dtype=jnp.int32)
         itemsize = dtype.itemsize
-        nbytes = 2 * B * ctx * shape.Hkv * shape.D * itemsize + 2 * B * shape.Hq * shape.D * itemsize
+        nbytes = (
+            2 * B * ctx * shape.Hkv * shape.D * itemsize + 2 * B * shape.Hq * shape.D * itemsize
+        )
 
         ours = functools.partial(ragged_paged_attention, decode_only=True, interpret=interpret)
-        backends = {
-            "pallas": (
+        backends = {}
+        if "pallas" in backends_wanted:
+            backends["pallas"] = (
                 lambda q, k, v, bt, kl, qsl: ours(q, k, v, bt, kl, qsl, 0),
                 (q, k_pages, v_pages, bt, kv_lens, qsl),
             )
-        }
-        if jax_pa is not None:
+        if jax_pa is not None and "jax-paged" in backends_wanted:
             kw = _jax_paged_attention_kwargs(P)
             fn = functools.partial(jax_pa.paged_attention, interpret=interpret, **kw)
             # JAX's kernel applies no softmax scale: hand it q * D**-0.5 (scaled outside the timing).
@@ -167,13 +198,28 @@ def decode_table(shape: Shape, grid: dict, *, iters: int, reps: int, interpret: 
                 lambda q, k, v, bt, kl, fn=fn: fn(q, k, v, bt, kl),
                 (q_scaled, *jax_layout, bt, kv_lens),
             )
-        if B * ctx <= REFERENCE_MAX_TOKENS:
+        cuda_skip = None
+        if "cuda" in backends_wanted:
+            cuda_fn, cuda_skip = cuda_attention_or_reason()
+            if cuda_fn is not None:
+                backends["cuda"] = (
+                    lambda q, k, v, bt, kl, qsl, fn=cuda_fn: fn(
+                        q, k, v, bt, kl, qsl, 0, decode_only=True
+                    ),
+                    (q, k_pages, v_pages, bt, kv_lens, qsl),
+                )
+        if B * ctx <= REFERENCE_MAX_TOKENS and "reference" in backends_wanted:
             backends["reference"] = (
-                lambda q, k, v, bt, kl, qsl: ragged_paged_attention_reference(q, k, v, bt, kl, qsl, 0),
+                lambda q, k, v, bt, kl, qsl: ragged_paged_attention_reference(
+                    q, k, v, bt, kl, qsl, 0
+                ),
                 (q, k_pages, v_pages, bt, kv_lens, qsl),
             )
         if B not in floors:  # the timing loop with a one-fusion body instead of attention
-            floors[B] = _in_jit_s(lambda q, *rest: q, (q,), reps or auto_reps(nbytes), max(3, iters // 4)) * 1e6
+            floors[B] = (
+                _in_jit_s(lambda q, *rest: q, (q,), reps or auto_reps(nbytes), max(3, iters // 4))
+                * 1e6
+            )
         outs = {}
         for name, (fn, args) in backends.items():
             row = dict(batch=B, ctx=ctx, backend=name, note="")
@@ -191,14 +237,21 @@ def decode_table(shape: Shape, grid: dict, *, iters: int, reps: int, interpret: 
             rows.append(row)
             progress = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}
             print(f"  {progress}", file=sys.stderr, flush=True)
-        base = "reference" if "reference" in outs else "pallas"  # what errors are measured against
-        for row in rows[-len(backends) :]:
+        # what errors are measured against: the reference, else pallas, else the first backend
+        base = next((b for b in ("reference", "pallas", *outs) if b in outs), None)
+        for row in rows[-len(backends) :] if backends else []:
             if row["backend"] != base and row["backend"] in outs and base in outs:
                 row["err"] = float(np.max(np.abs(outs[row["backend"]] - outs[base])))
-        if "reference" not in backends:
-            rows.append(dict(batch=B, ctx=ctx, backend="reference", note="skipped: gathered KV too large"))
-        if jax_pa is None:
+        if "reference" in backends_wanted and "reference" not in backends:
+            rows.append(
+                dict(batch=B, ctx=ctx, backend="reference", note="skipped: gathered KV too large")
+            )
+        if jax_pa is None and "jax-paged" in backends_wanted:
             rows.append(dict(batch=B, ctx=ctx, backend="jax-paged", note=jax_note))
+        if cuda_skip:
+            rows.append(dict(batch=B, ctx=ctx, backend="cuda", note=f"skipped: {cuda_skip}"))
+        if on_point is not None:
+            on_point(rows, floors)
     del k_pages, v_pages, jax_layout
     return rows, floors
 
@@ -236,15 +289,27 @@ def prefill_table(shape: Shape, grid, *, iters: int, interpret: bool):
         if "reference" in outs and "pallas" in outs:
             rows[-2]["err"] = float(np.max(np.abs(outs["pallas"] - outs["reference"])))
         if "reference" not in fns:
-            rows.append(dict(seqs=S, prompt=n, backend="reference", note="skipped: gathered KV too large"))
+            rows.append(
+                dict(seqs=S, prompt=n, backend="reference", note="skipped: gathered KV too large")
+            )
     return rows
 
 
 # Tuning points, most important first (the issue's targets: batch >= 16 at context >= 2048, and
 # the small rows where launches dominate); a time budget may cut the list short.
 TUNE_POINTS = (
-    (16, 2048), (1, 512), (64, 2048), (16, 8192), (256, 2048), (1, 8192),
-    (64, 8192), (256, 8192), (1, 2048), (16, 512), (64, 512), (256, 512),
+    (16, 2048),
+    (1, 512),
+    (64, 2048),
+    (16, 8192),
+    (256, 2048),
+    (1, 8192),
+    (64, 8192),
+    (256, 8192),
+    (1, 2048),
+    (16, 512),
+    (64, 512),
+    (256, 512),
 )
 TUNE_SMOKE_POINTS = ((1, 64), (3, 32))
 SPLIT_CHOICES = (1, 2, 4, 8, 16, 32)
@@ -318,7 +383,10 @@ def tune(
             try:
                 return _in_jit_s(attn, args, row_reps, iters) * 1e6
             except Exception as e:  # noqa: BLE001
-                print(f"  {B}x{ctx}: failed {type(e).__name__}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+                print(
+                    f"  {B}x{ctx}: failed {type(e).__name__}: {str(e).splitlines()[0][:120]}",
+                    file=sys.stderr,
+                )
                 return float("inf")
 
         def timed(knobs):
@@ -328,8 +396,13 @@ def tune(
                 return float("inf")
             ppcb, nw, nst, nsplit = knobs
             fn = functools.partial(
-                ragged_paged_attention, decode_only=True, interpret=interpret,
-                pages_per_compute_block=ppcb, num_warps=nw, num_stages=nst, num_kv_splits=nsplit,
+                ragged_paged_attention,
+                decode_only=True,
+                interpret=interpret,
+                pages_per_compute_block=ppcb,
+                num_warps=nw,
+                num_stages=nst,
+                num_kv_splits=nsplit,
             )
             cache[knobs] = loop_us(lambda q, k, v, bt, kl, qsl: fn(q, k, v, bt, kl, qsl, 0), ours)
             print(f"  {B}x{ctx} {knobs}: {cache[knobs]:.1f} us", file=sys.stderr, flush=True)
@@ -338,7 +411,9 @@ def tune(
         floor = loop_us(lambda q, *rest: q, ours)
         jax_us = float("nan")
         if jax_pa is not None:
-            jfn = functools.partial(jax_pa.paged_attention, interpret=interpret, **_jax_paged_attention_kwargs(P))
+            jfn = functools.partial(
+                jax_pa.paged_attention, interpret=interpret, **_jax_paged_attention_kwargs(P)
+            )
             jax_us = loop_us(lambda q, k, v, bt, kl: jfn(q, k, v, bt, kl), theirs)
         max_split = max(1, ctx // 64)  # a split keeps >= 64 tokens
         auto_split = tuned_block_sizes.choose_num_kv_splits(
@@ -369,10 +444,17 @@ def tune(
             f"{default_us:.1f} ({auto_split}) | {jax_us:.1f} | {floor:.1f} | {row_reps} |"
         )
         print(lines[-1], flush=True)
-        record.append(dict(
-            batch=B, ctx=ctx, reps=row_reps, floor_us=floor, jax_us=jax_us, auto_split=auto_split,
-            results=[[*k, v] for k, v in cache.items()],
-        ))
+        record.append(
+            dict(
+                batch=B,
+                ctx=ctx,
+                reps=row_reps,
+                floor_us=floor,
+                jax_us=jax_us,
+                auto_split=auto_split,
+                results=[[*k, v] for k, v in cache.items()],
+            )
+        )
         if json_path:
             with open(json_path, "w") as f:
                 json.dump(dict(copy_bw=copy_bw, table=dataclasses.asdict(cfg), points=record), f)
@@ -395,15 +477,22 @@ def profile_runs(shape: Shape, points, splits, *, calls: int, interpret: bool) -
         fns = {}
         for n, pp in splits:
             fn = functools.partial(
-                ragged_paged_attention, decode_only=True, interpret=interpret, num_kv_splits=n,
+                ragged_paged_attention,
+                decode_only=True,
+                interpret=interpret,
+                num_kv_splits=n,
                 pages_per_compute_block=pp or None,
             )
             fns[f"pallas ns={n} ppcb={pp}"] = (
-                jax.jit(lambda q, k, v, bt, kl, qsl, fn=fn: fn(q, k, v, bt, kl, qsl, 0)), ours
+                jax.jit(lambda q, k, v, bt, kl, qsl, fn=fn: fn(q, k, v, bt, kl, qsl, 0)),
+                ours,
             )
         if jax_pa is not None:
             kw = _jax_paged_attention_kwargs(ctx // shape.block_size)
-            fns["jax-paged"] = (jax.jit(functools.partial(jax_pa.paged_attention, interpret=interpret, **kw)), theirs)
+            fns["jax-paged"] = (
+                jax.jit(functools.partial(jax_pa.paged_attention, interpret=interpret, **kw)),
+                theirs,
+            )
         for name, (fn, args) in fns.items():
             jax.block_until_ready(fn(*args))  # compile
             for _ in range(calls):
@@ -423,7 +512,9 @@ def summarize_ncu_csv(path: str) -> str:
         if rec.get("Metric Name") != "gpu__time_duration.sum":
             continue
         scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
-        value = float(rec["Metric Value"].replace(",", "")) * scale.get(rec.get("Metric Unit", "ns"), 1e-3)
+        value = float(rec["Metric Value"].replace(",", "")) * scale.get(
+            rec.get("Metric Unit", "ns"), 1e-3
+        )
         name = rec["Kernel Name"][:70] + f" grid{rec.get('Grid Size', '')}"
         times.setdefault(name, []).append(value)
     out = ["| kernel | launches | median us |", "|---|---:|---:|"]
@@ -455,7 +546,35 @@ def _decode_markdown(rows, copy_bw, floors) -> str:
                 f"{r['GBps']:.4g} | {r['frac']:.2f} | {_fmt_err(r.get('err'))} | {r['note']} |"
             )
         else:
-            out.append(f"| {r['batch']} | {r['ctx']} | {r['backend']} | - | - | - | - | - | {r['note']} |")
+            out.append(
+                f"| {r['batch']} | {r['ctx']} | {r['backend']} | - | - | - | - | - | {r['note']} |"
+            )
+    return "\n".join(out)
+
+
+def _summary_markdown(rows) -> str:
+    """One line per (batch, ctx): in-loop us and fraction of copy bandwidth of each backend, and
+    pallas / cuda time over JAX's op (< 1: faster than JAX's op)."""
+    points: dict = {}
+    for r in rows:
+        if "loop_us" in r:
+            points.setdefault((r["batch"], r["ctx"]), {})[r["backend"]] = r
+    names = [b for b in BACKENDS if any(b in p for p in points.values())]
+    head = " | ".join(f"{b} us (frac)" for b in names)
+    out = [
+        "Summary (in-loop us per call, in brackets the fraction of copy bandwidth; ratio = time "
+        "over jax-paged's).",
+        "",
+        f"| batch | ctx | {head} | pallas/jax | cuda/jax |",
+        "|---:|---:|" + "---:|" * (len(names) + 2),
+    ]
+    for (B, ctx), by in points.items():
+        cells = [f"{by[b]['loop_us']:.1f} ({by[b]['frac']:.2f})" if b in by else "-" for b in names]
+        ratios = []
+        for b in ("pallas", "cuda"):
+            ok = b in by and "jax-paged" in by
+            ratios.append(f"{by[b]['loop_us'] / by['jax-paged']['loop_us']:.2f}" if ok else "-")
+        out.append(f"| {B} | {ctx} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(out)
 
 
@@ -473,28 +592,47 @@ def _prefill_markdown(rows) -> str:
                 f"{_fmt_err(r.get('err'))} | {r['note']} |"
             )
         else:
-            out.append(f"| {r['seqs']} | {r['prompt']} | {r['backend']} | - | - | - | {r['note']} |")
+            out.append(
+                f"| {r['seqs']} | {r['prompt']} | {r['backend']} | - | - | - | {r['note']} |"
+            )
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="reduced grid")
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes, interpret=True (any backend)")
+    ap.add_argument(
+        "--cpu-smoke", action="store_true", help="tiny sizes, interpret=True (any backend)"
+    )
     ap.add_argument("--tune", action="store_true", help="sweep our decode kernel's knobs instead")
     ap.add_argument("--iters", type=int, default=None, help="timed calls per row (median)")
     ap.add_argument("--reps", type=int, default=None, help="calls per jitted timing loop")
     ap.add_argument("--no-prefill", action="store_true", help="skip the prefill table")
+    ap.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"comma-separated subset of {','.join(BACKENDS)} (decode table)",
+    )
     ap.add_argument("--out", default=None, help="also write the Markdown tables to this file")
     ap.add_argument("--tune-budget", type=float, default=240.0, help="seconds of tuning (--tune)")
     ap.add_argument("--tune-descent", type=int, default=5, help="points tuned in full (--tune)")
     ap.add_argument("--tune-json", default=None, help="write every tuning timing to this JSON file")
-    ap.add_argument("--tune-points", default=None, help="BxCTX,... instead of the built-in list (--tune)")
-    ap.add_argument("--profile", default=None, help="BxCTX,...: untimed calls for a profiler, then exit")
     ap.add_argument(
-        "--profile-splits", default="1,2,4,8", help="our split counts, NS or NS:PAGES_PER_BLOCK (--profile)"
+        "--tune-points", default=None, help="BxCTX,... instead of the built-in list (--tune)"
     )
-    ap.add_argument("--summarize-ncu", default=None, help="print per-kernel medians of an ncu CSV, exit")
+    ap.add_argument(
+        "--profile", default=None, help="BxCTX,...: untimed calls for a profiler, then exit"
+    )
+    ap.add_argument(
+        "--profile-splits",
+        default="1,2,4,8",
+        help="our split counts, NS or NS:PAGES_PER_BLOCK (--profile)",
+    )
+    ap.add_argument(
+        "--summarize-ncu", default=None, help="print per-kernel medians of an ncu CSV, exit"
+    )
     args = ap.parse_args(argv)
 
     if args.summarize_ncu:
@@ -510,9 +648,14 @@ def main(argv=None) -> int:
     reps = args.reps or (1 if smoke else None)  # None: auto_reps per row
     if args.profile:
         profile_runs(
-            shape, _parse_points(args.profile),
-            [tuple(int(y) for y in (x + ":0").split(":")[:2]) for x in args.profile_splits.split(",")],
-            calls=3 if smoke else 5, interpret=smoke,
+            shape,
+            _parse_points(args.profile),
+            [
+                tuple(int(y) for y in (x + ":0").split(":")[:2])
+                for x in args.profile_splits.split(",")
+            ],
+            calls=3 if smoke else 5,
+            interpret=smoke,
         )
         return 0
     dev = jax.devices()[0]
@@ -526,18 +669,46 @@ def main(argv=None) -> int:
 
     if args.tune:
         text = tune(
-            shape, iters=max(3, iters // 4), reps=reps, interpret=smoke, copy_bw=copy_bw, smoke=smoke,
-            budget_s=args.tune_budget, descent_points=args.tune_descent, json_path=args.tune_json,
+            shape,
+            iters=max(3, iters // 4),
+            reps=reps,
+            interpret=smoke,
+            copy_bw=copy_bw,
+            smoke=smoke,
+            budget_s=args.tune_budget,
+            descent_points=args.tune_descent,
+            json_path=args.tune_json,
             points=_parse_points(args.tune_points) if args.tune_points else None,
         )
         sections = [header, text]
     else:
-        rows, floors = decode_table(shape, grid, iters=iters, reps=reps, interpret=smoke, copy_bw=copy_bw)
-        sections = [header, _decode_markdown(rows, copy_bw, floors)]
-        print(sections[-1], flush=True)
+        wanted = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+        unknown = sorted(set(wanted) - set(BACKENDS))
+        if unknown:
+            print(f"unknown --backends {unknown}; choose from {BACKENDS}", file=sys.stderr)
+            return 2
+
+        def write_partial(rows, floors):
+            if args.out:
+                with open(args.out, "w") as f:
+                    f.write(
+                        header
+                        + "\n\n"
+                        + _decode_markdown(rows, copy_bw, floors)
+                        + "\n\n(partial: run in progress)\n"
+                    )
+
+        rows, floors = decode_table(
+            shape, grid, iters=iters, reps=reps, interpret=smoke, copy_bw=copy_bw,
+            backends_wanted=wanted, on_point=write_partial,
+        )  # fmt: skip
+        sections = [header, _decode_markdown(rows, copy_bw, floors), _summary_markdown(rows)]
+        print("\n\n".join(sections[1:]), flush=True)
         if not args.no_prefill:
             pgrid = PREFILL_SMOKE if smoke else (PREFILL_GRID[:1] if args.quick else PREFILL_GRID)
-            sections.append(_prefill_markdown(prefill_table(shape, pgrid, iters=iters, interpret=smoke)))
+            sections.append(
+                _prefill_markdown(prefill_table(shape, pgrid, iters=iters, interpret=smoke))
+            )
             print(sections[-1], flush=True)
     if args.out:
         with open(args.out, "w") as f:

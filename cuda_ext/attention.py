@@ -7,23 +7,27 @@ as a device scalar (the cache is never sliced), `kv_lens[S]` counting this step'
 `block_tables[S, P]`, causal attention within prefill chunks, GQA, optional sliding window. Rows at
 or past `query_start_loc[S]` come back as zeros.
 
-One kernel serves decode and prefill chunks: the query rows of each sequence are cut into tiles of
-`block_q` rows (`decode_only=True`: one row per sequence, no work list to compute); one CUDA program
-handles (tile, KV head, KV split) with all `G = Hq / Hkv` query heads of that KV head, so each page
-is read once per tile. With several KV splits (few programs, long contexts) a second kernel merges
-the partial softmax states. This module chooses `block_q` and the split count statically from the
-shapes and builds the tile list with a few jnp ops.
+The query rows of each sequence are cut into tiles of `block_q` rows (`decode_only=True`: one row
+per sequence, no work list to compute; otherwise `pallas_kernels.ragged_inputs.query_tiles`); one
+CUDA program handles (tile, KV head, KV split) with all `G = Hq / Hkv` query heads of that KV head,
+so each page is read once per tile. Tiles of one row (decode) with G <= 8 run the single-row kernel
+(`csrc/row_attention_kernel.cuh`: K/V streamed into registers with 16-byte loads); other tiles the
+multi-row kernel (shared-memory staging). With several KV splits (few programs, long contexts) a
+second kernel merges the partial softmax states. This module chooses `block_q` and the split count
+statically from the shapes; validation is `pallas_kernels.ragged_inputs`'.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from pallas_kernels import ragged_inputs
+from pallas_kernels.ragged_inputs import check_decode_only, num_query_tiles, query_tiles
 
 from . import registry
 
@@ -31,6 +35,12 @@ SUPPORTED_HEAD_DIMS = (64, 128, 256)
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 MAX_SPLITS = 64  # the kernel's limit
 TARGET_PROGRAMS = 4 * 132  # ~4 programs per SM of an H100/H200 before splitting the KV further
+ROW_KERNEL_MAX_G = 8  # kRowKernelMaxG in row_attention_kernel.cuh
+# Single-row kernel: ~3 programs of 128 threads fit an SM (155 registers for bf16 D=128 G=4), so
+# 8 programs per SM is ~2.7 waves (a smaller last-wave loss than ~1.3 waves at 4 per SM); a split
+# streams at least 256 tokens. Rule of thumb, not measured yet.
+ROW_TARGET_PROGRAMS = 8 * 132
+ROW_MIN_TOKENS_PER_SPLIT = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,12 +64,27 @@ def block_k(head_dim: int, itemsize: int) -> int:
 
 
 def choose_num_splits(num_programs: int, max_kv_tokens: int, bk: int) -> int:
-    """Split the KV range only when the grid is too small to fill the GPU, keeping >= 2 key blocks
-    per split."""
+    """Multi-row kernel: split the KV range only when the grid is too small to fill the GPU, keeping
+    >= 2 key blocks per split."""
     if num_programs >= TARGET_PROGRAMS:
         return 1
     blocks = -(-max_kv_tokens // bk)
     return max(1, min(16, -(-TARGET_PROGRAMS // num_programs), blocks // 2))
+
+
+def choose_row_splits(num_programs: int, max_kv_tokens: int) -> int:
+    """Single-row (decode) kernel: split until the grid has ~ROW_TARGET_PROGRAMS programs, each
+    split streaming >= ROW_MIN_TOKENS_PER_SPLIT tokens (one split needs no combine kernel), at
+    most 16."""
+    if num_programs >= ROW_TARGET_PROGRAMS:
+        return 1
+    by_grid = -(-ROW_TARGET_PROGRAMS // num_programs)
+    return max(1, min(16, by_grid, max_kv_tokens // ROW_MIN_TOKENS_PER_SPLIT))
+
+
+def uses_row_kernel(block_q: int, G: int) -> bool:
+    """Whether the handler runs the single-row kernel (tiles of one row, G <= 8)."""
+    return block_q == 1 and G <= ROW_KERNEL_MAX_G
 
 
 def plan_launch(
@@ -83,23 +108,24 @@ def plan_launch(
     else:
         target_rows = 32 if D <= 128 else 16
         bq = block_q or max(1, min(T, target_rows // G))
-        num_tiles = T // bq + S  # sum_s ceil(q_len_s / bq) <= T // bq + S
-    splits = num_kv_splits or choose_num_splits(num_tiles * Hkv, P * block_size, block_k(D, itemsize))
+        num_tiles = num_query_tiles(T, S, bq)
+    if num_kv_splits:
+        splits = num_kv_splits
+    elif uses_row_kernel(bq, G):
+        splits = choose_row_splits(num_tiles * Hkv, P * block_size)
+    else:
+        splits = choose_num_splits(num_tiles * Hkv, P * block_size, block_k(D, itemsize))
     return LaunchPlan(block_q=bq, num_tiles=num_tiles, num_splits=splits, max_rows=bq * G)
 
 
-def work_list(query_start_loc: jax.Array, block_q: int, num_tiles: int) -> jax.Array:  # [num_tiles, 2]
+def work_list(
+    query_start_loc: jax.Array, block_q: int, num_tiles: int
+) -> jax.Array:  # [num_tiles, 2]
     """Tile i -> (sequence or -1, first row of the tile within that sequence)."""
-    S = query_start_loc.shape[0] - 1
-    q_len = jnp.maximum(query_start_loc[1:] - query_start_loc[:-1], 0)  # [S]
-    tiles = (q_len + block_q - 1) // block_q
-    tile_end = jnp.cumsum(tiles)  # [S]
-    tile_start = tile_end - tiles
-    i = jnp.arange(num_tiles, dtype=jnp.int32)
-    seq = jnp.minimum(jnp.searchsorted(tile_end, i, side="right"), S - 1).astype(jnp.int32)
-    valid = i < tile_end[S - 1]
-    off = (i - tile_start[seq]) * block_q
-    return jnp.stack([jnp.where(valid, seq, -1), jnp.where(valid, off, 0)], axis=-1).astype(jnp.int32)
+    tiles = query_tiles(query_start_loc, block_q, num_tiles)
+    seq = jnp.where(tiles.valid, tiles.seq, -1)
+    first_row = jnp.where(tiles.valid, tiles.index * block_q, 0)
+    return jnp.stack([seq, first_row], axis=-1).astype(jnp.int32)
 
 
 def decode_work_list(S: int) -> np.ndarray:  # [S, 2]
@@ -110,18 +136,6 @@ def decode_work_list(S: int) -> np.ndarray:  # [S, 2]
 # --------------------------------------------------------------------------------------------------
 # Validation.
 # --------------------------------------------------------------------------------------------------
-
-
-def _shape(x) -> tuple:
-    return tuple(getattr(x, "shape", ()))
-
-
-def _dtype_name(x) -> str:
-    return jnp.dtype(x.dtype).name
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def validate_inputs(
@@ -138,71 +152,15 @@ def validate_inputs(
     block_q=None,
     num_kv_splits=None,
 ) -> None:
-    """Raise ValueError naming the bad argument; static properties only (works on tracers)."""
-    if len(_shape(q)) != 3:
-        raise ValueError(f"q must be [T, Hq, D] (rank 3), got shape {_shape(q)}")
-    for name, x in (("k_pages", k_pages), ("v_pages", v_pages)):
-        if len(_shape(x)) != 5:
-            raise ValueError(f"{name} must be [L, num_blocks, Hkv, block_size, D] (rank 5), got shape {_shape(x)}")
-    if _shape(k_pages) != _shape(v_pages):
-        raise ValueError(f"k_pages and v_pages must have the same shape, got {_shape(k_pages)} and {_shape(v_pages)}")
-    T, Hq, D = _shape(q)
-    L, N, Hkv, bs, Dk = _shape(k_pages)
-    if _dtype_name(q) not in SUPPORTED_DTYPES:
-        raise ValueError(f"q dtype {_dtype_name(q)} unsupported by the cuda backend; use one of {SUPPORTED_DTYPES}")
-    if _dtype_name(k_pages) != _dtype_name(q) or _dtype_name(v_pages) != _dtype_name(q):
-        raise ValueError(
-            "dtype mismatch: q, k_pages and v_pages must share one dtype, got "
-            f"q {_dtype_name(q)}, k_pages {_dtype_name(k_pages)}, v_pages {_dtype_name(v_pages)}"
-        )
-    if Dk != D:
-        raise ValueError(f"head dim mismatch: q {_shape(q)} has D={D}, k_pages {_shape(k_pages)} has D={Dk}")
-    if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"head dim D={D} unsupported by the cuda backend; use one of {SUPPORTED_HEAD_DIMS}")
-    if min(T, Hq, L, N, Hkv, bs) < 1:
-        raise ValueError(f"empty dimension: q {_shape(q)}, k_pages {_shape(k_pages)}")
-    if Hq % Hkv != 0:
-        raise ValueError(f"Hq={Hq} (q {_shape(q)}) must be a multiple of Hkv={Hkv} (k_pages {_shape(k_pages)})")
-    if len(_shape(block_tables)) != 2 or min(_shape(block_tables)) < 1:
-        raise ValueError(f"block_tables must be [S, P] (rank 2, non-empty), got shape {_shape(block_tables)}")
-    S, P = _shape(block_tables)
-    if _shape(kv_lens) != (S,):
-        raise ValueError(f"kv_lens shape {_shape(kv_lens)} must be (S,) = ({S},) to match block_tables {(S, P)}")
-    if _shape(query_start_loc) != (S + 1,):
-        raise ValueError(
-            f"query_start_loc shape {_shape(query_start_loc)} must be (S + 1,) = ({S + 1},) to match block_tables {(S, P)}"
-        )
-    for name, x in (("block_tables", block_tables), ("kv_lens", kv_lens), ("query_start_loc", query_start_loc)):
-        if not jnp.issubdtype(x.dtype, jnp.integer):
-            raise ValueError(f"{name} must be an integer array (int32), got dtype {_dtype_name(x)}")
-    if _is_int(layer):
-        if not 0 <= layer < L:
-            raise ValueError(f"layer={layer} out of range for k_pages with L={L} layers")
-    elif not hasattr(layer, "dtype") or _shape(layer) not in ((), (1,)) or not jnp.issubdtype(layer.dtype, jnp.integer):
-        raise ValueError(f"layer must be an int or an integer scalar array, got {layer!r}")
-    if sm_scale is not None and not (
-        isinstance(sm_scale, numbers.Real) and not isinstance(sm_scale, bool) and sm_scale > 0
-    ):
-        raise ValueError(f"sm_scale must be a positive float, got {sm_scale!r}")
-    if sliding_window is not None and not (_is_int(sliding_window) and sliding_window >= 1):
-        raise ValueError(f"sliding_window must be a positive int or None, got {sliding_window!r}")
-    if block_q is not None and not (_is_int(block_q) and block_q >= 1):
-        raise ValueError(f"block_q must be a positive int, got {block_q!r}")
-    if num_kv_splits is not None and not (_is_int(num_kv_splits) and 1 <= num_kv_splits <= MAX_SPLITS):
-        raise ValueError(f"num_kv_splits must be an int in [1, {MAX_SPLITS}], got {num_kv_splits!r}")
-
-
-def check_decode_only(query_start_loc) -> None:
-    """decode_only=True promises <= 1 query row per sequence; checked when the offsets are concrete."""
-    try:
-        qsl = np.asarray(query_start_loc)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return
-    q_lens = qsl[1:] - qsl[:-1]
-    if (q_lens > 1).any():
-        raise ValueError(
-            f"decode_only=True needs at most one query row per sequence, got query lengths {q_lens.tolist()}"
-        )
+    """Raise ValueError naming the bad argument; static properties only (works on tracers): the
+    shared checks of `pallas_kernels.ragged_inputs` plus this backend's knobs."""
+    ragged_inputs.validate_inputs(
+        q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer,
+        sm_scale=sm_scale, sliding_window=sliding_window, head_dims=SUPPORTED_HEAD_DIMS,
+        dtypes=SUPPORTED_DTYPES, backend="cuda",
+    )  # fmt: skip
+    ragged_inputs.check_int_in_range("block_q", block_q, 1)
+    ragged_inputs.check_int_in_range("num_kv_splits", num_kv_splits, 1, MAX_SPLITS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,7 +169,21 @@ def check_decode_only(query_start_loc) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "sm_scale", "window", "decode_only"))
-def _rpa_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_init, *, plan, sm_scale, window, decode_only):
+def _rpa_call(
+    q,
+    k_pages,
+    v_pages,
+    block_tables,
+    kv_lens,
+    qsl,
+    layer,
+    out_init,
+    *,
+    plan,
+    sm_scale,
+    window,
+    decode_only,
+):
     T, Hq, D = q.shape
     Hkv = k_pages.shape[2]
     S = block_tables.shape[0]
@@ -230,7 +202,9 @@ def _rpa_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_init, 
         call = jax.ffi.ffi_call("jaxllm_ragged_paged_attention", out_types)
     else:
         operands.append(out_init)
-        call = jax.ffi.ffi_call("jaxllm_ragged_paged_attention_init", out_types, input_output_aliases={8: 0})
+        call = jax.ffi.ffi_call(
+            "jaxllm_ragged_paged_attention_init", out_types, input_output_aliases={8: 0}
+        )
     out, _, _ = call(
         *operands,
         sm_scale=np.float32(sm_scale),
@@ -271,8 +245,13 @@ def ragged_paged_attention_cuda(
     decode_only = bool(decode_only)
     if decode_only:
         check_decode_only(query_start_loc)
-    if _out_init is not None and (_shape(_out_init) != _shape(q) or _dtype_name(_out_init) != _dtype_name(q)):
-        raise ValueError(f"_out_init must match q: {_shape(q)} {_dtype_name(q)}")
+    if _out_init is not None and (
+        ragged_inputs.shape_of(_out_init) != ragged_inputs.shape_of(q)
+        or ragged_inputs.dtype_name(_out_init) != ragged_inputs.dtype_name(q)
+    ):
+        raise ValueError(
+            f"_out_init must match q: {ragged_inputs.shape_of(q)} {ragged_inputs.dtype_name(q)}"
+        )
     registry.ensure_registered()
 
     T, Hq, D = q.shape

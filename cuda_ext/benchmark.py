@@ -68,7 +68,9 @@ def time_decode(fn, args, calls: int = 16) -> tuple[float, float]:
         x = q
         for i in range(calls):
             out = fn(x, k, v, bt, kv, qsl, i % LAYERS)
-            x = (q.astype(jnp.float32) + 1e-6 * out.astype(jnp.float32)).astype(q.dtype)  # dependency
+            x = (q.astype(jnp.float32) + 1e-6 * out.astype(jnp.float32)).astype(
+                q.dtype
+            )  # dependency
         return x
 
     jax.block_until_ready(chain(*args))
@@ -87,11 +89,15 @@ def _cuda_splits(num_kv_splits, *a):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--contexts", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--pallas", action="store_true", help="also time the Pallas decode kernel")
-    ap.add_argument("--splits", type=int, nargs="*", default=[], help="also time these fixed KV split counts")
+    ap.add_argument(
+        "--splits", type=int, nargs="*", default=[], help="also time these fixed KV split counts"
+    )
     args = ap.parse_args(argv)
     dev = jax.devices()[0]
     bw = copy_bandwidth()
@@ -110,7 +116,9 @@ def main(argv=None) -> int:
             inputs = decode_inputs(b, c)
             for name, fn in backends.items():
                 t, nbytes = time_decode(fn, inputs)
-                print(f"| {name} | {b} | {c} | {t * 1e6:.1f} | {nbytes / t / 1e12:.2f} | {100 * nbytes / t / bw:.0f}% |")
+                print(
+                    f"| {name} | {b} | {c} | {t * 1e6:.1f} | {nbytes / t / 1e12:.2f} | {100 * nbytes / t / bw:.0f}% |"
+                )
     return 0
 
 

@@ -84,7 +84,9 @@ def source_files() -> list[Path]:
     return sorted(p for p in CSRC.iterdir() if p.suffix in (".cu", ".cuh", ".h"))
 
 
-def cache_key(sources: dict[str, bytes], nvcc_version_text: str, jax_version: str, flags=NVCC_FLAGS) -> str:
+def cache_key(
+    sources: dict[str, bytes], nvcc_version_text: str, jax_version: str, flags=NVCC_FLAGS
+) -> str:
     """Hex digest over the sources (name and bytes), the nvcc version, the JAX version and flags."""
     h = hashlib.sha256()
     for name in sorted(sources):
@@ -150,9 +152,15 @@ def build_library(force: bool = False, verbose: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--force", action="store_true", help="rebuild even if the cache holds the library")
-    ap.add_argument("--verbose", action="store_true", help="print the nvcc command and its messages")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--force", action="store_true", help="rebuild even if the cache holds the library"
+    )
+    ap.add_argument(
+        "--verbose", action="store_true", help="print the nvcc command and its messages"
+    )
     args = ap.parse_args(argv)
     try:
         path = build_library(force=args.force, verbose=args.verbose)

@@ -44,7 +44,9 @@ def missing_requirements() -> list[str]:
             "on a machine with an NVIDIA GPU)"
         )
     if build.find_nvcc() is None:
-        missing.append("nvcc, the CUDA compiler (looked at $NVCC, PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
+        missing.append(
+            "nvcc, the CUDA compiler (looked at $NVCC, PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)"
+        )
     return missing
 
 
@@ -57,7 +59,9 @@ def ensure_registered() -> ctypes.CDLL:
         missing = missing_requirements()
         if missing:
             raise RuntimeError(
-                "attention backend 'cuda' is not available: missing " + "; and ".join(missing) + ". "
+                "attention backend 'cuda' is not available: missing "
+                + "; and ".join(missing)
+                + ". "
                 "Use the 'pallas' or 'reference' backend."
             )
         path = build.build_library()
@@ -66,6 +70,8 @@ def ensure_registered() -> ctypes.CDLL:
         except OSError as e:
             raise RuntimeError(f"cuda_ext: could not load {path}: {e}") from e
         for target, symbol in TARGETS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA")
+            jax.ffi.register_ffi_target(
+                target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA"
+            )
         _library = lib
         return lib

@@ -1,10 +1,11 @@
 """Pallas kernels for jaxllm (paged attention first). Imports only JAX, never jaxllm.
 
 `ragged_paged_attention` runs the Triton-lowered Pallas kernels (NVIDIA GPUs; `interpret=True`
-anywhere); `ragged_paged_attention_reference` is the pure-jnp oracle with the same interface.
+anywhere); `ragged_paged_attention_reference` is the pure-jnp oracle with the same interface;
+`ragged_inputs` holds the input checks and the query-tile list all backends share.
 """
 
-from . import tuned_block_sizes
+from . import ragged_inputs, tuned_block_sizes
 from .ragged_paged_attention import (
     SUPPORTED_DTYPES,
     SUPPORTED_HEAD_DIMS,
@@ -19,6 +20,7 @@ __all__ = [
     "SUPPORTED_HEAD_DIMS",
     "ragged_paged_attention",
     "ragged_paged_attention_reference",
+    "ragged_inputs",
     "resolve_decode_only",
     "tuned_block_sizes",
     "validate_inputs",

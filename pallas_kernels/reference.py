@@ -22,6 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .ragged_inputs import num_query_tiles, query_tiles
+
 
 def ragged_paged_attention_naive(
     q: jax.Array,  # [T, Hq, D]
@@ -121,16 +123,12 @@ def ragged_paged_attention_reference(
     if sm_scale is None:
         sm_scale = D**-0.5
     Bq = 1 if decode_only else (query_block or min(16, T))
-    NT = S if decode_only else T // Bq + S  # static bound on the number of tiles
+    NT = S if decode_only else num_query_tiles(T, S, Bq)  # static bound on the number of tiles
 
     q_len = query_start_loc[1:] - query_start_loc[:-1]  # [S]
-    tiles_per_seq = (q_len + Bq - 1) // Bq
-    tile_end = jnp.cumsum(tiles_per_seq)  # [S]
-    tile_start = tile_end - tiles_per_seq
-    tile = jnp.arange(NT, dtype=jnp.int32)
-    seq = jnp.minimum(jnp.searchsorted(tile_end, tile, side="right"), S - 1).astype(jnp.int32)
-    tile_valid = tile < tile_end[S - 1]
-    first_row = query_start_loc[seq] + (tile - tile_start[seq]) * Bq  # [NT]
+    tiles = query_tiles(query_start_loc, Bq, NT)
+    seq, tile_valid = tiles.seq, tiles.valid  # [NT]
+    first_row = query_start_loc[seq] + tiles.index * Bq  # [NT]
     rows = first_row[:, None] + jnp.arange(Bq, dtype=jnp.int32)[None, :]  # [NT, Bq]
     row_valid = tile_valid[:, None] & (rows < query_start_loc[seq + 1][:, None])
     q_pos = kv_lens[seq][:, None] - q_len[seq][:, None] + (rows - query_start_loc[seq][:, None])
@@ -147,7 +145,7 @@ def ragged_paged_attention_reference(
     tok = jnp.arange(T, dtype=jnp.int32)
     tseq = jnp.minimum(jnp.searchsorted(query_start_loc[1:], tok, side="right"), S - 1)
     local = tok - query_start_loc[tseq]
-    t_tile = tile_start[tseq] + local // Bq
+    t_tile = tiles.first_tile[tseq] + local // Bq
     out = o[jnp.clip(t_tile, 0, NT - 1), local % Bq].reshape(T, Hq, D)
     valid = tok < query_start_loc[S]
     return jnp.where(valid[:, None, None], out, 0).astype(q.dtype)

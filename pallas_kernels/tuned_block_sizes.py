@@ -4,7 +4,8 @@ One small table keyed by `(head_dim, block_size, dtype name, q heads per KV head
 back to `default_config()` (a rule of thumb) for keys the table lacks. `choose_num_kv_splits()` picks
 the flash-decoding split count from the static batch shape.
 
-STATUS: the decode knobs of `(128, 16, "bfloat16", 4)` (Llama-3-8B attention) and the split rule
+STATUS: the decode knobs of `(128, 16, "bfloat16", 4)` (Llama-3-8B attention), its single-pass
+knobs (batch 1 x 512 only) and the split rule
 (`choose_num_kv_splits` with the `KernelConfig` defaults) were measured on an H100 80GB HBM3
 (`bench/kernels.py --tune`, in-jit-loop time, runs in `bench/gpu_runs/2026-11-28_h100_*`): pages per
 compute block 4, 4 warps, 2 stages was best or within ~3% of best at batch 16-256 x context
@@ -43,6 +44,11 @@ class KernelConfig:
     split_programs_per_sm: the decode grid (sequences x KV heads x splits) stays within this many
         programs per SM.
     combine_num_warps: Triton warps of the kernel that merges the splits.
+    single_pass_max_kv_blocks: no KV split (one kernel, no combine) when the longest context needs
+        at most this many decode compute blocks.
+    single_pass_small_grid_programs, single_pass_pages_per_compute_block, single_pass_num_stages:
+        with one split and a grid of at most that many programs (sequences x KV heads; the kernel
+        is latency-bound), use these decode knobs instead (0: keep the decode knobs).
     """
 
     decode_pages_per_compute_block: int
@@ -56,6 +62,10 @@ class KernelConfig:
     min_kv_blocks_per_split: int = 4
     split_programs_per_sm: float = 4.0
     combine_num_warps: int = 4
+    single_pass_max_kv_blocks: int = 8
+    single_pass_small_grid_programs: int = 16
+    single_pass_pages_per_compute_block: int = 0
+    single_pass_num_stages: int = 0
 
 
 def _tokens_per_step(head_dim: int, itemsize: int) -> int:
@@ -87,7 +97,15 @@ TUNED: dict[tuple[int, int, str, int], KernelConfig] = {
     # or one within ~5% of it at batch >= 16 (e.g. batch 16 x 2048: 4 splits 56 us, 2: 58, 8: 59,
     # 1: 76). At batch 1 the loop timings move by +-3 us between runs, too much to rank the split
     # counts; 1 split beat the rule's 2 at batch 1 x 512 in both runs, by 1-2 us.
-    (128, 16, "bfloat16", 4): KernelConfig(4, 4, 2, 4, 64, 4, 2),
+    # Single pass (no split, no combine kernel) up to 8 compute blocks (context 512 at 4 pages of
+    # 16): 1 split was the fastest split count at batch 1, 16, 64 x context 512 in both H100 runs
+    # (batch 1 x 512: 17.6 vs 19.6 us for the rule's 2 splits, run 2); at context 2048 splits win
+    # at batch 1 and 16 (1 x 2048: 8 splits 17.9 us, 1 split 43.8-46.7 us). With one split and at
+    # most 16 programs, (8 pages, 1 stage): the best knobs at batch 1 x 512 in both runs (14.4 and
+    # 14.5 us vs 17.6 and 15.0 for (4 pages, 2 stages)); measured at that point only.
+    (128, 16, "bfloat16", 4): KernelConfig(
+        4, 4, 2, 4, 64, 4, 2, single_pass_pages_per_compute_block=8, single_pass_num_stages=1
+    ),
     # Not measured (rule of thumb) from here on.
     (128, 32, "bfloat16", 4): KernelConfig(2, 4, 2, 2, 64, 4, 2),
     (128, 16, "bfloat16", 8): KernelConfig(4, 4, 2, 4, 64, 4, 2),
@@ -125,10 +143,14 @@ def choose_num_kv_splits(
 ) -> int:
     """Flash-decoding split count (a power of two) from static shapes only.
 
-    The largest power of two that keeps the decode grid within `cfg.split_programs_per_sm * num_sms`
+    1 (a single kernel writes the output: no partials, no combine kernel) when `max_kv_len` needs
+    at most `cfg.single_pass_max_kv_blocks` compute blocks of `block_k` tokens. Otherwise the
+    largest power of two that keeps the decode grid within `cfg.split_programs_per_sm * num_sms`
     programs, no larger than leaves each split `cfg.min_kv_blocks_per_split` compute blocks of
     `max_kv_len`, and at most `cfg.max_kv_splits`; at least 1.
     """
+    if -(-max_kv_len // block_k) <= cfg.single_pass_max_kv_blocks:
+        return 1
     programs = max(1, num_seqs * num_kv_heads)
     want = _floor_pow2(int(cfg.split_programs_per_sm * num_sms) // programs)
     cap = _floor_pow2(max_kv_len // (block_k * cfg.min_kv_blocks_per_split))

@@ -5,12 +5,14 @@
 #
 # 1. builds the library (python -m cuda_ext.build, into a fresh cache) and lists its symbols/arches;
 # 2. runs tests/kernels/test_cuda_ext.py (GPU sweep against the reference + the CPU tests);
-# 3. runs the small GPU test under compute-sanitizer --tool memcheck (XLA's platform allocator, so
-#    every buffer is its own allocation and an out-of-bounds access is caught);
-# 4. a quick decode benchmark (cuda and pallas, Llama-3-8B shapes) against the copy bandwidth.
-# Logs go to $OUT if set, else ./out/gpu_cuda_check (at most 5 files). Each part has a time limit
-# (build 180 s, tests 200 s, memcheck 120 s, bench 150 s; on an H100 the first two took 25 s and
-# 120 s), so give the whole script 600 s. It exits non-zero if the build, tests or memcheck failed.
+# 3. runs a small case (python -m cuda_ext.memcheck_case) under compute-sanitizer --tool memcheck
+#    (XLA's platform allocator, so every buffer is its own allocation and an out-of-bounds access is
+#    caught), under `timeout 120`;
+# 4. the decode benchmark of bench/kernels.py with the cuda and pallas rows (Llama-3-8B shapes).
+# Logs go to $OUT if set, else ./out/gpu_cuda_check. Each part has a time limit (build 180 s,
+# tests 200 s, memcheck 120 s, bench 150 s), so give the whole script 600 s. It exits non-zero if
+# the build, tests or memcheck failed. scripts/gpu_kernels_check.sh runs all of this for both
+# backends in one call; this script is the cuda-only subset.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+${PYTHONPATH}:}."
@@ -41,16 +43,16 @@ echo "== tests (limit 200 s) =="
 timeout -k 10 200 "$PY" -m pytest tests/kernels/test_cuda_ext.py -q -rs --durations=8 2>&1 | tee "$LOG_DIR/pytest.log"
 tests_rc=${PIPESTATUS[0]}
 
-echo "== compute-sanitizer memcheck (limit 120 s) =="
+echo "== compute-sanitizer memcheck (timeout 120 s) =="
 XLA_PYTHON_CLIENT_ALLOCATOR=platform XLA_PYTHON_CLIENT_PREALLOCATE=false \
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
   timeout -k 10 120 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
-  "$PY" -m pytest tests/kernels/test_cuda_ext.py -q -k test_small_cases_for_memcheck -p no:cacheprovider \
-  2>&1 | tee "$LOG_DIR/memcheck.log"
+  "$PY" -m cuda_ext.memcheck_case 2>&1 | tee "$LOG_DIR/memcheck.log"
 memcheck_rc=${PIPESTATUS[0]}
 
 echo "== decode benchmark (limit 150 s) =="
-timeout -k 10 150 "$PY" -m cuda_ext.benchmark --batches 16 64 --contexts 2048 4096 --pallas --splits 2 4 8 16 2>&1 \
-  | grep -v "Pallas Triton backend is deprecated" | tee "$LOG_DIR/bench.log"
+timeout -k 10 150 "$PY" bench/kernels.py --quick --backends cuda,pallas --no-prefill \
+  --out "$LOG_DIR/bench.md" 2>&1 | grep -v "Pallas Triton backend is deprecated" | tee "$LOG_DIR/bench.log"
 bench_rc=${PIPESTATUS[0]}
 
 echo "build rc=$build_rc tests rc=$tests_rc memcheck rc=$memcheck_rc bench rc=$bench_rc (124 = time limit); logs in $LOG_DIR" \

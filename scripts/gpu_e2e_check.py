@@ -1,30 +1,48 @@
-"""GPU end-to-end check: greedy SmolLM2 (float32) with backend `pallas` equals backend `reference`.
+"""GPU end-to-end check: greedy SmolLM2 (float32) with backend `pallas` and/or `cuda` equals
+backend `reference`, token for token.
 
-    python scripts/gpu_e2e_check.py MODEL   # MODEL: smollm2-135m or a path to the GGUF file
+    python scripts/gpu_e2e_check.py [MODEL] [--backend pallas] [--backend cuda]
+    # MODEL: smollm2-135m (default) or a path to the GGUF file; --backend may repeat (default pallas)
 
-Prints a line per prompt set and exits non-zero on any mismatch; also times both backends.
+Prints a line per backend and exits non-zero on any mismatch; also times every backend.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
-import numpy as np
 
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("model", nargs="?", default="smollm2-135m")
+    ap.add_argument(
+        "--backend", action="append", choices=("pallas", "cuda"), help="backend(s) to check"
+    )
+    args = ap.parse_args(argv)
+    checked = args.backend or ["pallas"]
 
-def main() -> int:
     from jaxllm import LLM, SamplingParams
 
-    model = sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m"
-    rng = np.random.default_rng(0)
+    model = args.model
     results = {}
-    for backend in ("reference", "pallas"):
-        llm = LLM(model, dtype="float32", max_model_len=1024, max_num_seqs=32,
-                  max_num_batched_tokens=512, attention_backend=backend)
+    for backend in ("reference", *checked):
+        llm = LLM(
+            model,
+            dtype="float32",
+            max_model_len=1024,
+            max_num_seqs=32,
+            max_num_batched_tokens=512,
+            attention_backend=backend,
+        )
         tok = llm.get_tokenizer()
-        text = ("The history of the city begins with a small settlement by the river, where "
-                "farmers and traders met every season to exchange grain, tools and news. ") * 30
+        text = (
+            "The history of the city begins with a small settlement by the river, where "
+            "farmers and traders met every season to exchange grain, tools and news. "
+        ) * 30
         ids = tok.encode(text)
         lens = [10, 400, 37, 16, 17, 120, 64, 250, 11, 90, 33, 180, 48, 15, 300, 75]
         prompts = [{"prompt_token_ids": ids[i * 5 : i * 5 + n]} for i, n in enumerate(lens)]
@@ -36,16 +54,26 @@ def main() -> int:
         dt = time.perf_counter() - t
         n_out = sum(len(o.outputs[0].token_ids) for o in outs)
         results[backend] = [o.outputs[0].token_ids for o in outs]
-        print(f"{backend}: {len(outs)} prompts, {n_out} tokens in {dt:.2f}s ({n_out / dt:.1f} tok/s), "
-              f"compilations {llm.llm_engine.runner.num_compilations}", flush=True)
+        print(
+            f"{backend}: {len(outs)} prompts, {n_out} tokens in {dt:.2f}s ({n_out / dt:.1f} tok/s), "
+            f"compilations {llm.llm_engine.runner.num_compilations}",
+            flush=True,
+        )
         del llm
-    bad = [i for i, (a, b) in enumerate(zip(results["reference"], results["pallas"])) if a != b]
-    for i in bad:
-        a, b = results["reference"][i], results["pallas"][i]
-        j = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        print(f"MISMATCH prompt {i}: first difference at token {j}", flush=True)
-    print("pallas == reference on all prompts" if not bad else f"{len(bad)} prompts differ")
-    return 1 if bad else 0
+    failed = 0
+    for backend in checked:
+        bad = [i for i, (a, b) in enumerate(zip(results["reference"], results[backend])) if a != b]
+        for i in bad:
+            a, b = results["reference"][i], results[backend][i]
+            j = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            print(f"MISMATCH {backend} prompt {i}: first difference at token {j}", flush=True)
+        print(
+            f"{backend} == reference on all prompts"
+            if not bad
+            else f"{backend}: {len(bad)} prompts differ"
+        )
+        failed += bool(bad)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

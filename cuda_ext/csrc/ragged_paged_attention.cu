@@ -1,5 +1,8 @@
-// XLA FFI handlers for ragged paged attention (see paged_attention_kernels.cuh for the kernels and
+// XLA FFI handlers for ragged paged attention (see row_attention_kernel.cuh for the single-row
+// (decode) kernel, paged_attention_kernels.cuh for the multi-row kernel and the split combine, and
 // cuda_ext/attention.py for the Python side that builds `work` and picks block_q / num_splits).
+// Tiles of one row (block_q == 1) with G <= kRowKernelMaxG query heads per KV head run the
+// single-row kernel; everything else the multi-row kernel.
 //
 // Exported symbols (registered with jax.ffi.register_ffi_target(..., platform="CUDA")):
 //   JaxllmRaggedPagedAttention      operands q, k_pages, v_pages, block_tables, kv_lens,
@@ -16,6 +19,7 @@
 #include <string>
 
 #include "paged_attention_kernels.cuh"
+#include "row_attention_kernel.cuh"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -41,7 +45,35 @@ ffi::Error cuda_error(const char* what, cudaError_t err) {
   } while (0)
 
 template <typename T, int D>
+ffi::Error launch_combine(cudaStream_t stream, const AttentionParams& p) {
+  const size_t csmem = sizeof(float) * size_t(p.max_rows) * p.num_splits;
+  auto combine = combine_splits_kernel<T, D>;
+  JAXLLM_CUDA_CHECK("cudaFuncSetAttribute(combine, MaxDynamicSharedMemorySize)",
+                    cudaFuncSetAttribute(combine, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(csmem)));
+  combine<<<dim3(p.num_tiles, p.Hkv), kThreads, csmem, stream>>>(p);
+  JAXLLM_CUDA_CHECK("launch of combine_splits_kernel", cudaGetLastError());
+  return ffi::Error::Success();
+}
+
+// Single-row tiles (decode): the register-streaming kernel of row_attention_kernel.cuh.
+template <typename T, int D, int GM>
+ffi::Error launch_rows(cudaStream_t stream, const AttentionParams& p) {
+  cudaGetLastError();  // clear any stale error so the check below sees only ours
+  const dim3 grid(p.num_tiles, p.Hkv, p.num_splits);
+  row_attention_kernel<T, D, GM><<<grid, kThreads, 0, stream>>>(p);
+  JAXLLM_CUDA_CHECK("launch of row_attention_kernel", cudaGetLastError());
+  return p.num_splits > 1 ? launch_combine<T, D>(stream, p) : ffi::Error::Success();
+}
+
+template <typename T, int D>
 ffi::Error launch(cudaStream_t stream, const AttentionParams& p) {
+  if (p.block_q == 1 && p.G <= kRowKernelMaxG) {
+    if (p.G == 1) return launch_rows<T, D, 1>(stream, p);
+    if (p.G == 2) return launch_rows<T, D, 2>(stream, p);
+    if (p.G <= 4) return launch_rows<T, D, 4>(stream, p);
+    return launch_rows<T, D, 8>(stream, p);
+  }
   int device = 0;
   JAXLLM_CUDA_CHECK("cudaGetDevice", cudaGetDevice(&device));
   int max_smem = 0;
@@ -63,17 +95,7 @@ ffi::Error launch(cudaStream_t stream, const AttentionParams& p) {
   const dim3 grid(p.num_tiles, p.Hkv, p.num_splits);
   kernel<<<grid, kThreads, smem, stream>>>(p);
   JAXLLM_CUDA_CHECK("launch of ragged_paged_attention_kernel", cudaGetLastError());
-
-  if (p.num_splits > 1) {
-    const size_t csmem = sizeof(float) * size_t(p.max_rows) * p.num_splits;
-    auto combine = combine_splits_kernel<T, D>;
-    JAXLLM_CUDA_CHECK("cudaFuncSetAttribute(combine, MaxDynamicSharedMemorySize)",
-                      cudaFuncSetAttribute(combine, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(csmem)));
-    combine<<<dim3(p.num_tiles, p.Hkv), kThreads, csmem, stream>>>(p);
-    JAXLLM_CUDA_CHECK("launch of combine_splits_kernel", cudaGetLastError());
-  }
-  return ffi::Error::Success();
+  return p.num_splits > 1 ? launch_combine<T, D>(stream, p) : ffi::Error::Success();
 }
 
 template <typename T>

@@ -33,7 +33,14 @@ def test_tiled_reference_equals_naive(trial):
     q = jnp.asarray(rng.standard_normal((T, Hkv * G, D)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((L, N, Hkv, bs, D)), jnp.float32)
     v = jnp.asarray(rng.standard_normal((L, N, Hkv, bs, D)), jnp.float32)
-    args = (q, k, v, jnp.asarray(tables, jnp.int32), jnp.asarray(kv_lens, jnp.int32), jnp.asarray(qsl))
+    args = (
+        q,
+        k,
+        v,
+        jnp.asarray(tables, jnp.int32),
+        jnp.asarray(kv_lens, jnp.int32),
+        jnp.asarray(qsl),
+    )
     window = 9 if trial % 4 == 1 else None
     want = jax.jit(functools.partial(ragged_paged_attention_naive, sliding_window=window))(*args, 1)
     tiled = functools.partial(

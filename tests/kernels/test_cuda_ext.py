@@ -337,7 +337,7 @@ def test_public_entry_zero_padding_rows():
     assert n_valid < got.shape[0]
     np.testing.assert_array_equal(got[n_valid:], 0.0)
     np.testing.assert_allclose(
-        got[:n_valid], reference(*ref_args, case.layer)[:n_valid], rtol=1e-5, atol=1e-5
+        got[:n_valid], reference(*ref_args, case.layer)[:n_valid], **tolerance(case.dtype)
     )
 
 

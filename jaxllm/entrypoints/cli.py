@@ -174,6 +174,59 @@ def request_output_to_json(
 # ----------------------------------------------------------------------------------- subcommands
 
 
+_BEAM_SAMPLING_KEYS = ("max_tokens", "ignore_eos", "temperature")
+
+
+def _beam_search_params(opts: GenerateOptions) -> Any:
+    """`--beam-width N` (+ --length-penalty, --max-tokens, --ignore-eos) -> BeamSearchParams."""
+    from jaxllm.beam_search import BeamSearchParams
+
+    other = sorted(k for k in opts.sampling_kwargs if k not in _BEAM_SAMPLING_KEYS)
+    if other:
+        raise CLIError(f"--beam-width does not combine with sampling option(s): {', '.join(other)}")
+    kw = {k: v for k, v in opts.sampling_kwargs.items() if v is not None}
+    kw.setdefault("max_tokens", 16)
+    if opts.length_penalty is not None:
+        kw["length_penalty"] = opts.length_penalty
+    try:
+        return BeamSearchParams(beam_width=opts.beam_width, **kw)
+    except ValueError as e:
+        raise CLIError(f"bad beam search option: {e}") from None
+
+
+def _beam_search_items(llm: Any, items: list[PromptItem], params: Any, progress: bool) -> list[Any]:
+    """Beam search over the items; chat items go through the model's chat template (as LLM.chat)."""
+    prompts: list[Any] = []
+    for it in items:
+        if it.messages is None:
+            prompts.append(it.prompt)
+            continue
+        text = llm.tokenizer.apply_chat_template(
+            it.messages, tokenize=False, add_generation_prompt=True,
+            chat_template=llm.chat_template,
+        )
+        ids = llm.tokenizer.encode(text, add_special_tokens=False)
+        prompts.append({"prompt": text, "prompt_token_ids": ids})
+    return llm.beam_search(prompts, params, use_tqdm=progress)
+
+
+def beam_output_to_json(index: int, item: PromptItem, out: Any) -> dict[str, Any]:
+    """A JSONL record of a BeamSearchOutput, as a RequestOutput's; `outputs`: beams, best first."""
+    rec: dict[str, Any] = {"index": index}
+    if item.messages is not None:
+        rec["messages"] = item.messages
+    rec["prompt"] = out.prompt
+    rec["num_prompt_tokens"] = len(out.prompt_token_ids)
+    rec["num_cached_tokens"] = out.num_cached_tokens
+    rec["outputs"] = [
+        {"index": r, "text": s.text, "token_ids": [int(t) for t in s.output_token_ids],
+         "finish_reason": s.finish_reason, "stop_reason": s.stop_reason,
+         "cumulative_logprob": _num(s.cum_logprob), "score": _num(s.score)}
+        for r, s in enumerate(out.sequences)
+    ]
+    return rec
+
+
 def _default_llm_factory(**engine_kwargs: Any) -> Any:
     from jaxllm.entrypoints.llm import LLM
 
@@ -199,6 +252,7 @@ def run_generate(args: argparse.Namespace, llm_factory: Optional[Callable[..., A
         sampling_params = SamplingParams(**opts.sampling_kwargs)
     except ValueError as e:
         raise CLIError(f"bad sampling option: {e}") from None
+    beam_params = _beam_search_params(opts) if opts.beam_width is not None else None
     try:
         llm = (llm_factory or _default_llm_factory)(**opts.engine_kwargs)
     except (ValueError, FileNotFoundError) as e:
@@ -207,6 +261,8 @@ def run_generate(args: argparse.Namespace, llm_factory: Optional[Callable[..., A
     plain = [i for i, it in enumerate(items) if it.messages is None]
     chats = [i for i, it in enumerate(items) if it.messages is not None]
     results: list[Any] = [None] * len(items)
+    if beam_params is not None:
+        results, plain, chats = _beam_search_items(llm, items, beam_params, opts.progress), [], []
     if plain:
         outs = llm.generate([items[i].prompt for i in plain], sampling_params, use_tqdm=opts.progress)
         for i, out in zip(plain, outs):
@@ -219,7 +275,8 @@ def run_generate(args: argparse.Namespace, llm_factory: Optional[Callable[..., A
     with_lp = opts.sampling_kwargs.get("logprobs") is not None
     with_plp = opts.sampling_kwargs.get("prompt_logprobs") is not None
     lines = [
-        json.dumps(request_output_to_json(i, it, out, with_lp, with_plp), ensure_ascii=False)
+        json.dumps(beam_output_to_json(i, it, out) if beam_params is not None
+                   else request_output_to_json(i, it, out, with_lp, with_plp), ensure_ascii=False)
         for i, (it, out) in enumerate(zip(items, results))
     ]
     text = "".join(line + "\n" for line in lines)

@@ -138,8 +138,11 @@ class CacheConfig:
     num_gpu_blocks: int | None = None  # explicit block count; overrides memory-based sizing
     enable_prefix_caching: bool = True
     kv_cache_dtype: str = "auto"  # "auto" = model dtype
+    swap_space: float = 4.0  # GiB of host memory for KV blocks swapped out (preemption_mode="swap")
 
     def __post_init__(self) -> None:
+        if not self.swap_space >= 0:
+            raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -156,14 +159,19 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 2048
     enable_chunked_prefill: bool = True
-    policy: str = "fcfs"
+    policy: str = "fcfs"  # "fcfs" or "priority" (lower Request.priority first, then arrival)
+    preemption_mode: str = "recompute"  # or "swap": KV to host memory (CacheConfig.swap_space)
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.policy not in ("fcfs",):
-            raise ValueError(f"scheduling policy {self.policy!r} is not supported (fcfs)")
+        if self.policy not in ("fcfs", "priority"):
+            raise ValueError(f"scheduling policy {self.policy!r} is not supported (fcfs, priority)")
+        if self.preemption_mode not in ("recompute", "swap"):
+            raise ValueError(
+                f"preemption_mode {self.preemption_mode!r} is not supported (recompute, swap)"
+            )
 
 
 @dataclass(frozen=True)

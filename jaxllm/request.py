@@ -57,7 +57,8 @@ class Request:
         arrival_time: wall-clock seconds; defaults to now.
         cache_salt: extra key mixed into the prefix-cache hash, so that requests with different
             salts never share cached KV blocks.
-        priority: kept for API parity with vLLM; the FCFS policy ignores it.
+        priority: with the scheduler's "priority" policy, lower values are scheduled first and
+            preempted last (ties by arrival time); must be 0 under "fcfs".
     """
 
     def __init__(

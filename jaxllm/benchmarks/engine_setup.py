@@ -56,7 +56,14 @@ def load_model_once(args: argparse.Namespace):
     from jaxllm.models.loader import load_model
 
     kw = engine_kwargs(args)
-    return load_model(kw["model"], dtype=kw.get("dtype", "auto"))
+    tp = kw.get("tensor_parallel_size") or 1
+    dp = kw.get("data_parallel_size") or 1
+    mesh = None
+    if tp > 1 and dp == 1:  # weights straight into their shards (dp builds its own replicas)
+        from jaxllm.parallel import make_mesh
+
+        mesh = make_mesh(tp)
+    return load_model(kw["model"], dtype=kw.get("dtype", "auto"), mesh=mesh)
 
 
 def make_llm(args: argparse.Namespace, loaded, max_model_len: int):

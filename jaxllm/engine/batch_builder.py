@@ -2,6 +2,10 @@
 
 The arrays match `jaxllm.models.batch.StepBatch` field for field; the model runner moves them to
 the device in one transfer. Shapes are bucketed (see buckets.py) so the step compiles a few times.
+
+A fork row (`ScheduledRequest.num_new_tokens == 0`, the fresh samples of an n > 1 request) looks
+like a padding row to attention (no query tokens, kv length 0, null block table; fork rows come
+last) and takes its logits from the last token of the request it samples from.
 """
 
 from __future__ import annotations
@@ -64,8 +68,18 @@ def build_host_batch(
     pl_count = 0
 
     cursor = 0
+    last_row: dict[str, int] = {}  # request id -> flat index of its last scheduled token
     for i, sr in enumerate(reqs):
         start, n = sr.num_computed_tokens, sr.num_new_tokens
+        if n == 0:
+            if sr.sample_from not in last_row:
+                raise ValueError(
+                    f"fork row {sr.request_id!r} samples from {sr.sample_from!r}, which is not "
+                    "scheduled before it in this step"
+                )
+            qsl[i + 1] = cursor
+            last[i] = last_row[sr.sample_from]
+            continue
         table = np.asarray(sr.block_ids, np.int32)
         block_tables[i, : len(table)] = table
         pos = np.arange(start, start + n, dtype=np.int32)
@@ -75,6 +89,7 @@ def build_host_batch(
         kv_lens[i] = start + n
         qsl[i + 1] = cursor + n
         last[i] = cursor + n - 1
+        last_row[sr.request_id] = last[i]
         if sr.request.request_id in want_prompt_logprobs:
             # positions p whose next token is a prompt token: p + 1 < num_prompt_tokens
             end = min(start + n, sr.request.num_prompt_tokens - 1)

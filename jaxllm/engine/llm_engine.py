@@ -1,6 +1,7 @@
 """LLMEngine: requests in, RequestOutputs out, one scheduler step + one model step at a time.
 
-`add_request` validates and tokenizes (n > 1 fans out into n child sequences of one parent),
+`add_request` validates and tokenizes (n > 1 fans out into n child sequences of one parent; the
+scheduler prefills the prompt once, for the first, and forks the others onto its KV blocks),
 `step` schedules, runs the model runner, feeds sampled tokens back to the scheduler, detokenizes
 incrementally, applies stop strings, and returns the RequestOutputs that are due.
 """
@@ -70,13 +71,21 @@ class LLMEngine:
         attention_backend: str | None = None,
         compilation_cache_dir: str | None = None,
         generation_config: dict | None = None,
+        mesh: Any = None,  # tensor parallelism: the ('data'=1, 'model'=tp) device mesh
     ) -> None:
         enable_compilation_cache(compilation_cache_dir)
         self.config = engine_config
         self.model_config = engine_config.model
         self.tokenizer = tokenizer
-        self.runner = ModelRunner(self.model_config, params, engine_config, attention_backend)
-        self.scheduler = Scheduler(engine_config.scheduler, engine_config.cache, self.runner.num_blocks)
+        self.runner = ModelRunner(
+            self.model_config, params, engine_config, attention_backend, mesh=mesh
+        )
+        self.scheduler = Scheduler(
+            engine_config.scheduler,
+            engine_config.cache,
+            self.runner.num_blocks,
+            num_host_blocks=self.runner.block_mover.num_host_blocks,
+        )
         capacity = (self.runner.num_blocks - 1) * engine_config.cache.block_size
         if engine_config.scheduler.max_model_len > capacity:
             raise ValueError(
@@ -112,11 +121,22 @@ class LLMEngine:
         arrival_time: float | None = None,
         output_kind: str = "cumulative",
         cache_salt: str | None = None,
+        priority: int = 0,
     ) -> str:
-        """Validate and queue a request; raises ValueError naming the problem (nothing is queued)."""
+        """Validate and queue a request; raises ValueError naming the problem (nothing is queued).
+
+        `priority` (scheduling_policy "priority" only): lower values are scheduled first and
+        preempted last; ties go by arrival."""
         params = params or SamplingParams()
         if output_kind not in OUTPUT_KINDS:
             raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValueError(f"priority must be an int, got {priority!r}")
+        policy = self.config.scheduler.policy
+        if priority != 0 and policy != "priority":
+            raise ValueError(
+                f"priority={priority} needs scheduling_policy='priority' (it is {policy!r})"
+            )
         if request_id is None:
             request_id = str(next(self._counter))
         if request_id in self._parents:
@@ -136,7 +156,7 @@ class LLMEngine:
             if child_params.max_tokens is None:
                 child_params.max_tokens = max_len - len(ids) if max_len > len(ids) else 1
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
-            req = Request(child_id, ids, child_params, self.eos_token_ids, now, cache_salt)
+            req = Request(child_id, ids, child_params, self.eos_token_ids, now, cache_salt, priority)
             detok = IncrementalDetokenizer.from_sampling_params(self.tokenizer, ids, child_params)
             seq = _Sequence(
                 req,
@@ -148,10 +168,11 @@ class LLMEngine:
                 0.0 if params.logprobs is not None else None,
             )
             parent.seqs.append(seq)
-            self._seq_by_child[child_id] = (parent, seq)
+        first, *others = [seq.request for seq in parent.seqs]
+        self.scheduler.add_request(first, fork_children=others)
         self._parents[request_id] = parent
         for seq in parent.seqs:
-            self.scheduler.add_request(seq.request)
+            self._seq_by_child[seq.request.request_id] = (parent, seq)
         return request_id
 
     def _prompt_ids(self, prompt: str | Sequence[int] | dict) -> tuple[str | None, list[int]]:
@@ -214,6 +235,9 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         sched = self.scheduler.schedule()
         if sched.is_empty:
+            return []
+        if not sched.scheduled:  # only block copies (a request swapped out, nothing to run)
+            self.runner.kv_cache = self.runner.block_mover.apply(self.runner.kv_cache, sched)
             return []
         now = time.time()
         rows = []

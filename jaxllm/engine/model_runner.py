@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxllm.config import EngineConfig, ModelConfig
 from jaxllm.engine.batch_builder import HostBatch, build_host_batch
+from jaxllm.engine.kv_swap import KVBlockMover
 from jaxllm.layers.sampler import compute_logprobs, sample
 from jaxllm.models.batch import StepBatch, kv_cache_bytes_per_block, make_kv_cache
 from jaxllm.models.step import build_model
@@ -43,14 +44,18 @@ class StepResult:
 
 
 def choose_num_blocks(
-    model_config: ModelConfig, engine_config: EngineConfig, dtype, device: jax.Device
+    model_config: ModelConfig, engine_config: EngineConfig, dtype, device: jax.Device, tp: int = 1
 ) -> int:
-    """Blocks for the KV cache: explicit, else from free device memory, else a host budget."""
+    """Blocks for the KV cache: explicit, else from free device memory, else a host budget.
+
+    With tensor parallelism (`tp` devices, `model_config` the tp-way config) each device holds
+    1/tp of every block, and `device` is one of them.
+    """
     cache = engine_config.cache
     sched = engine_config.scheduler
     if cache.num_gpu_blocks is not None:
         return cache.num_gpu_blocks
-    per_block = kv_cache_bytes_per_block(model_config, cache.block_size, dtype)
+    per_block = kv_cache_bytes_per_block(model_config, cache.block_size, dtype) // tp
     needed = sched.max_num_seqs * math.ceil(sched.max_model_len / cache.block_size) + 1
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
@@ -79,21 +84,39 @@ class ModelRunner:
         params: dict,
         engine_config: EngineConfig,
         backend: str | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ) -> None:
+        from jaxllm.parallel import kv_cache_sharding, replicated, resolve_mesh, shard_params
+
+        # tensor parallelism: a ('data'=1, 'model'=tp) mesh; params placed (and KV heads
+        # repeated where fewer than devices) by the rules table; model_config is the tp-way one
+        tp = engine_config.parallel.tensor_parallel_size
+        self.mesh = resolve_mesh(mesh, tp)
+        params, model_config = shard_params(params, model_config, self.mesh)
         self.model_config = model_config
         self.config = engine_config
         self.params = params
-        self.model = build_model(model_config, backend)
+        self.model = build_model(model_config, backend, self.mesh)
         self.backend = self.model.backend
         self.block_size = engine_config.cache.block_size
         kv_dtype = engine_config.cache.kv_cache_dtype
         self.kv_dtype = jnp.dtype(model_config.dtype if kv_dtype == "auto" else kv_dtype)
-        device = jax.devices()[0]
-        self.num_blocks = choose_num_blocks(model_config, engine_config, self.kv_dtype, device)
-        self.kv_cache = make_kv_cache(model_config, self.num_blocks, self.block_size, self.kv_dtype)
+        device = next(d for d in self.mesh.devices.flat if d.process_index == jax.process_index())
+        self.num_blocks = choose_num_blocks(model_config, engine_config, self.kv_dtype, device, tp)
+        kv = kv_cache_sharding(self.mesh)
+        self._replicated = replicated(self.mesh)
+        self.kv_cache = make_kv_cache(model_config, self.num_blocks, self.block_size, self.kv_dtype, kv)
+        swap_gib = engine_config.cache.swap_space if engine_config.scheduler.preemption_mode == "swap" else 0
+        self.block_mover = KVBlockMover(self.kv_cache, swap_gib)  # swap / copy-on-write (kv_swap.py)
         self.max_blocks_per_seq = math.ceil(engine_config.scheduler.max_model_len / self.block_size)
+        # Input shardings come from the arrays themselves (params and cache placed above by the
+        # rules table, step inputs device_put replicated; jit refuses in_shardings with the
+        # static keyword arguments); outputs are pinned so the donated cache keeps its layout.
         self._step = jax.jit(
-            self._step_impl, donate_argnums=(1,), static_argnames=("flags", "num_prompt_logprobs")
+            self._step_impl,
+            donate_argnums=(1,),
+            static_argnames=("flags", "num_prompt_logprobs"),
+            out_shardings=(kv, self._replicated, self._replicated),
         )
         logger.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB), attention backend %s",
@@ -136,6 +159,8 @@ class ModelRunner:
     ) -> StepResult:
         """Run one step. `rows[i]` samples for `sched.scheduled[i]`; `prompt_logprobs` maps
         request ids wanting prompt logprobs to their count."""
+        if sched.has_block_ops:  # swap-outs, swap-ins, copy-on-write: before the step
+            self.kv_cache = self.block_mover.apply(self.kv_cache, sched)
         hb: HostBatch = build_host_batch(
             sched,
             block_size=self.block_size,
@@ -168,7 +193,7 @@ class ModelRunner:
             md,
             targets,
         )
-        batch, md_dev, targets_dev = jax.device_put(host)
+        batch, md_dev, targets_dev = jax.device_put(host, self._replicated)
         self.kv_cache, out, prompt = self._step(
             self.params,
             self.kv_cache,

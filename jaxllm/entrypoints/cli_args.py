@@ -55,7 +55,11 @@ ENGINE_ARGS = {
     "gpu_memory_utilization": "gpu_memory_utilization",
     "num_gpu_blocks": "num_gpu_blocks_override",
     "enable_prefix_caching": "enable_prefix_caching",
+    "preemption_mode": "preemption_mode",
+    "swap_space": "swap_space",
+    "scheduling_policy": "scheduling_policy",
     "tensor_parallel_size": "tensor_parallel_size",
+    "data_parallel_size": "data_parallel_size",
     "seed": "seed",
     "max_logprobs": "max_logprobs",
     "attention_backend": "attention_backend",
@@ -89,6 +93,8 @@ _GENERATE_DEFAULTS = {
     "output": None,
     "chat": False,
     "no_progress": False,
+    "beam_width": None,
+    "length_penalty": None,
 }
 
 
@@ -126,7 +132,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                    "(LLM's num_gpu_blocks_override)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                    help="reuse KV blocks of shared prompt prefixes")
-    g.add_argument("--tensor-parallel-size", "-tp", type=int, help="devices to shard the model over")
+    g.add_argument("--preemption-mode", choices=("recompute", "swap"),
+                   help="when KV blocks run out: recompute the preempted request later, or swap "
+                   "its KV to host memory (default: recompute)")
+    g.add_argument("--swap-space", type=float,
+                   help="GiB of host memory for swapped-out KV blocks (default 4)")
+    g.add_argument("--scheduling-policy", choices=("fcfs", "priority"),
+                   help="fcfs, or priority (lower request priority first; default: fcfs)")
+    g.add_argument("--tensor-parallel-size", "-tp", type=int,
+                   help="devices to shard the model over (heads, MLP and vocabulary split)")
+    g.add_argument("--data-parallel-size", "-dp", type=int,
+                   help="engine replicas on disjoint groups of -tp devices; requests go to the "
+                   "least loaded replica (offline LLM / generate)")
     g.add_argument("--seed", type=int, help="engine random seed (LLM(seed=...))")
     g.add_argument("--max-logprobs", type=int, help="most logprobs a request may ask for")
     g.add_argument("--attention-backend",
@@ -171,6 +188,13 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
                     help="YAML file of these options (flags given here override it)")
     add_engine_args(parser)
     add_sampling_args(parser)
+    bs = parser.add_argument_group("beam search")
+    bs.add_argument("--beam-width", type=int,
+                    help="run beam search with this many beams (LLM.beam_search) instead of "
+                    "sampling; each record's outputs are the beams, best first")
+    bs.add_argument("--length-penalty", type=float,
+                    help="beam search: rank finished beams by cum_logprob / length**penalty "
+                    "(default 1)")
 
 
 def add_convert_args(parser: argparse.ArgumentParser) -> None:
@@ -337,6 +361,8 @@ class GenerateOptions:
     output: Optional[str] = None  # None or "-": stdout
     chat: bool = False
     progress: bool = True
+    beam_width: Optional[int] = None  # set: beam search instead of sampling
+    length_penalty: Optional[float] = None
 
 
 def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
@@ -352,4 +378,6 @@ def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
         output=rest["output"],
         chat=bool(rest["chat"]),
         progress=not rest["no_progress"],
+        beam_width=rest["beam_width"],
+        length_penalty=rest["length_penalty"],
     )

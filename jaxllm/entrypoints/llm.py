@@ -20,9 +20,17 @@ class LLM:
     Args mirror vLLM's: model (an HF folder, a .gguf file, a converted jaxllm folder,
     `dummy:NAME`, `smollm2-135m`, or an already loaded `jaxllm.models.loader.LoadedModel`), dtype ("auto", "float32", "bfloat16"), max_model_len
     (default: the model's), max_num_seqs, max_num_batched_tokens, block_size,
-    gpu_memory_utilization, num_gpu_blocks_override, enable_prefix_caching,
+    gpu_memory_utilization, num_gpu_blocks_override, enable_prefix_caching, swap_space (GiB of
+    host memory for preempted KV), preemption_mode ("recompute" or "swap"), scheduling_policy
+    ("fcfs" or "priority"; then `generate(..., priority=[...])`),
     tensor_parallel_size, seed, max_logprobs, attention_backend ("reference", "pallas",
     "cuda"; default: automatic), compilation_cache_dir ("off" disables the persistent cache).
+
+    Parallelism: `tensor_parallel_size` (tp) shards the model over tp devices; with
+    `data_parallel_size` (dp) > 1, dp engine replicas run on disjoint groups of tp devices and
+    each request goes to the replica with the fewest unfinished requests. `mesh` (a
+    ('data', 'model') jax.sharding.Mesh of shape (dp, tp)) picks the devices; default: the first
+    dp * tp of `jax.devices()`.
     """
 
     def __init__(
@@ -39,15 +47,24 @@ class LLM:
         num_gpu_blocks_override: int | None = None,
         enable_prefix_caching: bool = True,
         enable_chunked_prefill: bool = True,
+        swap_space: float = 4,
+        preemption_mode: str = "recompute",
+        scheduling_policy: str = "fcfs",
         tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        mesh: Any = None,
         seed: int = 0,
         max_logprobs: int = 20,
         attention_backend: str | None = None,
         compilation_cache_dir: str | None = None,
     ) -> None:
         from jaxllm.models.loader import LoadedModel, load_model
+        from jaxllm.parallel import replica_meshes, resolve_mesh
 
-        loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
+        mesh = resolve_mesh(mesh, tensor_parallel_size, data_parallel_size)
+        meshes = replica_meshes(mesh)  # one ('data'=1, 'model'=tp) mesh per engine replica
+        loaded = model if isinstance(model, LoadedModel) else load_model(
+            model, dtype=dtype, mesh=meshes[0])
         mc = loaded.config
         if max_model_len is None:
             max_model_len = mc.max_position_embeddings
@@ -58,8 +75,6 @@ class LLM:
             )
         if max_num_batched_tokens is None:
             max_num_batched_tokens = 2048
-        if tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size > 1 is not supported yet (only 1)")
         config = EngineConfig(
             model=mc,
             cache=CacheConfig(
@@ -67,28 +82,44 @@ class LLM:
                 gpu_memory_utilization=gpu_memory_utilization,
                 num_gpu_blocks=num_gpu_blocks_override,
                 enable_prefix_caching=enable_prefix_caching,
+                swap_space=swap_space,
             ),
             scheduler=SchedulerConfig(
                 max_num_seqs=max_num_seqs,
                 max_num_batched_tokens=max_num_batched_tokens,
                 max_model_len=max_model_len,
                 enable_chunked_prefill=enable_chunked_prefill,
+                policy=scheduling_policy,
+                preemption_mode=preemption_mode,
             ),
-            parallel=ParallelConfig(tensor_parallel_size=tensor_parallel_size),
+            parallel=ParallelConfig(
+                tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size
+            ),
             seed=seed,
             max_logprobs=max_logprobs,
         )
         self.tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer
         self.chat_template = loaded.chat_template
         self.model_source = loaded.source
-        self.llm_engine = LLMEngine(
-            config,
-            loaded.params,
-            self.tokenizer,
+        engine_kwargs = dict(
             attention_backend=attention_backend,
             compilation_cache_dir=compilation_cache_dir,
             generation_config=loaded.generation_config,
         )
+        if data_parallel_size == 1:
+            self.llm_engine = LLMEngine(
+                config, loaded.params, self.tokenizer, mesh=meshes[0], **engine_kwargs
+            )
+        else:
+            from jaxllm.engine.dp_engine import DPEngine
+
+            self.llm_engine = DPEngine(config, loaded.params, self.tokenizer, meshes, **engine_kwargs)
+        import jax
+
+        if jax.process_count() > 1 and jax.process_index() == 0:
+            from jaxllm.parallel import multihost  # multi-host: followers replay the runner calls
+
+            multihost.lead(self.llm_engine)
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
@@ -99,11 +130,13 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         *,
         use_tqdm: bool = True,
+        priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in the order of the prompts.
 
         `prompts`: a string, a list of token ids, a dict ({"prompt": ...} or
-        {"prompt_token_ids": [...]}), or a list of any of these.
+        {"prompt_token_ids": [...]}), or a list of any of these. `priority`: one int per prompt
+        (scheduling_policy="priority" only; lower runs first).
         """
         prompt_list = _as_prompt_list(prompts)
         if sampling_params is None:
@@ -116,7 +149,9 @@ class LLM:
                 raise ValueError(
                     f"got {len(params_list)} sampling params for {len(prompt_list)} prompts"
                 )
-        return self._run(prompt_list, params_list, use_tqdm)
+        if priority is not None and len(priority) != len(prompt_list):
+            raise ValueError(f"got {len(priority)} priorities for {len(prompt_list)} prompts")
+        return self._run(prompt_list, params_list, use_tqdm, priority)
 
     def chat(
         self,
@@ -141,12 +176,38 @@ class LLM:
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def _run(self, prompts: list, params: list[SamplingParams], use_tqdm: bool) -> list[RequestOutput]:
+    def beam_search(self, prompts: PromptType | Sequence[PromptType], params: Any, *,
+                    use_tqdm: bool = False) -> list:
+        """Beam search (vLLM's `LLM.beam_search`, HF's scoring): one `BeamSearchOutput` a prompt.
+
+        `params` is a `jaxllm.BeamSearchParams`. Each round runs every live beam as a one-token
+        request with top logprobs; beams fork onto shared KV blocks through automatic prefix
+        caching. Semantics and details: `jaxllm.beam_search`.
+        """
+        from jaxllm.beam_search import prompt_to_ids, run_beam_search
+
+        engine = self.llm_engine
+        prompt_list = [prompt_to_ids(p, engine.tokenize) for p in _as_prompt_list(prompts)]
+        tok = self.tokenizer
+        return run_beam_search(
+            lambda batch, sp: self.generate(batch, sp, use_tqdm=False),
+            prompt_list,
+            params,
+            eos_token_ids=engine.eos_token_ids,
+            max_model_len=engine.config.scheduler.max_model_len,
+            max_logprobs=engine.config.max_logprobs,
+            decode=None if tok is None else tok.decode,
+            use_tqdm=use_tqdm,
+        )
+
+    def _run(self, prompts: list, params: list[SamplingParams], use_tqdm: bool,
+             priority: Sequence[int] | None = None) -> list[RequestOutput]:
         engine = self.llm_engine
         ids = []
+        priorities = [0] * len(prompts) if priority is None else list(priority)
         try:
-            for p, sp in zip(prompts, params):
-                ids.append(engine.add_request(None, p, sp, output_kind="final"))
+            for p, sp, prio in zip(prompts, params, priorities):
+                ids.append(engine.add_request(None, p, sp, output_kind="final", priority=prio))
         except ValueError:
             engine.abort_request(ids)  # all-or-nothing: a bad prompt queues none of the batch
             raise

@@ -14,16 +14,19 @@ from jaxllm.kv_cache.block_pool import (
     PrefixCacheStats,
 )
 from jaxllm.kv_cache.kv_cache_manager import KVCacheManager
+from jaxllm.kv_cache.swap_pool import HostSwapPool, num_host_blocks
 
 __all__ = [
     "ROOT_BLOCK_HASH",
     "BlockHash",
     "BlockPool",
     "FreeKVCacheBlockQueue",
+    "HostSwapPool",
     "KVCacheBlock",
     "KVCacheManager",
     "PrefixCacheStats",
     "extend_block_hashes",
     "hash_block_tokens",
     "hash_request_blocks",
+    "num_host_blocks",
 ]

@@ -9,18 +9,30 @@ A block entered into the cache this step may be hit by a request admitted in the
 is written in this step's forward pass. That is sound because the model writes the new KV of every
 scheduled token into the cache before it runs attention, layer by layer (as vLLM relies on).
 
-Host side only: no JAX here.
-"""
+Three more ways a block table changes, each leaving device copies for the model runner to do
+before the step (in this order: swap-outs, swap-ins, copies; see jaxllm/engine/kv_swap.py):
+  * `swap_out`: a preempted request's computed blocks go to host blocks (`HostSwapPool`) and its
+    device blocks are freed (they keep their hashes: still prefix-cache hits until evicted);
+  * `swap_in`: it comes back into fresh device blocks of its own, whose full blocks are entered
+    into the prefix cache again;
+  * `fork`: a child shares its parent's whole table (ref counts + 1); the partly filled last block
+    is copied on write by whichever sharer first appends into it (`allocate_slots`).
+
+Host side only: no JAX here."""
 
 from __future__ import annotations
 
 from jaxllm.kv_cache.block_hash import BlockHash, extend_block_hashes
 from jaxllm.kv_cache.block_pool import BlockPool, KVCacheBlock, PrefixCacheStats
+from jaxllm.kv_cache.swap_pool import HostSwapPool
 from jaxllm.request import Request
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_caching: bool = True,
+        num_host_blocks: int = 0,
+    ) -> None:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.block_size = block_size
@@ -32,6 +44,11 @@ class KVCacheManager:
         self._num_cached_blocks: dict[str, int] = {}
         # Chained hashes of each request's full blocks; kept across preemption, dropped on finish.
         self._req_to_block_hashes: dict[str, list[BlockHash]] = {}
+        # Swap space on the host, and the host blocks of each swapped-out request.
+        self.swap_pool = HostSwapPool(num_host_blocks)
+        self._req_to_host_blocks: dict[str, list[int]] = {}
+        # Copy-on-write copies (src, dst) decided since the last take_blocks_to_copy().
+        self._blocks_to_copy: list[tuple[int, int]] = []
 
     # ----- prefix cache -----------------------------------------------------------------------
     def _block_hashes(self, request: Request) -> list[BlockHash]:
@@ -75,7 +92,9 @@ class KVCacheManager:
         `new_computed_blocks` (only when the request holds no blocks yet) are prefix-cache hits
         from `get_computed_blocks`; their tokens count as computed in addition to
         `request.num_computed_tokens`. Returns the newly allocated blocks (possibly empty), or None
-        when there are not enough free blocks, in which case nothing changes.
+        when there are not enough free blocks, in which case nothing changes. When the first new
+        token goes into a partly filled block that others share (after `fork`), that block is
+        first replaced by a fresh copy (copy-on-write; see `take_blocks_to_copy`).
         """
         if num_new_tokens < 1:
             raise ValueError(f"num_new_tokens must be >= 1, got {num_new_tokens}")
@@ -96,8 +115,22 @@ class KVCacheManager:
         num_new_blocks = max(0, num_required - num_held - len(computed))
         # Hits on free (evictable) blocks also take blocks out of the free queue.
         num_evictable_hits = sum(1 for b in computed if b.ref_cnt == 0)
-        if num_new_blocks + num_evictable_hits > self.block_pool.num_free_blocks:
+        # Appending into a partly filled block that others share (a fork): copy it first.
+        cow = None
+        if req_blocks and num_computed_tokens % self.block_size:
+            j = num_computed_tokens // self.block_size
+            if req_blocks[j].ref_cnt > 1:
+                cow = j
+        num_cow = 0 if cow is None else 1
+        if num_new_blocks + num_evictable_hits + num_cow > self.block_pool.num_free_blocks:
             return None
+        if cow is not None:
+            (dst,) = self.block_pool.get_new_blocks(1)
+            src = req_blocks[cow]
+            req_blocks[cow] = dst
+            self._req_to_block_ids[rid][cow] = dst.block_id
+            self.block_pool.free_blocks([src])  # still held by the other sharers
+            self._blocks_to_copy.append((src.block_id, dst.block_id))
 
         if req_blocks is None:
             req_blocks = self.req_to_blocks[rid] = []
@@ -132,15 +165,105 @@ class KVCacheManager:
         self._num_cached_blocks[rid] = num_full
 
     def free(self, request: Request) -> None:
-        """Release the request's blocks. Tail blocks join the free queue first, so they are
-        evicted before the shared prefix blocks. A finished request's hashes are dropped too."""
+        """Release the request's blocks (device, and host ones if swapped out). Tail blocks join
+        the free queue first, so they are evicted before the shared prefix blocks. A finished
+        request's hashes are dropped too."""
         rid = request.request_id
+        self._free_device_blocks(rid)
+        host = self._req_to_host_blocks.pop(rid, None)
+        if host:
+            self.swap_pool.free(host)
+        if request.is_finished():
+            self._req_to_block_hashes.pop(rid, None)
+
+    def _free_device_blocks(self, rid: str) -> None:
         blocks = self.req_to_blocks.pop(rid, [])
         self._req_to_block_ids.pop(rid, None)
         self._num_cached_blocks.pop(rid, None)
         self.block_pool.free_blocks(reversed(blocks))
-        if request.is_finished():
-            self._req_to_block_hashes.pop(rid, None)
+
+    # ----- swap to host memory ----------------------------------------------------------------
+    def is_swapped(self, request_id: str) -> bool:
+        return request_id in self._req_to_host_blocks
+
+    def get_host_block_ids(self, request_id: str) -> list[int]:
+        return list(self._req_to_host_blocks.get(request_id, ()))
+
+    def swap_out(self, request: Request) -> list[tuple[int, int]] | None:
+        """Move the KV of the request's computed tokens to host blocks and free its device blocks.
+
+        Returns the (device block id, host block id) copies to do before the next step, or None
+        when the host pool lacks room (then nothing changes: preempt by recompute instead).
+        """
+        rid = request.request_id
+        if rid in self._req_to_host_blocks:
+            raise ValueError(f"request {rid!r} is already swapped out")
+        blocks = self.req_to_blocks.get(rid, [])
+        n = -(-request.num_computed_tokens // self.block_size)
+        if n > len(blocks):
+            raise ValueError(
+                f"request {rid!r}: {request.num_computed_tokens} computed tokens but only "
+                f"{len(blocks)} blocks"
+            )
+        host = self.swap_pool.allocate(n)
+        if host is None:
+            return None
+        pairs = [(b.block_id, h) for b, h in zip(blocks[:n], host)]
+        self._req_to_host_blocks[rid] = host
+        self._free_device_blocks(rid)
+        return pairs
+
+    def swap_in(self, request: Request, num_new_tokens: int) -> list[tuple[int, int]] | None:
+        """Bring a swapped-out request back: fresh device blocks for its host blocks, plus room for
+        `num_new_tokens` more tokens (as `allocate_slots`). Returns the (host block id, device
+        block id) copies to do before the step, or None (nothing changes) when blocks are short."""
+        rid = request.request_id
+        host = self._req_to_host_blocks.get(rid)
+        if host is None:
+            raise ValueError(f"request {rid!r} is not swapped out")
+        if num_new_tokens < 1:
+            raise ValueError(f"num_new_tokens must be >= 1, got {num_new_tokens}")
+        num_tokens = request.num_computed_tokens + num_new_tokens
+        if num_tokens > request.num_tokens:
+            raise ValueError(
+                f"request {rid!r}: {request.num_computed_tokens} computed + {num_new_tokens} new "
+                f"tokens exceeds its {request.num_tokens} tokens"
+            )
+        if -(-num_tokens // self.block_size) > self.block_pool.num_free_blocks:
+            return None
+        blocks = self.block_pool.get_new_blocks(len(host))
+        self.req_to_blocks[rid] = blocks
+        self._req_to_block_ids[rid] = [b.block_id for b in blocks]
+        self._num_cached_blocks[rid] = 0  # its full blocks are cached again just below
+        del self._req_to_host_blocks[rid]
+        self.swap_pool.free(host)  # the copy back is ordered before any later swap-out
+        if self.allocate_slots(request, num_new_tokens) is None:  # room was checked above
+            raise RuntimeError(f"request {rid!r}: swap-in lost its blocks")
+        return [(h, b.block_id) for h, b in zip(host, blocks)]
+
+    # ----- fork and copy-on-write -------------------------------------------------------------
+    def fork(self, parent: Request, child: Request) -> None:
+        """Give `child` the parent's block table, sharing every block (ref counts + 1).
+
+        The child must hold the same tokens as the parent's blocks cover (a sample of the same
+        prompt); the shared partial last block is copied on write (see `allocate_slots`).
+        """
+        pid, cid = parent.request_id, child.request_id
+        if pid not in self.req_to_blocks:
+            raise ValueError(f"request {pid!r} holds no blocks to fork")
+        if cid in self.req_to_blocks or cid in self._req_to_host_blocks:
+            raise ValueError(f"request {cid!r} already holds blocks")
+        blocks = self.req_to_blocks[pid]
+        self.block_pool.touch(blocks)
+        self.req_to_blocks[cid] = list(blocks)
+        self._req_to_block_ids[cid] = list(self._req_to_block_ids[pid])
+        self._num_cached_blocks[cid] = self._num_cached_blocks[pid]
+        self._req_to_block_hashes[cid] = list(self._req_to_block_hashes.get(pid, ()))
+
+    def take_blocks_to_copy(self) -> list[tuple[int, int]]:
+        """The copy-on-write (src, dst) device copies decided since the last call."""
+        out, self._blocks_to_copy = self._blocks_to_copy, []
+        return out
 
     # ----- queries ----------------------------------------------------------------------------
     def get_blocks(self, request_id: str) -> list[KVCacheBlock]:

@@ -11,15 +11,22 @@ Every backend has the ragged paged-attention signature of
 Backends: `reference` (pure jnp, runs anywhere, the oracle), `pallas` (Pallas GPU kernels),
 `cuda` (XLA FFI custom call from `cuda_ext/`). The environment variable
 `JAXLLM_ATTENTION_BACKEND` overrides the automatic choice.
+
+Tensor parallelism: `sharded_attention_fn(name, mesh)` and `sharded_kv_write_fn(mesh)` run the
+backend (and the KV-cache write) under `jax.shard_map` over the mesh's 'model' axis, so each device
+runs the unchanged kernel on its own query heads and the KV heads they read (q split on Hq, the
+cache on Hkv, the batch metadata replicated). With no mesh, or one device on 'model', they return
+the plain functions.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
+from jax.sharding import PartitionSpec as P
 
 BACKENDS = ("reference", "pallas", "cuda")
 ENV_VAR = "JAXLLM_ATTENTION_BACKEND"
@@ -72,3 +79,54 @@ def get_attention_fn(name: str) -> AttentionFn:
             ) from e
         return ragged_paged_attention_cuda
     raise ValueError(f"unknown attention backend {name!r}; choose one of {BACKENDS}")
+
+
+MODEL_AXIS = "model"  # the tensor-parallel mesh axis (jaxllm.parallel.mesh.MODEL_AXIS)
+_Q_SPEC = P(None, MODEL_AXIS, None)  # [T, H, D] split on heads
+_PAGES_SPEC = P(None, None, MODEL_AXIS, None, None)  # [L, N, Hkv, bs, D] split on KV heads
+
+
+def _tp(mesh) -> int:
+    return 1 if mesh is None else int(mesh.shape[MODEL_AXIS])
+
+
+def sharded_attention_fn(name: str, mesh=None) -> AttentionFn:
+    """Backend `name`'s attention, run per device on its heads under shard_map over 'model'.
+
+    Same signature as the backend; with `mesh` None or of one device on 'model', the backend itself.
+    """
+    fn = get_attention_fn(name)
+    if _tp(mesh) == 1:
+        return fn
+
+    def attention(q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, **static):
+        body = functools.partial(fn, **static)
+        return jax.shard_map(
+            body,
+            mesh=mesh,
+            in_specs=(_Q_SPEC, _PAGES_SPEC, _PAGES_SPEC, P(), P(), P(), P()),
+            out_specs=_Q_SPEC,
+            check_vma=False,  # kernels (pallas_call, FFI) carry no replication annotations
+        )(q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer)
+
+    return attention
+
+
+def sharded_kv_write_fn(mesh=None) -> Callable:
+    """`write_kv_pages` (pallas_kernels.reference) run per device on its KV heads: each device
+    scatters only its heads' rows into its part of the cache (no gather of the cache)."""
+    from pallas_kernels.reference import write_kv_pages
+
+    if _tp(mesh) == 1:
+        return write_kv_pages
+
+    def write(k_pages, v_pages, k, v, slot_mapping, layer):
+        return jax.shard_map(
+            write_kv_pages,
+            mesh=mesh,
+            in_specs=(_PAGES_SPEC, _PAGES_SPEC, _Q_SPEC, _Q_SPEC, P(), P()),
+            out_specs=(_PAGES_SPEC, _PAGES_SPEC),
+            check_vma=False,
+        )(k_pages, v_pages, k, v, slot_mapping, layer)
+
+    return write

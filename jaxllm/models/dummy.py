@@ -4,6 +4,10 @@ Like vLLM's `--load-format dummy`. The weights are drawn on the device inside on
 (one PRNG key per leaf, normal * 0.02, RMSNorm scales 1) in the target dtype, so nothing of model
 size ever exists on the host. The keys use the `unsafe_rbg` generator: statistical quality does not
 matter for dummy weights, and it compiles several times faster than threefry.
+
+With a mesh (tensor parallelism) the same function is jitted with the params' shardings as outputs
+(KV heads repeated inside it where there are fewer than devices), so each device draws only its
+shards (tests/parallel checks, on the CPU, that the values equal the unsharded draw's).
 """
 
 from __future__ import annotations
@@ -93,11 +97,33 @@ def _jitted_init(config: ModelConfig):
     return jax.jit(_init_fn(config))
 
 
-def init_dummy_params(config: ModelConfig, seed: int = 0, shardings: Any = None) -> dict:
-    """Random params for `config`, created on the device (optionally with output `shardings`)."""
+def init_dummy_params(
+    config: ModelConfig, seed: int = 0, shardings: Any = None, mesh: Any = None
+) -> dict:
+    """Random params for `config`, created on the device (optionally with output `shardings`).
+
+    With a `mesh`: created in their tensor-parallel shardings, laid out for the tp-way config
+    (`jaxllm.parallel.tp_model_config(config, tp)`; KV heads repeated where fewer than devices).
+    """
+    key = jax.random.key(seed, impl=_RNG_IMPL)
+    if mesh is not None:
+        from jaxllm.parallel import (
+            expand_kv_heads,
+            kv_head_replicas,
+            model_axis_size,
+            param_shardings,
+            tp_model_config,
+        )
+
+        tp = model_axis_size(mesh)
+        r = kv_head_replicas(config, tp)
+        init_fn = _init_fn(config)
+        sharded = jax.jit(lambda k: expand_kv_heads(init_fn(k), config, r, xp=jnp),
+                          out_shardings=param_shardings(tp_model_config(config, tp), mesh))
+        return sharded(key)
     init = _jitted_init(config) if shardings is None else jax.jit(_init_fn(config),
                                                                   out_shardings=shardings)
-    return init(jax.random.key(seed, impl=_RNG_IMPL))
+    return init(key)
 
 
 def dummy_param_shapes(config: ModelConfig) -> dict:
@@ -105,17 +131,23 @@ def dummy_param_shapes(config: ModelConfig) -> dict:
     return jax.eval_shape(_init_fn(config), jax.random.key(0, impl=_RNG_IMPL))
 
 
-def load_dummy(name: str, dtype: str | None = None, seed: int = 0):
-    """A LoadedModel with random weights of preset `name`; no tokenizer."""
+def load_dummy(name: str, dtype: str | None = None, seed: int = 0, mesh: Any = None):
+    """A LoadedModel with random weights of preset `name`; no tokenizer. With a `mesh`, the
+    params are created sharded and `config` is the tp-way config they are laid out for."""
     from jaxllm.models.loader import LoadedModel
 
     config = dummy_config(name, dtype)
+    params = init_dummy_params(config, seed, mesh=mesh)
+    if mesh is not None:
+        from jaxllm.parallel import model_axis_size, tp_model_config
+
+        config = tp_model_config(config, model_axis_size(mesh))
     eos = list(config.eos_token_ids)
     generation_config = {"bos_token_id": config.bos_token_id,
                          "eos_token_id": eos[0] if len(eos) == 1 else eos}
     return LoadedModel(
         config=config,
-        params=init_dummy_params(config, seed),
+        params=params,
         tokenizer=None,
         generation_config=generation_config,
         source=f"dummy:{name}",

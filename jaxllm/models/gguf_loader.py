@@ -213,8 +213,10 @@ def _check_types(tensors: dict[str, Any], path: str) -> None:
                 f"dequantize; supported types: {', '.join(SUPPORTED_TYPES)}")
 
 
-def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True):
-    """Load a GGUF file; dtype None means float32 (or F16/BF16 for unquantized files)."""
+def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, placer=None):
+    """Load a GGUF file; dtype None means float32 (or F16/BF16 for unquantized files).
+
+    `placer`: see `hf_loader.assemble_params` (None: each leaf to the default device)."""
     from gguf.quants import dequantize
 
     from jaxllm.models.loader import LoadedModel
@@ -251,7 +253,7 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True):
             w = unpermute_qk(w, config.num_key_value_heads)
         return w
 
-    params = assemble_params(config, get_tensor, path)
+    params = assemble_params(config, get_tensor, path, placer)
 
     chat_template = _field(reader, "tokenizer.chat_template")
     tok = None

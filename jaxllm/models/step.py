@@ -3,11 +3,16 @@
 `make_step(config, backend)` builds it for one model config and attention backend; the KV cache is
 donated, so the step updates it in place. It is a pure function of pytrees, so researchers can
 call it (or `forward`) inside their own `jax.jit` code.
+
+Tensor parallelism: pass a `('data', 'model')` mesh (`jaxllm.parallel.make_mesh`, or your own).
+The params must then be laid out by `jaxllm.parallel.shard_params(params, config, mesh)`, which
+also returns the tp-way config (KV heads repeated where fewer than devices); the step is jitted
+with the params' and the KV cache's shardings in and out, and attention runs under shard_map.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,26 +26,53 @@ from jaxllm.models.registry import get_model_class
 StepFn = Callable[[dict, KVCache, StepBatch], tuple[KVCache, jax.Array]]
 
 
-def build_model(config: ModelConfig, backend: str | None = None):
-    """The Flax module for `config` (backend None picks the default attention backend)."""
-    return get_model_class(config.architecture)(config, resolve_backend(backend))
+def build_model(config: ModelConfig, backend: str | None = None, mesh=None):
+    """The Flax module for `config` (backend None picks the default attention backend).
+
+    With a `mesh`, `config` becomes the tp-way config of its 'model' axis (see jaxllm.parallel).
+    """
+    if mesh is not None:
+        from jaxllm.parallel import model_axis_size, tp_model_config
+
+        config = tp_model_config(config, model_axis_size(mesh))
+    return get_model_class(config.architecture)(config, resolve_backend(backend), mesh)
 
 
 def forward(
-    params: dict, kv_cache: KVCache, batch: StepBatch, *, config: ModelConfig, backend: str | None = None
+    params: dict,
+    kv_cache: KVCache,
+    batch: StepBatch,
+    *,
+    config: ModelConfig,
+    backend: str | None = None,
+    mesh=None,
 ) -> tuple[KVCache, jax.Array]:  # (kv_cache, logits [R, V] float32)
     """Un-jitted model step (call it inside your own jit)."""
-    return build_model(config, backend).apply({"params": params}, kv_cache, batch)
+    return build_model(config, backend, mesh).apply({"params": params}, kv_cache, batch)
 
 
-def make_step(config: ModelConfig, backend: str | None = None) -> StepFn:
-    """A jitted `step(params, kv_cache, batch) -> (kv_cache, logits)` with the cache donated."""
-    model = build_model(config, backend)
+def make_step(config: ModelConfig, backend: str | None = None, mesh=None) -> StepFn:
+    """A jitted `step(params, kv_cache, batch) -> (kv_cache, logits)` with the cache donated.
+
+    With a `mesh`, in/out shardings are fixed: params as `jaxllm.parallel.param_shardings`, the
+    cache split by KV heads, the batch and the logits replicated.
+    """
+    model = build_model(config, backend, mesh)
 
     def step(params: dict, kv_cache: KVCache, batch: StepBatch):
         return model.apply({"params": params}, kv_cache, batch)
 
-    return jax.jit(step, donate_argnums=(1,))
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(1,))
+    from jaxllm.parallel import kv_cache_sharding, param_shardings, replicated
+
+    kv = kv_cache_sharding(mesh)
+    return jax.jit(
+        step,
+        donate_argnums=(1,),
+        in_shardings=(param_shardings(model.config, mesh), KVCache(kv, kv), replicated(mesh)),
+        out_shardings=(KVCache(kv, kv), replicated(mesh)),
+    )
 
 
 def prefill_batch(token_ids: list[list[int]], block_size: int) -> tuple[StepBatch, int]:
@@ -82,11 +114,21 @@ def full_logits(
     *,
     block_size: int = 16,
     backend: str | None = None,
+    mesh=None,
 ) -> list[np.ndarray]:
-    """Logits [len_i, V] (float32) of every position of each sequence, through the paged step."""
+    """Logits [len_i, V] (float32) of every position of each sequence, through the paged step.
+
+    With a `mesh`, `params` must come from `jaxllm.parallel.shard_params` (config: the model's own).
+    """
     batch, num_blocks = prefill_batch(token_ids, block_size)
-    cache = make_kv_cache(config, num_blocks, block_size)
-    _, logits = make_step(config, backend)(params, cache, batch)
+    if mesh is None:
+        cache = make_kv_cache(config, num_blocks, block_size)
+    else:
+        from jaxllm.parallel import kv_cache_sharding, model_axis_size, tp_model_config
+
+        cache = make_kv_cache(tp_model_config(config, model_axis_size(mesh)), num_blocks,
+                              block_size, sharding=kv_cache_sharding(mesh))
+    _, logits = make_step(config, backend, mesh)(params, cache, batch)
     logits = np.asarray(logits)
     bounds = np.cumsum([0] + [len(t) for t in token_ids])
     return [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -3,13 +3,23 @@
 Each `schedule()`:
   1. Running requests, in order, each get min(uncomputed tokens, budget left) new tokens (a decode
      is 1 token; an unfinished prefill continues by a chunk). When the KV cache has no room for
-     one, the newest running request is preempted (its blocks freed, recomputed later from the
-     front of the waiting queue), repeatedly, until the allocation fits or the request itself is
-     the one preempted.
-  2. If nothing was preempted, waiting requests are admitted FCFS while budget and max_num_seqs
-     allow. Prefix-cache hits count as computed. With chunked prefill a prompt is cut to the budget
-     left; without it a prompt that does not fit waits. A request that cannot get blocks waits and
-     stops admission for this step.
+     one, the last running request is preempted, repeatedly, until the allocation fits or the
+     request itself is the one preempted. Preemption by recompute frees its blocks (it restarts
+     from the front of the waiting queue, helped by prefix-cache hits); by swap
+     (`preemption_mode="swap"`) its computed blocks are copied to host memory and back when it
+     resumes, falling back to recompute when the host pool is full.
+  2. If nothing was preempted, waiting requests are admitted in queue order while budget and
+     max_num_seqs allow. Prefix-cache hits count as computed. With chunked prefill a prompt is cut
+     to the budget left; without it a prompt that does not fit waits. A request that cannot get
+     blocks waits and stops admission for this step.
+
+Policies: "fcfs" keeps both queues in arrival order, so the victim is the newest running request;
+"priority" keeps both sorted by (priority, arrival time, order added), lower first, so the victim
+is the lowest-priority request (largest value, latest arrival), as vLLM picks it.
+
+`n` > 1: the first sample is queued with the others as its `fork_children`; in the step that
+computes its last prompt token they are forked onto its blocks (see KVCacheManager.fork) and
+sample from its logits, so the prompt is prefilled once.
 
 `update_from_output()` then advances the computed counters, appends sampled tokens, runs the stop
 checks and frees finished requests' blocks. Host side only: no JAX here.
@@ -17,6 +27,8 @@ checks and frees finished requests' blocks. Host side only: no JAX here.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import deque
 from typing import Iterable, Mapping, Sequence
 
@@ -28,8 +40,13 @@ from jaxllm.scheduler.output import ScheduledRequest, SchedulerOutput
 
 class Scheduler:
     def __init__(
-        self, scheduler_config: SchedulerConfig, cache_config: CacheConfig, num_blocks: int
+        self,
+        scheduler_config: SchedulerConfig,
+        cache_config: CacheConfig,
+        num_blocks: int,
+        num_host_blocks: int = 0,
     ) -> None:
+        """`num_host_blocks`: swap space in blocks (used with preemption_mode="swap")."""
         self.config = scheduler_config
         self.max_model_len = scheduler_config.max_model_len
         self.block_size = cache_config.block_size
@@ -47,29 +64,93 @@ class Scheduler:
                 f"than max_model_len ({self.max_model_len}) with chunked prefill off: long "
                 "prompts could never be scheduled; raise it or enable chunked prefill"
             )
+        if num_host_blocks < 0:
+            raise ValueError(f"num_host_blocks must be >= 0, got {num_host_blocks}")
+        self.swap = scheduler_config.preemption_mode == "swap"
+        self.priority = scheduler_config.policy == "priority"
         self.kv_cache_manager = KVCacheManager(
-            num_blocks, self.block_size, enable_caching=cache_config.enable_prefix_caching
+            num_blocks, self.block_size, enable_caching=cache_config.enable_prefix_caching,
+            num_host_blocks=num_host_blocks if self.swap else 0,
         )
         self.requests: dict[str, Request] = {}  # unfinished requests by id
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()  # since the last schedule()
+        # n > 1: samples waiting to be forked from their first sample, by its id.
+        self.pending_forks: dict[str, list[Request]] = {}
+        self._fork_parent: dict[str, str] = {}  # child id -> parent id, while pending
+        self._order: dict[str, int] = {}  # tie-breaker after (priority, arrival time)
+        self._counter = itertools.count()
+        self._blocks_to_swap_out: list[tuple[int, int]] = []
+        self._blocks_to_swap_in: list[tuple[int, int]] = []
         self.num_preemptions_total = 0
+        self.num_swapped_out_total = 0  # preemptions that went to host memory
+        self.num_prompt_tokens_computed = 0  # prompt tokens scheduled for computing (not hits)
 
     # ----- requests in and out ----------------------------------------------------------------
-    def add_request(self, request: Request) -> None:
-        rid = request.request_id
-        if rid in self.requests:
-            raise ValueError(f"request id {rid!r} is already in the scheduler")
-        if request.status != RequestStatus.WAITING or request.num_computed_tokens:
-            raise ValueError(f"request {rid!r} is not a fresh request ({request.status.name})")
-        if request.num_tokens > self.max_model_len:
+    def add_request(self, request: Request, fork_children: Sequence[Request] = ()) -> None:
+        """Queue a request. `fork_children`: further samples of the same prompt (n > 1), forked
+        onto `request`'s blocks once its prompt is computed instead of prefilling it again."""
+        group = [request, *fork_children]
+        ids = [r.request_id for r in group]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"request ids {ids} are not distinct")
+        for r in group:
+            rid = r.request_id
+            if rid in self.requests:
+                raise ValueError(f"request id {rid!r} is already in the scheduler")
+            if r.status != RequestStatus.WAITING or r.num_computed_tokens:
+                raise ValueError(f"request {rid!r} is not a fresh request ({r.status.name})")
+            if r.num_tokens > self.max_model_len:
+                raise ValueError(
+                    f"request {rid!r}: prompt of {r.num_tokens} tokens is longer than "
+                    f"max_model_len={self.max_model_len}"
+                )
+            if isinstance(r.priority, bool) or not isinstance(r.priority, int):
+                raise ValueError(f"request {rid!r}: priority must be an int, got {r.priority!r}")
+            if r.priority != 0 and not self.priority:
+                raise ValueError(
+                    f"request {rid!r} has priority {r.priority}, but the scheduling policy is "
+                    f"{self.config.policy!r}; use policy 'priority'"
+                )
+        for child in fork_children:
+            if child.prompt_token_ids != request.prompt_token_ids:
+                raise ValueError(f"fork child {child.request_id!r} has another prompt than "
+                                 f"{request.request_id!r}")
+            if child.cache_salt != request.cache_salt:
+                raise ValueError(f"fork child {child.request_id!r} has another cache_salt")
+        if len(group) > self.config.max_num_seqs:
             raise ValueError(
-                f"request {rid!r}: prompt of {request.num_tokens} tokens is longer than "
-                f"max_model_len={self.max_model_len}"
+                f"request {request.request_id!r}: {len(group)} samples (n) exceed "
+                f"max_num_seqs={self.config.max_num_seqs}"
             )
-        self.requests[rid] = request
-        self.waiting.append(request)
+        for r in group:
+            self.requests[r.request_id] = r
+            self._order[r.request_id] = next(self._counter)
+        if fork_children:
+            self.pending_forks[request.request_id] = list(fork_children)
+            for child in fork_children:
+                self._fork_parent[child.request_id] = request.request_id
+        self._enqueue(request)
+
+    def _key(self, request: Request) -> tuple:
+        return (request.priority, request.arrival_time, self._order[request.request_id])
+
+    def _enqueue(self, request: Request, front: bool = False) -> None:
+        """Into the waiting queue: FCFS at the back (the front for a preempted request); by
+        priority where its key sorts."""
+        if self.priority:
+            bisect.insort(self.waiting, request, key=self._key)
+        elif front:
+            self.waiting.appendleft(request)
+        else:
+            self.waiting.append(request)
+
+    def _add_running(self, request: Request) -> None:
+        if self.priority:
+            bisect.insort(self.running, request, key=self._key)
+        else:
+            self.running.append(request)
 
     def finish_requests(
         self, request_ids: str | Iterable[str], finished_status: RequestStatus
@@ -92,13 +173,26 @@ class Scheduler:
             self.waiting = deque(r for r in self.waiting if r not in gone)
         for request in finished:
             request.status = finished_status
+        for request in finished:
             self._free_request(request)
         return finished
 
     def _free_request(self, request: Request) -> None:
+        rid = request.request_id
         self.kv_cache_manager.free(request)
-        del self.requests[request.request_id]
-        self.finished_req_ids.add(request.request_id)
+        del self.requests[rid]
+        self._order.pop(rid, None)
+        self.finished_req_ids.add(rid)
+        parent_id = self._fork_parent.pop(rid, None)
+        if parent_id is not None:  # a sample finished (aborted) before its fork
+            self.pending_forks[parent_id].remove(request)
+            if not self.pending_forks[parent_id]:
+                del self.pending_forks[parent_id]
+        for child in self.pending_forks.pop(rid, ()):
+            # Its parent went before the fork: the sample prefills the prompt itself.
+            del self._fork_parent[child.request_id]
+            if not child.is_finished():
+                self._enqueue(child)
 
     # ----- one step ---------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
@@ -106,6 +200,7 @@ class Scheduler:
         budget = self.config.max_num_batched_tokens
         scheduled: list[ScheduledRequest] = []
         preempted: list[Request] = []
+        forks: list[ScheduledRequest] = []
 
         # 1. Running requests first, in order.
         i = 0
@@ -125,57 +220,114 @@ class Scheduler:
                 new_blocks = kv.allocate_slots(request, num_new)
             if new_blocks is None:
                 break  # the request preempted itself: nothing behind it is left to schedule
-            scheduled.append(self._scheduled(request, num_new))
+            scheduled.append(self._scheduled(request, num_new, forks))
             budget -= num_new
             i += 1
+        for sr in forks:  # forked in step 1; they join the running list behind it
+            self._add_running(sr.request)
 
-        # 2. Waiting requests, FCFS; none in a step that had to preempt.
-        while (not preempted and self.waiting and budget > 0
-               and len(self.running) < self.config.max_num_seqs):
+        # 2. Waiting requests in queue order; none in a step that had to preempt.
+        while not preempted and self.waiting and budget > 0:
             request = self.waiting[0]
-            hit_blocks, num_hit = kv.get_computed_blocks(request)
+            group = 1 + len(self.pending_forks.get(request.request_id, ()))
+            if self._num_seats() + group > self.config.max_num_seqs:
+                break
+            swapped = kv.is_swapped(request.request_id)
+            if swapped:
+                hit_blocks, num_hit = [], request.num_computed_tokens
+            else:
+                hit_blocks, num_hit = kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_hit
             if num_new > budget and not self.config.enable_chunked_prefill:
                 break
             num_new = min(num_new, budget)
-            if kv.allocate_slots(request, num_new, hit_blocks) is None:
+            if swapped:
+                swap_in = kv.swap_in(request, num_new)
+                if swap_in is None:
+                    break
+                self._blocks_to_swap_in.extend(swap_in)
+            elif kv.allocate_slots(request, num_new, hit_blocks) is None:
                 break
             self.waiting.popleft()
-            self.running.append(request)
+            self._add_running(request)
             request.status = RequestStatus.RUNNING
             request.num_computed_tokens = num_hit
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = num_hit
-            scheduled.append(self._scheduled(request, num_new))
+            n_forks = len(forks)
+            scheduled.append(self._scheduled(request, num_new, forks))
+            for sr in forks[n_forks:]:
+                self._add_running(sr.request)
             budget -= num_new
 
         out = SchedulerOutput(
-            scheduled=scheduled,
+            scheduled=scheduled + forks,
             preempted=preempted,
             finished_request_ids=self.finished_req_ids,
             num_batched_tokens=self.config.max_num_batched_tokens - budget,
+            blocks_to_swap_out=self._blocks_to_swap_out,
+            blocks_to_swap_in=self._blocks_to_swap_in,
+            blocks_to_copy=kv.take_blocks_to_copy(),
         )
         self.finished_req_ids = set()
+        self._blocks_to_swap_out, self._blocks_to_swap_in = [], []
         return out
 
-    def _scheduled(self, request: Request, num_new: int) -> ScheduledRequest:
+    def _num_seats(self) -> int:
+        """Running requests plus the samples still to fork from running ones."""
+        return len(self.running) + sum(
+            len(children) for rid, children in self.pending_forks.items()
+            if self.requests[rid].status == RequestStatus.RUNNING
+        )
+
+    def _scheduled(
+        self, request: Request, num_new: int, forks: list[ScheduledRequest]
+    ) -> ScheduledRequest:
+        """The request's share of the step; when it computes its last prompt token and has
+        samples waiting to fork, fork them (their rows go to `forks`)."""
         start = request.num_computed_tokens
+        samples = start + num_new == request.num_tokens
+        self.num_prompt_tokens_computed += max(0, min(start + num_new, request.num_prompt_tokens)
+                                               - start)
+        if samples and request.request_id in self.pending_forks:
+            for child in self.pending_forks.pop(request.request_id):
+                del self._fork_parent[child.request_id]
+                self.kv_cache_manager.fork(request, child)
+                child.status = RequestStatus.RUNNING
+                child.num_computed_tokens = request.num_tokens
+                child.num_cached_tokens = max(request.num_cached_tokens, 0)
+                forks.append(ScheduledRequest(
+                    request=child,
+                    num_new_tokens=0,
+                    num_computed_tokens=request.num_tokens,
+                    block_ids=self.kv_cache_manager.get_block_ids(child.request_id),
+                    samples=True,
+                    sample_from=request.request_id,
+                ))
         return ScheduledRequest(
             request=request,
             num_new_tokens=num_new,
             num_computed_tokens=start,
             block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
-            samples=start + num_new == request.num_tokens,
+            samples=samples,
         )
 
     def _preempt(self, request: Request) -> None:
-        """Free the request's KV and send it to the front of the waiting queue (recompute)."""
-        self.kv_cache_manager.free(request)
+        """Swap the request's KV out to host memory (swap mode, when the host pool has room), or
+        free it to be recomputed; either way it goes back to the waiting queue (FCFS: its front)."""
+        swapped = None
+        if self.swap and request.num_computed_tokens > 0:
+            swapped = self.kv_cache_manager.swap_out(request)
+        if swapped is None:
+            self.kv_cache_manager.free(request)
+            request.num_computed_tokens = 0
+        else:
+            self._blocks_to_swap_out.extend(swapped)
+            self.num_swapped_out_total += 1
         request.status = RequestStatus.PREEMPTED
-        request.num_computed_tokens = 0
         request.num_preemptions += 1
         self.num_preemptions_total += 1
-        self.waiting.appendleft(request)
+        self._enqueue(request, front=True)
 
     # ----- results of a step ------------------------------------------------------------------
     def update_from_output(
@@ -240,7 +392,7 @@ class Scheduler:
         return bool(self.finished_req_ids)
 
     def get_num_unfinished_requests(self) -> int:
-        return len(self.waiting) + len(self.running)
+        return len(self.requests)  # waiting, running and samples still to fork
 
     @property
     def num_running(self) -> int:

@@ -1,0 +1,128 @@
+"""The one sharding table: logical axis names -> mesh axes, and each parameter's logical axes.
+
+Every parameter leaf of `hf_loader.param_layout` has a tuple of logical axis names, one per
+dimension (`PARAM_LOGICAL_AXES`); `LOGICAL_AXIS_RULES` maps each logical name to a mesh axis
+(`'model'` splits it over the tensor-parallel devices) or None (replicated). So:
+
+- q/k/v projections are split by output columns (heads), o_proj by input rows (heads): each
+  device computes attention for its own heads and XLA all-reduces o_proj's partial sums;
+- the MLP's gate/up are split by columns, down by rows (one all-reduce per MLP);
+- the embedding table and the LM head are split by vocabulary;
+- norms are replicated;
+- the KV cache [L, N, Hkv, bs, Dh] is split by KV heads (see heads.py for Hkv < tp).
+
+A logical axis whose dimension the mesh axis does not divide is an error, except the vocabulary
+(`REPLICATE_IF_UNEVEN`), which is then replicated (e.g. a vocabulary of 32001).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from jax.sharding import PartitionSpec
+
+from jaxllm.config import ModelConfig
+from jaxllm.parallel.mesh import MODEL_AXIS
+
+# logical axis -> mesh axis (None: replicated)
+LOGICAL_AXIS_RULES: dict[str, str | None] = {
+    "layers": None,  # the stacked layer axis L of nn.scan
+    "embed": None,  # hidden size D
+    "vocab": MODEL_AXIS,
+    "q_heads": MODEL_AXIS,  # Hq * Dh (projection columns / o_proj rows)
+    "kv_heads": MODEL_AXIS,  # Hkv * Dh in projections; Hkv in the KV cache
+    "mlp": MODEL_AXIS,  # intermediate size F
+    "kv_blocks": None,  # KV cache pages
+    "block_slots": None,  # tokens within a page
+    "head_dim": None,
+}
+
+REPLICATE_IF_UNEVEN = frozenset({"vocab"})
+
+# parameter path (as in hf_loader.param_layout) -> logical axes, one per dimension
+PARAM_LOGICAL_AXES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("embed_tokens", "embedding"): ("vocab", "embed"),
+    ("layers", "input_layernorm", "scale"): ("layers", "embed"),
+    ("layers", "self_attn", "q_proj", "kernel"): ("layers", "embed", "q_heads"),
+    ("layers", "self_attn", "k_proj", "kernel"): ("layers", "embed", "kv_heads"),
+    ("layers", "self_attn", "v_proj", "kernel"): ("layers", "embed", "kv_heads"),
+    ("layers", "self_attn", "o_proj", "kernel"): ("layers", "q_heads", "embed"),
+    ("layers", "self_attn", "q_proj", "bias"): ("layers", "q_heads"),
+    ("layers", "self_attn", "k_proj", "bias"): ("layers", "kv_heads"),
+    ("layers", "self_attn", "v_proj", "bias"): ("layers", "kv_heads"),
+    ("layers", "post_attention_layernorm", "scale"): ("layers", "embed"),
+    ("layers", "mlp", "gate_proj", "kernel"): ("layers", "embed", "mlp"),
+    ("layers", "mlp", "up_proj", "kernel"): ("layers", "embed", "mlp"),
+    ("layers", "mlp", "down_proj", "kernel"): ("layers", "mlp", "embed"),
+    ("norm", "scale"): ("embed",),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+}
+
+KV_CACHE_LOGICAL_AXES = ("layers", "kv_blocks", "kv_heads", "block_slots", "head_dim")
+
+
+def logical_to_spec(
+    axes: tuple[str, ...],
+    shape: tuple[int, ...] | None = None,
+    axis_sizes: Mapping[str, int] | None = None,
+    what: str = "array",
+    rules: Mapping[str, str | None] = LOGICAL_AXIS_RULES,
+) -> PartitionSpec:
+    """The PartitionSpec of an array with logical `axes`.
+
+    With `shape` and `axis_sizes` (mesh axis -> size), checks divisibility: an uneven split raises
+    a ValueError naming `what`, except for REPLICATE_IF_UNEVEN axes, which are replicated.
+    """
+    if shape is not None and len(shape) != len(axes):
+        raise ValueError(
+            f"{what}: {len(axes)} logical axes {axes} for a {len(shape)}-d shape {shape}")
+    out = []
+    for i, name in enumerate(axes):
+        if name not in rules:
+            raise ValueError(f"{what}: logical axis {name!r} has no sharding rule")
+        mesh_axis = rules[name]
+        if mesh_axis is not None and shape is not None and axis_sizes is not None:
+            n = int(axis_sizes.get(mesh_axis, 1))
+            if shape[i] % n:
+                if name in REPLICATE_IF_UNEVEN:
+                    mesh_axis = None
+                else:
+                    raise ValueError(f"{what}: dimension {i} ({name}, size {shape[i]}) does not "
+                                     f"split evenly over mesh axis {mesh_axis!r} of size {n}")
+        out.append(mesh_axis)
+    while out and out[-1] is None:  # P('a', None) == P('a'); keep specs in their short form
+        out.pop()
+    return PartitionSpec(*out)
+
+
+def param_logical_axes(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """path -> logical axes of every leaf of `param_layout(config)`; raises if one has no rule."""
+    from jaxllm.models.hf_loader import param_layout
+
+    out = {}
+    for spec in param_layout(config):
+        if spec.path not in PARAM_LOGICAL_AXES:
+            raise ValueError(
+                f"parameter {'/'.join(spec.path)} has no entry in PARAM_LOGICAL_AXES")
+        axes = PARAM_LOGICAL_AXES[spec.path]
+        if len(axes) != len(spec.shape):
+            raise ValueError(f"parameter {'/'.join(spec.path)}: logical axes {axes} do not match "
+                             f"its shape {spec.shape}")
+        out[spec.path] = axes
+    return out
+
+
+def param_partition_specs(
+    config: ModelConfig, axis_sizes: Mapping[str, int] | None = None, replicate_kv: bool = False
+) -> dict[tuple[str, ...], PartitionSpec]:
+    """path -> PartitionSpec of every parameter (`replicate_kv`: k/v projections replicated,
+    the layout loaders use before repeating KV heads)."""
+    from jaxllm.models.hf_loader import param_layout
+
+    shapes = {s.path: s.shape for s in param_layout(config)}
+    rules = dict(LOGICAL_AXIS_RULES)
+    out = {}
+    for path, axes in param_logical_axes(config).items():
+        r = rules if not (replicate_kv and "kv_heads" in axes) else {**rules, "kv_heads": None}
+        out[path] = logical_to_spec(axes, shapes[path], axis_sizes, "/".join(path), r)
+    return out

@@ -3,7 +3,9 @@
 #   1. the card's copy bandwidth and the batch-1 decode floor (weight bytes / copy bandwidth);
 #   2. bench/latency.py: batch-1 decode ms/token (128-token prompt, 128 new tokens);
 #   3. bench/throughput.py: 1,000 prompts of 512 random tokens, 256 new tokens each, beside HF
-#      transformers (torch) on the same card and weights in the same process.
+#      transformers (torch) on the same card and weights in the same process; jaxllm first runs the
+#      same shapes once untimed (--warmup: its step variants are compiled before the timed run, as
+#      vLLM compiles and captures at start-up) with a prefill budget of 8192 tokens a step.
 # Logs and JSON go to $OUT (else ./out/gpu_llama8b). Usage: bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS]
 set -u
 cd "$(dirname "$0")/.."
@@ -30,5 +32,6 @@ timeout 150 "$PY" bench/latency.py --model dummy:llama-3-8b --dtype bfloat16 --i
   --output-len 128 --num-iters 3 --profile --json "$D/latency.json" 2>&1 | tee "$D/latency.log"
 # JAX takes 60% of the card so the HF peer (16 GB of weights + its KV) fits beside it.
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 timeout 420 "$PY" bench/throughput.py --model dummy:llama-3-8b --dtype bfloat16 --num-prompts "$N" \
-  --input-len 512 --output-len 256 --peer hf --hf-batch-size 64 --profile \
+  --input-len 512 --output-len 256 --max-num-batched-tokens 8192 --warmup --peer hf \
+  --hf-batch-size 64 --profile \
   --json "$D/throughput.json" 2>&1 | tee "$D/throughput.log"

@@ -1,7 +1,8 @@
 """The model runner: owns the device state (params, KV cache) and runs one jitted step.
 
 Per step: the host packs the scheduler's output (batch_builder.py) and the sampling rows
-(sampling_metadata.py) into numpy arrays; one `jax.device_put` moves them; one jitted function
+(sampling_metadata.py) into numpy arrays, packed into one buffer per dtype (packed_transfer.py);
+one `jax.device_put` moves them; one jitted function
 runs the model, samples on the device and computes logprobs; one `jax.device_get` brings back the
 token ids (and logprobs when asked). The KV cache is donated through the step.
 """
@@ -20,10 +21,11 @@ import numpy as np
 from jaxllm.config import EngineConfig, ModelConfig
 from jaxllm.engine.batch_builder import HostBatch, build_host_batch
 from jaxllm.engine.kv_swap import KVBlockMover
+from jaxllm.engine.packed_transfer import PackedLayout, pack, unpack
 from jaxllm.layers.sampler import compute_logprobs, sample
 from jaxllm.models.batch import StepBatch, kv_cache_bytes_per_block, make_kv_cache
 from jaxllm.models.step import build_model
-from jaxllm.sampling_metadata import SamplerFlags, SamplingMetadata, SamplingRow, build_sampling_metadata
+from jaxllm.sampling_metadata import SamplerFlags, SamplingRow, build_sampling_metadata
 from jaxllm.scheduler.output import SchedulerOutput
 
 logger = logging.getLogger(__name__)
@@ -115,7 +117,7 @@ class ModelRunner:
         self._step = jax.jit(
             self._step_impl,
             donate_argnums=(1,),
-            static_argnames=("flags", "num_prompt_logprobs"),
+            static_argnames=("layout", "flags", "num_prompt_logprobs"),
             out_shardings=(kv, self._replicated, self._replicated),
         )
         logger.info(
@@ -136,13 +138,13 @@ class ModelRunner:
         self,
         params: dict,
         kv_cache,
-        batch: StepBatch,
-        md: SamplingMetadata,
-        prompt_targets: jax.Array,  # [Rp] int32
+        buffers: tuple[jax.Array, ...],  # packed (StepBatch, SamplingMetadata, targets [Rp])
         *,
+        layout: PackedLayout,
         flags: SamplerFlags,
         num_prompt_logprobs: int,
     ):
+        batch, md, prompt_targets = unpack(buffers, layout)
         kv_cache, logits = self.model.apply({"params": params}, kv_cache, batch)  # [S + Rp, V]
         S = md.temperature.shape[0]
         out = sample(logits[:S], md, flags)
@@ -193,13 +195,13 @@ class ModelRunner:
             md,
             targets,
         )
-        batch, md_dev, targets_dev = jax.device_put(host, self._replicated)
+        # One host->device copy per dtype instead of one per array (packed_transfer.py).
+        buffers, layout = pack(host)
         self.kv_cache, out, prompt = self._step(
             self.params,
             self.kv_cache,
-            batch,
-            md_dev,
-            targets_dev,
+            jax.device_put(buffers, self._replicated),
+            layout=layout,
             flags=flags,
             num_prompt_logprobs=k_prompt,
         )

@@ -90,7 +90,7 @@ def auto_reps(nbytes: int, target_s: float = 10e-3, lo: int = 10, hi: int = 200)
 
 
 def _in_jit_s(attn, args, reps: int, iters: int) -> float:
-    """Seconds per call of `attn` run `reps` times in one jitted loop (q depends on the last out)."""
+    """Seconds per call of `attn` run `reps` times in one jitted loop (q depends on last out)."""
 
     @jax.jit
     def loop(q, *rest):
@@ -186,13 +186,13 @@ def decode_table(
         backends = {}
         if "pallas" in backends_wanted:
             backends["pallas"] = (
-                lambda q, k, v, bt, kl, qsl: ours(q, k, v, bt, kl, qsl, 0),
+                lambda q, k, v, bt, kl, qsl, fn=ours: fn(q, k, v, bt, kl, qsl, 0),
                 (q, k_pages, v_pages, bt, kv_lens, qsl),
             )
         if jax_pa is not None and "jax-paged" in backends_wanted:
             kw = _jax_paged_attention_kwargs(P)
             fn = functools.partial(jax_pa.paged_attention, interpret=interpret, **kw)
-            # JAX's kernel applies no softmax scale: hand it q * D**-0.5 (scaled outside the timing).
+            # JAX's kernel applies no softmax scale: hand it q * D**-0.5 (scaled outside timing).
             q_scaled = (q.astype(jnp.float32) * shape.D**-0.5).astype(dtype)
             backends["jax-paged"] = (
                 lambda q, k, v, bt, kl, fn=fn: fn(q, k, v, bt, kl),
@@ -379,7 +379,9 @@ def tune(
         P = ctx // shape.block_size
         cache: dict = {}
 
-        def loop_us(attn, args):
+        # loop_us and timed are called only in this iteration; their defaults bind this point's
+        # values (B, ctx, row_reps, cache, its inputs) so no call can see a later point's.
+        def loop_us(attn, args, B=B, ctx=ctx, row_reps=row_reps):
             try:
                 return _in_jit_s(attn, args, row_reps, iters) * 1e6
             except Exception as e:  # noqa: BLE001
@@ -389,7 +391,7 @@ def tune(
                 )
                 return float("inf")
 
-        def timed(knobs):
+        def timed(knobs, B=B, ctx=ctx, cache=cache, args=ours):
             if knobs in cache:
                 return cache[knobs]
             if time.perf_counter() - t0 > budget_s:
@@ -404,7 +406,9 @@ def tune(
                 num_stages=nst,
                 num_kv_splits=nsplit,
             )
-            cache[knobs] = loop_us(lambda q, k, v, bt, kl, qsl: fn(q, k, v, bt, kl, qsl, 0), ours)
+            cache[knobs] = loop_us(
+                lambda q, k, v, bt, kl, qsl, fn=fn: fn(q, k, v, bt, kl, qsl, 0), args
+            )
             print(f"  {B}x{ctx} {knobs}: {cache[knobs]:.1f} us", file=sys.stderr, flush=True)
             return cache[knobs]
 
@@ -414,7 +418,7 @@ def tune(
             jfn = functools.partial(
                 jax_pa.paged_attention, interpret=interpret, **_jax_paged_attention_kwargs(P)
             )
-            jax_us = loop_us(lambda q, k, v, bt, kl: jfn(q, k, v, bt, kl), theirs)
+            jax_us = loop_us(lambda q, k, v, bt, kl, fn=jfn: fn(q, k, v, bt, kl), theirs)
         max_split = max(1, ctx // 64)  # a split keeps >= 64 tokens
         auto_split = tuned_block_sizes.choose_num_kv_splits(
             B, shape.Hkv, ctx, cfg.decode_pages_per_compute_block * shape.block_size, cfg
@@ -440,8 +444,9 @@ def tune(
             best = min(cache, key=cache.get)
         gbps = nbytes / (cache[best] * 1e-6) / 1e9
         lines.append(
-            f"| {B} | {ctx} | {best} | {cache[best]:.1f} | {gbps:.4g} | {gbps * 1e9 / copy_bw:.2f} | "
-            f"{default_us:.1f} ({auto_split}) | {jax_us:.1f} | {floor:.1f} | {row_reps} |"
+            f"| {B} | {ctx} | {best} | {cache[best]:.1f} | {gbps:.4g} | "
+            f"{gbps * 1e9 / copy_bw:.2f} | {default_us:.1f} ({auto_split}) | {jax_us:.1f} | "
+            f"{floor:.1f} | {row_reps} |"
         )
         print(lines[-1], flush=True)
         record.append(
@@ -452,13 +457,13 @@ def tune(
                 floor_us=floor,
                 jax_us=jax_us,
                 auto_split=auto_split,
-                results=[[*k, v] for k, v in cache.items()],
+                results=[[*knobs, us] for knobs, us in cache.items()],
             )
         )
         if json_path:
             with open(json_path, "w") as f:
                 json.dump(dict(copy_bw=copy_bw, table=dataclasses.asdict(cfg), points=record), f)
-        del ours, theirs
+        del ours, theirs, timed  # free this point's inputs (timed's default holds them too)
     return "\n".join(lines)
 
 
@@ -542,8 +547,9 @@ def _decode_markdown(rows, copy_bw, floors) -> str:
     for r in rows:
         if "loop_us" in r:
             out.append(
-                f"| {r['batch']} | {r['ctx']} | {r['backend']} | {r['call_us']:.1f} | {r['loop_us']:.1f} | "
-                f"{r['GBps']:.4g} | {r['frac']:.2f} | {_fmt_err(r.get('err'))} | {r['note']} |"
+                f"| {r['batch']} | {r['ctx']} | {r['backend']} | {r['call_us']:.1f} | "
+                f"{r['loop_us']:.1f} | {r['GBps']:.4g} | {r['frac']:.2f} | "
+                f"{_fmt_err(r.get('err'))} | {r['note']} |"
             )
         else:
             out.append(
@@ -588,8 +594,8 @@ def _prefill_markdown(rows) -> str:
     for r in rows:
         if "call_us" in r:
             out.append(
-                f"| {r['seqs']} | {r['prompt']} | {r['backend']} | {r['call_us']:.1f} | {r['TFLOPs']:.3g} | "
-                f"{_fmt_err(r.get('err'))} | {r['note']} |"
+                f"| {r['seqs']} | {r['prompt']} | {r['backend']} | {r['call_us']:.1f} | "
+                f"{r['TFLOPs']:.3g} | {_fmt_err(r.get('err'))} | {r['note']} |"
             )
         else:
             out.append(

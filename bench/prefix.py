@@ -39,15 +39,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     w = p.add_argument_group("workload")
     w.add_argument("--num-requests", type=int, default=200)
-    w.add_argument("--prefix-len", type=int, default=1000,
-                   help="tokens of the shared system prompt")
-    w.add_argument("--suffix-len", type=int, default=16,
-                   help="distinct tokens after it, per request")
+    w.add_argument(
+        "--prefix-len", type=int, default=1000, help="tokens of the shared system prompt"
+    )
+    w.add_argument(
+        "--suffix-len", type=int, default=16, help="distinct tokens after it, per request"
+    )
     w.add_argument("--output-len", type=int, default=16, help="new tokens per request")
     common.add_engine_args(p)
     r = p.add_argument_group("run")
-    r.add_argument("--modes", default="on,off",
-                   help="prefix caching modes to run: on,off / on / off")
+    r.add_argument(
+        "--modes", default="on,off", help="prefix caching modes to run: on,off / on / off"
+    )
     r.add_argument("--warmup", action="store_true", help="first run the same shapes once, untimed")
     r.add_argument("--json", default=None, metavar="OUT")
     args = p.parse_args(argv)
@@ -117,17 +120,20 @@ def main(argv: list[str] | None = None) -> dict:
         engines[mode] = engine_settings(llm)
         warm_s = None
         if args.warmup:
-            other = build_prompts(args.num_requests, args.prefix_len, args.suffix_len, vocab,
-                                  args.seed + 10_000)
+            other = build_prompts(
+                args.num_requests, args.prefix_len, args.suffix_len, vocab, args.seed + 10_000
+            )
             warm_s = run_once(llm, other, args.output_len)["elapsed_s"]
             llm.llm_engine.scheduler.reset_prefix_cache()
         res = run_once(llm, prompts, args.output_len)
         res["warmup_elapsed_s"] = warm_s
         res["load_average_after"] = common.load_average()
         results[mode] = res
-        print(f"prefix caching {mode}: {res['elapsed_s']:.2f} s, "
-              f"{res['output_tokens_per_s']:.2f} output tok/s, hit rate {res['hit_rate']:.3f}",
-              flush=True)
+        print(
+            f"prefix caching {mode}: {res['elapsed_s']:.2f} s, "
+            f"{res['output_tokens_per_s']:.2f} output tok/s, hit rate {res['hit_rate']:.3f}",
+            flush=True,
+        )
         del llm
         gc.collect()
     same = None
@@ -136,8 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         for r in results.values():
             r.pop("outputs")
-    speedup = (results["on"]["output_tokens_per_s"] / results["off"]["output_tokens_per_s"]
-               if len(results) == 2 else None)
+    speedup = (
+        results["on"]["output_tokens_per_s"] / results["off"]["output_tokens_per_s"]
+        if len(results) == 2
+        else None
+    )
     record = {
         "benchmark": "prefix",
         "settings": vars(args) | {"max_model_len_used": max_model_len},
@@ -160,25 +169,55 @@ def main(argv: list[str] | None = None) -> dict:
 
 def print_report(rec: dict) -> None:
     w = rec["workload"]
-    print(f"\n## Prefix caching: {rec['settings']['model']}, {w['num_requests']} requests, shared "
-          f"prefix {w['prefix_len']} + {w['suffix_len']} own tokens, output {w['output_len']} "
-          "tokens\n")
+    print(
+        f"\n## Prefix caching: {rec['settings']['model']}, {w['num_requests']} requests, shared "
+        f"prefix {w['prefix_len']} + {w['suffix_len']} own tokens, output {w['output_len']} "
+        "tokens\n"
+    )
     rows = []
     for mode, r in rec["results"].items():
-        rows.append((mode, r["elapsed_s"], r["requests_per_s"], r["output_tokens_per_s"],
-                     r["total_tokens_per_s"], r["prompt_tokens"], r["prompt_tokens_computed"],
-                     f"{100 * r['hit_rate']:.1f}%", r["num_preemptions"], r["compilations_timed"]))
-    print(common.markdown_table(
-        ["prefix caching", "elapsed s", "requests/s", "output tok/s", "total tok/s",
-         "prompt tokens", "prompt tokens computed", "hit rate", "preemptions",
-         "XLA compilations (timed)"], rows))
+        rows.append(
+            (
+                mode,
+                r["elapsed_s"],
+                r["requests_per_s"],
+                r["output_tokens_per_s"],
+                r["total_tokens_per_s"],
+                r["prompt_tokens"],
+                r["prompt_tokens_computed"],
+                f"{100 * r['hit_rate']:.1f}%",
+                r["num_preemptions"],
+                r["compilations_timed"],
+            )
+        )
+    print(
+        common.markdown_table(
+            [
+                "prefix caching",
+                "elapsed s",
+                "requests/s",
+                "output tok/s",
+                "total tok/s",
+                "prompt tokens",
+                "prompt tokens computed",
+                "hit rate",
+                "preemptions",
+                "XLA compilations (timed)",
+            ],
+            rows,
+        )
+    )
     if rec["speedup_output_tokens_per_s"] is not None:
-        print(f"\ncaching on / off, output tokens/s: {rec['speedup_output_tokens_per_s']:.2f}x; "
-              f"greedy outputs identical: {rec['greedy_outputs_identical']}")
+        print(
+            f"\ncaching on / off, output tokens/s: {rec['speedup_output_tokens_per_s']:.2f}x; "
+            f"greedy outputs identical: {rec['greedy_outputs_identical']}"
+        )
     e = next(iter(rec["engine"].values()))
-    print(f"\nengine: max_num_seqs {e['max_num_seqs']}, max_num_batched_tokens "
-          f"{e['max_num_batched_tokens']}, max_model_len {e['max_model_len']}, KV blocks "
-          f"{e['num_blocks']} x {e['block_size']}, attention {e['attention_backend']}")
+    print(
+        f"\nengine: max_num_seqs {e['max_num_seqs']}, max_num_batched_tokens "
+        f"{e['max_num_batched_tokens']}, max_model_len {e['max_model_len']}, KV blocks "
+        f"{e['num_blocks']} x {e['block_size']}, attention {e['attention_backend']}"
+    )
     print(common.machine_line(rec))
 
 

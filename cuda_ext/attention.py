@@ -240,7 +240,8 @@ def ragged_paged_attention_cuda(
     """
     validate_inputs(
         q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer,
-        sm_scale=sm_scale, sliding_window=sliding_window, block_q=block_q, num_kv_splits=num_kv_splits,
+        sm_scale=sm_scale, sliding_window=sliding_window, block_q=block_q,
+        num_kv_splits=num_kv_splits,
     )  # fmt: skip
     decode_only = bool(decode_only)
     if decode_only:

@@ -1,12 +1,14 @@
 """Quick decode benchmark of the `cuda` backend (GPU): Llama-3-8B attention shapes (Hq 32, Hkv 8,
 D 128, bf16, block 16), every sequence at the same context, random page tables.
 
-    PYTHONPATH=. python -m cuda_ext.benchmark [--batches 16 64] [--contexts 2048 4096] [--pallas] [--splits 1 4 8]
+    PYTHONPATH=. python -m cuda_ext.benchmark [--batches 16 64] [--contexts 2048 4096] \
+        [--pallas] [--splits 1 4 8]
 
 Per row: time per call among 16 dependent calls unrolled in one jitted function that cycles over 4
 cache layers (no dispatch or loop cost, little L2 reuse); the bytes needed (the KV of every
 sequence + queries + output) over that time; and its fraction of the card's copy bandwidth measured
-in the same run (a jitted `x + 1` over a 2 GiB bf16 array, bytes read + written). `--pallas` adds the Pallas decode kernel on the same inputs.
+in the same run (a jitted `x + 1` over a 2 GiB bf16 array, bytes read + written). `--pallas` adds
+the Pallas decode kernel on the same inputs.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
             for name, fn in backends.items():
                 t, nbytes = time_decode(fn, inputs)
                 print(
-                    f"| {name} | {b} | {c} | {t * 1e6:.1f} | {nbytes / t / 1e12:.2f} | {100 * nbytes / t / bw:.0f}% |"
+                    f"| {name} | {b} | {c} | {t * 1e6:.1f} | {nbytes / t / 1e12:.2f} | "
+                    f"{100 * nbytes / t / bw:.0f}% |"
                 )
     return 0
 

@@ -63,9 +63,9 @@ def require_nvcc() -> str:
     nvcc = find_nvcc()
     if nvcc is None:
         raise RuntimeError(
-            "cuda_ext: nvcc (the CUDA compiler) was not found: looked at $NVCC, PATH, $CUDA_HOME/bin "
-            "and /usr/local/cuda/bin. Install the CUDA toolkit (or set NVCC=/path/to/nvcc), or use the "
-            "'pallas' or 'reference' attention backend."
+            "cuda_ext: nvcc (the CUDA compiler) was not found: looked at $NVCC, PATH, "
+            "$CUDA_HOME/bin and /usr/local/cuda/bin. Install the CUDA toolkit (or set "
+            "NVCC=/path/to/nvcc), or use the 'pallas' or 'reference' attention backend."
         )
     return nvcc
 

@@ -40,8 +40,8 @@ def missing_requirements() -> list[str]:
         except RuntimeError:
             have = []
         missing.append(
-            f"an NVIDIA GPU visible to JAX (JAX sees platforms {have}; install jax[cuda12] or jax[cuda13] "
-            "on a machine with an NVIDIA GPU)"
+            f"an NVIDIA GPU visible to JAX (JAX sees platforms {have}; install jax[cuda12] or "
+            "jax[cuda13] on a machine with an NVIDIA GPU)"
         )
     if build.find_nvcc() is None:
         missing.append(

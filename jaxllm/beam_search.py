@@ -242,8 +242,9 @@ class BeamSearchInstance:
         seqs = list(self.finished)
         if len(seqs) < k:
             for beam in self.beams:
-                beam.score = beam_search_score(beam.cum_logprob, max(self.num_generated, 1),
-                                               self.params.length_penalty)
+                beam.score = beam_search_score(
+                    beam.cum_logprob, max(self.num_generated, 1), self.params.length_penalty
+                )
             seqs = sorted(seqs + self.beams, key=_best_first)[:k]
         for seq in seqs:
             out = seq.output_token_ids
@@ -313,7 +314,11 @@ def run_beam_search(
             BeamSearchInstance(text, ids, params, eos_token_ids, min(params.max_tokens, room))
         )
     round_params = SamplingParams(
-        n=1, max_tokens=1, logprobs=num_lp, temperature=params.temperature, ignore_eos=True,
+        n=1,
+        max_tokens=1,
+        logprobs=num_lp,
+        temperature=params.temperature,
+        ignore_eos=True,
         detokenize=False,
     )
     bar = None

@@ -16,7 +16,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Llama 3 style rope scaling ("llama3"), or linear scaling. None of the fields apply to plain RoPE."""
+    """Llama 3 style rope scaling ("llama3"), or linear scaling. No field applies to plain RoPE."""
 
     rope_type: str = "default"  # "default" | "llama3" | "linear"
     factor: float = 1.0
@@ -65,18 +65,22 @@ class ModelConfig:
     def num_queries_per_kv(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any], dtype: str = "float32") -> "ModelConfig":
+    def from_hf_dict(cls, hf: dict[str, Any], dtype: str = "float32") -> ModelConfig:
         """Build from a transformers `config.json` dictionary."""
         archs = hf.get("architectures") or []
-        arch = archs[0] if archs else {
-            "llama": "LlamaForCausalLM",
-            "mistral": "MistralForCausalLM",
-            "qwen2": "Qwen2ForCausalLM",
-        }.get(hf.get("model_type", ""), hf.get("model_type", "unknown"))
+        arch = (
+            archs[0]
+            if archs
+            else {
+                "llama": "LlamaForCausalLM",
+                "mistral": "MistralForCausalLM",
+                "qwen2": "Qwen2ForCausalLM",
+            }.get(hf.get("model_type", ""), hf.get("model_type", "unknown"))
+        )
         n_heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
         rs = hf.get("rope_scaling")

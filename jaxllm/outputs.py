@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import reprlib
 from dataclasses import dataclass
-from typing import Optional
 
 __all__ = [
     "Logprob",
@@ -45,14 +44,14 @@ class Logprob:
     """
 
     logprob: float
-    rank: Optional[int] = None
-    decoded_token: Optional[str] = None
+    rank: int | None = None
+    decoded_token: str | None = None
 
 
 # One dict per generated token: token id -> Logprob (the sampled token and the top-k).
 SampleLogprobs = list[dict[int, Logprob]]
 # One entry per prompt token; the first is None (nothing predicts the first token).
-PromptLogprobs = list[Optional[dict[int, Logprob]]]
+PromptLogprobs = list[dict[int, Logprob] | None]
 
 
 @dataclass
@@ -62,9 +61,9 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    cumulative_logprob: Optional[float]
-    logprobs: Optional[SampleLogprobs]
-    finish_reason: Optional[str] = None  # "stop" | "length" | "abort" | None (still running)
+    cumulative_logprob: float | None
+    logprobs: SampleLogprobs | None
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | None (still running)
     # The stop string or stop token id that ended the sequence; None for eos or length.
     stop_reason: int | str | None = None
 
@@ -92,21 +91,21 @@ class RequestMetrics:
     """Wall-clock timestamps (time.time() seconds) of a request's life, as vLLM reports them."""
 
     arrival_time: float
-    first_scheduled_time: Optional[float] = None
-    first_token_time: Optional[float] = None
-    last_token_time: Optional[float] = None
-    finished_time: Optional[float] = None
-    time_in_queue: Optional[float] = None  # first_scheduled_time - arrival_time
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finished_time: float | None = None
+    time_in_queue: float | None = None  # first_scheduled_time - arrival_time
 
     @property
-    def time_to_first_token(self) -> Optional[float]:
+    def time_to_first_token(self) -> float | None:
         """Seconds from arrival to the first generated token (TTFT), when known."""
         if self.first_token_time is None:
             return None
         return self.first_token_time - self.arrival_time
 
     @property
-    def e2e_latency(self) -> Optional[float]:
+    def e2e_latency(self) -> float | None:
         """Seconds from arrival to finish, when finished."""
         if self.finished_time is None:
             return None
@@ -118,13 +117,13 @@ class RequestOutput:
     """Output of one request: the prompt, its `n` completions, and bookkeeping."""
 
     request_id: str
-    prompt: Optional[str]
-    prompt_token_ids: Optional[list[int]]
-    prompt_logprobs: Optional[PromptLogprobs]
+    prompt: str | None
+    prompt_token_ids: list[int] | None
+    prompt_logprobs: PromptLogprobs | None
     outputs: list[CompletionOutput]
     finished: bool
-    metrics: Optional[RequestMetrics] = None
-    num_cached_tokens: Optional[int] = None  # prompt tokens served from the prefix cache
+    metrics: RequestMetrics | None = None
+    num_cached_tokens: int | None = None  # prompt tokens served from the prefix cache
 
     def __repr__(self) -> str:
         return (

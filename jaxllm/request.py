@@ -16,7 +16,8 @@ from __future__ import annotations
 import enum
 import numbers
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class RequestStatus(enum.IntEnum):

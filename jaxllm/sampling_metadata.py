@@ -25,8 +25,9 @@ Conventions (R rows, V vocabulary):
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -120,10 +121,14 @@ def _fill(dst: np.ndarray, row: int, values: Sequence[int] | np.ndarray) -> None
 def _check_ids(name: str, ids: Sequence[int] | np.ndarray, vocab_size: int, row: int) -> None:
     arr = np.asarray(ids, dtype=np.int64)
     if arr.ndim != 1:
-        raise ValueError(f"{name} of row {row} must be a 1-D sequence of token ids, got shape {arr.shape}.")
+        raise ValueError(
+            f"{name} of row {row} must be a 1-D sequence of token ids, got shape {arr.shape}."
+        )
     if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
         bad = arr[(arr < 0) | (arr >= vocab_size)][0]
-        raise ValueError(f"{name} of row {row} holds token id {bad}, outside [0, vocab_size={vocab_size}).")
+        raise ValueError(
+            f"{name} of row {row} holds token id {bad}, outside [0, vocab_size={vocab_size})."
+        )
 
 
 def build_sampling_metadata(
@@ -134,8 +139,10 @@ def build_sampling_metadata(
         raise ValueError(f"vocab_size must be at least 1, got {vocab_size}.")
     num_real = len(rows)
     R = num_real if pad_rows_to is None else pad_rows_to
-    if R < num_real:
-        raise ValueError(f"pad_rows_to={pad_rows_to} is smaller than the number of rows ({num_real}).")
+    if num_real > R:
+        raise ValueError(
+            f"pad_rows_to={pad_rows_to} is smaller than the number of rows ({num_real})."
+        )
 
     params = [r.params for r in rows]
     greedy = [p.temperature < SAMPLING_EPS for p in params]
@@ -212,10 +219,19 @@ def build_sampling_metadata(
         num_logprobs=_bucket_logprobs(num_logprobs, vocab_size),
     )
     md = SamplingMetadata(
-        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        presence_penalty=presence, frequency_penalty=frequency, repetition_penalty=repetition,
-        seeds=seeds, gen_index=gen_index,
-        logit_bias_ids=bias_ids, logit_bias_values=bias_values, banned_ids=banned,
-        output_token_ids=output_ids, prompt_token_ids=prompt_ids,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        repetition_penalty=repetition,
+        seeds=seeds,
+        gen_index=gen_index,
+        logit_bias_ids=bias_ids,
+        logit_bias_values=bias_values,
+        banned_ids=banned,
+        output_token_ids=output_ids,
+        prompt_token_ids=prompt_ids,
     )
     return md, flags

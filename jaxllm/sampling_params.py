@@ -59,13 +59,15 @@ def _token_id_from_key(key: Any) -> int | None:
 def _check_number(name: str, value: Any) -> float:
     if not _is_number(value) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    return value
+    number: float = value
+    return number
 
 
 def _check_int(name: str, value: Any) -> int:
     if not _is_int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}.")
-    return value
+    integer: int = value
+    return integer
 
 
 @dataclass
@@ -99,11 +101,13 @@ class SamplingParams:
     # Derived; not constructor arguments.
     output_text_buffer_length: int = field(default=0, init=False, compare=False)
     _eos_token_id: int | None = field(default=None, init=False, repr=False, compare=False)
-    _all_stop_token_ids: set[int] = field(default_factory=set, init=False, repr=False, compare=False)
+    _all_stop_token_ids: set[int] = field(
+        default_factory=set, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        self._normalize()
-        self._verify_args()
+        stop, stop_token_ids = self._normalize()
+        self._verify_args(stop, stop_token_ids)
         if self.temperature < SAMPLING_EPS:
             # Zero temperature means greedy: the truncation knobs have no effect.
             self.top_p = 1.0
@@ -112,18 +116,21 @@ class SamplingParams:
             if self.n > 1:
                 raise ValueError(f"n must be 1 when using greedy sampling, got {self.n}.")
         # Number of characters to hold back while streaming, until stop strings are ruled out.
-        if self.stop and not self.include_stop_str_in_output:
-            self.output_text_buffer_length = max(len(s) for s in self.stop) - 1
-        self._all_stop_token_ids = set(self.stop_token_ids)
+        if stop and not self.include_stop_str_in_output:
+            self.output_text_buffer_length = max(len(s) for s in stop) - 1
+        self._all_stop_token_ids = set(stop_token_ids)
 
     # ------------------------------------------------------------------ normalization / checks
 
-    def _normalize(self) -> None:
+    def _normalize(self) -> tuple[list[str], list[int]]:
+        """Normalize fields in place; return `stop` and `stop_token_ids`, now lists."""
         _check_number("temperature", self.temperature)
         if 0 < self.temperature < MIN_RANDOM_TEMPERATURE:
             logger.warning(
                 "temperature %s is below %s, which may give inf/nan logits; raised to %s.",
-                self.temperature, MIN_RANDOM_TEMPERATURE, MIN_RANDOM_TEMPERATURE,
+                self.temperature,
+                MIN_RANDOM_TEMPERATURE,
+                MIN_RANDOM_TEMPERATURE,
             )
             self.temperature = MIN_RANDOM_TEMPERATURE
         if self.seed == -1:
@@ -131,25 +138,31 @@ class SamplingParams:
         if _is_int(self.top_k) and self.top_k == -1:
             self.top_k = 0
 
+        stop: list[str]
         if self.stop is None:
-            self.stop = []
+            stop = []
         elif isinstance(self.stop, str):
-            self.stop = [self.stop]
+            stop = [self.stop]
         elif isinstance(self.stop, (list, tuple)):
-            self.stop = list(self.stop)
+            stop = list(self.stop)
         else:
             raise ValueError(f"stop must be a str or a list of str, got {self.stop!r}.")
+        self.stop = stop
 
+        stop_token_ids: list[int]
         if self.stop_token_ids is None:
-            self.stop_token_ids = []
+            stop_token_ids = []
         elif isinstance(self.stop_token_ids, (list, tuple)):
-            self.stop_token_ids = list(dict.fromkeys(self.stop_token_ids))
+            stop_token_ids = list(dict.fromkeys(self.stop_token_ids))
         else:
             raise ValueError(f"stop_token_ids must be a list of int, got {self.stop_token_ids!r}.")
+        self.stop_token_ids = stop_token_ids
 
         if self.logit_bias is not None:
             if not isinstance(self.logit_bias, dict):
-                raise ValueError(f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}.")
+                raise ValueError(
+                    f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}."
+                )
             converted: dict[int, float] = {}
             for key, bias in self.logit_bias.items():
                 token_id = _token_id_from_key(key)
@@ -157,21 +170,27 @@ class SamplingParams:
                     raise ValueError(f"logit_bias keys must be integer token ids, got {key!r}.")
                 converted[token_id] = bias
             self.logit_bias = converted
+        return stop, stop_token_ids
 
-    def _verify_args(self) -> None:
+    def _verify_args(self, stop: list[str], stop_token_ids: list[int]) -> None:
+        """Check every field; `stop` and `stop_token_ids` are the lists `_normalize` returned."""
         _check_int("n", self.n)
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}.")
         if self.best_of is not None:
             _check_int("best_of", self.best_of)
             if self.best_of < self.n:
-                raise ValueError(f"best_of must be greater than or equal to n={self.n}, got {self.best_of}.")
+                raise ValueError(
+                    f"best_of must be greater than or equal to n={self.n}, got {self.best_of}."
+                )
         for name in ("presence_penalty", "frequency_penalty"):
             value = _check_number(name, getattr(self, name))
             if not -2.0 <= value <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {value}.")
         if _check_number("repetition_penalty", self.repetition_penalty) <= 0.0:
-            raise ValueError(f"repetition_penalty must be greater than zero, got {self.repetition_penalty}.")
+            raise ValueError(
+                f"repetition_penalty must be greater than zero, got {self.repetition_penalty}."
+            )
         if self.temperature < 0.0:
             raise ValueError(f"temperature must be non-negative, got {self.temperature}.")
         if not 0.0 < _check_number("top_p", self.top_p) <= 1.0:
@@ -187,36 +206,48 @@ class SamplingParams:
             if self.max_tokens < 1:
                 raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
         if _check_int("min_tokens", self.min_tokens) < 0:
-            raise ValueError(f"min_tokens must be greater than or equal to 0, got {self.min_tokens}.")
+            raise ValueError(
+                f"min_tokens must be greater than or equal to 0, got {self.min_tokens}."
+            )
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(
-                f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, got {self.min_tokens}."
+                f"min_tokens must be less than or equal to max_tokens={self.max_tokens}, "
+                f"got {self.min_tokens}."
             )
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < -1):
-                raise ValueError(f"{name} must be a non-negative integer or -1 (full vocabulary), got {value!r}.")
-        for s in self.stop:
+                raise ValueError(
+                    f"{name} must be a non-negative integer or -1 (full vocabulary), got {value!r}."
+                )
+        for s in stop:
             if not isinstance(s, str):
                 raise ValueError(f"stop must contain only strings, got {s!r}.")
             if not s:
                 raise ValueError("stop cannot contain an empty string.")
-        if self.stop and not self.detokenize:
+        if stop and not self.detokenize:
             raise ValueError("stop strings are only supported when detokenize is True.")
-        for t in self.stop_token_ids:
+        for t in stop_token_ids:
             if not _is_int(t) or t < 0:
-                raise ValueError(f"stop_token_ids must contain only non-negative integers, got {t!r}.")
+                raise ValueError(
+                    f"stop_token_ids must contain only non-negative integers, got {t!r}."
+                )
         if self.logit_bias is not None:
             for token_id, bias in self.logit_bias.items():
                 if token_id < 0:
                     raise ValueError(f"logit_bias token ids must be non-negative, got {token_id}.")
                 _check_number(f"logit_bias[{token_id}]", bias)
                 if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
-                    raise ValueError(f"logit_bias values must be in [-100, 100], got {bias} for token {token_id}.")
+                    raise ValueError(
+                        f"logit_bias values must be in [-100, 100], got {bias} "
+                        f"for token {token_id}."
+                    )
         if self.truncate_prompt_tokens is not None:
             _check_int("truncate_prompt_tokens", self.truncate_prompt_tokens)
             if self.truncate_prompt_tokens < 1:
-                raise ValueError(f"truncate_prompt_tokens must be at least 1, got {self.truncate_prompt_tokens}.")
+                raise ValueError(
+                    f"truncate_prompt_tokens must be at least 1, got {self.truncate_prompt_tokens}."
+                )
 
     # ------------------------------------------------------------------ engine helpers
 
@@ -241,7 +272,9 @@ class SamplingParams:
         if extra_ids:
             self._all_stop_token_ids.update(extra_ids)
             if not self.ignore_eos:
-                self.stop_token_ids = list(dict.fromkeys([*self.stop_token_ids, *sorted(extra_ids)]))
+                self.stop_token_ids = list(
+                    dict.fromkeys([*(self.stop_token_ids or []), *sorted(extra_ids)])
+                )
 
     @property
     def sampling_type(self) -> SamplingType:

@@ -9,8 +9,9 @@ or general path, tuned block sizes, KV split count) and calls one jitted functio
 
 Same contract as `reference.ragged_paged_attention_reference` (read its docstring): packed queries
 `q[T, Hq, D]` with `query_start_loc[S+1]`, the stacked KV cache
-`[L, num_blocks, Hkv, block_size, D]` plus a (possibly traced) `layer` index, `kv_lens[S]` that already count this step's tokens, and
-`block_tables[S, P]`. Rows at or past `query_start_loc[S]` come back as zeros, as in the reference.
+`[L, num_blocks, Hkv, block_size, D]` plus a (possibly traced) `layer` index, `kv_lens[S]` that
+already count this step's tokens, and `block_tables[S, P]`. Rows at or past `query_start_loc[S]`
+come back as zeros, as in the reference.
 Both kernels work on the full stacked cache (the layer is picked inside the kernel, never sliced
 out), loop over KV in compute blocks with an online base-2 softmax in float32, and fetch KV rows
 with masked gathers, so slots past a sequence's length and pages past its table are never read.

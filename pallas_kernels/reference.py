@@ -159,7 +159,7 @@ def write_kv_pages(
     slot_mapping: jax.Array,  # [T] int32: block_id * bs + offset, or -1 for padding rows
     layer: jax.Array | int = 0,
 ) -> tuple[jax.Array, jax.Array]:
-    """Scatter this step's K/V rows into their slots of layer `layer`; rows with slot -1 are dropped."""
+    """Scatter this step's K/V rows into their slots of layer `layer`; slot -1 rows are dropped."""
     _, N, _, bs, _ = k_pages.shape
     blk = jnp.where(slot_mapping >= 0, slot_mapping // bs, N)  # N is out of bounds: dropped
     off = jnp.where(slot_mapping >= 0, slot_mapping % bs, 0)

@@ -1,8 +1,8 @@
 """Tuned block sizes for the Triton-lowered ragged paged-attention kernels.
 
 One small table keyed by `(head_dim, block_size, dtype name, q heads per KV head)`; `lookup()` falls
-back to `default_config()` (a rule of thumb) for keys the table lacks. `choose_num_kv_splits()` picks
-the flash-decoding split count from the static batch shape.
+back to `default_config()` (a rule of thumb) for keys the table lacks. `choose_num_kv_splits()`
+picks the flash-decoding split count from the static batch shape.
 
 STATUS: the decode knobs of `(128, 16, "bfloat16", 4)` (Llama-3-8B attention), its single-pass
 knobs (batch 1 x 512 only) and the split rule

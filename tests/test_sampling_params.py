@@ -10,11 +10,29 @@ from jaxllm.sampling_params import SamplingParams, SamplingType
 
 # vLLM's SamplingParams defaults (vllm/sampling_params.py, fields and from_optional signature).
 VLLM_DEFAULTS = dict(
-    n=1, best_of=None, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0,
-    temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=None, stop=[], stop_token_ids=[],
-    ignore_eos=False, max_tokens=16, min_tokens=0, logprobs=None, prompt_logprobs=None,
-    detokenize=True, skip_special_tokens=True, spaces_between_special_tokens=True,
-    include_stop_str_in_output=False, logit_bias=None, truncate_prompt_tokens=None,
+    n=1,
+    best_of=None,
+    presence_penalty=0.0,
+    frequency_penalty=0.0,
+    repetition_penalty=1.0,
+    temperature=1.0,
+    top_p=1.0,
+    top_k=0,
+    min_p=0.0,
+    seed=None,
+    stop=[],
+    stop_token_ids=[],
+    ignore_eos=False,
+    max_tokens=16,
+    min_tokens=0,
+    logprobs=None,
+    prompt_logprobs=None,
+    detokenize=True,
+    skip_special_tokens=True,
+    spaces_between_special_tokens=True,
+    include_stop_str_in_output=False,
+    logit_bias=None,
+    truncate_prompt_tokens=None,
 )
 
 
@@ -42,7 +60,12 @@ def test_normalizations():
     p = SamplingParams(stop="###", stop_token_ids=[5, 7, 5], seed=-1, top_k=-1)
     assert p.stop == ["###"] and p.stop_token_ids == [5, 7] and p.seed is None and p.top_k == 0
     assert p.output_text_buffer_length == 2
-    assert SamplingParams(stop=["ab", "abcd"], include_stop_str_in_output=True).output_text_buffer_length == 0
+    assert (
+        SamplingParams(
+            stop=["ab", "abcd"], include_stop_str_in_output=True
+        ).output_text_buffer_length
+        == 0
+    )
     assert SamplingParams(logit_bias={"12": 1.5, 3: -2}).logit_bias == {12: 1.5, 3: -2}
     assert SamplingParams(temperature=1e-3).temperature == pytest.approx(1e-2)
     assert SamplingParams(max_tokens=None).max_tokens is None
@@ -120,8 +143,13 @@ def test_invalid_values_raise_naming_the_field(kwargs, field):
 
 @pytest.mark.parametrize(
     "kwargs, text",
-    [(dict(temperature=-0.25), "-0.25"), (dict(top_k=-7), "-7"), (dict(max_tokens=0), "got 0"),
-     (dict(logit_bias={5: 150.0}), "150.0"), (dict(min_tokens=20, max_tokens=10), "20")],
+    [
+        (dict(temperature=-0.25), "-0.25"),
+        (dict(top_k=-7), "-7"),
+        (dict(max_tokens=0), "got 0"),
+        (dict(logit_bias={5: 150.0}), "150.0"),
+        (dict(min_tokens=20, max_tokens=10), "20"),
+    ],
 )
 def test_error_messages_name_the_value(kwargs, text):
     with pytest.raises(ValueError) as err:
@@ -130,7 +158,18 @@ def test_error_messages_name_the_value(kwargs, text):
 
 
 def test_boundary_values_accepted():
-    SamplingParams(top_p=1.0, min_p=0.0, presence_penalty=-2.0, frequency_penalty=2.0,
-                   logprobs=-1, prompt_logprobs=0, min_tokens=16, max_tokens=16,
-                   logit_bias={0: -100.0, 1: 100}, best_of=2, n=2, seed=0,
-                   truncate_prompt_tokens=1)
+    SamplingParams(
+        top_p=1.0,
+        min_p=0.0,
+        presence_penalty=-2.0,
+        frequency_penalty=2.0,
+        logprobs=-1,
+        prompt_logprobs=0,
+        min_tokens=16,
+        max_tokens=16,
+        logit_bias={0: -100.0, 1: 100},
+        best_of=2,
+        n=2,
+        seed=0,
+        truncate_prompt_tokens=1,
+    )

@@ -20,8 +20,12 @@ struct Words;
 template <>
 struct Words<float> {
   static constexpr int kPerWord = 1;
-  __device__ __forceinline__ static void unpack(uint32_t w, float* out) { out[0] = __uint_as_float(w); }
-  __device__ __forceinline__ static uint32_t pack(const float* in) { return __float_as_uint(in[0]); }
+  __device__ __forceinline__ static void unpack(uint32_t w, float* out) {
+    out[0] = __uint_as_float(w);
+  }
+  __device__ __forceinline__ static uint32_t pack(const float* in) {
+    return __float_as_uint(in[0]);
+  }
 };
 
 template <>
@@ -98,7 +102,9 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
 }
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 
 // Wait until at most N of this thread's committed groups are still in flight.
 template <int N>

@@ -27,24 +27,24 @@
 namespace jaxllm {
 
 struct AttentionParams {
-  const void* q;              // [T, Hq, D]
-  const void* k;              // [L, N, Hkv, bs, D]
-  const void* v;              // [L, N, Hkv, bs, D]
+  const void* q;  // [T, Hq, D]
+  const void* k;  // [L, N, Hkv, bs, D]
+  const void* v;  // [L, N, Hkv, bs, D]
   const int32_t* block_tables;  // [S, P]
-  const int32_t* kv_lens;     // [S]
-  const int32_t* qsl;         // [S + 1]
-  const int32_t* layer;       // [] (device scalar; clamped to [0, L))
-  const int32_t* work;        // [num_tiles, 2]
-  void* out;                  // [T, Hq, D]
-  float* part_o;              // [num_tiles, Hkv, num_splits, max_rows, D] (num_splits > 1)
-  float* part_ml;             // [num_tiles, Hkv, num_splits, max_rows, 2]  (num_splits > 1)
+  const int32_t* kv_lens;  // [S]
+  const int32_t* qsl;  // [S + 1]
+  const int32_t* layer;  // [] (device scalar; clamped to [0, L))
+  const int32_t* work;  // [num_tiles, 2]
+  void* out;  // [T, Hq, D]
+  float* part_o;  // [num_tiles, Hkv, num_splits, max_rows, D] (num_splits > 1)
+  float* part_ml;  // [num_tiles, Hkv, num_splits, max_rows, 2]  (num_splits > 1)
   int T, Hq, Hkv, G, D;
   int L, N, bs, S, P;
-  int block_q;     // query rows per tile
-  int max_rows;    // block_q * G
+  int block_q;  // query rows per tile
+  int max_rows;  // block_q * G
   int num_tiles;
   int num_splits;
-  int window;      // sliding window (0: none)
+  int window;  // sliding window (0: none)
   float scale_log2;  // sm_scale * log2(e)
 };
 
@@ -60,7 +60,7 @@ template <typename T, int D>
 __host__ __device__ constexpr size_t attention_smem_bytes(int max_rows) {
   constexpr int BK = block_k<T, D>();
   constexpr int DP = D + 16 / static_cast<int>(sizeof(T));  // padded row: 16 bytes more
-  return size_t(4) * BK * DP * sizeof(T)                       // K and V, two stages each
+  return size_t(4) * BK * DP * sizeof(T)  // K and V, two stages each
          + sizeof(float) * (size_t(max_rows) * (2 * D + BK + 3));  // q, o, scores, m, l, alpha
 }
 
@@ -98,10 +98,10 @@ __device__ __forceinline__ void zero_padding_rows(const AttentionParams& p, int 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const AttentionParams p) {
   constexpr int VEC = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
-  constexpr int CHUNKS = D / VEC;                          // 16-byte chunks per row
-  constexpr int DP = D + VEC;                              // padded shared-memory row
+  constexpr int CHUNKS = D / VEC;  // 16-byte chunks per row
+  constexpr int DP = D + VEC;  // padded shared-memory row
   constexpr int BK = block_k<T, D>();
-  constexpr int PV = 4;                                    // output elements per thread item
+  constexpr int PV = 4;  // output elements per thread item
   static_assert(D % VEC == 0 && D % PV == 0, "head dim");
 
   const int tile = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
@@ -129,11 +129,11 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
 
   extern __shared__ float4 smem_f4[];
   T* kbuf = reinterpret_cast<T*>(smem_f4);  // [2][BK][DP]
-  T* vbuf = kbuf + 2 * BK * DP;             // [2][BK][DP]
+  T* vbuf = kbuf + 2 * BK * DP;  // [2][BK][DP]
   float* qs = reinterpret_cast<float*>(vbuf + 2 * BK * DP);  // [max_rows][D]
-  float* os = qs + p.max_rows * D;                           // [max_rows][D]
-  float* ss = os + p.max_rows * D;                           // [max_rows][BK]
-  float* row_m = ss + p.max_rows * BK;                       // [max_rows]
+  float* os = qs + p.max_rows * D;  // [max_rows][D]
+  float* ss = os + p.max_rows * D;  // [max_rows][BK]
+  float* row_m = ss + p.max_rows * BK;  // [max_rows]
   float* row_l = row_m + p.max_rows;
   float* row_a = row_l + p.max_rows;
 
@@ -170,8 +170,8 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
       T* kdst = kd + r * DP + c * VEC;
       T* vdst = vd + r * DP + c * VEC;
       if (page >= 0 && page < p.N) {
-        const size_t src =
-            ((((size_t(layer) * p.N + page) * p.Hkv + h) * p.bs) + tok % p.bs) * D + size_t(c) * VEC;
+        const size_t src = ((((size_t(layer) * p.N + page) * p.Hkv + h) * p.bs) + tok % p.bs) * D +
+                           size_t(c) * VEC;
         cp_async16(kdst, k_head + src);
         cp_async16(vdst, v_head + src);
       } else {
@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
     if (b + 1 < my_hi) load_block(b + 1, stage ^ 1);
     cp_async_commit();
     cp_async_wait<1>();  // this thread's copies of block b have landed
-    __syncthreads();     // ... and everyone's; q/o init visible on the first pass
+    __syncthreads();  // ... and everyone's; q/o init visible on the first pass
 
     // Scores (base 2), masked by position.
     const T* kb = kbuf + stage * BK * DP;

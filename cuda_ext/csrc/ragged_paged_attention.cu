@@ -38,9 +38,9 @@ ffi::Error cuda_error(const char* what, cudaError_t err) {
                               cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
 }
 
-#define JAXLLM_CUDA_CHECK(what, expr)                 \
-  do {                                                \
-    cudaError_t jaxllm_err_ = (expr);                 \
+#define JAXLLM_CUDA_CHECK(what, expr)                                     \
+  do {                                                                    \
+    cudaError_t jaxllm_err_ = (expr);                                     \
     if (jaxllm_err_ != cudaSuccess) return cuda_error(what, jaxllm_err_); \
   } while (0)
 
@@ -77,8 +77,9 @@ ffi::Error launch(cudaStream_t stream, const AttentionParams& p) {
   int device = 0;
   JAXLLM_CUDA_CHECK("cudaGetDevice", cudaGetDevice(&device));
   int max_smem = 0;
-  JAXLLM_CUDA_CHECK("cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)",
-                    cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  JAXLLM_CUDA_CHECK(
+      "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)",
+      cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   const size_t smem = attention_smem_bytes<T, D>(p.max_rows);
   if (smem > static_cast<size_t>(max_smem)) {
     return ffi::Error::InvalidArgument(
@@ -113,32 +114,34 @@ ffi::Error dispatch_head_dim(cudaStream_t stream, const AttentionParams& p) {
   }
 }
 
-ffi::Error ragged_paged_attention_impl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
-                                       ffi::AnyBuffer v, ffi::Buffer<ffi::S32> block_tables,
-                                       ffi::Buffer<ffi::S32> kv_lens, ffi::Buffer<ffi::S32> qsl,
-                                       ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> work,
-                                       ffi::Result<ffi::AnyBuffer> out,
-                                       ffi::Result<ffi::Buffer<ffi::F32>> part_o,
-                                       ffi::Result<ffi::Buffer<ffi::F32>> part_ml, float sm_scale,
-                                       int32_t sliding_window, int32_t block_q, int32_t num_splits) {
+ffi::Error ragged_paged_attention_impl(
+    cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+    ffi::Buffer<ffi::S32> block_tables, ffi::Buffer<ffi::S32> kv_lens, ffi::Buffer<ffi::S32> qsl,
+    ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> work, ffi::Result<ffi::AnyBuffer> out,
+    ffi::Result<ffi::Buffer<ffi::F32>> part_o, ffi::Result<ffi::Buffer<ffi::F32>> part_ml,
+    float sm_scale, int32_t sliding_window, int32_t block_q, int32_t num_splits) {
   const auto qd = q.dimensions(), kd = k.dimensions(), od = out->dimensions();
-  if (qd.size() != 3) return ffi::Error::InvalidArgument("q must be [T, Hq, D], got " + dims_str(qd));
+  if (qd.size() != 3)
+    return ffi::Error::InvalidArgument("q must be [T, Hq, D], got " + dims_str(qd));
   if (kd.size() != 5 || !(kd == v.dimensions()))
     return ffi::Error::InvalidArgument("k_pages/v_pages must be equal [L, N, Hkv, bs, D], got " +
                                        dims_str(kd) + " and " + dims_str(v.dimensions()));
   if (q.element_type() != k.element_type() || q.element_type() != v.element_type() ||
       out->element_type() != q.element_type())
     return ffi::Error::InvalidArgument("q, k_pages, v_pages and out must share one dtype");
-  if (!(od == qd)) return ffi::Error::InvalidArgument("out shape " + dims_str(od) + " != q shape " + dims_str(qd));
+  if (!(od == qd))
+    return ffi::Error::InvalidArgument("out shape " + dims_str(od) + " != q shape " + dims_str(qd));
   const auto bt = block_tables.dimensions();
-  if (bt.size() != 2) return ffi::Error::InvalidArgument("block_tables must be [S, P], got " + dims_str(bt));
+  if (bt.size() != 2)
+    return ffi::Error::InvalidArgument("block_tables must be [S, P], got " + dims_str(bt));
   const int64_t S = bt[0];
   if (kv_lens.element_count() != size_t(S) || qsl.element_count() != size_t(S + 1))
     return ffi::Error::InvalidArgument("kv_lens must be [S] and query_start_loc [S + 1] with S=" +
                                        std::to_string(S));
   if (layer.element_count() != 1) return ffi::Error::InvalidArgument("layer must be a scalar");
   const auto wd = work.dimensions();
-  if (wd.size() != 2 || wd[1] != 2) return ffi::Error::InvalidArgument("work must be [num_tiles, 2], got " + dims_str(wd));
+  if (wd.size() != 2 || wd[1] != 2)
+    return ffi::Error::InvalidArgument("work must be [num_tiles, 2], got " + dims_str(wd));
 
   AttentionParams p{};
   p.q = q.untyped_data();
@@ -169,8 +172,8 @@ ffi::Error ragged_paged_attention_impl(cudaStream_t stream, ffi::AnyBuffer q, ff
 
   if (kd[4] != qd[2]) return ffi::Error::InvalidArgument("head dim of q and k_pages differ");
   if (p.Hkv < 1 || p.Hq % p.Hkv != 0)
-    return ffi::Error::InvalidArgument("Hq=" + std::to_string(p.Hq) + " must be a multiple of Hkv=" +
-                                       std::to_string(p.Hkv));
+    return ffi::Error::InvalidArgument("Hq=" + std::to_string(p.Hq) +
+                                       " must be a multiple of Hkv=" + std::to_string(p.Hkv));
   p.G = p.Hq / p.Hkv;
   if (block_q < 1 || num_splits < 1 || num_splits > 64)
     return ffi::Error::InvalidArgument("block_q must be >= 1 and num_splits in [1, 64]");
@@ -191,7 +194,8 @@ ffi::Error ragged_paged_attention_impl(cudaStream_t stream, ffi::AnyBuffer q, ff
     case ffi::DataType::F16:
       return dispatch_head_dim<__half>(stream, p);
     default:
-      return ffi::Error::InvalidArgument("jaxllm cuda_ext: dtype unsupported; use float32, bfloat16 or float16");
+      return ffi::Error::InvalidArgument(
+          "jaxllm cuda_ext: dtype unsupported; use float32, bfloat16 or float16");
   }
 }
 
@@ -203,7 +207,8 @@ ffi::Error ragged_paged_attention_init_impl(
     ffi::Result<ffi::Buffer<ffi::F32>> part_ml, float sm_scale, int32_t sliding_window,
     int32_t block_q, int32_t num_splits) {
   return ragged_paged_attention_impl(stream, q, k, v, block_tables, kv_lens, qsl, layer, work, out,
-                                     part_o, part_ml, sm_scale, sliding_window, block_q, num_splits);
+                                     part_o, part_ml, sm_scale, sliding_window, block_q,
+                                     num_splits);
 }
 
 }  // namespace
@@ -228,7 +233,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmRaggedPagedAttention, jaxllm::ragged_paged_a
                                   .Attr<int32_t>("block_q")
                                   .Attr<int32_t>("num_splits"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmRaggedPagedAttentionInit, jaxllm::ragged_paged_attention_init_impl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmRaggedPagedAttentionInit,
+                              jaxllm::ragged_paged_attention_init_impl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<ffi::AnyBuffer>()           // q

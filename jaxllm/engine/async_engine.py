@@ -25,11 +25,13 @@ Host side: imports no JAX itself (the engine it drives does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from jaxllm.outputs import CompletionOutput, RequestOutput
 from jaxllm.sampling_params import SamplingParams
@@ -131,7 +133,7 @@ def merge_delta_outputs(a: RequestOutput, b: RequestOutput) -> RequestOutput:
 class RequestStream:
     """Async iterator over one request's delta outputs; ends after the finished one."""
 
-    def __init__(self, request_id: str, engine: "AsyncLLMEngine", num_seqs: int = 1) -> None:
+    def __init__(self, request_id: str, engine: AsyncLLMEngine, num_seqs: int = 1) -> None:
         self.request_id = request_id
         self.num_seqs = num_seqs
         self._engine = engine
@@ -139,7 +141,7 @@ class RequestStream:
         self.finished = False  # the engine sent the finished output (or the stream ended)
         self.aborted = False
 
-    def __aiter__(self) -> "RequestStream":
+    def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> RequestOutput:
@@ -207,7 +209,9 @@ class AsyncLLMEngine:
         idle_wait_s: float = 0.5,
     ) -> None:
         if max_waiting_requests is not None and max_waiting_requests < 0:
-            raise ValueError(f"max_waiting_requests must be >= 0 or None, got {max_waiting_requests}")
+            raise ValueError(
+                f"max_waiting_requests must be >= 0 or None, got {max_waiting_requests}"
+            )
         self.engine = engine
         self.max_waiting_requests = max_waiting_requests
         self.stat_listener = stat_listener
@@ -268,7 +272,9 @@ class AsyncLLMEngine:
 
         Raises ValueError (the engine's validation), QueueFullError or EngineDeadError.
         """
-        return (await self.add_requests([(request_id, prompt, params)], arrival_time=arrival_time))[0]
+        return (await self.add_requests([(request_id, prompt, params)], arrival_time=arrival_time))[
+            0
+        ]
 
     async def add_requests(
         self,
@@ -282,8 +288,10 @@ class AsyncLLMEngine:
             raise EngineDeadError(self._dead_message())
         loop = asyncio.get_running_loop()
         now = time.time() if arrival_time is None else arrival_time
-        cmds = [_Add(rid, prompt, params, now, RequestStream(rid, self, params.n), loop.create_future())
-                for rid, prompt, params in requests]
+        cmds = [
+            _Add(rid, prompt, params, now, RequestStream(rid, self, params.n), loop.create_future())
+            for rid, prompt, params in requests
+        ]
         num_seqs = sum(c.params.n for c in cmds)
         with self._lock:
             bound = self.max_waiting_requests
@@ -359,7 +367,10 @@ class AsyncLLMEngine:
             return
         try:
             self.engine.add_request(
-                cmd.request_id, cmd.prompt, cmd.params, arrival_time=cmd.arrival_time,
+                cmd.request_id,
+                cmd.prompt,
+                cmd.params,
+                arrival_time=cmd.arrival_time,
                 output_kind="delta",
             )
         except Exception as e:  # ValueError from validation; anything else is reported too
@@ -397,10 +408,9 @@ class AsyncLLMEngine:
     def _hand_off(self, handoff: list) -> None:
         if not handoff or self._loop is None:
             return
-        try:
+        # RuntimeError: the event loop is closed, nobody is listening any more
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_run_all, handoff)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
 
     def _dead_message(self) -> str:
         if self._error is not None:
@@ -419,15 +429,11 @@ class AsyncLLMEngine:
                 handoff.append((_set_exception, (cmd.future, err)))
         for rid, stream in list(self._streams.items()):
             handoff.append((stream._put, err))
-            try:
+            with contextlib.suppress(Exception):  # the engine may be broken; the streams still end
                 self.engine.abort_request(rid)
-            except Exception:  # the engine may be broken; the streams still end
-                pass
         self._streams.clear()
-        try:
+        with contextlib.suppress(Exception):
             self._update_stats()
-        except Exception:
-            pass
         self._hand_off(handoff)
 
 

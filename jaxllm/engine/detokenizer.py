@@ -1,8 +1,8 @@
 """Incremental detokenization with stop strings (host side; never imports JAX).
 
 One `IncrementalDetokenizer` lives with each running sequence. Each engine step hands it the new
-token ids; it appends their text to `output_text`, checks the stop strings, and truncates the text at
-a match.
+token ids; it appends their text to `output_text`, checks the stop strings, and truncates the text
+at a match.
 
 How the text grows (the "prefix/read offset" scheme vLLM uses for any HF tokenizer):
 
@@ -23,7 +23,8 @@ the longest tail of the text that could still become a stop string, and releases
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = ["IncrementalDetokenizer", "PROMPT_CONTEXT_TOKENS"]
 
@@ -68,7 +69,7 @@ class IncrementalDetokenizer:
         prompt_token_ids: Sequence[int],
         skip_special_tokens: bool = True,
         spaces_between_special_tokens: bool = True,
-        stop: Optional[Sequence[str]] = None,
+        stop: Sequence[str] | None = None,
         include_stop_str_in_output: bool = False,
         *,
         min_tokens: int = 0,
@@ -94,7 +95,7 @@ class IncrementalDetokenizer:
         # growing it token by token costs linear time (str += on an attribute copies each time).
         self._pieces: list[str] = []
         self._text_len = 0
-        self.stop_string: Optional[str] = None  # set once a stop string matched
+        self.stop_string: str | None = None  # set once a stop string matched
         self._released = 0  # chars of output_text already handed out by get_next_output_text(delta)
 
         self._skip_ids: frozenset[int] = frozenset()
@@ -110,8 +111,8 @@ class IncrementalDetokenizer:
     @classmethod
     def from_sampling_params(
         cls, tokenizer: Any, prompt_token_ids: Sequence[int], params: Any
-    ) -> "IncrementalDetokenizer":
-        """Build from a `SamplingParams` (read by attribute name; tokenizer None if detokenize=False)."""
+    ) -> IncrementalDetokenizer:
+        """From a `SamplingParams` (read by attribute name; tokenizer None if detokenize=False)."""
         return cls(
             tokenizer if getattr(params, "detokenize", True) else None,
             prompt_token_ids,
@@ -137,18 +138,18 @@ class IncrementalDetokenizer:
 
     def _init_prompt_context(self, prompt_token_ids: Sequence[int]) -> None:
         # A couple of extra tokens: skipped special tokens may shrink the context.
-        context_ids = [int(i) for i in prompt_token_ids[-(PROMPT_CONTEXT_TOKENS + 2):]]
+        context_ids = [int(i) for i in prompt_token_ids[-(PROMPT_CONTEXT_TOKENS + 2) :]]
         self._tokens = self._ids_to_tokens(context_ids)
         self._read_offset = len(self._tokens)
         self._prefix_offset = max(self._read_offset - PROMPT_CONTEXT_TOKENS, 0)
         # If the prompt ends inside a multi-byte character, treat its last bytes as unread so the
         # character comes out whole once the generated tokens complete it.
         while self._read_offset > self._prefix_offset:
-            text = self._to_string(self._tokens[self._prefix_offset:self._read_offset])
+            text = self._to_string(self._tokens[self._prefix_offset : self._read_offset])
             if not text.endswith(_REPLACEMENT_CHAR):
                 break
             self._read_offset -= 1
-        self._prefix_text = self._to_string(self._tokens[self._prefix_offset:self._read_offset])
+        self._prefix_text = self._to_string(self._tokens[self._prefix_offset : self._read_offset])
 
     def _decode_next(self, token_id: int) -> str:
         """Append one token; return the text it completes ("" while a character is split)."""
@@ -156,13 +157,13 @@ class IncrementalDetokenizer:
         if not new_tokens:
             return ""  # a skipped special token adds no text
         self._tokens.extend(new_tokens)
-        text = self._to_string(self._tokens[self._prefix_offset:])
+        text = self._to_string(self._tokens[self._prefix_offset :])
         if len(text) <= len(self._prefix_text) or text.endswith(_REPLACEMENT_CHAR):
             return ""
-        new_text = text[len(self._prefix_text):]
+        new_text = text[len(self._prefix_text) :]
         self._prefix_offset = self._read_offset
         self._read_offset = len(self._tokens)
-        self._prefix_text = self._to_string(self._tokens[self._prefix_offset:self._read_offset])
+        self._prefix_text = self._to_string(self._tokens[self._prefix_offset : self._read_offset])
         return new_text
 
     # ------------------------------------------------------------------ output text storage
@@ -191,7 +192,7 @@ class IncrementalDetokenizer:
             if got >= need:
                 break
         tail = "".join(reversed(parts))
-        return tail[len(tail) - need:]
+        return tail[len(tail) - need :]
 
     def _truncate(self, length: int) -> None:
         self._pieces = [self.output_text[:length]]
@@ -199,7 +200,7 @@ class IncrementalDetokenizer:
 
     # ------------------------------------------------------------------ public API
 
-    def update(self, new_token_ids: Sequence[int], stop_terminated: bool = False) -> Optional[str]:
+    def update(self, new_token_ids: Sequence[int], stop_terminated: bool = False) -> str | None:
         """Append `new_token_ids`; return the stop string they completed, or None.
 
         stop_terminated: the last id is a stop token (eos or a `stop_token_ids` entry) that ended
@@ -233,13 +234,13 @@ class IncrementalDetokenizer:
             return None
         return self._check_stop_strings(check_from)
 
-    def _check_stop_strings(self, check_from: int) -> Optional[str]:
+    def _check_stop_strings(self, check_from: int) -> str | None:
         """Find the earliest stop string ending in output_text[check_from:]; truncate there."""
         if check_from >= self._text_len:
             return None
         base = max(check_from - max(len(s) for s in self.stop) + 1, 0)
         window = self._text_from(base)  # output_text[base:]
-        best: Optional[tuple[int, str]] = None
+        best: tuple[int, str] | None = None
         for s in self.stop:
             # Only matches that end inside the new characters are new.
             idx = window.find(s, max(check_from - len(s) + 1 - base, 0))
@@ -284,5 +285,6 @@ class IncrementalDetokenizer:
     def __repr__(self) -> str:
         return (
             f"IncrementalDetokenizer(num_output_tokens={len(self.output_token_ids)}, "
-            f"output_text={self.output_text!r}, stop={self.stop!r}, stop_string={self.stop_string!r})"
+            f"output_text={self.output_text!r}, stop={self.stop!r}, "
+            f"stop_string={self.stop_string!r})"
         )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from jaxllm.config import EngineConfig
 from jaxllm.engine.compilation_cache import enable_compilation_cache
@@ -145,7 +146,9 @@ class LLMEngine:
         self._validate(ids, params)
         max_len = self.config.scheduler.max_model_len
         now = time.time() if arrival_time is None else arrival_time
-        parent = _Parent(request_id, text, ids, params, output_kind, RequestMetrics(arrival_time=now))
+        parent = _Parent(
+            request_id, text, ids, params, output_kind, RequestMetrics(arrival_time=now)
+        )
         if params.prompt_logprobs is not None:
             parent.prompt_logprobs = [None]
         for i in range(params.n):
@@ -156,7 +159,9 @@ class LLMEngine:
             if child_params.max_tokens is None:
                 child_params.max_tokens = max_len - len(ids) if max_len > len(ids) else 1
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
-            req = Request(child_id, ids, child_params, self.eos_token_ids, now, cache_salt, priority)
+            req = Request(
+                child_id, ids, child_params, self.eos_token_ids, now, cache_salt, priority
+            )
             detok = IncrementalDetokenizer.from_sampling_params(self.tokenizer, ids, child_params)
             seq = _Sequence(
                 req,
@@ -292,7 +297,9 @@ class LLMEngine:
                 lp, rank, top_ids, top_lps = result.logprobs[rid]
                 entry = {token: Logprob(lp, rank, self._decode_one(token))}
                 for tid, tlp in zip(top_ids, top_lps):
-                    entry.setdefault(int(tid), Logprob(float(tlp), None, self._decode_one(int(tid))))
+                    entry.setdefault(
+                        int(tid), Logprob(float(tlp), None, self._decode_one(int(tid)))
+                    )
                 self._rank_top(entry, top_ids)
                 seq.logprobs.append(entry)
                 seq.cumulative_logprob += lp

@@ -41,7 +41,8 @@ class StepResult:
     sampled: dict[str, int]  # request_id -> new token (only requests with samples=True)
     # request_id -> (logprob of sampled token, rank, top ids, top logprobs) when logprobs asked
     logprobs: dict[str, tuple[float, int, np.ndarray, np.ndarray]]
-    # request_id -> (positions start, [c] target logprobs, [c] ranks, [c, k] top ids, [c, k] top logprobs)
+    # request_id -> (positions start, [c] target logprobs, [c] ranks, [c, k] top ids,
+    #                [c, k] top logprobs)
     prompt_logprobs: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -63,9 +64,12 @@ def choose_num_blocks(
     if stats and "bytes_limit" in stats:
         limit, used = stats["bytes_limit"], stats.get("bytes_in_use", 0)
         # room for activations and logits of the largest step
-        reserve = 512 * 2**20 + sched.max_num_batched_tokens * (
-            4 * model_config.intermediate_size + 4 * model_config.vocab_size
-        ) * 4
+        reserve = (
+            512 * 2**20
+            + sched.max_num_batched_tokens
+            * (4 * model_config.intermediate_size + 4 * model_config.vocab_size)
+            * 4
+        )
         budget = cache.gpu_memory_utilization * limit - used - reserve
     else:
         budget = float(os.environ.get(CPU_KV_SPACE_ENV, DEFAULT_CPU_KV_SPACE_GIB)) * 2**30
@@ -107,9 +111,17 @@ class ModelRunner:
         self.num_blocks = choose_num_blocks(model_config, engine_config, self.kv_dtype, device, tp)
         kv = kv_cache_sharding(self.mesh)
         self._replicated = replicated(self.mesh)
-        self.kv_cache = make_kv_cache(model_config, self.num_blocks, self.block_size, self.kv_dtype, kv)
-        swap_gib = engine_config.cache.swap_space if engine_config.scheduler.preemption_mode == "swap" else 0
-        self.block_mover = KVBlockMover(self.kv_cache, swap_gib)  # swap / copy-on-write (kv_swap.py)
+        self.kv_cache = make_kv_cache(
+            model_config, self.num_blocks, self.block_size, self.kv_dtype, kv
+        )
+        swap_gib = (
+            engine_config.cache.swap_space
+            if engine_config.scheduler.preemption_mode == "swap"
+            else 0
+        )
+        self.block_mover = KVBlockMover(
+            self.kv_cache, swap_gib
+        )  # swap / copy-on-write (kv_swap.py)
         self.max_blocks_per_seq = math.ceil(engine_config.scheduler.max_model_len / self.block_size)
         # Input shardings come from the arrays themselves (params and cache placed above by the
         # rules table, step inputs device_put replicated; jit refuses in_shardings with the
@@ -124,7 +136,8 @@ class ModelRunner:
             "KV cache: %d blocks of %d tokens (%.2f GiB), attention backend %s",
             self.num_blocks,
             self.block_size,
-            self.num_blocks * kv_cache_bytes_per_block(model_config, self.block_size, self.kv_dtype)
+            self.num_blocks
+            * kv_cache_bytes_per_block(model_config, self.block_size, self.kv_dtype)
             / 2**30,
             self.backend,
         )
@@ -206,8 +219,10 @@ class ModelRunner:
             num_prompt_logprobs=k_prompt,
         )
         want_lp = flags.num_logprobs > 0 or any(r.params.logprobs is not None for r in rows)
-        fetch = (out.token_ids, out.logprobs, out.logprob_token_ids, out.token_ranks) if want_lp else (
-            out.token_ids,
+        fetch = (
+            (out.token_ids, out.logprobs, out.logprob_token_ids, out.token_ranks)
+            if want_lp
+            else (out.token_ids,)
         )
         fetched = jax.device_get((fetch, prompt))
         host_out, host_prompt = fetched
@@ -223,9 +238,18 @@ class ModelRunner:
                 _, lps, ids, ranks = host_out
                 k = rows[i].params.logprobs
                 k = lps.shape[1] - 1 if k == -1 else k
-                result.logprobs[rid] = (float(lps[i, 0]), int(ranks[i]), ids[i, 1 : 1 + k], lps[i, 1 : 1 + k])
+                result.logprobs[rid] = (
+                    float(lps[i, 0]),
+                    int(ranks[i]),
+                    ids[i, 1 : 1 + k],
+                    lps[i, 1 : 1 + k],
+                )
         if host_prompt is not None:
-            p_lps, p_ids, p_ranks = host_prompt.logprobs, host_prompt.logprob_token_ids, host_prompt.token_ranks
+            p_lps, p_ids, p_ranks = (
+                host_prompt.logprobs,
+                host_prompt.logprob_token_ids,
+                host_prompt.token_ranks,
+            )
             for row, start, count, offset in hb.prompt_logprob_rows:
                 req = sched.scheduled[row].request
                 k = prompt_logprobs[req.request_id]

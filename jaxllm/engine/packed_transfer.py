@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -48,9 +47,7 @@ def pack(tree: Any) -> tuple[tuple[np.ndarray, ...], PackedLayout]:
         spec.append((b, sizes[b], tuple(a.shape)))
         parts[b].append(a.reshape(-1))
         sizes[b] += a.size
-    buffers = tuple(
-        np.concatenate(p) if len(p) > 1 else np.ascontiguousarray(p[0]) for p in parts
-    )
+    buffers = tuple(np.concatenate(p) if len(p) > 1 else np.ascontiguousarray(p[0]) for p in parts)
     dtypes = tuple(sorted(order, key=order.__getitem__))
     return buffers, PackedLayout(treedef, dtypes, tuple(spec))
 
@@ -73,4 +70,3 @@ def unpack_numpy(buffers: tuple[np.ndarray, ...], layout: PackedLayout) -> Any:
         size = int(np.prod(shape, dtype=np.int64))
         leaves.append(np.asarray(buffers[b][offset : offset + size]).reshape(shape))
     return jax.tree_util.tree_unflatten(layout.treedef, leaves)
-

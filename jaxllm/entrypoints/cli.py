@@ -28,24 +28,37 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from jaxllm.benchmarks.cli import add_bench_subcommand, run_bench
-from jaxllm.entrypoints.cli_args import CLIError, GenerateOptions, build_parser, resolve_generate_args
+from jaxllm.entrypoints.cli_args import (
+    CLIError,
+    GenerateOptions,
+    build_parser,
+    resolve_generate_args,
+)
 from jaxllm.entrypoints.openai.serve_args import add_serve_subcommand
 from jaxllm.sweep.cli import add_sweep_subcommand, run_sweep
 
-__all__ = ["main", "run_generate", "run_convert", "PromptItem", "read_prompts_file",
-           "collect_prompts", "request_output_to_json"]
+__all__ = [
+    "main",
+    "run_generate",
+    "run_convert",
+    "PromptItem",
+    "read_prompts_file",
+    "collect_prompts",
+    "request_output_to_json",
+]
 
 
 @dataclass
 class PromptItem:
     """One input: a plain prompt or a chat conversation (exactly one of the two is set)."""
 
-    prompt: Optional[str] = None
-    messages: Optional[list[dict]] = None
+    prompt: str | None = None
+    messages: list[dict] | None = None
 
 
 # ------------------------------------------------------------------------------------ prompts in
@@ -55,8 +68,10 @@ def _check_messages(messages: Any, where: str) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise CLIError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
     for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
-            m.get("content"), str
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
         ):
             raise CLIError(f"{where}: each message needs a string 'role' and 'content', got {m!r}")
     return messages
@@ -97,7 +112,9 @@ def read_prompts_file(path: str) -> list[PromptItem]:
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        items.append(_parse_jsonl_line(line, f"{path}:{lineno}") if is_jsonl else PromptItem(prompt=line))
+        items.append(
+            _parse_jsonl_line(line, f"{path}:{lineno}") if is_jsonl else PromptItem(prompt=line)
+        )
     return items
 
 
@@ -114,7 +131,9 @@ def collect_prompts(opts: GenerateOptions) -> list[PromptItem]:
         raise CLIError("no prompts: give PROMPT arguments or --prompts-file")
     if opts.chat:
         items = [
-            PromptItem(messages=[{"role": "user", "content": it.prompt}]) if it.messages is None else it
+            PromptItem(messages=[{"role": "user", "content": it.prompt}])
+            if it.messages is None
+            else it
             for it in items
         ]
     return items
@@ -123,7 +142,7 @@ def collect_prompts(opts: GenerateOptions) -> list[PromptItem]:
 # ----------------------------------------------------------------------------------- results out
 
 
-def _num(x: Optional[float]) -> Optional[float]:
+def _num(x: float | None) -> float | None:
     """JSON-safe float: non-finite values (e.g. -inf logprobs) become null."""
     if x is None:
         return None
@@ -131,11 +150,16 @@ def _num(x: Optional[float]) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def _position_to_json(entry: Optional[dict]) -> Optional[list[dict]]:
+def _position_to_json(entry: dict | None) -> list[dict] | None:
     if entry is None:
         return None
     return [
-        {"token_id": int(tid), "logprob": _num(lp.logprob), "rank": lp.rank, "token": lp.decoded_token}
+        {
+            "token_id": int(tid),
+            "logprob": _num(lp.logprob),
+            "rank": lp.rank,
+            "token": lp.decoded_token,
+        }
         for tid, lp in entry.items()
     ]
 
@@ -148,7 +172,9 @@ def request_output_to_json(
     if item.messages is not None:
         rec["messages"] = item.messages
     rec["prompt"] = out.prompt if item.messages is not None else item.prompt
-    rec["num_prompt_tokens"] = len(out.prompt_token_ids) if out.prompt_token_ids is not None else None
+    rec["num_prompt_tokens"] = (
+        len(out.prompt_token_ids) if out.prompt_token_ids is not None else None
+    )
     rec["num_cached_tokens"] = out.num_cached_tokens
     completions = []
     for c in out.outputs:
@@ -161,12 +187,16 @@ def request_output_to_json(
         }
         if with_logprobs:
             cj["cumulative_logprob"] = _num(c.cumulative_logprob)
-            cj["logprobs"] = None if c.logprobs is None else [_position_to_json(p) for p in c.logprobs]
+            cj["logprobs"] = (
+                None if c.logprobs is None else [_position_to_json(p) for p in c.logprobs]
+            )
         completions.append(cj)
     rec["outputs"] = completions
     if with_prompt_logprobs:
         rec["prompt_logprobs"] = (
-            None if out.prompt_logprobs is None else [_position_to_json(p) for p in out.prompt_logprobs]
+            None
+            if out.prompt_logprobs is None
+            else [_position_to_json(p) for p in out.prompt_logprobs]
         )
     return rec
 
@@ -202,7 +232,9 @@ def _beam_search_items(llm: Any, items: list[PromptItem], params: Any, progress:
             prompts.append(it.prompt)
             continue
         text = llm.tokenizer.apply_chat_template(
-            it.messages, tokenize=False, add_generation_prompt=True,
+            it.messages,
+            tokenize=False,
+            add_generation_prompt=True,
             chat_template=llm.chat_template,
         )
         ids = llm.tokenizer.encode(text, add_special_tokens=False)
@@ -219,9 +251,15 @@ def beam_output_to_json(index: int, item: PromptItem, out: Any) -> dict[str, Any
     rec["num_prompt_tokens"] = len(out.prompt_token_ids)
     rec["num_cached_tokens"] = out.num_cached_tokens
     rec["outputs"] = [
-        {"index": r, "text": s.text, "token_ids": [int(t) for t in s.output_token_ids],
-         "finish_reason": s.finish_reason, "stop_reason": s.stop_reason,
-         "cumulative_logprob": _num(s.cum_logprob), "score": _num(s.score)}
+        {
+            "index": r,
+            "text": s.text,
+            "token_ids": [int(t) for t in s.output_token_ids],
+            "finish_reason": s.finish_reason,
+            "stop_reason": s.stop_reason,
+            "cumulative_logprob": _num(s.cum_logprob),
+            "score": _num(s.score),
+        }
         for r, s in enumerate(out.sequences)
     ]
     return rec
@@ -233,7 +271,7 @@ def _default_llm_factory(**engine_kwargs: Any) -> Any:
     return LLM(**engine_kwargs)
 
 
-def run_generate(args: argparse.Namespace, llm_factory: Optional[Callable[..., Any]] = None) -> int:
+def run_generate(args: argparse.Namespace, llm_factory: Callable[..., Any] | None = None) -> int:
     """`jaxllm generate`. `llm_factory(**engine_kwargs)` builds the LLM (default: jaxllm's LLM).
 
     Raises CLIError on bad input (before any model is loaded).
@@ -264,7 +302,9 @@ def run_generate(args: argparse.Namespace, llm_factory: Optional[Callable[..., A
     if beam_params is not None:
         results, plain, chats = _beam_search_items(llm, items, beam_params, opts.progress), [], []
     if plain:
-        outs = llm.generate([items[i].prompt for i in plain], sampling_params, use_tqdm=opts.progress)
+        outs = llm.generate(
+            [items[i].prompt for i in plain], sampling_params, use_tqdm=opts.progress
+        )
         for i, out in zip(plain, outs):
             results[i] = out
     if chats:
@@ -275,8 +315,12 @@ def run_generate(args: argparse.Namespace, llm_factory: Optional[Callable[..., A
     with_lp = opts.sampling_kwargs.get("logprobs") is not None
     with_plp = opts.sampling_kwargs.get("prompt_logprobs") is not None
     lines = [
-        json.dumps(beam_output_to_json(i, it, out) if beam_params is not None
-                   else request_output_to_json(i, it, out, with_lp, with_plp), ensure_ascii=False)
+        json.dumps(
+            beam_output_to_json(i, it, out)
+            if beam_params is not None
+            else request_output_to_json(i, it, out, with_lp, with_plp),
+            ensure_ascii=False,
+        )
         for i, (it, out) in enumerate(zip(items, results))
     ]
     text = "".join(line + "\n" for line in lines)
@@ -300,7 +344,9 @@ def run_convert(args: argparse.Namespace) -> int:
     return rc if isinstance(rc, int) else 0
 
 
-def main(argv: Optional[Sequence[str]] = None, *, llm_factory: Optional[Callable[..., Any]] = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, llm_factory: Callable[..., Any] | None = None
+) -> int:
     """Entry point of the `jaxllm` script; returns the exit status."""
     parser = build_parser()
     add_serve_subcommand(parser)

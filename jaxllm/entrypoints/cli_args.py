@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 __all__ = [
     "CLIError",
@@ -118,36 +118,65 @@ def _int_list(text: str) -> list[int]:
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     """Engine options; each maps to an `LLM(...)` keyword (see ENGINE_ARGS)."""
     g = parser.add_argument_group("engine")
-    g.add_argument("--model", help=f"model: a preset name, an HF folder, a .gguf file or a "
-                   f"converted jaxllm folder (default: {DEFAULT_MODEL})")
+    g.add_argument(
+        "--model",
+        help=f"model: a preset name, an HF folder, a .gguf file or a "
+        f"converted jaxllm folder (default: {DEFAULT_MODEL})",
+    )
     g.add_argument("--dtype", help="weights/compute dtype: auto, float32, bfloat16 (default: auto)")
     g.add_argument("--max-model-len", type=int, help="longest prompt + output, in tokens")
     g.add_argument("--max-num-seqs", type=int, help="most sequences in one step")
     g.add_argument("--max-num-batched-tokens", type=int, help="token budget of one step")
     g.add_argument("--block-size", type=int, help="tokens per KV-cache block")
-    g.add_argument("--gpu-memory-utilization", type=float,
-                   help="fraction of device memory the engine may use (0, 1]")
-    g.add_argument("--num-gpu-blocks", type=int,
-                   help="number of KV-cache blocks, overriding the memory-based size "
-                   "(LLM's num_gpu_blocks_override)")
-    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
-                   help="reuse KV blocks of shared prompt prefixes")
-    g.add_argument("--preemption-mode", choices=("recompute", "swap"),
-                   help="when KV blocks run out: recompute the preempted request later, or swap "
-                   "its KV to host memory (default: recompute)")
-    g.add_argument("--swap-space", type=float,
-                   help="GiB of host memory for swapped-out KV blocks (default 4)")
-    g.add_argument("--scheduling-policy", choices=("fcfs", "priority"),
-                   help="fcfs, or priority (lower request priority first; default: fcfs)")
-    g.add_argument("--tensor-parallel-size", "-tp", type=int,
-                   help="devices to shard the model over (heads, MLP and vocabulary split)")
-    g.add_argument("--data-parallel-size", "-dp", type=int,
-                   help="engine replicas on disjoint groups of -tp devices; requests go to the "
-                   "least loaded replica (offline LLM / generate)")
+    g.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        help="fraction of device memory the engine may use (0, 1]",
+    )
+    g.add_argument(
+        "--num-gpu-blocks",
+        type=int,
+        help="number of KV-cache blocks, overriding the memory-based size "
+        "(LLM's num_gpu_blocks_override)",
+    )
+    g.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        help="reuse KV blocks of shared prompt prefixes",
+    )
+    g.add_argument(
+        "--preemption-mode",
+        choices=("recompute", "swap"),
+        help="when KV blocks run out: recompute the preempted request later, or swap "
+        "its KV to host memory (default: recompute)",
+    )
+    g.add_argument(
+        "--swap-space", type=float, help="GiB of host memory for swapped-out KV blocks (default 4)"
+    )
+    g.add_argument(
+        "--scheduling-policy",
+        choices=("fcfs", "priority"),
+        help="fcfs, or priority (lower request priority first; default: fcfs)",
+    )
+    g.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        help="devices to shard the model over (heads, MLP and vocabulary split)",
+    )
+    g.add_argument(
+        "--data-parallel-size",
+        "-dp",
+        type=int,
+        help="engine replicas on disjoint groups of -tp devices; requests go to the "
+        "least loaded replica (offline LLM / generate)",
+    )
     g.add_argument("--seed", type=int, help="engine random seed (LLM(seed=...))")
     g.add_argument("--max-logprobs", type=int, help="most logprobs a request may ask for")
-    g.add_argument("--attention-backend",
-                   help="attention implementation: reference, pallas or cuda (default: automatic)")
+    g.add_argument(
+        "--attention-backend",
+        help="attention implementation: reference, pallas or cuda (default: automatic)",
+    )
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -157,55 +186,88 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
     g.add_argument("--top-k", type=int, help="keep the k most likely tokens (0 or -1: all)")
     g.add_argument("--min-p", type=float, help="drop tokens below min_p * p(most likely)")
-    g.add_argument("--max-tokens", type=int, help="most tokens to generate per sequence (default 16)")
+    g.add_argument(
+        "--max-tokens", type=int, help="most tokens to generate per sequence (default 16)"
+    )
     g.add_argument("--min-tokens", type=int, help="generate at least this many tokens")
     g.add_argument("--n", type=int, help="completions per prompt")
     g.add_argument("--sampling-seed", type=int, help="per-request seed (SamplingParams(seed=...))")
-    g.add_argument("--stop", action="append", metavar="STRING",
-                   help="stop string (repeatable; in a shell, $'\\n' gives a newline)")
-    g.add_argument("--stop-token-ids", type=_int_list, action="extend", metavar="ID[,ID...]",
-                   help="token ids that end a sequence, comma-separated (repeatable)")
+    g.add_argument(
+        "--stop",
+        action="append",
+        metavar="STRING",
+        help="stop string (repeatable; in a shell, $'\\n' gives a newline)",
+    )
+    g.add_argument(
+        "--stop-token-ids",
+        type=_int_list,
+        action="extend",
+        metavar="ID[,ID...]",
+        help="token ids that end a sequence, comma-separated (repeatable)",
+    )
     g.add_argument("--presence-penalty", type=float, help="in [-2, 2]")
     g.add_argument("--frequency-penalty", type=float, help="in [-2, 2]")
     g.add_argument("--repetition-penalty", type=float, help="> 0; 1 means none")
-    g.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
+    g.add_argument(
+        "--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token"
+    )
     g.add_argument("--logprobs", type=int, help="return this many top logprobs per generated token")
-    g.add_argument("--prompt-logprobs", type=int, help="return this many top logprobs per prompt token")
+    g.add_argument(
+        "--prompt-logprobs", type=int, help="return this many top logprobs per prompt token"
+    )
 
 
 def add_generate_args(parser: argparse.ArgumentParser) -> None:
     """All options of `jaxllm generate`."""
     parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts to complete")
     io = parser.add_argument_group("input/output")
-    io.add_argument("--prompts-file", metavar="FILE",
-                    help="prompts: a text file (one prompt a line) or .jsonl with "
-                    '{"prompt": ...} or {"messages": [...]} per line')
-    io.add_argument("--output", "-o", metavar="FILE", help="write JSONL results here (default: stdout)")
-    io.add_argument("--chat", action="store_true",
-                    help="send each plain prompt as one user message through the chat template")
+    io.add_argument(
+        "--prompts-file",
+        metavar="FILE",
+        help="prompts: a text file (one prompt a line) or .jsonl with "
+        '{"prompt": ...} or {"messages": [...]} per line',
+    )
+    io.add_argument(
+        "--output", "-o", metavar="FILE", help="write JSONL results here (default: stdout)"
+    )
+    io.add_argument(
+        "--chat",
+        action="store_true",
+        help="send each plain prompt as one user message through the chat template",
+    )
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
-    io.add_argument("--config", metavar="FILE.yaml",
-                    help="YAML file of these options (flags given here override it)")
+    io.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="YAML file of these options (flags given here override it)",
+    )
     add_engine_args(parser)
     add_sampling_args(parser)
     bs = parser.add_argument_group("beam search")
-    bs.add_argument("--beam-width", type=int,
-                    help="run beam search with this many beams (LLM.beam_search) instead of "
-                    "sampling; each record's outputs are the beams, best first")
-    bs.add_argument("--length-penalty", type=float,
-                    help="beam search: rank finished beams by cum_logprob / length**penalty "
-                    "(default 1)")
+    bs.add_argument(
+        "--beam-width",
+        type=int,
+        help="run beam search with this many beams (LLM.beam_search) instead of "
+        "sampling; each record's outputs are the beams, best first",
+    )
+    bs.add_argument(
+        "--length-penalty",
+        type=float,
+        help="beam search: rank finished beams by cum_logprob / length**penalty (default 1)",
+    )
 
 
 def add_convert_args(parser: argparse.ArgumentParser) -> None:
     """Options of `jaxllm convert MODEL OUT_DIR`."""
     parser.add_argument("model", help="model to convert (HF folder, .gguf file or preset name)")
     parser.add_argument("out_dir", help="folder to write the converted checkpoint to")
-    parser.add_argument("--dtype", default="auto", help="dtype of the saved weights (default: auto)")
+    parser.add_argument(
+        "--dtype", default="auto", help="dtype of the saved weights (default: auto)"
+    )
 
 
 def generate_parser(prog: str = "jaxllm generate") -> argparse.ArgumentParser:
-    """A standalone parser of `generate`'s options (unset options stay absent from the namespace)."""
+    """A standalone parser of `generate`'s options (unset options stay out of the namespace)."""
     parser = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS)
     add_generate_args(parser)
     return parser
@@ -264,7 +326,10 @@ def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
         except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
             raise CLIError(f"{where}: invalid value {item!r} ({e})") from None
 
-    many = isinstance(action, (argparse._AppendAction, argparse._ExtendAction)) or action.nargs in ("*", "+")
+    many = isinstance(action, (argparse._AppendAction, argparse._ExtendAction)) or action.nargs in (
+        "*",
+        "+",
+    )
     if not many:
         return one(value)
     items = value if isinstance(value, list) else [value]
@@ -285,7 +350,9 @@ def _yaml_load_strict(stream: Any) -> Any:
     class StrictLoader(yaml.SafeLoader):
         pass
 
-    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    def construct_mapping(
+        loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False
+    ) -> dict:
         seen = set()
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
@@ -300,7 +367,7 @@ def _yaml_load_strict(stream: Any) -> Any:
     return yaml.load(stream, Loader=StrictLoader)
 
 
-def load_config_file(path: str, parser: Optional[argparse.ArgumentParser] = None) -> dict[str, Any]:
+def load_config_file(path: str, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
     """Read a YAML config into {argparse dest: value}; unknown keys -> CLIError naming them."""
     import yaml
 
@@ -315,13 +382,17 @@ def load_config_file(path: str, parser: Optional[argparse.ArgumentParser] = None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise CLIError(f"config file {path} must hold a mapping of option names to values, "
-                       f"got {type(data).__name__}")
+        raise CLIError(
+            f"config file {path} must hold a mapping of option names to values, "
+            f"got {type(data).__name__}"
+        )
     actions = _config_actions(parser)
     unknown = sorted(str(k) for k in data if str(k).replace("-", "_") not in actions)
     if unknown:
-        raise CLIError(f"unknown key(s) in config file {path}: {', '.join(unknown)} "
-                       f"(known: {', '.join(sorted(a.dest for a in set(actions.values())))})")
+        raise CLIError(
+            f"unknown key(s) in config file {path}: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(a.dest for a in set(actions.values())))})"
+        )
     values: dict[str, Any] = {}
     for key, value in data.items():
         action = actions[str(key).replace("-", "_")]
@@ -333,7 +404,9 @@ def load_config_file(path: str, parser: Optional[argparse.ArgumentParser] = None
     return values
 
 
-def merge_config(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None) -> dict[str, Any]:
+def merge_config(
+    args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
+) -> dict[str, Any]:
     """{dest: value}: the config file's values (if --config), overridden by flags given."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     config_path = getattr(args, "config", None)
@@ -357,12 +430,12 @@ class GenerateOptions:
     engine_kwargs: dict[str, Any]
     sampling_kwargs: dict[str, Any]
     prompts: list[str] = field(default_factory=list)
-    prompts_file: Optional[str] = None
-    output: Optional[str] = None  # None or "-": stdout
+    prompts_file: str | None = None
+    output: str | None = None  # None or "-": stdout
     chat: bool = False
     progress: bool = True
-    beam_width: Optional[int] = None  # set: beam search instead of sampling
-    length_penalty: Optional[float] = None
+    beam_width: int | None = None  # set: beam search instead of sampling
+    length_penalty: float | None = None
 
 
 def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:

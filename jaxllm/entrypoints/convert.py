@@ -17,7 +17,9 @@ def convert_main(model: str, out_dir: str, dtype: str = "auto", *, overwrite: bo
     loaded = load_model(model, dtype=dtype, tokenizer=True)
     path = save_converted(loaded, out_dir, overwrite=overwrite)
     n_params = sum(x.size for x in jax.tree.leaves(loaded.params))
-    print(f"converted {loaded.source} -> {path}: {n_params / 1e6:.1f}M params, "
-          f"{loaded.config.dtype}, tokenizer {'saved' if loaded.tokenizer is not None else 'none'}, "
-          f"{time.perf_counter() - start:.1f}s")
+    print(
+        f"converted {loaded.source} -> {path}: {n_params / 1e6:.1f}M params, "
+        f"{loaded.config.dtype}, tokenizer {'saved' if loaded.tokenizer is not None else 'none'}, "
+        f"{time.perf_counter() - start:.1f}s"
+    )
     return path

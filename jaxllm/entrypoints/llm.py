@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from jaxllm.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 from jaxllm.engine.llm_engine import LLMEngine
@@ -18,13 +19,14 @@ class LLM:
     """An engine over one model; `generate` and `chat` run requests to completion.
 
     Args mirror vLLM's: model (an HF folder, a .gguf file, a converted jaxllm folder,
-    `dummy:NAME`, `smollm2-135m`, or an already loaded `jaxllm.models.loader.LoadedModel`), dtype ("auto", "float32", "bfloat16"), max_model_len
-    (default: the model's), max_num_seqs, max_num_batched_tokens, block_size,
-    gpu_memory_utilization, num_gpu_blocks_override, enable_prefix_caching, swap_space (GiB of
-    host memory for preempted KV), preemption_mode ("recompute" or "swap"), scheduling_policy
-    ("fcfs" or "priority"; then `generate(..., priority=[...])`),
-    tensor_parallel_size, seed, max_logprobs, attention_backend ("reference", "pallas",
-    "cuda"; default: automatic), compilation_cache_dir ("off" disables the persistent cache).
+    `dummy:NAME`, `smollm2-135m`, or an already loaded `jaxllm.models.loader.LoadedModel`), dtype
+    ("auto", "float32", "bfloat16"), max_model_len (default: the model's), max_num_seqs,
+    max_num_batched_tokens, block_size, gpu_memory_utilization, num_gpu_blocks_override,
+    enable_prefix_caching, swap_space (GiB of host memory for preempted KV), preemption_mode
+    ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
+    `generate(..., priority=[...])`), tensor_parallel_size, seed, max_logprobs, attention_backend
+    ("reference", "pallas", "cuda"; default: automatic), compilation_cache_dir ("off" disables the
+    persistent cache).
 
     Parallelism: `tensor_parallel_size` (tp) shards the model over tp devices; with
     `data_parallel_size` (dp) > 1, dp engine replicas run on disjoint groups of tp devices and
@@ -63,8 +65,11 @@ class LLM:
 
         mesh = resolve_mesh(mesh, tensor_parallel_size, data_parallel_size)
         meshes = replica_meshes(mesh)  # one ('data'=1, 'model'=tp) mesh per engine replica
-        loaded = model if isinstance(model, LoadedModel) else load_model(
-            model, dtype=dtype, mesh=meshes[0])
+        loaded = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(model, dtype=dtype, mesh=meshes[0])
+        )
         mc = loaded.config
         if max_model_len is None:
             max_model_len = mc.max_position_embeddings
@@ -113,7 +118,9 @@ class LLM:
         else:
             from jaxllm.engine.dp_engine import DPEngine
 
-            self.llm_engine = DPEngine(config, loaded.params, self.tokenizer, meshes, **engine_kwargs)
+            self.llm_engine = DPEngine(
+                config, loaded.params, self.tokenizer, meshes, **engine_kwargs
+            )
         import jax
 
         if jax.process_count() > 1 and jax.process_index() == 0:
@@ -170,14 +177,18 @@ class LLM:
         prompts = []
         for conv in conversations:
             text = self.tokenizer.apply_chat_template(
-                conv, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
+                conv,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                chat_template=template,
             )
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def beam_search(self, prompts: PromptType | Sequence[PromptType], params: Any, *,
-                    use_tqdm: bool = False) -> list:
+    def beam_search(
+        self, prompts: PromptType | Sequence[PromptType], params: Any, *, use_tqdm: bool = False
+    ) -> list:
         """Beam search (vLLM's `LLM.beam_search`, HF's scoring): one `BeamSearchOutput` a prompt.
 
         `params` is a `jaxllm.BeamSearchParams`. Each round runs every live beam as a one-token
@@ -200,8 +211,13 @@ class LLM:
             use_tqdm=use_tqdm,
         )
 
-    def _run(self, prompts: list, params: list[SamplingParams], use_tqdm: bool,
-             priority: Sequence[int] | None = None) -> list[RequestOutput]:
+    def _run(
+        self,
+        prompts: list,
+        params: list[SamplingParams],
+        use_tqdm: bool,
+        priority: Sequence[int] | None = None,
+    ) -> list[RequestOutput]:
         engine = self.llm_engine
         ids = []
         priorities = [0] * len(prompts) if priority is None else list(priority)

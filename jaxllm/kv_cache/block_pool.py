@@ -11,8 +11,8 @@ tables with it. Host side only: no JAX here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from jaxllm.kv_cache.block_hash import BlockHash
 
@@ -20,8 +20,14 @@ from jaxllm.kv_cache.block_hash import BlockHash
 class KVCacheBlock:
     """One page of the KV cache: `block_size` token slots in every layer's K and V arrays."""
 
-    __slots__ = ("block_id", "ref_cnt", "block_hash", "prev_free_block", "next_free_block",
-                 "is_null")
+    __slots__ = (
+        "block_id",
+        "ref_cnt",
+        "block_hash",
+        "prev_free_block",
+        "next_free_block",
+        "is_null",
+    )
 
     def __init__(self, block_id: int) -> None:
         self.block_id = block_id
@@ -35,6 +41,13 @@ class KVCacheBlock:
     def __repr__(self) -> str:
         h = self.block_hash.hex()[:8] if self.block_hash is not None else None
         return f"KVCacheBlock(id={self.block_id}, ref_cnt={self.ref_cnt}, hash={h})"
+
+
+def _linked(block: KVCacheBlock | None) -> KVCacheBlock:
+    """A link between queued blocks (sentinels included): never None while the queue is intact."""
+    if block is None:
+        raise RuntimeError("free KV-cache block queue is corrupt: a queued block has no link")
+    return block
 
 
 class FreeKVCacheBlockQueue:
@@ -52,7 +65,7 @@ class FreeKVCacheBlockQueue:
         self.append_n(blocks)
 
     def popleft(self) -> KVCacheBlock:
-        block = self._head.next_free_block
+        block = _linked(self._head.next_free_block)
         if block is self._tail:
             raise ValueError("no free KV-cache blocks")
         self.remove(block)
@@ -75,7 +88,7 @@ class FreeKVCacheBlockQueue:
     def append(self, block: KVCacheBlock) -> None:
         if block.prev_free_block is not None or block.next_free_block is not None:
             raise ValueError(f"block {block.block_id} is already in the free queue")
-        last = self._tail.prev_free_block
+        last = _linked(self._tail.prev_free_block)
         last.next_free_block = block
         block.prev_free_block = last
         block.next_free_block = self._tail
@@ -88,10 +101,11 @@ class FreeKVCacheBlockQueue:
 
     def get_all_free_blocks(self) -> list[KVCacheBlock]:
         """Head to tail (eviction order). O(n); for tests and debugging."""
-        out, block = [], self._head.next_free_block
+        out: list[KVCacheBlock] = []
+        block = _linked(self._head.next_free_block)
         while block is not self._tail:
             out.append(block)
-            block = block.next_free_block
+            block = _linked(block.next_free_block)
         return out
 
     def __len__(self) -> int:
@@ -134,8 +148,11 @@ class BlockPool:
         return next(iter(blocks.values())) if blocks else None
 
     def cache_full_blocks(
-        self, blocks: list[KVCacheBlock], block_hashes: list[BlockHash],
-        num_cached_blocks: int, num_full_blocks: int,
+        self,
+        blocks: list[KVCacheBlock],
+        block_hashes: list[BlockHash],
+        num_cached_blocks: int,
+        num_full_blocks: int,
     ) -> None:
         """Enter blocks[num_cached_blocks:num_full_blocks] of a request into the cache map.
 

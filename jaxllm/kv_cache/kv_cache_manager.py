@@ -30,7 +30,10 @@ from jaxllm.request import Request
 
 class KVCacheManager:
     def __init__(
-        self, num_blocks: int, block_size: int, enable_caching: bool = True,
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_caching: bool = True,
         num_host_blocks: int = 0,
     ) -> None:
         if block_size < 1:
@@ -67,9 +70,10 @@ class KVCacheManager:
         The returned blocks are not yet held; pass them to `allocate_slots` before anything else
         allocates.
         """
-        if not self.enable_caching or getattr(
-            request.sampling_params, "prompt_logprobs", None
-        ) is not None:
+        if (
+            not self.enable_caching
+            or getattr(request.sampling_params, "prompt_logprobs", None) is not None
+        ):
             return [], 0
         max_blocks = (request.num_tokens - 1) // self.block_size
         hit: list[KVCacheBlock] = []
@@ -124,7 +128,7 @@ class KVCacheManager:
         num_cow = 0 if cow is None else 1
         if num_new_blocks + num_evictable_hits + num_cow > self.block_pool.num_free_blocks:
             return None
-        if cow is not None:
+        if cow is not None and req_blocks:  # (cow is set only when req_blocks is non-empty)
             (dst,) = self.block_pool.get_new_blocks(1)
             src = req_blocks[cow]
             req_blocks[cow] = dst

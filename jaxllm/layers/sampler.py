@@ -43,11 +43,13 @@ class LogprobsOutput(NamedTuple):
 
 
 def _safe_ids(ids: jax.Array, vocab_size: int) -> jax.Array:
-    """Map pad ids (< 0) out of range so `.at[..., mode='drop']` skips them (negatives would wrap)."""
+    """Map pad ids (< 0) out of range so `.at[..., mode='drop']` skips them (negatives wrap)."""
     return jnp.where(ids < 0, vocab_size, ids)
 
 
-def apply_logit_bias_and_bans(logits: jax.Array, md: SamplingMetadata, flags: SamplerFlags) -> jax.Array:
+def apply_logit_bias_and_bans(
+    logits: jax.Array, md: SamplingMetadata, flags: SamplerFlags
+) -> jax.Array:
     """logits [R, V] -> logits with bias added and banned ids set to -inf."""
     R, V = logits.shape
     rows = jnp.arange(R)[:, None]  # [R, 1]
@@ -81,7 +83,7 @@ def apply_penalties(logits: jax.Array, md: SamplingMetadata, flags: SamplerFlags
 
 
 def _sortable_key(x: jax.Array) -> jax.Array:
-    """float32 -> uint32 with the same order (negative floats: flip all bits; others: set sign bit)."""
+    """float32 -> uint32 with the same order (negative floats: flip all bits; others: set sign)."""
     u = jax.lax.bitcast_convert_type(x, jnp.uint32)
     return jnp.where((u >> 31) == 1, ~u, u | jnp.uint32(0x80000000))
 
@@ -114,15 +116,16 @@ def _top_k_top_p_mask(x: jax.Array, md: SamplingMetadata, flags: SamplerFlags) -
     threshold = lo
     if flags.any_top_k:
         k = jnp.where((md.top_k <= 0) | (md.top_k >= V), V, md.top_k)  # [R]
-        threshold = _largest_key_where(
-            lambda t: jnp.sum(keys >= t[:, None], axis=-1) >= k, lo, hi)
+        threshold = _largest_key_where(lambda t: jnp.sum(keys >= t[:, None], axis=-1) >= k, lo, hi)
     if flags.any_top_p:
         kept = keys >= threshold[:, None]
         weights = jnp.where(kept, jnp.exp(x - jnp.max(x, axis=-1, keepdims=True)), 0.0)  # [R, V]
         target = md.top_p * jnp.sum(weights, axis=-1)  # [R]
         t_p = _largest_key_where(
             lambda t: jnp.sum(jnp.where(keys >= t[:, None], weights, 0.0), axis=-1) >= target,
-            threshold, hi)
+            threshold,
+            hi,
+        )
         threshold = jnp.where(md.top_p < 1.0, t_p, threshold)
     return keys >= threshold[:, None]
 

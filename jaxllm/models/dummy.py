@@ -24,43 +24,94 @@ from jaxllm.models.hf_loader import param_shapes
 # HF config.json fields of the real checkpoints (weights are random).
 PRESETS: dict[str, dict[str, Any]] = {
     "llama-3-8b": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
     },
     "llama-3.2-1b": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
-        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "head_dim": 64, "max_position_embeddings": 131072, "rms_norm_eps": 1e-5,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
         "rope_theta": 500000.0,
-        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        "tie_word_embeddings": True, "bos_token_id": 128000, "eos_token_id": 128001,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        "tie_word_embeddings": True,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
     },
     "qwen2.5-0.5b": {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
-        "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
-        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-        "use_sliding_window": False, "sliding_window": 32768,
-        "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151643,
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": 151936,
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "use_sliding_window": False,
+        "sliding_window": 32768,
+        "tie_word_embeddings": True,
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
     },
     "smollm2-135m": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
-        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
-        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 49152,
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0,
+        "tie_word_embeddings": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
     },
     "tiny": {  # for tests: untied, GQA 2:1
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
     },
 }
 
@@ -118,11 +169,16 @@ def init_dummy_params(
         tp = model_axis_size(mesh)
         r = kv_head_replicas(config, tp)
         init_fn = _init_fn(config)
-        sharded = jax.jit(lambda k: expand_kv_heads(init_fn(k), config, r, xp=jnp),
-                          out_shardings=param_shardings(tp_model_config(config, tp), mesh))
+        sharded = jax.jit(
+            lambda k: expand_kv_heads(init_fn(k), config, r, xp=jnp),
+            out_shardings=param_shardings(tp_model_config(config, tp), mesh),
+        )
         return sharded(key)
-    init = _jitted_init(config) if shardings is None else jax.jit(_init_fn(config),
-                                                                  out_shardings=shardings)
+    init = (
+        _jitted_init(config)
+        if shardings is None
+        else jax.jit(_init_fn(config), out_shardings=shardings)
+    )
     return init(key)
 
 
@@ -143,8 +199,10 @@ def load_dummy(name: str, dtype: str | None = None, seed: int = 0, mesh: Any = N
 
         config = tp_model_config(config, model_axis_size(mesh))
     eos = list(config.eos_token_ids)
-    generation_config = {"bos_token_id": config.bos_token_id,
-                         "eos_token_id": eos[0] if len(eos) == 1 else eos}
+    generation_config = {
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": eos[0] if len(eos) == 1 else eos,
+    }
     return LoadedModel(
         config=config,
         params=params,

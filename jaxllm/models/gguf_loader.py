@@ -32,8 +32,21 @@ _ARCHS: dict[str, tuple[str, bool]] = {
     "qwen2": ("Qwen2ForCausalLM", False),
 }
 
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                   "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED_TYPES = (
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+)
 
 # HF name (suffix after "model.layers.{i}.") -> GGUF name (suffix after "blk.{i}.")
 _LAYER_NAMES = {
@@ -85,8 +98,9 @@ def open_gguf(path: str) -> Any:
     try:
         return GGUFReader(path)
     except Exception as e:  # the reader fails with reshape/index errors on short files
-        raise ValueError(f"{path}: not a readable GGUF file (truncated or corrupt?): "
-                         f"{type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"{path}: not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: {e}"
+        ) from e
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:
@@ -104,27 +118,39 @@ def _auto_dtype(tensors: dict[str, Any]) -> str:
     return "float32"
 
 
-def llama3_rope_factors(factor: float, low_freq_factor: float, high_freq_factor: float,
-                        original_max_position_embeddings: int, head_dim: int,
-                        theta: float) -> np.ndarray:
+def llama3_rope_factors(
+    factor: float,
+    low_freq_factor: float,
+    high_freq_factor: float,
+    original_max_position_embeddings: int,
+    head_dim: int,
+    theta: float,
+) -> np.ndarray:
     """The per-frequency divisors llama 3 rope scaling applies (what rope_freqs.weight stores)."""
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     wavelen = 2 * math.pi / inv_freq
     smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (
-        high_freq_factor - low_freq_factor)
+        high_freq_factor - low_freq_factor
+    )
     mid = 1.0 / ((1.0 - smooth) / factor + smooth)
     low_wavelen = original_max_position_embeddings / low_freq_factor
     high_wavelen = original_max_position_embeddings / high_freq_factor
     return np.where(wavelen < high_wavelen, 1.0, np.where(wavelen > low_wavelen, factor, mid))
 
 
-def _rope_scaling(reader: Any, arch: str, tensors: dict[str, Any], head_dim: int,
-                  theta: float, path: str) -> dict | None:
+def _rope_scaling(
+    reader: Any, arch: str, tensors: dict[str, Any], head_dim: int, theta: float, path: str
+) -> dict | None:
     kind = _field(reader, f"{arch}.rope.scaling.type")
     if kind is not None and kind != "none":
         if kind != "linear":
-            raise ValueError(f"{path}: rope scaling type {kind!r} is not supported (linear, llama3)")
-        return {"rope_type": "linear", "factor": float(_field(reader, f"{arch}.rope.scaling.factor"))}
+            raise ValueError(
+                f"{path}: rope scaling type {kind!r} is not supported (linear, llama3)"
+            )
+        return {
+            "rope_type": "linear",
+            "factor": float(_field(reader, f"{arch}.rope.scaling.factor")),
+        }
     if _ROPE_FREQS not in tensors:
         return None
     from gguf.quants import dequantize
@@ -132,13 +158,20 @@ def _rope_scaling(reader: Any, arch: str, tensors: dict[str, Any], head_dim: int
     t = tensors[_ROPE_FREQS]
     freqs = dequantize(t.data, t.tensor_type).reshape(-1).astype(np.float64)
     # llama.cpp stores only the factors; recover llama 3's parameters (its defaults) from them.
-    guess = {"rope_type": "llama3", "factor": float(freqs.max()), "low_freq_factor": 1.0,
-             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    guess = {
+        "rope_type": "llama3",
+        "factor": float(freqs.max()),
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
     expect = llama3_rope_factors(guess["factor"], 1.0, 4.0, 8192, head_dim, theta)
     if expect.shape == freqs.shape and np.allclose(expect, freqs, rtol=1e-4):
         return guess
-    raise ValueError(f"{path}: {_ROPE_FREQS} holds rope factors that do not match llama 3 "
-                     "scaling with its usual parameters; not supported")
+    raise ValueError(
+        f"{path}: {_ROPE_FREQS} holds rope factors that do not match llama 3 "
+        "scaling with its usual parameters; not supported"
+    )
 
 
 def gguf_to_hf_config(reader: Any, path: str) -> dict:
@@ -148,8 +181,9 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
     arch = _field(reader, "general.architecture")
     if arch not in _ARCHS:
         check_architecture(str(arch), path)  # raises, naming the supported architectures
-        raise ValueError(f"{path}: GGUF architecture {arch!r} is not supported; "
-                         f"supported: {sorted(_ARCHS)}")
+        raise ValueError(
+            f"{path}: GGUF architecture {arch!r} is not supported; supported: {sorted(_ARCHS)}"
+        )
     tensors = {t.name: t for t in reader.tensors}
 
     def need(key: str) -> Any:
@@ -168,8 +202,10 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
     head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // n_heads))
     rope_dim = _field(reader, f"{arch}.rope.dimension_count")
     if rope_dim is not None and int(rope_dim) != head_dim:
-        raise ValueError(f"{path}: partial rotary embeddings (rope dim {rope_dim} of head dim "
-                         f"{head_dim}) are not supported")
+        raise ValueError(
+            f"{path}: partial rotary embeddings (rope dim {rope_dim} of head dim "
+            f"{head_dim}) are not supported"
+        )
     theta = float(_field(reader, f"{arch}.rope.freq_base", 10000.0))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     vocab = _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens else None)
@@ -178,8 +214,14 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
         raise ValueError(f"{path}: GGUF file has no token_embd.weight tensor")
     if vocab is None or int(vocab) != int(emb.shape[-1]):
         vocab = int(emb.shape[-1])  # the embedding's row count is what the weights need
-    eos = [int(x) for x in (_field(reader, "tokenizer.ggml.eos_token_id"),
-                            _field(reader, "tokenizer.ggml.eot_token_id")) if x is not None]
+    eos = [
+        int(x)
+        for x in (
+            _field(reader, "tokenizer.ggml.eos_token_id"),
+            _field(reader, "tokenizer.ggml.eot_token_id"),
+        )
+        if x is not None
+    ]
     eos = list(dict.fromkeys(eos))
     hf: dict[str, Any] = {
         "architectures": [_ARCHS[arch][0]],
@@ -210,7 +252,8 @@ def _check_types(tensors: dict[str, Any], path: str) -> None:
         if t.tensor_type.name not in SUPPORTED_TYPES:
             raise ValueError(
                 f"{path}: tensor {name!r} has GGML type {t.tensor_type.name}, which jaxllm cannot "
-                f"dequantize; supported types: {', '.join(SUPPORTED_TYPES)}")
+                f"dequantize; supported types: {', '.join(SUPPORTED_TYPES)}"
+            )
 
 
 def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, placer=None):
@@ -229,12 +272,17 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, place
     _check_types(tensors, path)
     permuted = _ARCHS[hf["model_type"]][1]
 
-    known = {_ROPE_FREQS} | set(_GLOBAL_NAMES.values()) | {
-        f"blk.{i}.{s}" for i in range(config.num_hidden_layers) for s in _LAYER_NAMES.values()}
+    known = (
+        {_ROPE_FREQS}
+        | set(_GLOBAL_NAMES.values())
+        | {f"blk.{i}.{s}" for i in range(config.num_hidden_layers) for s in _LAYER_NAMES.values()}
+    )
     unexpected = sorted(set(tensors) - known)
     if unexpected:
-        raise ValueError(f"{path}: GGUF tensors jaxllm's layout has no place for: "
-                         f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise ValueError(
+            f"{path}: GGUF tensors jaxllm's layout has no place for: "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+        )
 
     def get_tensor(hf_name: str) -> np.ndarray:
         name = hf_to_gguf_name(hf_name)
@@ -244,8 +292,9 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, place
         try:
             w = dequantize(t.data, t.tensor_type)
         except Exception as e:
-            raise ValueError(f"{path}: cannot dequantize tensor {name!r} "
-                             f"({t.tensor_type.name}): {e}") from e
+            raise ValueError(
+                f"{path}: cannot dequantize tensor {name!r} ({t.tensor_type.name}): {e}"
+            ) from e
         w = w.reshape(tuple(int(n) for n in reversed(t.shape)))  # GGUF ne order -> numpy order
         if permuted and ".attn_q." in name:
             w = unpermute_qk(w, config.num_attention_heads)
@@ -274,4 +323,3 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, place
         chat_template=chat_template or getattr(tok, "chat_template", None),
         format="gguf",
     )
-

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-# tokenizer.ggml.model values that are SentencePiece vocabularies for which llama.cpp adds BOS unless
-# the file says otherwise (transformers defaults `add_bos_token` to True for them).
+# tokenizer.ggml.model values that are SentencePiece vocabularies for which llama.cpp adds BOS
+# unless the file says otherwise (transformers defaults `add_bos_token` to True for them).
 _SPM_DEFAULT_BOS = ("llama",)
 # Special-token attribute -> metadata key suffix under `tokenizer.ggml.`.
 _SPECIAL_IDS = {
@@ -37,8 +37,11 @@ def _plain(value: Any) -> Any:
 
 def read_tokenizer_metadata(reader: Any) -> dict[str, Any]:
     """`general.architecture` and every `tokenizer.*` field as plain Python values."""
-    return {key: _plain(field.contents()) for key, field in reader.fields.items()
-            if key.startswith("tokenizer.") or key == "general.architecture"}
+    return {
+        key: _plain(field.contents())
+        for key, field in reader.fields.items()
+        if key.startswith("tokenizer.") or key == "general.architecture"
+    }
 
 
 def tokenizer_inputs(metadata: dict[str, Any], path: str) -> tuple[str, dict, dict]:
@@ -56,9 +59,14 @@ def tokenizer_inputs(metadata: dict[str, Any], path: str) -> tuple[str, dict, di
     tokens = metadata.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, list) or not tokens:
         raise ValueError(f"{path}: GGUF metadata has no tokenizer.ggml.tokens vocabulary")
-    groups = {group: {name: metadata[f"tokenizer.{key}"] for key, name in renames.items()
-                      if f"tokenizer.{key}" in metadata}
-              for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    groups = {
+        group: {
+            name: metadata[f"tokenizer.{key}"]
+            for key, name in renames.items()
+            if f"tokenizer.{key}" in metadata
+        }
+        for group, renames in GGUF_TOKENIZER_MAPPING.items()
+    }
     vocab_spec, init_kwargs = groups["tokenizer"], groups["tokenizer_config"]
 
     kind = vocab_spec.get("tokenizer_type")
@@ -70,8 +78,10 @@ def tokenizer_inputs(metadata: dict[str, Any], path: str) -> tuple[str, dict, di
     for attr, key in _SPECIAL_IDS.items():
         token_id = metadata.get(f"tokenizer.ggml.{key}")
         if token_id is not None and not 0 <= int(token_id) < len(tokens):
-            raise ValueError(f"{path}: tokenizer.ggml.{key} = {token_id} is outside the "
-                             f"vocabulary of {len(tokens)} tokens")
+            raise ValueError(
+                f"{path}: tokenizer.ggml.{key} = {token_id} is outside the "
+                f"vocabulary of {len(tokens)} tokens"
+            )
         init_kwargs[attr] = None if token_id is None else tokens[int(token_id)]
     return str(arch), vocab_spec, init_kwargs
 
@@ -86,14 +96,18 @@ def _tokenizer_class(arch: str) -> type:
     )
 
     name = TOKENIZER_MAPPING_NAMES.get(arch)
-    if name in (None, "TokenizersBackend", "PythonBackend", "PreTrainedTokenizerFast",
-                "MistralCommonBackend"):  # a bare GGUF has no mistral-common files
+    if name in (
+        None,
+        "TokenizersBackend",
+        "PythonBackend",
+        "PreTrainedTokenizerFast",
+        "MistralCommonBackend",
+    ):  # a bare GGUF has no mistral-common files
         return TokenizersBackend
     return tokenizer_class_from_name(name) or TokenizersBackend
 
 
 def _load_with_auto_tokenizer(path: str, reader: Any) -> tuple[Any, str | None]:
-    import os
 
     from transformers import AutoTokenizer
 
@@ -127,6 +141,7 @@ def load_gguf_tokenizer(path: str, reader: Any = None) -> tuple[Any, str | None]
         cls = _tokenizer_class(arch)
         tok = cls(tokenizer_object=backend, name_or_path=path, **init_kwargs, **extra)
     except Exception as e:  # the converter fails with KeyError/TypeError on malformed metadata
-        raise ValueError(f"{path}: cannot build the tokenizer from GGUF metadata: "
-                         f"{type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"{path}: cannot build the tokenizer from GGUF metadata: {type(e).__name__}: {e}"
+        ) from e
     return tok, init_kwargs.get("chat_template")

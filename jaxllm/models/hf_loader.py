@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import struct
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -66,8 +67,12 @@ def param_layout(config: ModelConfig) -> list[ParamSpec]:
     """Every parameter leaf of the Llama-family model for `config`, in a fixed order."""
     if config.mlp_bias:
         raise ValueError("mlp_bias=True is not supported by jaxllm's Llama-family model")
-    L, D, V, F = (config.num_hidden_layers, config.hidden_size, config.vocab_size,
-                  config.intermediate_size)
+    L, D, V, F = (
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.vocab_size,
+        config.intermediate_size,
+    )
     Q = config.num_attention_heads * config.head_dim
     K = config.num_key_value_heads * config.head_dim
 
@@ -81,7 +86,9 @@ def param_layout(config: ModelConfig) -> list[ParamSpec]:
         layer(("self_attn", "k_proj", "kernel"), "self_attn.k_proj.weight", (D, K), True),
         layer(("self_attn", "v_proj", "kernel"), "self_attn.v_proj.weight", (D, K), True),
         layer(("self_attn", "o_proj", "kernel"), "self_attn.o_proj.weight", (Q, D), True),
-        layer(("post_attention_layernorm", "scale"), "post_attention_layernorm.weight", (D,), False),
+        layer(
+            ("post_attention_layernorm", "scale"), "post_attention_layernorm.weight", (D,), False
+        ),
         layer(("mlp", "gate_proj", "kernel"), "mlp.gate_proj.weight", (D, F), True),
         layer(("mlp", "up_proj", "kernel"), "mlp.up_proj.weight", (D, F), True),
         layer(("mlp", "down_proj", "kernel"), "mlp.down_proj.weight", (F, D), True),
@@ -89,7 +96,9 @@ def param_layout(config: ModelConfig) -> list[ParamSpec]:
     ]
     if config.attention_bias:
         for proj, width in (("q_proj", Q), ("k_proj", K), ("v_proj", K)):
-            specs.append(layer(("self_attn", proj, "bias"), f"self_attn.{proj}.bias", (width,), False))
+            specs.append(
+                layer(("self_attn", proj, "bias"), f"self_attn.{proj}.bias", (width,), False)
+            )
     if not config.tie_word_embeddings:
         specs.append(ParamSpec(("lm_head", "kernel"), "lm_head.weight", (D, V), True))
     return specs
@@ -128,13 +137,18 @@ def assemble_params(
     params: dict = {}
     for spec in param_layout(config):
         buf = np.empty(spec.shape, host_dtype)
-        names = [spec.hf_name.format(i=i) for i in range(config.num_hidden_layers)] \
-            if spec.stacked else [spec.hf_name]
+        names = (
+            [spec.hf_name.format(i=i) for i in range(config.num_hidden_layers)]
+            if spec.stacked
+            else [spec.hf_name]
+        )
         for i, name in enumerate(names):
             t = get_tensor(name)
             if tuple(t.shape) != spec.hf_shape:
-                raise ValueError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, "
-                                 f"expected {spec.hf_shape} from the model config")
+                raise ValueError(
+                    f"{source}: tensor {name!r} has shape {tuple(t.shape)}, "
+                    f"expected {spec.hf_shape} from the model config"
+                )
             t = t.T if spec.transpose else t
             if spec.stacked:
                 buf[i] = t
@@ -175,7 +189,8 @@ class _SafetensorsReader:
         else:
             raise ModelNotFoundError(
                 f"{folder}: no model.safetensors or model.safetensors.index.json "
-                "(only safetensors weights are supported)")
+                "(only safetensors weights are supported)"
+            )
         files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
         self._handles: dict[str, Any] = {}
         self._paths: dict[str, str] = {}
@@ -186,11 +201,14 @@ class _SafetensorsReader:
             try:
                 self._handles[fname] = stack.enter_context(safe_open(path, framework="np"))
             except Exception as e:  # safetensors raises its own SafetensorError
-                raise ValueError(f"{path}: not a readable safetensors file "
-                                 f"(truncated or corrupt?): {e}") from e
+                raise ValueError(
+                    f"{path}: not a readable safetensors file (truncated or corrupt?): {e}"
+                ) from e
             self._paths[fname] = path
         if weight_map is None:
-            weight_map = {k: "model.safetensors" for k in self._handles["model.safetensors"].keys()}
+            # a safetensors handle, not a dict: it has keys() but is not iterable
+            handle = self._handles["model.safetensors"]
+            weight_map = {k: "model.safetensors" for k in handle.keys()}  # noqa: SIM118
         self.weight_map = weight_map
         self._headers: dict[str, tuple[dict, int]] = {}
 
@@ -219,7 +237,9 @@ class _SafetensorsReader:
         header, data_start = self._headers[fname]
         info = header[name]
         start, end = info["data_offsets"]
-        raw = np.fromfile(path, dtype=np.uint16, count=(end - start) // 2, offset=data_start + start)
+        raw = np.fromfile(
+            path, dtype=np.uint16, count=(end - start) // 2, offset=data_start + start
+        )
         return raw.view(HOST_DTYPES["bfloat16"]).reshape(info["shape"])
 
     @property
@@ -306,22 +326,28 @@ def load_hf(folder: str, dtype: str | None = None, tokenizer: bool = True, place
     with ExitStack() as stack:
         reader = _SafetensorsReader(folder, stack)
         # Some exports drop the "model." prefix; map what the file has onto HF's canonical names.
-        available = {(n if n.startswith(("model.", "lm_head.")) else "model." + n): n
-                     for n in reader.names()}
+        available = {
+            (n if n.startswith(("model.", "lm_head.")) else "model." + n): n for n in reader.names()
+        }
         expected = _hf_names_for(config)
         unexpected = sorted(
-            n for n in available
-            if n not in expected and not n.endswith(_IGNORED_SUFFIXES)
+            n
+            for n in available
+            if n not in expected
+            and not n.endswith(_IGNORED_SUFFIXES)
             and not (n == "lm_head.weight" and config.tie_word_embeddings)
         )
         if unexpected:
             raise ValueError(
                 f"{folder}: checkpoint has tensors jaxllm's {config.architecture} layout has no "
-                f"place for: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+                f"place for: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            )
         missing = sorted(expected - set(available))
         if missing:
-            raise ValueError(f"{folder}: checkpoint is missing tensors: "
-                             f"{missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            raise ValueError(
+                f"{folder}: checkpoint is missing tensors: "
+                f"{missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            )
         params = assemble_params(config, lambda n: reader.get(available[n]), folder, placer)
 
     tok = load_tokenizer(folder) if tokenizer else None

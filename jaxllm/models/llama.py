@@ -1,7 +1,8 @@
 """Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2) as a Flax linen module.
 
 The layers are one `nn.scan` over a stacked parameter tree: rolled on the CPU (a 30-layer model
-compiles like a 1-layer one), unrolled on accelerators (see `unroll_layers`). Parameter layout (the loaders produce exactly this; kernels are [in, out]):
+compiles like a 1-layer one), unrolled on accelerators (see `unroll_layers`). Parameter layout
+(the loaders produce exactly this; kernels are [in, out]):
 
     embed_tokens/embedding [V, D]
     layers/input_layernorm/scale [L, D]

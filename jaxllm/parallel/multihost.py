@@ -67,8 +67,11 @@ def broadcast_object(obj: Any = None) -> Any:
     from jax.experimental import multihost_utils
 
     payload = np.frombuffer(pickle.dumps(obj), np.uint8) if is_leader() else None
-    size = int(multihost_utils.broadcast_one_to_all(
-        np.array([0 if payload is None else payload.size], np.int64))[0])
+    size = int(
+        multihost_utils.broadcast_one_to_all(
+            np.array([0 if payload is None else payload.size], np.int64)
+        )[0]
+    )
     buf = payload if payload is not None else np.zeros(size, np.uint8)
     data = np.asarray(multihost_utils.broadcast_one_to_all(buf))
     return pickle.loads(data.tobytes()) if not is_leader() else obj

@@ -103,6 +103,7 @@ def host_placer(config: ModelConfig, mesh: Mesh) -> Callable[[Any, np.ndarray], 
 
             return jax.make_array_from_callback(shape, sharding, slice_kv)
         return jax.make_array_from_callback(
-            buf.shape, sharding, lambda index: np.ascontiguousarray(buf[index]))
+            buf.shape, sharding, lambda index: np.ascontiguousarray(buf[index])
+        )
 
     return place

@@ -75,7 +75,8 @@ def logical_to_spec(
     """
     if shape is not None and len(shape) != len(axes):
         raise ValueError(
-            f"{what}: {len(axes)} logical axes {axes} for a {len(shape)}-d shape {shape}")
+            f"{what}: {len(axes)} logical axes {axes} for a {len(shape)}-d shape {shape}"
+        )
     out = []
     for i, name in enumerate(axes):
         if name not in rules:
@@ -87,8 +88,10 @@ def logical_to_spec(
                 if name in REPLICATE_IF_UNEVEN:
                     mesh_axis = None
                 else:
-                    raise ValueError(f"{what}: dimension {i} ({name}, size {shape[i]}) does not "
-                                     f"split evenly over mesh axis {mesh_axis!r} of size {n}")
+                    raise ValueError(
+                        f"{what}: dimension {i} ({name}, size {shape[i]}) does not "
+                        f"split evenly over mesh axis {mesh_axis!r} of size {n}"
+                    )
         out.append(mesh_axis)
     while out and out[-1] is None:  # P('a', None) == P('a'); keep specs in their short form
         out.pop()
@@ -102,12 +105,13 @@ def param_logical_axes(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, 
     out = {}
     for spec in param_layout(config):
         if spec.path not in PARAM_LOGICAL_AXES:
-            raise ValueError(
-                f"parameter {'/'.join(spec.path)} has no entry in PARAM_LOGICAL_AXES")
+            raise ValueError(f"parameter {'/'.join(spec.path)} has no entry in PARAM_LOGICAL_AXES")
         axes = PARAM_LOGICAL_AXES[spec.path]
         if len(axes) != len(spec.shape):
-            raise ValueError(f"parameter {'/'.join(spec.path)}: logical axes {axes} do not match "
-                             f"its shape {spec.shape}")
+            raise ValueError(
+                f"parameter {'/'.join(spec.path)}: logical axes {axes} do not match "
+                f"its shape {spec.shape}"
+            )
         out[spec.path] = axes
     return out
 

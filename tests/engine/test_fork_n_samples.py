@@ -8,8 +8,13 @@ import pytest
 
 from jaxllm import LLM, SamplingParams
 
-ENGINE = dict(max_model_len=48, max_num_seqs=4, max_num_batched_tokens=32, block_size=4,
-              num_gpu_blocks_override=14)  # as in test_swap_preemption.py
+ENGINE = dict(
+    max_model_len=48,
+    max_num_seqs=4,
+    max_num_batched_tokens=32,
+    block_size=4,
+    num_gpu_blocks_override=14,
+)  # as in test_swap_preemption.py
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +39,11 @@ def test_n4_prefills_the_prompt_once_and_matches_separate_seeded_requests(llm):
     # each prefills the prompt itself), they give the same tokens.
     before = engine.scheduler.num_prompt_tokens_computed
     alone = [
-        llm.generate(prompt, SamplingParams(temperature=1.0, max_tokens=6, seed=5 + i,
-                                            ignore_eos=True), use_tqdm=False)[0].outputs[0]
+        llm.generate(
+            prompt,
+            SamplingParams(temperature=1.0, max_tokens=6, seed=5 + i, ignore_eos=True),
+            use_tqdm=False,
+        )[0].outputs[0]
         for i in range(4)
     ]
     assert engine.scheduler.num_prompt_tokens_computed - before == 4 * n_prompt

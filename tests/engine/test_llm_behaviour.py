@@ -12,7 +12,9 @@ from jaxllm import LLM, SamplingParams  # noqa: E402
 
 @pytest.fixture(scope="module")
 def llm(smollm2):
-    return LLM(smollm2, max_model_len=256, max_num_seqs=8, max_num_batched_tokens=128, max_logprobs=5)
+    return LLM(
+        smollm2, max_model_len=256, max_num_seqs=8, max_num_batched_tokens=128, max_logprobs=5
+    )
 
 
 def _others(tok):
@@ -29,13 +31,17 @@ def test_same_prompt_same_greedy_tokens_alone_and_in_batch(llm):
     p = "The three primary colours are"
     sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     alone = llm.generate(p, sp, use_tqdm=False)[0].outputs[0].token_ids
-    batch = llm.generate(_others(llm.tokenizer)[:2] + [p] + _others(llm.tokenizer)[2:], sp, use_tqdm=False)
+    batch = llm.generate(
+        _others(llm.tokenizer)[:2] + [p] + _others(llm.tokenizer)[2:], sp, use_tqdm=False
+    )
     assert batch[2].outputs[0].token_ids == alone
 
 
 def test_seeded_sampling_is_batch_invariant(llm):
     p = "My favourite animal is"
-    sp = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=12, seed=1234, ignore_eos=True)
+    sp = SamplingParams(
+        temperature=0.9, top_p=0.9, top_k=50, max_tokens=12, seed=1234, ignore_eos=True
+    )
     alone = llm.generate(p, sp, use_tqdm=False)[0].outputs[0].token_ids
     noise = SamplingParams(temperature=1.0, max_tokens=12)
     prompts = _others(llm.tokenizer) + [p]
@@ -44,7 +50,9 @@ def test_seeded_sampling_is_batch_invariant(llm):
     assert batch[-1].outputs[0].token_ids == alone
     again = llm.generate(p, sp, use_tqdm=False)[0].outputs[0].token_ids
     assert again == alone
-    other_seed = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, max_tokens=12, seed=99, ignore_eos=True)
+    other_seed = SamplingParams(
+        temperature=0.9, top_p=0.9, top_k=50, max_tokens=12, seed=99, ignore_eos=True
+    )
     assert llm.generate(p, other_seed, use_tqdm=False)[0].outputs[0].token_ids != alone
 
 
@@ -56,9 +64,10 @@ def test_n_samples_share_the_prompt_and_differ(llm):
 
 
 def test_logprobs_match_hf_log_softmax(llm, smollm2_hf):
-    tok = llm.tokenizer
     p = "The capital of France is"
-    sp = SamplingParams(temperature=0.8, max_tokens=8, seed=3, logprobs=5, prompt_logprobs=3, ignore_eos=True)
+    sp = SamplingParams(
+        temperature=0.8, max_tokens=8, seed=3, logprobs=5, prompt_logprobs=3, ignore_eos=True
+    )
     out = llm.generate(p, sp, use_tqdm=False)[0]
     comp = out.outputs[0]
     ids = out.prompt_token_ids + comp.token_ids
@@ -122,7 +131,9 @@ def test_bad_sampling_params_name_the_field(kwargs, field):
 
 def test_bad_prompt_in_a_batch_queues_nothing_and_others_go_on(llm):
     engine = llm.llm_engine
-    engine.add_request("keep", "A request that is already running", SamplingParams(max_tokens=6, temperature=0.0))
+    engine.add_request(
+        "keep", "A request that is already running", SamplingParams(max_tokens=6, temperature=0.0)
+    )
     engine.step()
     with pytest.raises(ValueError):
         llm.generate(["fine prompt", ""], SamplingParams(max_tokens=4), use_tqdm=False)
@@ -138,10 +149,18 @@ def test_stop_strings_and_stop_token_ids(llm):
     base = llm.generate("Count: 1, 2, 3,", sp, use_tqdm=False)[0].outputs[0]
     assert len(base.text) > 6
     stop = base.text[4:6]
-    out = llm.generate("Count: 1, 2, 3,", SamplingParams(temperature=0.0, max_tokens=30, stop=[stop], ignore_eos=True), use_tqdm=False)[0].outputs[0]
+    out = llm.generate(
+        "Count: 1, 2, 3,",
+        SamplingParams(temperature=0.0, max_tokens=30, stop=[stop], ignore_eos=True),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert out.finish_reason == "stop" and out.stop_reason == stop
     assert out.text == base.text[: base.text.index(stop)]
     tid = base.token_ids[3]
-    out = llm.generate("Count: 1, 2, 3,", SamplingParams(temperature=0.0, max_tokens=30, stop_token_ids=[tid], ignore_eos=True), use_tqdm=False)[0].outputs[0]
+    out = llm.generate(
+        "Count: 1, 2, 3,",
+        SamplingParams(temperature=0.0, max_tokens=30, stop_token_ids=[tid], ignore_eos=True),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert out.finish_reason == "stop" and out.stop_reason == tid
     assert out.token_ids == base.token_ids[: base.token_ids.index(tid) + 1]

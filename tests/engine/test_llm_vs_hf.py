@@ -1,8 +1,7 @@
-"""LLM.generate on SmolLM2 equals HF transformers token for token (greedy), in every batching mode."""
+"""LLM.generate on SmolLM2 equals HF transformers token for token (greedy) in each batching mode."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -8,10 +8,20 @@ import pytest
 from jaxllm import LLM, SamplingParams
 from jaxllm.config import SchedulerConfig
 
-ENGINE = dict(max_model_len=48, max_num_seqs=4, max_num_batched_tokens=32, block_size=4,
-              num_gpu_blocks_override=14)  # as in test_swap_preemption.py
-PROMPTS = ["The capital of France is", "Once upon a time", "def fib(n):", "Water boils at",
-           "My favourite colour is"]
+ENGINE = dict(
+    max_model_len=48,
+    max_num_seqs=4,
+    max_num_batched_tokens=32,
+    block_size=4,
+    num_gpu_blocks_override=14,
+)  # as in test_swap_preemption.py
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time",
+    "def fib(n):",
+    "Water boils at",
+    "My favourite colour is",
+]
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,19 @@ from jaxllm import LLM, SamplingParams
 from jaxllm.config import CacheConfig, SchedulerConfig
 
 # Shared by tests/engine/test_fork_*.py and test_priority_*.py: same shapes, same compiled steps.
-ENGINE = dict(max_model_len=48, max_num_seqs=4, max_num_batched_tokens=32, block_size=4,
-              num_gpu_blocks_override=14)
-PROMPTS = ["The capital of France is", "Once upon a time there was a", "def fib(n):",
-           "Water boils at"]
+ENGINE = dict(
+    max_model_len=48,
+    max_num_seqs=4,
+    max_num_batched_tokens=32,
+    block_size=4,
+    num_gpu_blocks_override=14,
+)
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time there was a",
+    "def fib(n):",
+    "Water boils at",
+]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 

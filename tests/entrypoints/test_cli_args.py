@@ -39,7 +39,7 @@ def fake_completion(text: str, params, i: int) -> str:
 class FakeLLM:
     """Stands in for jaxllm.LLM: records its arguments and answers deterministically."""
 
-    instances: list["FakeLLM"] = []
+    instances: list[FakeLLM] = []
 
     def __init__(self, **engine_kwargs):
         self.engine_kwargs = engine_kwargs
@@ -55,14 +55,28 @@ class FakeLLM:
                 ids = [ord(c) for c in gen]
                 lps = None
                 if params.logprobs is not None:
-                    lps = [{t: Logprob(-0.5, 1, chr(t)), 0: Logprob(-math.inf, 2, None)} for t in ids]
-                completions.append(CompletionOutput(i, gen, ids, -0.5 * len(ids) if lps else None, lps,
-                                                    finish_reason="length"))
+                    lps = [
+                        {t: Logprob(-0.5, 1, chr(t)), 0: Logprob(-math.inf, 2, None)} for t in ids
+                    ]
+                completions.append(
+                    CompletionOutput(
+                        i, gen, ids, -0.5 * len(ids) if lps else None, lps, finish_reason="length"
+                    )
+                )
             plp = None
             if params.prompt_logprobs is not None:
                 plp = [None] + [{ord(c): Logprob(-1.0, 3, c)} for c in text[1:]]
-            outs.append(RequestOutput(str(r), text, [ord(c) for c in text], plp, completions, True,
-                                      num_cached_tokens=0))
+            outs.append(
+                RequestOutput(
+                    str(r),
+                    text,
+                    [ord(c) for c in text],
+                    plp,
+                    completions,
+                    True,
+                    num_cached_tokens=0,
+                )
+            )
         return outs
 
     def generate(self, prompts, sampling_params, use_tqdm=True):
@@ -90,31 +104,117 @@ def run_cli(argv, capsys):
 
 
 def test_every_flag_maps_to_its_keyword():
-    opts = resolve([
-        "hi", "--model", "m.gguf", "--dtype", "bfloat16", "--max-model-len", "512",
-        "--max-num-seqs", "8", "--max-num-batched-tokens", "256", "--block-size", "32",
-        "--gpu-memory-utilization", "0.5", "--num-gpu-blocks", "100", "--no-enable-prefix-caching",
-        "-tp", "2", "--seed", "7", "--max-logprobs", "5", "--attention-backend", "pallas",
-        "--temperature", "0.7", "--top-p", "0.9", "--top-k", "40", "--min-p", "0.05",
-        "--max-tokens", "20", "--min-tokens", "2", "--n", "3", "--sampling-seed", "11",
-        "--stop", "###", "--stop", "\n", "--stop-token-ids", "2,3", "--stop-token-ids", "9",
-        "--presence-penalty", "0.1", "--frequency-penalty", "0.2", "--repetition-penalty", "1.1",
-        "--ignore-eos", "--logprobs", "4", "--prompt-logprobs", "1",
-        "--no-progress", "--chat", "-o", "out.jsonl", "--prompts-file", "p.txt",
-    ])
+    opts = resolve(
+        [
+            "hi",
+            "--model",
+            "m.gguf",
+            "--dtype",
+            "bfloat16",
+            "--max-model-len",
+            "512",
+            "--max-num-seqs",
+            "8",
+            "--max-num-batched-tokens",
+            "256",
+            "--block-size",
+            "32",
+            "--gpu-memory-utilization",
+            "0.5",
+            "--num-gpu-blocks",
+            "100",
+            "--no-enable-prefix-caching",
+            "-tp",
+            "2",
+            "--seed",
+            "7",
+            "--max-logprobs",
+            "5",
+            "--attention-backend",
+            "pallas",
+            "--temperature",
+            "0.7",
+            "--top-p",
+            "0.9",
+            "--top-k",
+            "40",
+            "--min-p",
+            "0.05",
+            "--max-tokens",
+            "20",
+            "--min-tokens",
+            "2",
+            "--n",
+            "3",
+            "--sampling-seed",
+            "11",
+            "--stop",
+            "###",
+            "--stop",
+            "\n",
+            "--stop-token-ids",
+            "2,3",
+            "--stop-token-ids",
+            "9",
+            "--presence-penalty",
+            "0.1",
+            "--frequency-penalty",
+            "0.2",
+            "--repetition-penalty",
+            "1.1",
+            "--ignore-eos",
+            "--logprobs",
+            "4",
+            "--prompt-logprobs",
+            "1",
+            "--no-progress",
+            "--chat",
+            "-o",
+            "out.jsonl",
+            "--prompts-file",
+            "p.txt",
+        ]
+    )
     assert opts.engine_kwargs == dict(
-        model="m.gguf", dtype="bfloat16", max_model_len=512, max_num_seqs=8,
-        max_num_batched_tokens=256, block_size=32, gpu_memory_utilization=0.5,
-        num_gpu_blocks_override=100, enable_prefix_caching=False, tensor_parallel_size=2, seed=7,
-        max_logprobs=5, attention_backend="pallas",
+        model="m.gguf",
+        dtype="bfloat16",
+        max_model_len=512,
+        max_num_seqs=8,
+        max_num_batched_tokens=256,
+        block_size=32,
+        gpu_memory_utilization=0.5,
+        num_gpu_blocks_override=100,
+        enable_prefix_caching=False,
+        tensor_parallel_size=2,
+        seed=7,
+        max_logprobs=5,
+        attention_backend="pallas",
     )
     assert opts.sampling_kwargs == dict(
-        temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, max_tokens=20, min_tokens=2, n=3, seed=11,
-        stop=["###", "\n"], stop_token_ids=[2, 3, 9], presence_penalty=0.1, frequency_penalty=0.2,
-        repetition_penalty=1.1, ignore_eos=True, logprobs=4, prompt_logprobs=1,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        max_tokens=20,
+        min_tokens=2,
+        n=3,
+        seed=11,
+        stop=["###", "\n"],
+        stop_token_ids=[2, 3, 9],
+        presence_penalty=0.1,
+        frequency_penalty=0.2,
+        repetition_penalty=1.1,
+        ignore_eos=True,
+        logprobs=4,
+        prompt_logprobs=1,
     )
     assert (opts.prompts, opts.prompts_file, opts.output, opts.chat, opts.progress) == (
-        ["hi"], "p.txt", "out.jsonl", True, False)
+        ["hi"],
+        "p.txt",
+        "out.jsonl",
+        True,
+        False,
+    )
     sp = SamplingParams(**opts.sampling_kwargs)  # the real class accepts every keyword
     assert (sp.seed, sp.stop, sp.stop_token_ids, sp.n) == (11, ["###", "\n"], [2, 3, 9], 3)
 
@@ -144,7 +244,10 @@ def write(tmp_path, name, text):
 
 
 def test_yaml_config_merge_and_command_line_override(tmp_path):
-    cfg = write(tmp_path, "c.yaml", """
+    cfg = write(
+        tmp_path,
+        "c.yaml",
+        """
 model: tiny-model
 max-model-len: 1024          # dash form
 max_num_seqs: 4              # underscore form
@@ -158,13 +261,20 @@ stop-token-ids: [5, "6,7"]
 ignore_eos: true
 no-progress: true
 sampling_seed: null          # null leaves the default
-""")
+""",
+    )
     opts = resolve(["hi", "--config", cfg, "--max-model-len", "2048", "--stop", "X"])
-    assert opts.engine_kwargs == dict(model="tiny-model", max_model_len=2048, max_num_seqs=4,
-                                      tensor_parallel_size=1, enable_prefix_caching=False,
-                                      num_gpu_blocks_override=64)
-    assert opts.sampling_kwargs == dict(temperature=0.0, max_tokens=12, stop=["X"],
-                                        stop_token_ids=[5, 6, 7], ignore_eos=True)
+    assert opts.engine_kwargs == dict(
+        model="tiny-model",
+        max_model_len=2048,
+        max_num_seqs=4,
+        tensor_parallel_size=1,
+        enable_prefix_caching=False,
+        num_gpu_blocks_override=64,
+    )
+    assert opts.sampling_kwargs == dict(
+        temperature=0.0, max_tokens=12, stop=["X"], stop_token_ids=[5, 6, 7], ignore_eos=True
+    )
     assert opts.progress is False
     # Without the overriding flags the file's values stand.
     opts = resolve(["hi", "--config", cfg])
@@ -173,24 +283,28 @@ sampling_seed: null          # null leaves the default
 
 
 def test_yaml_config_unknown_keys_are_named(tmp_path, capsys):
-    cfg = write(tmp_path, "c.yaml", "max_model_len: 8\nmax_len: 9\ntemprature: 0.5\n")
-    with pytest.raises(CLIError, match=r"unknown key\(s\) in config file .*: max_len, temprature"):
+    typo = "temprature"  # codespell:ignore -- the misspelled key is the point of this test
+    cfg = write(tmp_path, "c.yaml", f"max_model_len: 8\nmax_len: 9\n{typo}: 0.5\n")
+    with pytest.raises(CLIError, match=rf"unknown key\(s\) in config file .*: max_len, {typo}"):
         load_config_file(cfg, generate_parser())
     assert cli.main(["generate", "hi", "--config", cfg], llm_factory=FakeLLM) == 2
     err = capsys.readouterr().err
-    assert "max_len, temprature" in err and "Traceback" not in err
+    assert f"max_len, {typo}" in err and "Traceback" not in err
     assert not FakeLLM.instances
 
 
-@pytest.mark.parametrize("text, message", [
-    ("max_model_len: lots\n", "key 'max_model_len': invalid value 'lots'"),
-    ("ignore_eos: yes please\n", "key 'ignore_eos' must be true or false"),
-    ("temperature: [1, 2]\n", "key 'temperature' has a bad value"),
-    ("- just\n- a list\n", "must hold a mapping"),
-    ("max_model_len: [unclosed\n", "not valid YAML"),
-    ("seed: 1\nseed: 2\n", "not valid YAML.*duplicate key 'seed'"),
-    ("max-model-len: 1\nmax_model_len: 2\n", "sets 'max_model_len' twice"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("max_model_len: lots\n", "key 'max_model_len': invalid value 'lots'"),
+        ("ignore_eos: yes please\n", "key 'ignore_eos' must be true or false"),
+        ("temperature: [1, 2]\n", "key 'temperature' has a bad value"),
+        ("- just\n- a list\n", "must hold a mapping"),
+        ("max_model_len: [unclosed\n", "not valid YAML"),
+        ("seed: 1\nseed: 2\n", "not valid YAML.*duplicate key 'seed'"),
+        ("max-model-len: 1\nmax_model_len: 2\n", "sets 'max_model_len' twice"),
+    ],
+)
 def test_yaml_config_bad_values(tmp_path, text, message):
     cfg = write(tmp_path, "c.yaml", text)
     with pytest.raises(CLIError, match=message.replace("[", r"\[")):
@@ -207,17 +321,45 @@ def test_missing_config_file(tmp_path, capsys):
 
 def test_prompt_file_formats_and_jsonl_output(tmp_path, capsys):
     txt = write(tmp_path, "p.txt", "first prompt\n\n  second, with spaces \nthird 🦊\n")
-    jsonl = write(tmp_path, "p.jsonl", "\n".join([
-        json.dumps({"prompt": "from jsonl"}),
-        "",
-        json.dumps({"messages": [{"role": "system", "content": "be brief"},
-                                 {"role": "user", "content": "hello"}]}),
-        json.dumps({"prompt": "last"}),
-    ]) + "\n")
+    jsonl = write(
+        tmp_path,
+        "p.jsonl",
+        "\n".join(
+            [
+                json.dumps({"prompt": "from jsonl"}),
+                "",
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": "be brief"},
+                            {"role": "user", "content": "hello"},
+                        ]
+                    }
+                ),
+                json.dumps({"prompt": "last"}),
+            ]
+        )
+        + "\n",
+    )
     out = tmp_path / "out.jsonl"
-    rc, stdout, err = run_cli(["generate", "cli arg", "--prompts-file", txt, "--output", str(out),
-                               "--max-tokens", "30", "--temperature", "0", "--max-model-len", "64",
-                               "--no-progress"], capsys)
+    rc, stdout, err = run_cli(
+        [
+            "generate",
+            "cli arg",
+            "--prompts-file",
+            txt,
+            "--output",
+            str(out),
+            "--max-tokens",
+            "30",
+            "--temperature",
+            "0",
+            "--max-model-len",
+            "64",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc == 0 and stdout == "" and err == ""
     (llm,) = FakeLLM.instances
     assert llm.engine_kwargs == {"model": "smollm2-135m", "max_model_len": 64}
@@ -230,8 +372,15 @@ def test_prompt_file_formats_and_jsonl_output(tmp_path, capsys):
     for rec, prompt in zip(records, prompts):
         expect = fake_completion(prompt, sp, 0)
         assert rec["prompt"] == prompt and rec["num_prompt_tokens"] == len(prompt)
-        assert rec["outputs"] == [{"index": 0, "text": expect, "token_ids": [ord(c) for c in expect],
-                                   "finish_reason": "length", "stop_reason": None}]
+        assert rec["outputs"] == [
+            {
+                "index": 0,
+                "text": expect,
+                "token_ids": [ord(c) for c in expect],
+                "finish_reason": "length",
+                "stop_reason": None,
+            }
+        ]
         assert "prompt_logprobs" not in rec
 
     # .jsonl: plain prompts go through generate, conversations through chat; order is kept.
@@ -240,51 +389,68 @@ def test_prompt_file_formats_and_jsonl_output(tmp_path, capsys):
     llm = FakeLLM.instances[-1]
     assert [c[0] for c in llm.calls] == ["generate", "chat"]
     assert llm.calls[0][1] == ["from jsonl", "last"] and llm.calls[0][3] is True
-    assert llm.calls[1][1] == [[{"role": "system", "content": "be brief"},
-                                {"role": "user", "content": "hello"}]]
+    assert llm.calls[1][1] == [
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    ]
     records = [json.loads(line) for line in stdout.splitlines()]
     assert [r["prompt"] for r in records] == ["from jsonl", "system:be brief|user:hello", "last"]
     assert records[1]["messages"][1] == {"role": "user", "content": "hello"}
-    assert records[1]["outputs"][0]["text"] == fake_completion("system:be brief|user:hello", llm.calls[1][2], 0)
+    assert records[1]["outputs"][0]["text"] == fake_completion(
+        "system:be brief|user:hello", llm.calls[1][2], 0
+    )
 
 
 def test_chat_flag_sends_plain_prompts_as_user_messages(capsys):
-    rc, stdout, _ = run_cli(["generate", "what is 2+2?", "--chat", "--n", "2", "--temperature", "1"],
-                            capsys)
+    rc, stdout, _ = run_cli(
+        ["generate", "what is 2+2?", "--chat", "--n", "2", "--temperature", "1"], capsys
+    )
     assert rc == 0
     ((kind, convs, sp, _),) = FakeLLM.instances[0].calls
     assert kind == "chat" and convs == [[{"role": "user", "content": "what is 2+2?"}]]
     (rec,) = [json.loads(line) for line in stdout.splitlines()]
     assert rec["messages"] == convs[0] and rec["prompt"] == "user:what is 2+2?"
     assert [o["index"] for o in rec["outputs"]] == [0, 1]
-    assert [o["text"] for o in rec["outputs"]] == [fake_completion("user:what is 2+2?", sp, i) for i in (0, 1)]
+    assert [o["text"] for o in rec["outputs"]] == [
+        fake_completion("user:what is 2+2?", sp, i) for i in (0, 1)
+    ]
 
 
 def test_logprobs_are_written_when_asked(capsys):
-    rc, stdout, _ = run_cli(["generate", "abc", "--logprobs", "1", "--prompt-logprobs", "0",
-                             "--max-tokens", "3"], capsys)
+    rc, stdout, _ = run_cli(
+        ["generate", "abc", "--logprobs", "1", "--prompt-logprobs", "0", "--max-tokens", "3"],
+        capsys,
+    )
     assert rc == 0
     (rec,) = [json.loads(line) for line in stdout.splitlines()]
     (out,) = rec["outputs"]
     assert out["text"] == "cba" and out["cumulative_logprob"] == -1.5
     assert out["logprobs"] == [
-        [{"token_id": ord(c), "logprob": -0.5, "rank": 1, "token": c},
-         {"token_id": 0, "logprob": None, "rank": 2, "token": None}]  # -inf is written as null
+        [
+            {"token_id": ord(c), "logprob": -0.5, "rank": 1, "token": c},
+            {"token_id": 0, "logprob": None, "rank": 2, "token": None},
+        ]  # -inf is written as null
         for c in "cba"
     ]
-    assert rec["prompt_logprobs"] == [None] + [[{"token_id": ord(c), "logprob": -1.0, "rank": 3, "token": c}]
-                                               for c in "bc"]
+    assert rec["prompt_logprobs"] == [None] + [
+        [{"token_id": ord(c), "logprob": -1.0, "rank": 3, "token": c}] for c in "bc"
+    ]
 
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"prompt": "ok"}', '{"prompt": "fine"}', '{"prompt": "broken'], ":3: not valid JSON"),
-    (['{"prompt": "ok"}', '["a list"]'], ':2: expected an object with "prompt" or "messages"'),
-    (['{"prompt": "ok", "temperature": 1}'], ":1: unknown key(s) temperature"),
-    (['{"prompt": "a", "messages": []}'], ':1: give exactly one of "prompt" and "messages"'),
-    (['', '{"prompt": ""}'], ':2: "prompt" must be a non-empty string'),
-    (['{"messages": [{"role": "user"}]}'], ":1: each message needs a string 'role' and 'content'"),
-    (['{"messages": []}'], ":1: 'messages' must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"prompt": "ok"}', '{"prompt": "fine"}', '{"prompt": "broken'], ":3: not valid JSON"),
+        (['{"prompt": "ok"}', '["a list"]'], ':2: expected an object with "prompt" or "messages"'),
+        (['{"prompt": "ok", "temperature": 1}'], ":1: unknown key(s) temperature"),
+        (['{"prompt": "a", "messages": []}'], ':1: give exactly one of "prompt" and "messages"'),
+        (["", '{"prompt": ""}'], ':2: "prompt" must be a non-empty string'),
+        (
+            ['{"messages": [{"role": "user"}]}'],
+            ":1: each message needs a string 'role' and 'content'",
+        ),
+        (['{"messages": []}'], ":1: 'messages' must be a non-empty list"),
+    ],
+)
 def test_malformed_jsonl_names_the_line(tmp_path, capsys, lines, message):
     path = write(tmp_path, "bad.jsonl", "\n".join(lines) + "\n")
     rc, stdout, err = run_cli(["generate", "--prompts-file", path], capsys)
@@ -293,14 +459,20 @@ def test_malformed_jsonl_names_the_line(tmp_path, capsys, lines, message):
     assert "Traceback" not in err and not FakeLLM.instances
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["generate"], "no prompts: give PROMPT arguments or --prompts-file"),
-    (["generate", "--prompts-file", "{tmp}/missing.txt"], "prompts file not found"),
-    (["generate", "--prompts-file", "{tmp}/empty.txt"], "no prompts"),
-    (["generate", ""], "prompt 0 is empty"),
-    (["generate", "hi", "-o", "{tmp}/no/such/dir/out.jsonl"], "output folder does not exist"),
-    (["generate", "hi", "--temperature", "-1"], "bad sampling option: temperature must be non-negative"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate"], "no prompts: give PROMPT arguments or --prompts-file"),
+        (["generate", "--prompts-file", "{tmp}/missing.txt"], "prompts file not found"),
+        (["generate", "--prompts-file", "{tmp}/empty.txt"], "no prompts"),
+        (["generate", ""], "prompt 0 is empty"),
+        (["generate", "hi", "-o", "{tmp}/no/such/dir/out.jsonl"], "output folder does not exist"),
+        (
+            ["generate", "hi", "--temperature", "-1"],
+            "bad sampling option: temperature must be non-negative",
+        ),
+    ],
+)
 def test_bad_input_exits_2_without_traceback(tmp_path, capsys, argv, message):
     write(tmp_path, "empty.txt", "\n\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -341,7 +513,11 @@ def test_help_and_missing_command(capsys):
 
 def test_python_dash_m_entry_point(tmp_path):
     bad = write(tmp_path, "bad.jsonl", '{"prompt": "x"}\nnot json\n')
-    proc = subprocess.run([sys.executable, "-m", "jaxllm", "generate", "--prompts-file", bad],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxllm", "generate", "--prompts-file", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "bad.jsonl:2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,10 +1,8 @@
-"""`jaxllm generate` end to end on SmolLM2: JSONL in, JSONL out, greedy text equal to LLM.generate."""
+"""`jaxllm generate` end to end on SmolLM2: JSONL in, JSONL out, greedy text equals LLM.generate."""
 
 from __future__ import annotations
 
 import json
-
-import pytest
 
 from jaxllm import LLM, SamplingParams
 from jaxllm.entrypoints.cli import main
@@ -29,8 +27,20 @@ def test_generate_jsonl_in_and_out_equals_llm_generate(smollm2, tmp_path):
         return LLM(smollm2, **kwargs)
 
     rc = main(
-        ["generate", "--prompts-file", str(prompts), "--output", str(out), "--config", str(config),
-         "--temperature", "0", "--max-tokens", "12", "--no-progress"],
+        [
+            "generate",
+            "--prompts-file",
+            str(prompts),
+            "--output",
+            str(out),
+            "--config",
+            str(config),
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+            "--no-progress",
+        ],
         llm_factory=factory,
     )
     assert rc == 0

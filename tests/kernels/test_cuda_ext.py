@@ -1,4 +1,4 @@
-"""The `cuda` attention backend (cuda_ext/): build, registration, planning, and the kernels on a GPU.
+"""The `cuda` attention backend (cuda_ext/): build, registration, planning, the kernels on a GPU.
 
 CPU (CI): when nvcc is on PATH the sources compile and the library exports the FFI handlers
 (`nm -D`); the tile list, the launch plan, the validation errors and the StableHLO lowering for
@@ -311,8 +311,15 @@ def test_lowers_to_one_ffi_custom_call_for_cuda(decode_only):
     ).lower(lowering_platforms=("cuda",))  # fmt: skip
     calls = [line for line in lowered.as_text().splitlines() if "stablehlo.custom_call" in line]
     assert len(calls) == 1 and "@jaxllm_ragged_paged_attention(" in calls[0]
-    for attr in ("block_q = %d : i32" % plan.block_q, "num_splits = 2 : i32", "sliding_window = 7 : i32",
-                 "sm_scale = 1.250000e-01 : f32", "tensor<2x10x2x16x64xbf16>", "tensor<i32>"):  # fmt: skip
+    attrs = (
+        f"block_q = {plan.block_q:d} : i32",
+        "num_splits = 2 : i32",
+        "sliding_window = 7 : i32",
+        "sm_scale = 1.250000e-01 : f32",
+        "tensor<2x10x2x16x64xbf16>",
+        "tensor<i32>",
+    )
+    for attr in attrs:
         assert attr in calls[0], attr
 
 
@@ -356,7 +363,7 @@ def test_decode_and_general_paths_agree():
 @pytest.mark.gpu
 @gpu_only
 def test_traced_layer_inside_scan():
-    """Inside jit + lax.scan over layers the layer index is traced; each step reads its own layer."""
+    """Inside jit + lax.scan over layers the layer index is traced; each step reads its layer."""
     case = GPU_CASES[10]
     rng = rng_for("scan")
     kernel_args, ref_args, n_valid = make_batch(case, 7)

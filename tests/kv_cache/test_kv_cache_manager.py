@@ -20,8 +20,9 @@ class Params:
 
 
 def make_request(rid, tokens, salt=None, **params):
-    return Request(rid, tokens, Params(**params), eos_token_ids=(0,), arrival_time=0.0,
-                   cache_salt=salt)
+    return Request(
+        rid, tokens, Params(**params), eos_token_ids=(0,), arrival_time=0.0, cache_salt=salt
+    )
 
 
 def free_ids(m):

@@ -26,7 +26,7 @@ TEXTS = [
     "The quick brown fox jumps over the lazy dog. 1234567890 3.14159 -42",
     "I'm sure they'll say we've done it, don't you think? IT'S FINE.",
     "def f(x):\n    return {'a': [x ** 2 for x in range(10)]}  # comment\n\tif x != y: pass\n",
-    "#include <stdio.h>\nint main() { printf(\"%d\\n\", 1<<3); return 0; }",
+    '#include <stdio.h>\nint main() { printf("%d\\n", 1<<3); return 0; }',
     "Grüße aus Köln, café crème, naïve façade, Ærøskøbing",
     "Привет, мир! Как дела?",
     "你好，世界！今天天气很好。",
@@ -65,19 +65,36 @@ def assert_same_tokenizer(mine, ref, texts=TEXTS) -> None:
     assert type(mine) is type(ref)
     assert len(mine) == len(ref) and mine.get_vocab() == ref.get_vocab()
     assert mine.backend_tokenizer.to_str() == ref.backend_tokenizer.to_str()
-    for attr in ("bos_token", "eos_token", "unk_token", "pad_token", "bos_token_id",
-                 "eos_token_id", "unk_token_id", "pad_token_id", "add_bos_token", "add_eos_token",
-                 "all_special_tokens", "all_special_ids", "chat_template"):
+    for attr in (
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "pad_token",
+        "bos_token_id",
+        "eos_token_id",
+        "unk_token_id",
+        "pad_token_id",
+        "add_bos_token",
+        "add_eos_token",
+        "all_special_tokens",
+        "all_special_ids",
+        "chat_template",
+    ):
         assert getattr(mine, attr) == getattr(ref, attr), attr
     assert {i: str(t) for i, t in mine.added_tokens_decoder.items()} == {
-        i: str(t) for i, t in ref.added_tokens_decoder.items()}
+        i: str(t) for i, t in ref.added_tokens_decoder.items()
+    }
     for text in texts:
         got, want = mine(text)["input_ids"], ref(text)["input_ids"]
         assert got == want, text
-        assert mine.encode(text, add_special_tokens=False) == ref.encode(text, add_special_tokens=False)
+        assert mine.encode(text, add_special_tokens=False) == ref.encode(
+            text, add_special_tokens=False
+        )
         assert mine.tokenize(text) == ref.tokenize(text), text
         for skip in (False, True):
-            assert mine.decode(want, skip_special_tokens=skip) == ref.decode(want, skip_special_tokens=skip)
+            assert mine.decode(want, skip_special_tokens=skip) == ref.decode(
+                want, skip_special_tokens=skip
+            )
     batch_mine = mine(texts[:4], padding=True) if ref.pad_token is not None else None
     if batch_mine is not None:
         batch_ref = ref(texts[:4], padding=True)
@@ -109,14 +126,20 @@ def test_smollm2_matches_transformers(smol, smol_ref):
 
 def test_smollm2_special_tokens_and_template(smol, smol_ref, smol_reader):
     tok, template = smol
-    meta = {k: smol_reader.fields[k].contents() for k in smol_reader.fields if k.startswith("tokenizer.")}
+    meta = {
+        k: smol_reader.fields[k].contents()
+        for k in smol_reader.fields
+        if k.startswith("tokenizer.")
+    }
     tokens = meta["tokenizer.ggml.tokens"]
     assert tok.bos_token_id == meta["tokenizer.ggml.bos_token_id"] == smol_ref.bos_token_id
     assert tok.eos_token_id == meta["tokenizer.ggml.eos_token_id"] == smol_ref.eos_token_id
     assert tok.unk_token_id == meta["tokenizer.ggml.unknown_token_id"] == smol_ref.unk_token_id
     assert tok.pad_token_id == meta["tokenizer.ggml.padding_token_id"] == smol_ref.pad_token_id
     assert tok.convert_tokens_to_ids("<|im_start|>") == tokens.index("<|im_start|>")
-    assert template == meta["tokenizer.chat_template"] == smol_ref.chat_template == tok.chat_template
+    assert (
+        template == meta["tokenizer.chat_template"] == smol_ref.chat_template == tok.chat_template
+    )
     # every control token of the file is special and stays whole
     control = [t for t, kind in zip(tokens, meta["tokenizer.ggml.token_type"]) if kind == 3]
     special = {t.content for t in tok.added_tokens_decoder.values() if t.special}
@@ -135,7 +158,8 @@ def test_smollm2_chat_template(smol, smol_ref, add_generation_prompt):
         assert text.startswith("<|im_start|>system\n")
         assert text.endswith("<|im_start|>assistant\n") == add_generation_prompt
         assert ids_of(tok.apply_chat_template(conv, tokenize=True, **kw)) == ids_of(
-            smol_ref.apply_chat_template(conv, tokenize=True, **kw))
+            smol_ref.apply_chat_template(conv, tokenize=True, **kw)
+        )
 
 
 def test_smollm2_decode_id_sweep(smol, smol_ref):
@@ -145,7 +169,8 @@ def test_smollm2_decode_id_sweep(smol, smol_ref):
         ids = list(range(start, min(n, start + 300 * step), step))
         for skip in (False, True):
             assert smol[0].decode(ids, skip_special_tokens=skip) == smol_ref.decode(
-                ids, skip_special_tokens=skip)
+                ids, skip_special_tokens=skip
+            )
 
 
 def test_loads_without_torch(smollm2_path, smol_ref):
@@ -159,15 +184,22 @@ def test_loads_without_torch(smollm2_path, smol_ref):
         "[{'role': 'user', 'content': 'Hi'}], tokenize=False, add_generation_prompt=True)}))\n"
     )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["ids"] == smol_ref("Hello world")["input_ids"] and out["ids"]
     assert out["template"] == smol_ref.chat_template
     assert out["eos"] == smol_ref.eos_token_id
     assert out["chat"] == smol_ref.apply_chat_template(
-        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
 
 
 # ----------------------------------------------------------------------------- written GGUFs
@@ -194,11 +226,17 @@ def write_tokenizer_gguf(path, arch: str, meta: dict) -> None:
 
 
 def model_meta(arch: str) -> dict:
-    return {f"{arch}.block_count": 1, f"{arch}.context_length": 128,
-            f"{arch}.embedding_length": 64, f"{arch}.feed_forward_length": 128,
-            f"{arch}.attention.head_count": 4, f"{arch}.attention.head_count_kv": 2,
-            f"{arch}.rope.freq_base": 10000.0,
-            f"{arch}.attention.layer_norm_rms_epsilon": 1e-6, "general.name": "tokenizer test"}
+    return {
+        f"{arch}.block_count": 1,
+        f"{arch}.context_length": 128,
+        f"{arch}.embedding_length": 64,
+        f"{arch}.feed_forward_length": 128,
+        f"{arch}.attention.head_count": 4,
+        f"{arch}.attention.head_count_kv": 2,
+        f"{arch}.rope.freq_base": 10000.0,
+        f"{arch}.attention.layer_norm_rms_epsilon": 1e-6,
+        "general.name": "tokenizer test",
+    }
 
 
 def test_qwen2_gguf_matches_transformers(tmp_path, smol_reader):
@@ -216,7 +254,7 @@ def test_qwen2_gguf_matches_transformers(tmp_path, smol_reader):
         "tokenizer.ggml.add_bos_token": True,
         "tokenizer.ggml.add_eos_token": True,
         "tokenizer.chat_template": "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
-                                   "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}",
+        "{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}",
     }
     path = tmp_path / "qwen2-tok.gguf"
     write_tokenizer_gguf(path, "qwen2", meta)
@@ -228,16 +266,41 @@ def test_qwen2_gguf_matches_transformers(tmp_path, smol_reader):
     assert ids[0] == 1 and ids[-1] == 2  # add_bos_token / add_eos_token honoured
     assert template == meta["tokenizer.chat_template"]
     for gen in (False, True):
-        assert mine.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=gen) == \
-            ref.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=gen)
+        assert mine.apply_chat_template(
+            CONVERSATION, tokenize=False, add_generation_prompt=gen
+        ) == ref.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=gen)
 
 
 def test_sentencepiece_gguf_matches_transformers(tmp_path):
     """A SentencePiece ("llama" model) vocabulary with byte fallback and no merges list: merges
     come from the scores, and BOS is added by default since the file has no add_bos_token."""
-    pieces = ["\u2581", "h", "e", "l", "o", "w", "r", "d", "H", "W", "!",
-              "\u2581h", "he", "ll", "lo", "\u2581he", "llo", "\u2581hello", "\u2581w", "or",
-              "\u2581wor", "ld", "\u2581world", "\u2581W", "\u2581H"]
+    pieces = [
+        "\u2581",
+        "h",
+        "e",
+        "l",
+        "o",
+        "w",
+        "r",
+        "d",
+        "H",
+        "W",
+        "!",
+        "\u2581h",
+        "he",
+        "ll",
+        "lo",
+        "\u2581he",
+        "llo",
+        "\u2581hello",
+        "\u2581w",
+        "or",
+        "\u2581wor",
+        "ld",
+        "\u2581world",
+        "\u2581W",
+        "\u2581H",
+    ]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
     types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
     scores = [0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(pieces))]
@@ -275,13 +338,25 @@ def test_bad_files(tmp_path):
     with pytest.raises(ValueError, match="tokenizer.ggml.tokens"):
         load_gguf_tokenizer(str(no_vocab))
     bad_id = tmp_path / "badid.gguf"
-    write_tokenizer_gguf(bad_id, "llama", model_meta("llama") | {
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b", "ab"],
-        "tokenizer.ggml.merges": ["a b"], "tokenizer.ggml.eos_token_id": 7})
+    write_tokenizer_gguf(
+        bad_id,
+        "llama",
+        model_meta("llama")
+        | {
+            "tokenizer.ggml.model": "gpt2",
+            "tokenizer.ggml.tokens": ["a", "b", "ab"],
+            "tokenizer.ggml.merges": ["a b"],
+            "tokenizer.ggml.eos_token_id": 7,
+        },
+    )
     with pytest.raises(ValueError, match="eos_token_id = 7 is outside the vocabulary of 3"):
         load_gguf_tokenizer(str(bad_id))
     bad_model = tmp_path / "badmodel.gguf"
-    write_tokenizer_gguf(bad_model, "llama", model_meta("llama") | {
-        "tokenizer.ggml.model": "wordpiece-ish", "tokenizer.ggml.tokens": ["a", "b"]})
+    write_tokenizer_gguf(
+        bad_model,
+        "llama",
+        model_meta("llama")
+        | {"tokenizer.ggml.model": "wordpiece-ish", "tokenizer.ggml.tokens": ["a", "b"]},
+    )
     with pytest.raises(ValueError, match="cannot build the tokenizer.*wordpiece-ish"):
         load_gguf_tokenizer(str(bad_model))

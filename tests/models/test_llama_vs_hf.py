@@ -22,7 +22,10 @@ SMALL = dict(
 
 CASES = {
     "llama-gqa-untied": (transformers.LlamaConfig, dict(num_key_value_heads=2)),
-    "llama-mha-tied": (transformers.LlamaConfig, dict(num_key_value_heads=8, tie_word_embeddings=True)),
+    "llama-mha-tied": (
+        transformers.LlamaConfig,
+        dict(num_key_value_heads=8, tie_word_embeddings=True),
+    ),
     "llama3-rope-scaling": (
         transformers.LlamaConfig,
         dict(
@@ -38,7 +41,10 @@ CASES = {
         ),
     ),
     "mistral": (transformers.MistralConfig, dict(num_key_value_heads=2, sliding_window=None)),
-    "qwen2-bias-tied": (transformers.Qwen2Config, dict(num_key_value_heads=2, tie_word_embeddings=True)),
+    "qwen2-bias-tied": (
+        transformers.Qwen2Config,
+        dict(num_key_value_heads=2, tie_word_embeddings=True),
+    ),
 }
 
 

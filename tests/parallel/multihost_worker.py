@@ -30,11 +30,21 @@ def main() -> None:
 
     from jaxllm import LLM, SamplingParams
 
-    llm = LLM(folder, tensor_parallel_size=2, num_gpu_blocks_override=64, max_model_len=128,
-              max_num_seqs=8, compilation_cache_dir="off")
+    llm = LLM(
+        folder,
+        tensor_parallel_size=2,
+        num_gpu_blocks_override=64,
+        max_model_len=128,
+        max_num_seqs=8,
+        compilation_cache_dir="off",
+    )
     spec = llm.llm_engine.runner.params["layers"]["self_attn"]["q_proj"]["kernel"].sharding
-    record = {"process": jax.process_index(), "devices": len(jax.devices()),
-              "local_devices": len(jax.local_devices()), "q_devices": len(spec.device_set)}
+    record = {
+        "process": jax.process_index(),
+        "devices": len(jax.devices()),
+        "local_devices": len(jax.local_devices()),
+        "q_devices": len(spec.device_set),
+    }
     if multihost.is_leader():
         sp = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
         outs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], sp, use_tqdm=False)

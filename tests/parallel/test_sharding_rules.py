@@ -78,9 +78,19 @@ def test_uneven_split_of_other_axes_is_an_error():
         logical_to_spec(("embed", "mlp"), (64,), SIZES)
 
 
-@pytest.mark.parametrize("hq,hkv,tp,want_hkv", [(8, 2, 1, 2), (8, 2, 2, 2), (8, 2, 4, 4),
-                                                (8, 2, 8, 8), (32, 8, 4, 8), (32, 8, 16, 16),
-                                                (12, 4, 6, 12), (9, 3, 3, 3)])
+@pytest.mark.parametrize(
+    "hq,hkv,tp,want_hkv",
+    [
+        (8, 2, 1, 2),
+        (8, 2, 2, 2),
+        (8, 2, 4, 4),
+        (8, 2, 8, 8),
+        (32, 8, 4, 8),
+        (32, 8, 16, 16),
+        (12, 4, 6, 12),
+        (9, 3, 3, 3),
+    ],
+)
 def test_tp_model_config_kv_heads(hq, hkv, tp, want_hkv):
     config = _config(num_attention_heads=hq, num_key_value_heads=hkv, intermediate_size=144)
     got = tp_model_config(config, tp)
@@ -93,8 +103,11 @@ def test_tp_model_config_kv_heads(hq, hkv, tp, want_hkv):
 
 def test_uneven_heads_rejected_with_numbers():
     smollm2 = dummy_config("smollm2-135m")
-    with pytest.raises(ValueError, match=r"tensor_parallel_size 2 does not divide the model's 9 "
-                       r"query heads \(3 KV heads\).*\[1, 3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"tensor_parallel_size 2 does not divide the model's 9 "
+        r"query heads \(3 KV heads\).*\[1, 3\]",
+    ):
         check_tensor_parallel(smollm2, 2)
     with pytest.raises(ValueError, match="intermediate_size=130"):
         check_tensor_parallel(_config(intermediate_size=130), 4)
@@ -109,14 +122,23 @@ def test_expand_kv_heads_is_numpy_repeat_of_heads():
     L, D, Dh, H = 2, 64, config.head_dim, config.num_key_value_heads
     k = rng.standard_normal((L, D, H * Dh)).astype(np.float32)
     b = rng.standard_normal((L, H * Dh)).astype(np.float32)
-    params = {"layers": {"self_attn": {"k_proj": {"kernel": k, "bias": b},
-                                       "v_proj": {"kernel": k + 1}, "q_proj": {"kernel": k}}}}
+    params = {
+        "layers": {
+            "self_attn": {
+                "k_proj": {"kernel": k, "bias": b},
+                "v_proj": {"kernel": k + 1},
+                "q_proj": {"kernel": k},
+            }
+        }
+    }
     out = expand_kv_heads(params, config, 3)
     want = np.repeat(k.reshape(L, D, H, Dh), 3, axis=2).reshape(L, D, 3 * H * Dh)
     np.testing.assert_array_equal(out["layers"]["self_attn"]["k_proj"]["kernel"], want)
     np.testing.assert_array_equal(out["layers"]["self_attn"]["v_proj"]["kernel"], want + 1)
-    np.testing.assert_array_equal(out["layers"]["self_attn"]["k_proj"]["bias"],
-                                  np.repeat(b.reshape(L, H, Dh), 3, axis=1).reshape(L, -1))
+    np.testing.assert_array_equal(
+        out["layers"]["self_attn"]["k_proj"]["bias"],
+        np.repeat(b.reshape(L, H, Dh), 3, axis=1).reshape(L, -1),
+    )
     assert out["layers"]["self_attn"]["q_proj"]["kernel"] is k
     assert list(replicated_kv_columns(2, 2, 2)) == [0, 1, 0, 1, 2, 3, 2, 3]
 

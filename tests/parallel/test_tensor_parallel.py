@@ -50,7 +50,11 @@ def observed(tmp_path_factory, smollm2_path, llama_dir):
     env["TP_WORKER_LLAMA_DIR"] = str(llama_dir)
     proc = subprocess.run(
         [sys.executable, WORKER, str(out), "llama", "formats", "smollm2"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if proc.returncode != 0:
         pytest.fail(f"tp_worker failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}")
@@ -77,8 +81,9 @@ def test_kv_heads_replicated_for_tp4(observed):
     assert kv["shape"] == [2, 64, 4, 16, 8] and kv["shard_shape"] == [2, 64, 1, 16, 8]
 
 
-@pytest.mark.parametrize("source", ["shards/tp2", "shards/tp4", "orbax_tp4", "dummy_tp2",
-                                    "dummy_tp4"])
+@pytest.mark.parametrize(
+    "source", ["shards/tp2", "shards/tp4", "orbax_tp4", "dummy_tp2", "dummy_tp4"]
+)
 def test_param_shardings_follow_rules_and_hold_right_slices(observed, source):
     report = observed
     for key in source.split("/"):
@@ -138,9 +143,17 @@ def test_two_process_multihost_matches_one_process(observed, llama_dir, tmp_path
     env.pop("XLA_FLAGS", None)
     port = _free_port()
     outs = [tmp_path / f"p{i}.json" for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, worker, str(port), str(i), str(llama_dir),
-                               str(outs[i])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, worker, str(port), str(i), str(llama_dir), str(outs[i])],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = []
     try:
         for p in procs:

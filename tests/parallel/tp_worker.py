@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import json  # noqa: E402
@@ -24,8 +25,9 @@ import tempfile  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-ENGINE = dict(num_gpu_blocks_override=64, max_model_len=128, max_num_seqs=8,
-              compilation_cache_dir="off")
+ENGINE = dict(
+    num_gpu_blocks_override=64, max_model_len=128, max_num_seqs=8, compilation_cache_dir="off"
+)
 PROMPTS = [[5, 17, 99, 3, 250], list(range(40, 61)), [7] * 3 + list(range(100, 130))]
 NEW_TOKENS = 8
 
@@ -36,9 +38,19 @@ def make_llama(folder: str) -> None:
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-        tie_word_embeddings=False, initializer_range=0.2, bos_token_id=1, eos_token_id=2)
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
 
 
@@ -69,9 +81,13 @@ def shard_report(params, reference) -> dict:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     for (path, leaf), ref in zip(flat, jax.tree.leaves(reference)):
         ok = leaf.shape == ref.shape and all(
-            np.array_equal(np.asarray(s.data), ref[s.index]) for s in leaf.addressable_shards)
-        out[path_str(path)] = [str(leaf.sharding.spec), bool(ok),
-                               sorted({d.id for d in leaf.sharding.device_set})]
+            np.array_equal(np.asarray(s.data), ref[s.index]) for s in leaf.addressable_shards
+        )
+        out[path_str(path)] = [
+            str(leaf.sharding.spec),
+            bool(ok),
+            sorted({d.id for d in leaf.sharding.device_set}),
+        ]
     return out
 
 
@@ -99,8 +115,11 @@ def section_llama(res: dict, tmp: str) -> None:
         if tp == 4:
             runner = llm.llm_engine.runner
             k = runner.kv_cache.k
-            res["kv_cache"] = {"spec": str(k.sharding.spec), "shape": list(k.shape),
-                               "shard_shape": list(k.addressable_shards[0].data.shape)}
+            res["kv_cache"] = {
+                "spec": str(k.sharding.spec),
+                "shape": list(k.shape),
+                "shard_shape": list(k.addressable_shards[0].data.shape),
+            }
             res["runner_num_kv_heads"] = runner.model_config.num_key_value_heads
         del llm
     llm = LLM(folder, tensor_parallel_size=2, data_parallel_size=2, **ENGINE)
@@ -154,7 +173,8 @@ def section_formats(res: dict, tmp: str) -> None:
     for tp in (2, 4):
         loaded = load_model("dummy:tiny", mesh=make_mesh(tp))
         res[f"dummy_tp{tp}"] = shard_report(
-            loaded.params, expand_kv_heads(dummy, dcfg, kv_head_replicas(dcfg, tp)))
+            loaded.params, expand_kv_heads(dummy, dcfg, kv_head_replicas(dcfg, tp))
+        )
 
 
 def section_smollm2(res: dict, tmp: str) -> None:

@@ -23,11 +23,16 @@ class Params:
     stop_token_ids: list | None = None
 
 
-def make_scheduler(num_blocks=32, budget=64, max_num_seqs=8, max_model_len=32, chunked=True,
-                   caching=True):
+def make_scheduler(
+    num_blocks=32, budget=64, max_num_seqs=8, max_model_len=32, chunked=True, caching=True
+):
     return Scheduler(
-        SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
-                        max_model_len=max_model_len, enable_chunked_prefill=chunked),
+        SchedulerConfig(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=budget,
+            max_model_len=max_model_len,
+            enable_chunked_prefill=chunked,
+        ),
         CacheConfig(block_size=BS, enable_prefix_caching=caching),
         num_blocks,
     )
@@ -39,13 +44,21 @@ _next_tok = iter(range(1000, 10**9, 100))
 def req(rid, n_prompt, salt=None, **params):
     """A prompt of distinct tokens (no accidental prefix hits)."""
     start = next(_next_tok)
-    return Request(rid, list(range(start, start + n_prompt)), Params(**params),
-                   eos_token_ids=(EOS,), arrival_time=0.0, cache_salt=salt)
+    return Request(
+        rid,
+        list(range(start, start + n_prompt)),
+        Params(**params),
+        eos_token_ids=(EOS,),
+        arrival_time=0.0,
+        cache_salt=salt,
+    )
 
 
 def summary(out):
-    return [(s.request_id, s.num_computed_tokens, s.num_new_tokens, s.block_ids, s.samples)
-            for s in out.scheduled]
+    return [
+        (s.request_id, s.num_computed_tokens, s.num_new_tokens, s.block_ids, s.samples)
+        for s in out.scheduled
+    ]
 
 
 def rids(reqs):
@@ -55,8 +68,9 @@ def rids(reqs):
 def step(sched, tokens=None):
     """schedule + update, sampling `tokens[rid]` (default 50) for every request that samples."""
     out = sched.schedule()
-    sampled = {s.request_id: [(tokens or {}).get(s.request_id, 50)]
-               for s in out.scheduled if s.samples}
+    sampled = {
+        s.request_id: [(tokens or {}).get(s.request_id, 50)] for s in out.scheduled if s.samples
+    }
     sched.update_from_output(out, sampled)
     return out
 
@@ -66,12 +80,18 @@ def test_admission_and_decode_block_growth():
     for r in (req("a", 6), req("b", 5), req("c", 3)):
         s.add_request(r)
     out = step(s)
-    assert summary(out) == [("a", 0, 6, [1, 2], True), ("b", 0, 5, [3, 4], True),
-                            ("c", 0, 3, [5], True)]
+    assert summary(out) == [
+        ("a", 0, 6, [1, 2], True),
+        ("b", 0, 5, [3, 4], True),
+        ("c", 0, 3, [5], True),
+    ]
     assert out.num_batched_tokens == 14 and s.num_running == 3 and s.num_waiting == 0
     out = step(s)
-    assert summary(out) == [("a", 6, 1, [1, 2], True), ("b", 5, 1, [3, 4], True),
-                            ("c", 3, 1, [5], True)]
+    assert summary(out) == [
+        ("a", 6, 1, [1, 2], True),
+        ("b", 5, 1, [3, 4], True),
+        ("c", 3, 1, [5], True),
+    ]
     out = step(s)  # c's 5th token opens a new block
     assert summary(out)[2] == ("c", 4, 1, [5, 6], True)
     assert s.requests["c"].output_token_ids == [50, 50, 50]
@@ -89,11 +109,17 @@ def test_chunked_prefill_under_the_token_budget():
     assert summary(out) == [("a", 8, 2, [1, 2, 3], True), ("b", 0, 6, [4, 5], True)]
     s.add_request(req("c", 10))
     out = step(s)  # decodes first, then c is cut to the 6 tokens left
-    assert summary(out) == [("a", 10, 1, [1, 2, 3], True), ("b", 6, 1, [4, 5], True),
-                            ("c", 0, 6, [6, 7], False)]
+    assert summary(out) == [
+        ("a", 10, 1, [1, 2, 3], True),
+        ("b", 6, 1, [4, 5], True),
+        ("c", 0, 6, [6, 7], False),
+    ]
     out = step(s)
-    assert summary(out) == [("a", 11, 1, [1, 2, 3], True), ("b", 7, 1, [4, 5], True),
-                            ("c", 6, 4, [6, 7, 8], True)]
+    assert summary(out) == [
+        ("a", 11, 1, [1, 2, 3], True),
+        ("b", 7, 1, [4, 5], True),
+        ("c", 6, 4, [6, 7, 8], True),
+    ]
 
 
 def test_without_chunked_prefill_a_prompt_waits_for_a_whole_budget():
@@ -104,8 +130,11 @@ def test_without_chunked_prefill_a_prompt_waits_for_a_whole_budget():
     assert summary(out) == [("a", 0, 10, [1, 2, 3], True)]
     assert rids(s.waiting) == ["b", "c"]  # c does not jump the queue
     out = step(s)
-    assert summary(out) == [("a", 10, 1, [1, 2, 3], True), ("b", 0, 10, [4, 5, 6], True),
-                            ("c", 0, 3, [7], True)]
+    assert summary(out) == [
+        ("a", 10, 1, [1, 2, 3], True),
+        ("b", 0, 10, [4, 5, 6], True),
+        ("c", 0, 3, [7], True),
+    ]
     assert out.num_batched_tokens == 14
     with pytest.raises(ValueError, match="max_num_batched_tokens"):
         make_scheduler(budget=8, max_model_len=16, chunked=False)
@@ -130,8 +159,11 @@ def test_preempt_newest_then_recompute_with_prefix_hits():
     r0, r1, r2 = req("r0", 8), req("r1", 7, max_tokens=2), req("r2", 12)
     for r in (r0, r1, r2):
         s.add_request(r)
-    assert summary(step(s)) == [("r0", 0, 8, [1, 2], True), ("r1", 0, 7, [3, 4], True),
-                                ("r2", 0, 12, [5, 6, 7], True)]
+    assert summary(step(s)) == [
+        ("r0", 0, 8, [1, 2], True),
+        ("r1", 0, 7, [3, 4], True),
+        ("r2", 0, 12, [5, 6, 7], True),
+    ]
     # r0 needs a third block, none is free: the newest (r2) is preempted and r0 gets its tail.
     out = step(s)
     assert summary(out) == [("r0", 8, 1, [1, 2, 7], True), ("r1", 7, 1, [3, 4], True)]
@@ -177,8 +209,13 @@ def test_request_that_cannot_grow_preempts_itself():
         (dict(max_tokens=None), [9] * 10, RequestStatus.FINISHED_LENGTH_CAPPED, 4, None),
         (dict(min_tokens=2), [EOS, EOS, 9], RequestStatus.FINISHED_STOPPED, 2, None),
         (dict(min_tokens=3, stop_token_ids=[7]), [7, 7, 7], RequestStatus.FINISHED_STOPPED, 3, 7),
-        (dict(ignore_eos=True, max_tokens=3), [EOS] * 4, RequestStatus.FINISHED_LENGTH_CAPPED, 3,
-         None),
+        (
+            dict(ignore_eos=True, max_tokens=3),
+            [EOS] * 4,
+            RequestStatus.FINISHED_LENGTH_CAPPED,
+            3,
+            None,
+        ),
         (dict(max_tokens=2), [9, EOS], RequestStatus.FINISHED_LENGTH_CAPPED, 2, None),
     ],
 )
@@ -192,8 +229,12 @@ def test_stop_conditions(params, sampled, status, n_out, stop_reason):
         step(s, {"r": tok})
     assert r.status == status and r.num_output_tokens == n_out
     assert r.output_token_ids == sampled[:n_out] and r.stop_reason == stop_reason
-    assert r.finish_reason == {RequestStatus.FINISHED_STOPPED: "stop",
-                               RequestStatus.FINISHED_LENGTH_CAPPED: "length"}[status]
+    assert (
+        r.finish_reason
+        == {RequestStatus.FINISHED_STOPPED: "stop", RequestStatus.FINISHED_LENGTH_CAPPED: "length"}[
+            status
+        ]
+    )
     assert s.kv_cache_manager.num_free_blocks == 31 and not s.has_unfinished_requests()
 
 
@@ -248,8 +289,12 @@ def test_bad_input_is_rejected():
 def test_real_sampling_params_work():
     sp_mod = pytest.importorskip("jaxllm.sampling_params")
     s = make_scheduler()
-    r = Request("r", [5, 6, 7], sp_mod.SamplingParams(max_tokens=5, min_tokens=2,
-                                                      stop_token_ids=[7]), eos_token_ids=(EOS,))
+    r = Request(
+        "r",
+        [5, 6, 7],
+        sp_mod.SamplingParams(max_tokens=5, min_tokens=2, stop_token_ids=[7]),
+        eos_token_ids=(EOS,),
+    )
     s.add_request(r)
     for tok in (7, 8, 7, 9):
         if s.has_unfinished_requests():
@@ -272,27 +317,46 @@ def reference_generate(r, max_model_len):
         out.append(t)
         if len(toks) >= max_model_len or (p.max_tokens is not None and len(out) >= p.max_tokens):
             return out, "length"
-        if len(out) >= p.min_tokens:
-            if (not p.ignore_eos and t == EOS) or t in (p.stop_token_ids or ()):
-                return out, "stop"
+        stops = (not p.ignore_eos and t == EOS) or t in (p.stop_token_ids or ())
+        if len(out) >= p.min_tokens and stops:
+            return out, "stop"
 
 
-@pytest.mark.parametrize("chunked, caching, num_blocks, budget", [
-    (True, True, 12, 16), (True, False, 12, 16), (False, True, 10, 32), (True, True, 64, 64)])
+@pytest.mark.parametrize(
+    "chunked, caching, num_blocks, budget",
+    [(True, True, 12, 16), (True, False, 12, 16), (False, True, 10, 32), (True, True, 64, 64)],
+)
 def test_end_to_end_matches_sequential_generation(chunked, caching, num_blocks, budget):
     rng = random.Random(0)
     max_model_len = 32
-    s = make_scheduler(num_blocks=num_blocks, budget=budget, max_num_seqs=6,
-                       max_model_len=max_model_len, chunked=chunked, caching=caching)
+    s = make_scheduler(
+        num_blocks=num_blocks,
+        budget=budget,
+        max_num_seqs=6,
+        max_model_len=max_model_len,
+        chunked=chunked,
+        caching=caching,
+    )
     system = [rng.randrange(1, 40) for _ in range(9)]
     reqs = []
     for i in range(14):
         own = [rng.randrange(1, 40) for _ in range(rng.randint(1, 14))]
         prompt = (system if i % 2 else []) + own
-        params = Params(max_tokens=rng.choice([1, 4, 12, None]), min_tokens=rng.choice([0, 0, 2]),
-                        ignore_eos=rng.random() < 0.2, stop_token_ids=rng.choice([None, [3, 5]]))
-        reqs.append(Request(f"q{i}", prompt, params, eos_token_ids=(EOS,),
-                            cache_salt="x" if i % 4 == 3 else None))
+        params = Params(
+            max_tokens=rng.choice([1, 4, 12, None]),
+            min_tokens=rng.choice([0, 0, 2]),
+            ignore_eos=rng.random() < 0.2,
+            stop_token_ids=rng.choice([None, [3, 5]]),
+        )
+        reqs.append(
+            Request(
+                f"q{i}",
+                prompt,
+                params,
+                eos_token_ids=(EOS,),
+                cache_salt="x" if i % 4 == 3 else None,
+            )
+        )
     kv = np.full((num_blocks, BS), -1)  # the simulated cache: one token id per slot
     pending, step_no = list(reqs), 0
     while pending or s.has_unfinished_requests():

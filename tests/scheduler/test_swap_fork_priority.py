@@ -24,11 +24,24 @@ class Params:
     stop_token_ids: list | None = None
 
 
-def make_scheduler(num_blocks=32, budget=64, max_num_seqs=8, max_model_len=32, caching=True,
-                   mode="recompute", host=0, policy="fcfs"):
+def make_scheduler(
+    num_blocks=32,
+    budget=64,
+    max_num_seqs=8,
+    max_model_len=32,
+    caching=True,
+    mode="recompute",
+    host=0,
+    policy="fcfs",
+):
     return Scheduler(
-        SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
-                        max_model_len=max_model_len, policy=policy, preemption_mode=mode),
+        SchedulerConfig(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=budget,
+            max_model_len=max_model_len,
+            policy=policy,
+            preemption_mode=mode,
+        ),
         CacheConfig(block_size=BS, enable_prefix_caching=caching),
         num_blocks,
         num_host_blocks=host,
@@ -41,13 +54,16 @@ _next_tok = iter(range(1000, 10**9, 100))
 def req(rid, n_prompt, priority=0, arrival=0.0, prompt=None, **params):
     start = next(_next_tok)
     tokens = prompt if prompt is not None else list(range(start, start + n_prompt))
-    return Request(rid, tokens, Params(**params), eos_token_ids=(EOS,), arrival_time=arrival,
-                   priority=priority)
+    return Request(
+        rid, tokens, Params(**params), eos_token_ids=(EOS,), arrival_time=arrival, priority=priority
+    )
 
 
 def summary(out):
-    return [(s.request_id, s.num_computed_tokens, s.num_new_tokens, s.block_ids, s.samples)
-            for s in out.scheduled]
+    return [
+        (s.request_id, s.num_computed_tokens, s.num_new_tokens, s.block_ids, s.samples)
+        for s in out.scheduled
+    ]
 
 
 def rids(reqs):
@@ -56,8 +72,9 @@ def rids(reqs):
 
 def step(sched, tokens=None):
     out = sched.schedule()
-    sampled = {s.request_id: [(tokens or {}).get(s.request_id, 50)]
-               for s in out.scheduled if s.samples}
+    sampled = {
+        s.request_id: [(tokens or {}).get(s.request_id, 50)] for s in out.scheduled if s.samples
+    }
     sched.update_from_output(out, sampled)
     return out
 
@@ -71,8 +88,11 @@ def three_requests(s):
     r0, r1, r2 = req("r0", 8), req("r1", 7, max_tokens=2), req("r2", 12)
     for r in (r0, r1, r2):
         s.add_request(r)
-    assert summary(step(s)) == [("r0", 0, 8, [1, 2], True), ("r1", 0, 7, [3, 4], True),
-                                ("r2", 0, 12, [5, 6, 7], True)]
+    assert summary(step(s)) == [
+        ("r0", 0, 8, [1, 2], True),
+        ("r1", 0, 7, [3, 4], True),
+        ("r2", 0, 12, [5, 6, 7], True),
+    ]
     return r0, r1, r2
 
 
@@ -118,7 +138,8 @@ def test_swapped_request_resumes_after_the_holder_goes():
     step(s)  # r0 [1, 2], r1 [3, 4]; both need a third block next
     out = step(s)  # r1 is swapped out (free queue [4, 3]); r0 takes 4
     assert out.blocks_to_swap_out == [(3, 0), (4, 1)] and summary(out) == [
-        ("r0", 8, 1, [1, 2, 4], True)]
+        ("r0", 8, 1, [1, 2, 4], True)
+    ]
     out = step(s)  # no room for r1 yet: it stays swapped
     assert summary(out) == [("r0", 9, 1, [1, 2, 4], True)] and not out.has_block_ops
     s.finish_requests("r0", RequestStatus.FINISHED_ABORTED)  # free queue [3, 4, 2, 1]
@@ -137,16 +158,22 @@ def test_fork_prefills_once_then_copy_on_write():
     s.add_request(p, fork_children=[c1, c2])
     assert rids(s.waiting) == ["p#0"] and s.get_num_unfinished_requests() == 3
     out = step(s, {"p#0": 11, "p#1": 12, "p#2": 13})
-    assert summary(out) == [("p#0", 0, 6, [1, 2], True), ("p#1", 6, 0, [1, 2], True),
-                            ("p#2", 6, 0, [1, 2], True)]
+    assert summary(out) == [
+        ("p#0", 0, 6, [1, 2], True),
+        ("p#1", 6, 0, [1, 2], True),
+        ("p#2", 6, 0, [1, 2], True),
+    ]
     assert [x.sample_from for x in out.scheduled] == [None, "p#0", "p#0"]
     assert out.num_batched_tokens == 6 and s.num_prompt_tokens_computed == 6
     assert rids(s.running) == ["p#0", "p#1", "p#2"]
     assert [r.output_token_ids for r in (p, c1, c2)] == [[11], [12], [13]]
     # Each writes position 6 into the shared block 2: the first two copy it, the last keeps it.
     out = step(s)
-    assert summary(out) == [("p#0", 6, 1, [1, 3], True), ("p#1", 6, 1, [1, 4], True),
-                            ("p#2", 6, 1, [1, 2], True)]
+    assert summary(out) == [
+        ("p#0", 6, 1, [1, 3], True),
+        ("p#1", 6, 1, [1, 4], True),
+        ("p#2", 6, 1, [1, 2], True),
+    ]
     assert out.blocks_to_copy == [(2, 3), (2, 4)]
     assert step(s).blocks_to_copy == [] and s.num_prompt_tokens_computed == 6
 
@@ -163,12 +190,16 @@ def test_fork_waits_for_the_last_prompt_chunk_and_for_seats():
     out = step(s)
     assert summary(out) == [("x", 2, 1, [1], True), ("p", 2, 3, [2, 3], False)]
     out = step(s)
-    assert summary(out) == [("x", 3, 1, [1], True), ("p", 5, 1, [2, 3], True),
-                            ("c", 6, 0, [2, 3], True)]
+    assert summary(out) == [
+        ("x", 3, 1, [1], True),
+        ("p", 5, 1, [2, 3], True),
+        ("c", 6, 0, [2, 3], True),
+    ]
     assert rids(s.waiting) == ["y"] and s.num_prompt_tokens_computed == 2 + 6
     with pytest.raises(ValueError, match="exceed max_num_seqs"):
-        s.add_request(req("g", 0, prompt=[1]),
-                      fork_children=[req(f"g{i}", 0, prompt=[1]) for i in range(3)])
+        s.add_request(
+            req("g", 0, prompt=[1]), fork_children=[req(f"g{i}", 0, prompt=[1]) for i in range(3)]
+        )
     with pytest.raises(ValueError, match="another prompt"):
         s.add_request(req("h", 2), fork_children=[req("h1", 3)])
 
@@ -190,8 +221,12 @@ def test_aborting_a_group_before_its_fork_and_a_lone_parent():
 
 def test_priority_orders_waiting_and_running():
     s = make_scheduler(budget=8, policy="priority")
-    a, b, c, d = (req("a", 8, priority=1, arrival=1.0), req("b", 8, priority=0, arrival=2.0),
-                  req("c", 8, priority=1, arrival=0.5), req("d", 8, priority=0, arrival=2.0))
+    a, b, c, d = (
+        req("a", 8, priority=1, arrival=1.0),
+        req("b", 8, priority=0, arrival=2.0),
+        req("c", 8, priority=1, arrival=0.5),
+        req("d", 8, priority=0, arrival=2.0),
+    )
     for r in (a, b, c, d):
         s.add_request(r)
     assert rids(s.waiting) == ["b", "d", "c", "a"]  # (priority, arrival, order added)
@@ -200,8 +235,11 @@ def test_priority_orders_waiting_and_running():
     s.add_request(e)
     assert rids(s.waiting) == ["e", "d", "c", "a"]
     out = step(s)  # b decodes, then e, then a chunk of d in the 3 tokens left
-    assert summary(out) == [("b", 8, 1, [1, 2, 3], True), ("e", 0, 4, [4], True),
-                            ("d", 0, 3, [5], False)]
+    assert summary(out) == [
+        ("b", 8, 1, [1, 2, 3], True),
+        ("e", 0, 4, [4], True),
+        ("d", 0, 3, [5], False),
+    ]
     assert rids(s.running) == ["e", "b", "d"]  # running is kept in priority order too
     with pytest.raises(ValueError, match="policy 'priority'"):
         make_scheduler().add_request(req("z", 4, priority=2))
@@ -213,8 +251,11 @@ def test_priority_preempts_the_lowest_priority_not_the_newest():
     def run(policy):
         s = make_scheduler(num_blocks=8, max_model_len=16, policy=policy)
         prio = (lambda p: p) if policy == "priority" else (lambda p: 0)
-        x, y, z = (req("x", 8, priority=prio(0)), req("y", 8, priority=prio(2)),
-                   req("z", 8, priority=prio(1)))
+        x, y, z = (
+            req("x", 8, priority=prio(0)),
+            req("y", 8, priority=prio(2)),
+            req("z", 8, priority=prio(1)),
+        )
         for r in (x, y, z):
             s.add_request(r)
         step(s)  # fcfs: x [1, 2], y [3, 4], z [5, 6]; one block left (7)
@@ -223,12 +264,16 @@ def test_priority_preempts_the_lowest_priority_not_the_newest():
 
     s, out = run("fcfs")
     assert rids(out.preempted) == ["z"] and summary(out) == [
-        ("x", 8, 1, [1, 2, 7], True), ("y", 8, 1, [3, 4, 6], True)]
+        ("x", 8, 1, [1, 2, 7], True),
+        ("y", 8, 1, [3, 4, 6], True),
+    ]
     # By priority, x (0), z (1), y (2) were admitted in that order (x [1, 2], z [3, 4],
     # y [5, 6]) and y, the lowest priority, is the victim.
     s, out = run("priority")
     assert rids(out.preempted) == ["y"] and summary(out) == [
-        ("x", 8, 1, [1, 2, 7], True), ("z", 8, 1, [3, 4, 6], True)]
+        ("x", 8, 1, [1, 2, 7], True),
+        ("z", 8, 1, [3, 4, 6], True),
+    ]
     assert rids(s.waiting) == ["y"]
 
 
@@ -249,23 +294,38 @@ def reference_generate(r, salt, max_model_len):
             return out
 
 
-@pytest.mark.parametrize("mode, host, policy, caching", [
-    ("swap", 64, "fcfs", True), ("swap", 3, "priority", True), ("swap", 64, "priority", False),
-    ("recompute", 0, "fcfs", True)])
+@pytest.mark.parametrize(
+    "mode, host, policy, caching",
+    [
+        ("swap", 64, "fcfs", True),
+        ("swap", 3, "priority", True),
+        ("swap", 64, "priority", False),
+        ("recompute", 0, "fcfs", True),
+    ],
+)
 def test_end_to_end_with_swap_forks_and_priorities(mode, host, policy, caching):
     rng = random.Random(1)
     max_model_len, num_blocks, budget = 32, 14, 16
-    s = make_scheduler(num_blocks=num_blocks, budget=budget, max_num_seqs=6,
-                       max_model_len=max_model_len, caching=caching, mode=mode, host=host,
-                       policy=policy)
+    s = make_scheduler(
+        num_blocks=num_blocks,
+        budget=budget,
+        max_num_seqs=6,
+        max_model_len=max_model_len,
+        caching=caching,
+        mode=mode,
+        host=host,
+        policy=policy,
+    )
     groups, salts = [], {}
     for i in range(10):
         prompt = [rng.randrange(1, 40) for _ in range(rng.randint(1, 14))]
         n = rng.choice([1, 1, 2, 3])
         prio = rng.randrange(3) if policy == "priority" else 0
         params = Params(max_tokens=rng.choice([2, 6, 12]), ignore_eos=rng.random() < 0.3)
-        group = [Request(f"q{i}#{j}", prompt, params, eos_token_ids=(EOS,), priority=prio)
-                 for j in range(n)]
+        group = [
+            Request(f"q{i}#{j}", prompt, params, eos_token_ids=(EOS,), priority=prio)
+            for j in range(n)
+        ]
         for j, r in enumerate(group):
             salts[r.request_id] = 7 * i + j
         groups.append(group)

@@ -20,7 +20,7 @@ import secrets
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -60,14 +60,20 @@ class APIKeyMiddleware:
         self._key = api_key.encode()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1") and scope["method"] != "OPTIONS":
+        if (
+            scope["type"] == "http"
+            and scope["path"].startswith("/v1")
+            and scope["method"] != "OPTIONS"
+        ):
             header = dict(scope.get("headers") or []).get(b"authorization")
             error = None
             if header is None:
                 error = "Missing API key: send it as 'Authorization: Bearer <key>'."
             else:
                 scheme, _, token = header.partition(b" ")
-                if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self._key):
+                if scheme.lower() != b"bearer" or not secrets.compare_digest(
+                    token.strip(), self._key
+                ):
                     error = "Incorrect API key provided."
             if error is not None:
                 resp = unauthorized(error).response()
@@ -114,8 +120,9 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
         finally:
             await asyncio.to_thread(async_engine.shutdown)
 
-    app = FastAPI(title="jaxllm OpenAI-compatible server", lifespan=lifespan, docs_url=None,
-                  redoc_url=None)
+    app = FastAPI(
+        title="jaxllm OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     install_error_handlers(app)
     app.state.ctx = ctx
     app.state.metrics = metrics
@@ -123,8 +130,9 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
     @app.get("/health")
     async def health() -> Response:
         if not async_engine.is_running:
-            return OpenAIError(503, "the engine is not running", type="server_error",
-                               code="engine_dead").response()
+            return OpenAIError(
+                503, "the engine is not running", type="server_error", code="engine_dead"
+            ).response()
         return Response(status_code=200)
 
     @app.get("/version")
@@ -139,8 +147,10 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
 
     @app.get("/v1/models")
     async def models() -> dict:
-        cards = [ModelCard(id=n, root=ctx.model_source or None, max_model_len=ctx.max_model_len)
-                 for n in ctx.served_model_names]
+        cards = [
+            ModelCard(id=n, root=ctx.model_source or None, max_model_len=ctx.max_model_len)
+            for n in ctx.served_model_names
+        ]
         return ModelList(data=cards).model_dump()
 
     @app.post("/v1/completions")
@@ -156,18 +166,26 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
         ctx.check_model(body.model)
         tok = ctx.require_tokenizer("prompt")
         if (body.prompt is None) == (body.messages is None):
-            raise OpenAIError(400, "Give exactly one of 'prompt' and 'messages'.", param="prompt",
-                              code="invalid_value")
+            raise OpenAIError(
+                400,
+                "Give exactly one of 'prompt' and 'messages'.",
+                param="prompt",
+                code="invalid_value",
+            )
         if body.messages is not None:
-            text = apply_chat_template(ctx, body.messages,
-                                       add_generation_prompt=body.add_generation_prompt)
+            text = apply_chat_template(
+                ctx, body.messages, add_generation_prompt=body.add_generation_prompt
+            )
             special = False if body.add_special_tokens is None else body.add_special_tokens
         else:
             text = body.prompt
             special = True if body.add_special_tokens is None else body.add_special_tokens
         ids = list(tok.encode(text, add_special_tokens=special))
-        return JSONResponse(TokenizeResponse(count=len(ids), max_model_len=ctx.max_model_len,
-                                             tokens=ids).model_dump())
+        return JSONResponse(
+            TokenizeResponse(
+                count=len(ids), max_model_len=ctx.max_model_len, tokens=ids
+            ).model_dump()
+        )
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> Response:
@@ -184,16 +202,29 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
 class Server:
     """uvicorn running `app` in a background thread (tests, notebooks); `port` is the bound one."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-                 log_level: str = "warning", access_log: bool = False) -> None:
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                access_log=access_log, lifespan="on", timeout_graceful_shutdown=5)
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        access_log: bool = False,
+    ) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="jaxllm-uvicorn", daemon=True)
         self.host = host
-        self.port: Optional[int] = None
+        self.port: int | None = None
 
-    def start(self, timeout: float = 60.0) -> "Server":
+    def start(self, timeout: float = 60.0) -> Server:
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -225,8 +256,13 @@ def run_serve(args: Any) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(f"cannot start the engine: {e}") from None
     app, ctx = build_app(llm, opts)
-    print(f"jaxllm serve: {', '.join(ctx.served_model_names)} on http://{opts.host}:{opts.port} "
-          f"(max_model_len {ctx.max_model_len})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=opts.host, port=opts.port, log_level=opts.log_level,
-                access_log=opts.access_log)
+    print(
+        f"jaxllm serve: {', '.join(ctx.served_model_names)} on http://{opts.host}:{opts.port} "
+        f"(max_model_len {ctx.max_model_len})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app, host=opts.host, port=opts.port, log_level=opts.log_level, access_log=opts.access_log
+    )
     return 0

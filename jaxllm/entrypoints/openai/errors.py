@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -73,7 +74,9 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> OpenAIError:
+def bad_request(
+    message: str, param: str | None = None, code: str | None = "invalid_value"
+) -> OpenAIError:
     return OpenAIError(400, message, param=param, code=code)
 
 
@@ -97,7 +100,10 @@ def unauthorized(message: str) -> OpenAIError:
 
 def overloaded(message: str, retry_after_s: int) -> OpenAIError:
     return OpenAIError(
-        503, message, type="server_error", code="server_overloaded",
+        503,
+        message,
+        type="server_error",
+        code="server_overloaded",
         headers={"Retry-After": str(max(1, int(retry_after_s)))},
     )
 
@@ -123,7 +129,9 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
             detail = (err.get("ctx") or {}).get("error", "")
             where = err.get("loc", ())[-1] if err.get("loc") else None
             at = f" at character {where}" if isinstance(where, int) else ""
-            return bad_request(f"Malformed JSON body{at}: {detail}".rstrip(": "), None, "invalid_json")
+            return bad_request(
+                f"Malformed JSON body{at}: {detail}".rstrip(": "), None, "invalid_json"
+            )
     err = errors[0]
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     # Drop pydantic's union-member tags (e.g. "str", "list[int]") from the location.
@@ -131,11 +139,17 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
     param = ".".join(loc) or None
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return bad_request(f"Unrecognized request argument supplied: {param}", param, "unrecognized_argument")
+        return bad_request(
+            f"Unrecognized request argument supplied: {param}", param, "unrecognized_argument"
+        )
     if kind == "missing":
         if param is None:
-            return bad_request("The request body is missing: send a JSON object.", None, "invalid_json")
-        return bad_request(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+            return bad_request(
+                "The request body is missing: send a JSON object.", None, "invalid_json"
+            )
+        return bad_request(
+            f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
+        )
     if kind in ("model_attributes_type", "dict_type") and param is None:
         return bad_request("The request body must be a JSON object.", None, "invalid_json")
     msg = err.get("msg", "invalid value")
@@ -174,11 +188,16 @@ def install_error_handlers(app: FastAPI) -> None:
             404: f"Not found: {request.method} {request.url.path}",
             405: f"Method {request.method} is not allowed on {request.url.path}",
         }.get(exc.status_code, str(exc.detail))
-        return OpenAIError(exc.status_code, message, type=kind, code=None,
-                           headers=dict(exc.headers or {})).response()
+        return OpenAIError(
+            exc.status_code, message, type=kind, code=None, headers=dict(exc.headers or {})
+        ).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return OpenAIError(500, f"Internal server error: {type(exc).__name__}: {exc}",
-                           type="server_error", code="internal_error").response()
+        return OpenAIError(
+            500,
+            f"Internal server error: {type(exc).__name__}: {exc}",
+            type="server_error",
+            code="internal_error",
+        ).response()

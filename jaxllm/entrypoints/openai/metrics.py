@@ -28,11 +28,16 @@ Per request, recorded on the engine thread as outputs appear:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -41,8 +46,28 @@ from jaxllm.outputs import RequestOutput
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServerMetrics"]
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
-                    2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0)
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+)
 _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
 
@@ -63,23 +88,48 @@ class _EngineStateCollector(Collector):
 
     def collect(self) -> Iterator:
         s = self.stats()
-        yield self._gauge("vllm:num_requests_running", "Sequences in the running batch.", s.num_running)
-        yield self._gauge("vllm:num_requests_waiting", "Sequences waiting to be scheduled.",
-                          s.num_waiting + s.num_pending)
-        yield self._gauge("vllm:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0-1).",
-                          s.kv_cache_usage)
-        yield self._counter("vllm:num_preemptions", "Preemptions since start.", s.num_preemptions_total)
-        yield self._counter("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
-                            s.prefix_cache_queries)
-        yield self._counter("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache.",
-                            s.prefix_cache_hits)
-        yield self._gauge("jaxllm:num_free_gpu_blocks", "Free usable KV-cache blocks.", s.num_free_blocks)
-        yield self._gauge("jaxllm:num_gpu_blocks", "Usable KV-cache blocks (all but the null block).",
-                          s.num_usable_blocks)
-        yield self._gauge("jaxllm:num_requests_pending", "Sequences queued for the engine thread.",
-                          s.num_pending)
-        yield self._gauge("jaxllm:num_unfinished_requests", "Requests the engine holds.",
-                          s.num_unfinished_requests)
+        yield self._gauge(
+            "vllm:num_requests_running", "Sequences in the running batch.", s.num_running
+        )
+        yield self._gauge(
+            "vllm:num_requests_waiting",
+            "Sequences waiting to be scheduled.",
+            s.num_waiting + s.num_pending,
+        )
+        yield self._gauge(
+            "vllm:kv_cache_usage_perc",
+            "Fraction of KV-cache blocks in use (0-1).",
+            s.kv_cache_usage,
+        )
+        yield self._counter(
+            "vllm:num_preemptions", "Preemptions since start.", s.num_preemptions_total
+        )
+        yield self._counter(
+            "vllm:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache.",
+            s.prefix_cache_queries,
+        )
+        yield self._counter(
+            "vllm:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache.",
+            s.prefix_cache_hits,
+        )
+        yield self._gauge(
+            "jaxllm:num_free_gpu_blocks", "Free usable KV-cache blocks.", s.num_free_blocks
+        )
+        yield self._gauge(
+            "jaxllm:num_gpu_blocks",
+            "Usable KV-cache blocks (all but the null block).",
+            s.num_usable_blocks,
+        )
+        yield self._gauge(
+            "jaxllm:num_requests_pending", "Sequences queued for the engine thread.", s.num_pending
+        )
+        yield self._gauge(
+            "jaxllm:num_unfinished_requests",
+            "Requests the engine holds.",
+            s.num_unfinished_requests,
+        )
         yield self._counter("jaxllm:engine_steps", "Engine steps run.", s.num_steps_total)
 
 
@@ -96,36 +146,82 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.model_name = model_name
         r, labels = self.registry, ["model_name"]
-        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens processed.", labels, registry=r)
-        self.generation_tokens = Counter("vllm:generation_tokens", "Tokens generated.", labels, registry=r)
-        self.request_success = Counter(
-            "vllm:request_success", "Finished sequences by finish reason.",
-            labels + ["finished_reason"], registry=r,
+        self.prompt_tokens = Counter(
+            "vllm:prompt_tokens", "Prompt tokens processed.", labels, registry=r
         )
-        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Arrival to first token.",
-                              labels, buckets=_LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("vllm:inter_token_latency_seconds", "Time between a request's token steps.",
-                             labels, buckets=_LATENCY_BUCKETS, registry=r)
-        self.tpot = Histogram("vllm:request_time_per_output_token_seconds",
-                              "A request's mean time per output token after the first.",
-                              labels, buckets=_LATENCY_BUCKETS, registry=r)
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Arrival to finish.",
-                             labels, buckets=_LATENCY_BUCKETS, registry=r)
-        self.queue_time = Histogram("vllm:request_queue_time_seconds", "Arrival to first scheduled.",
-                                    labels, buckets=_LATENCY_BUCKETS, registry=r)
-        self.request_prompt_tokens = Histogram("vllm:request_prompt_tokens", "Prompt tokens per request.",
-                                               labels, buckets=_TOKEN_BUCKETS, registry=r)
+        self.generation_tokens = Counter(
+            "vllm:generation_tokens", "Tokens generated.", labels, registry=r
+        )
+        self.request_success = Counter(
+            "vllm:request_success",
+            "Finished sequences by finish reason.",
+            labels + ["finished_reason"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Arrival to first token.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Time between a request's token steps.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "vllm:request_time_per_output_token_seconds",
+            "A request's mean time per output token after the first.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Arrival to finish.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Arrival to first scheduled.",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_prompt_tokens = Histogram(
+            "vllm:request_prompt_tokens",
+            "Prompt tokens per request.",
+            labels,
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
         self.request_generation_tokens = Histogram(
-            "vllm:request_generation_tokens", "Generated tokens per request (all sequences).",
-            labels, buckets=_TOKEN_BUCKETS, registry=r,
+            "vllm:request_generation_tokens",
+            "Generated tokens per request (all sequences).",
+            labels,
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
         )
         self.registry.register(_EngineStateCollector(model_name, stats))
         # Export every series (zeros) from the start.
         for reason in ("stop", "length", "abort"):
             self.request_success.labels(model_name, reason)
-        for metric in (self.prompt_tokens, self.generation_tokens, self.ttft, self.itl, self.tpot,
-                       self.e2e, self.queue_time, self.request_prompt_tokens,
-                       self.request_generation_tokens):
+        for metric in (
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.ttft,
+            self.itl,
+            self.tpot,
+            self.e2e,
+            self.queue_time,
+            self.request_prompt_tokens,
+            self.request_generation_tokens,
+        ):
             metric.labels(model_name)
         self._timings: dict[str, _Timing] = {}
         self._lock = threading.Lock()
@@ -173,7 +269,9 @@ class ServerMetrics:
             self.e2e.labels(m).observe(met.e2e_latency)
         longest = max(t.tokens_per_seq.values(), default=0)
         if longest > 1 and met.first_token_time is not None and met.last_token_time is not None:
-            self.tpot.labels(m).observe((met.last_token_time - met.first_token_time) / (longest - 1))
+            self.tpot.labels(m).observe(
+                (met.last_token_time - met.first_token_time) / (longest - 1)
+            )
 
     def on_abort(self, request_id: str, num_seqs: int, now: float) -> None:
         with self._lock:

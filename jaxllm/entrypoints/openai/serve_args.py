@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from jaxllm.entrypoints.cli_args import (
     DEFAULT_MODEL,
@@ -47,23 +47,42 @@ _SERVE_DEFAULTS: dict[str, Any] = {
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", metavar="MODEL",
-                        help=f"model to serve (same forms as --model; default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help=f"model to serve (same forms as --model; default {DEFAULT_MODEL})",
+    )
     g = parser.add_argument_group("server")
     g.add_argument("--host", help="address to bind (default 127.0.0.1)")
     g.add_argument("--port", type=int, help="port to bind (default 8000; 0 = any free port)")
-    g.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' on /v1 routes "
-                   f"(default: ${API_KEY_ENV} if set)")
-    g.add_argument("--served-model-name", nargs="+", metavar="NAME",
-                   help="model name(s) clients use; the first is reported (default: MODEL)")
-    g.add_argument("--max-waiting-requests", type=int,
-                   help="answer 503 while this many sequences wait (default 1024; -1 = no bound)")
+    g.add_argument(
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY' on /v1 routes (default: ${API_KEY_ENV} if set)",
+    )
+    g.add_argument(
+        "--served-model-name",
+        nargs="+",
+        metavar="NAME",
+        help="model name(s) clients use; the first is reported (default: MODEL)",
+    )
+    g.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        help="answer 503 while this many sequences wait (default 1024; -1 = no bound)",
+    )
     g.add_argument("--retry-after", type=int, help="Retry-After seconds on 503 (default 1)")
-    g.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
-                   help="server log level (default info)")
+    g.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level (default info)",
+    )
     g.add_argument("--no-access-log", action="store_true", help="do not log each HTTP request")
-    g.add_argument("--config", metavar="FILE.yaml",
-                   help="YAML file of these options (flags given here override it)")
+    g.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="YAML file of these options (flags given here override it)",
+    )
     add_engine_args(parser)
 
 
@@ -78,7 +97,8 @@ def add_serve_subcommand(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     """Add `serve` to the `jaxllm` parser built by cli_args.build_parser()."""
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     sp = subs.add_parser(
-        "serve", help="OpenAI-compatible HTTP server",
+        "serve",
+        help="OpenAI-compatible HTTP server",
         description="Serve MODEL over an OpenAI-compatible HTTP API (/v1/completions, "
         "/v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics).",
         argument_default=argparse.SUPPRESS,
@@ -92,9 +112,9 @@ class ServeOptions:
     engine_kwargs: dict[str, Any]
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: Optional[str] = None
+    api_key: str | None = None
     served_model_names: list[str] = field(default_factory=list)
-    max_waiting_requests: Optional[int] = 1024
+    max_waiting_requests: int | None = 1024
     retry_after: int = 1
     log_level: str = "info"
     access_log: bool = True
@@ -108,8 +128,10 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
     if sampling:  # cannot happen with serve's parser; guards a future change
         raise CLIError(f"serve takes no sampling options: {', '.join(sorted(sampling))}")
     if (engine.get("data_parallel_size") or 1) > 1:
-        raise CLIError("--data-parallel-size > 1 is not supported by `jaxllm serve` yet (offline "
-                       "LLM / generate only); --tensor-parallel-size is")
+        raise CLIError(
+            "--data-parallel-size > 1 is not supported by `jaxllm serve` yet (offline "
+            "LLM / generate only); --tensor-parallel-size is"
+        )
     port = rest["port"]
     if not 0 <= port <= 65535:
         raise CLIError(f"--port must be in [0, 65535], got {port}")

@@ -4,10 +4,12 @@ formatting, server-sent events and client-disconnect handling."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Optional, Sequence
+from typing import Any
 
 from starlette.requests import Request
 
@@ -42,7 +44,7 @@ class ServerContext:
     max_model_len: int
     max_logprobs: int
     vocab_size: int
-    chat_template: Optional[str] = None
+    chat_template: str | None = None
     model_source: str = ""
     retry_after_s: int = 1
 
@@ -50,7 +52,7 @@ class ServerContext:
     def model_name(self) -> str:
         return self.served_model_names[0]
 
-    def check_model(self, name: Optional[str]) -> str:
+    def check_model(self, name: str | None) -> str:
         """The served name to report; 404 for a model this server does not serve."""
         if name is None or name == "":
             return self.model_name
@@ -73,11 +75,13 @@ def check_token_ids(ctx: ServerContext, ids: Sequence[int], param: str) -> list[
         raise bad_request(f"'{param}' is empty: the prompt must hold at least one token.", param)
     bad = next((t for t in ids if not 0 <= t < ctx.vocab_size), None)
     if bad is not None:
-        raise bad_request(f"Token id {bad} in '{param}' is outside the vocabulary [0, {ctx.vocab_size}).", param)
+        raise bad_request(
+            f"Token id {bad} in '{param}' is outside the vocabulary [0, {ctx.vocab_size}).", param
+        )
     return ids
 
 
-def truncate(ids: list[int], keep: Optional[int], param: str = "truncate_prompt_tokens") -> list[int]:
+def truncate(ids: list[int], keep: int | None, param: str = "truncate_prompt_tokens") -> list[int]:
     """vLLM's truncate_prompt_tokens: keep the last `keep` tokens."""
     if keep is None:
         return ids
@@ -89,7 +93,7 @@ def truncate(ids: list[int], keep: Optional[int], param: str = "truncate_prompt_
 def resolve_max_tokens(
     ctx: ServerContext,
     prompt_len: int,
-    requested: Optional[int],
+    requested: int | None,
     explicit: bool,
     *,
     prompt_param: str,
@@ -108,7 +112,9 @@ def resolve_max_tokens(
     if requested is None:
         return room
     if requested < 1:
-        raise bad_request(f"'{max_tokens_param}' must be at least 1, got {requested}.", max_tokens_param)
+        raise bad_request(
+            f"'{max_tokens_param}' must be at least 1, got {requested}.", max_tokens_param
+        )
     if explicit and requested > room:
         raise context_length_exceeded(
             f"This model's maximum context length is {limit} tokens. However, you requested "
@@ -119,7 +125,7 @@ def resolve_max_tokens(
     return min(requested, room)
 
 
-def check_logprobs(ctx: ServerContext, value: Optional[int], param: str) -> None:
+def check_logprobs(ctx: ServerContext, value: int | None, param: str) -> None:
     if value is None:
         return
     if value < 0 or value > ctx.max_logprobs:
@@ -134,9 +140,9 @@ def sampling_params(
     req: Any,
     *,
     max_tokens: int,
-    logprobs: Optional[int],
-    prompt_logprobs: Optional[int],
-    rename: Optional[dict[str, str]] = None,
+    logprobs: int | None,
+    prompt_logprobs: int | None,
+    rename: dict[str, str] | None = None,
 ) -> SamplingParams:
     """SamplingParams from a completion/chat request; a bad value is a 400 naming the field
     (`rename` maps SamplingParams names to the request's, e.g. logprobs -> top_logprobs)."""
@@ -204,7 +210,7 @@ def finite(x: float) -> float:
     return x if math.isfinite(x) else NEG_INF_LOGPROB
 
 
-def token_text(ctx: ServerContext, token_id: int, lp: Optional[Logprob]) -> str:
+def token_text(ctx: ServerContext, token_id: int, lp: Logprob | None) -> str:
     if lp is not None and lp.decoded_token is not None:
         return lp.decoded_token
     if ctx.tokenizer is None:
@@ -219,13 +225,19 @@ def top_entries(entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
     return ranked[:k]
 
 
-def prompt_logprobs_json(plp: Optional[list]) -> Optional[list]:
+def prompt_logprobs_json(plp: list | None) -> list | None:
     """vLLM's prompt_logprobs: [null, {token_id: {logprob, rank, decoded_token}}, ...]."""
     if plp is None:
         return None
     return [
-        None if entry is None else {
-            int(tid): {"logprob": finite(lp.logprob), "rank": lp.rank, "decoded_token": lp.decoded_token}
+        None
+        if entry is None
+        else {
+            int(tid): {
+                "logprob": finite(lp.logprob),
+                "rank": lp.rank,
+                "decoded_token": lp.decoded_token,
+            }
             for tid, lp in entry.items()
         }
         for entry in plp
@@ -243,12 +255,15 @@ async def collect(stream: RequestStream) -> RequestOutput:
     """Run a request to the end; its deltas merged into one cumulative output."""
     outputs = [out async for out in stream]
     if not outputs or not outputs[-1].finished:
-        raise OpenAIError(503, "the request was aborted before it finished", type="server_error",
-                          code="aborted")
+        raise OpenAIError(
+            503, "the request was aborted before it finished", type="server_error", code="aborted"
+        )
     return merge_outputs(outputs)
 
 
-async def merge_streams(streams: Sequence[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+async def merge_streams(
+    streams: Sequence[RequestStream],
+) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Interleave several streams as (stream index, output), in arrival order."""
     if len(streams) == 1:
         async for out in streams[0]:
@@ -310,8 +325,6 @@ async def until_disconnected(request: Request, work: Awaitable[Any]) -> tuple[bo
     if task.done():
         return True, task.result()
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
-    except (asyncio.CancelledError, Exception):
-        pass
     return False, None

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator, Optional
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import Request
@@ -48,7 +48,7 @@ from jaxllm.outputs import Logprob
 
 @dataclass
 class _Prompt:
-    text: Optional[str]  # None for token-id prompts until echo needs it
+    text: str | None  # None for token-id prompts until echo needs it
     ids: list[int]
 
 
@@ -69,7 +69,11 @@ def _prompts(ctx: ServerContext, req: CompletionRequest) -> list[_Prompt]:
                 raise bad_request("'prompt' holds an empty string.", "prompt")
             tok = ctx.require_tokenizer("prompt")
             ids = list(tok.encode(item, add_special_tokens=req.add_special_tokens))
-            out.append(_Prompt(item, check_token_ids(ctx, truncate(ids, req.truncate_prompt_tokens), "prompt")))
+            out.append(
+                _Prompt(
+                    item, check_token_ids(ctx, truncate(ids, req.truncate_prompt_tokens), "prompt")
+                )
+            )
         else:
             ids = check_token_ids(ctx, truncate(list(item), req.truncate_prompt_tokens), "prompt")
             out.append(_Prompt(None, ids))
@@ -80,9 +84,13 @@ def _check_request(ctx: ServerContext, req: CompletionRequest) -> None:
     if req.suffix:
         raise bad_request("'suffix' is not supported by this server.", "suffix")
     if req.best_of is not None and req.best_of != req.n:
-        raise bad_request(f"'best_of' must equal n ({req.n}) on this server, got {req.best_of}.", "best_of")
+        raise bad_request(
+            f"'best_of' must equal n ({req.n}) on this server, got {req.best_of}.", "best_of"
+        )
     if req.stream_options is not None and not req.stream:
-        raise bad_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
+        raise bad_request(
+            "'stream_options' is only allowed when 'stream' is true.", "stream_options"
+        )
     if req.prompt_logprobs is not None and req.stream:
         raise bad_request("'prompt_logprobs' is not available with 'stream'.", "prompt_logprobs")
     check_logprobs(ctx, req.logprobs, "logprobs")
@@ -95,7 +103,7 @@ class _LogprobFormatter:
     def __init__(self, ctx: ServerContext, k: int, offset: int = 0) -> None:
         self.ctx, self.k, self.offset = ctx, k, offset
 
-    def add(self, lp: CompletionLogprobs, token_id: int, entry: Optional[dict[int, Logprob]]) -> None:
+    def add(self, lp: CompletionLogprobs, token_id: int, entry: dict[int, Logprob] | None) -> None:
         mine = entry.get(token_id) if entry else None
         text = token_text(self.ctx, token_id, mine)
         lp.tokens.append(text)
@@ -106,9 +114,12 @@ class _LogprobFormatter:
             lp.top_logprobs.append(None)
             return
         lp.token_logprobs.append(finite(mine.logprob) if mine is not None else None)
-        lp.top_logprobs.append({
-            token_text(self.ctx, tid, e): finite(e.logprob) for tid, e in top_entries(entry, self.k)
-        })
+        lp.top_logprobs.append(
+            {
+                token_text(self.ctx, tid, e): finite(e.logprob)
+                for tid, e in top_entries(entry, self.k)
+            }
+        )
 
 
 def _echo_text(ctx: ServerContext, p: _Prompt) -> str:
@@ -129,8 +140,12 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
     items = []
     base_id = f"cmpl-{uuid.uuid4().hex}"
     for i, p in enumerate(prompts):
-        max_tokens = resolve_max_tokens(ctx, len(p.ids), req.max_tokens, explicit, prompt_param="prompt")
-        params = sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs, prompt_logprobs=prompt_lp)
+        max_tokens = resolve_max_tokens(
+            ctx, len(p.ids), req.max_tokens, explicit, prompt_param="prompt"
+        )
+        params = sampling_params(
+            req, max_tokens=max_tokens, logprobs=req.logprobs, prompt_logprobs=prompt_lp
+        )
         rid = base_id if len(prompts) == 1 else f"{base_id}-{i}"
         prompt = {"prompt_token_ids": p.ids}
         if p.text is not None:
@@ -138,8 +153,9 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
         items.append((rid, prompt, params))
     streams = await admit_all(ctx, items, arrival, "prompt")
     if req.stream:
-        return StreamingResponse(_stream(ctx, req, model, base_id, prompts, streams),
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            _stream(ctx, req, model, base_id, prompts, streams), media_type="text/event-stream"
+        )
     try:
         finished, outputs = await until_disconnected(raw, _gather(streams))
     finally:
@@ -154,8 +170,9 @@ async def _gather(streams) -> list:
     return [await collect(s) for s in streams]
 
 
-def _response(ctx, req: CompletionRequest, model: str, rid: str, prompts: list[_Prompt],
-              outputs: list) -> CompletionResponse:
+def _response(
+    ctx, req: CompletionRequest, model: str, rid: str, prompts: list[_Prompt], outputs: list
+) -> CompletionResponse:
     choices = []
     usage = UsageInfo(prompt_tokens_details=PromptTokensDetails())
     for pi, (p, out) in enumerate(zip(prompts, outputs)):
@@ -175,17 +192,25 @@ def _response(ctx, req: CompletionRequest, model: str, rid: str, prompts: list[_
                     fmt.add(logprobs, tid, entry)
             if req.echo:
                 text = _echo_text(ctx, p) + text
-            choices.append(CompletionChoice(
-                index=pi * req.n + c.index, text=text, logprobs=logprobs,
-                finish_reason=c.finish_reason, stop_reason=c.stop_reason,
-                prompt_logprobs=prompt_logprobs_json(out.prompt_logprobs) if req.prompt_logprobs is not None else None,
-            ))
+            choices.append(
+                CompletionChoice(
+                    index=pi * req.n + c.index,
+                    text=text,
+                    logprobs=logprobs,
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                    prompt_logprobs=prompt_logprobs_json(out.prompt_logprobs)
+                    if req.prompt_logprobs is not None
+                    else None,
+                )
+            )
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
     return CompletionResponse(id=rid, model=model, choices=choices, usage=usage)
 
 
-async def _stream(ctx, req: CompletionRequest, model: str, rid: str, prompts: list[_Prompt],
-                  streams) -> AsyncIterator[str]:
+async def _stream(
+    ctx, req: CompletionRequest, model: str, rid: str, prompts: list[_Prompt], streams
+) -> AsyncIterator[str]:
     n = req.n
     num_choices = n * len(prompts)
     started = [False] * num_choices
@@ -217,28 +242,49 @@ async def _stream(ctx, req: CompletionRequest, model: str, rid: str, prompts: li
                 if not text and not c.token_ids and c.finish_reason is None:
                     continue
                 chunk = CompletionResponse(
-                    id=rid, model=model,
-                    choices=[CompletionChoice(index=idx, text=text, logprobs=logprobs,
-                                              finish_reason=c.finish_reason, stop_reason=c.stop_reason)],
+                    id=rid,
+                    model=model,
+                    choices=[
+                        CompletionChoice(
+                            index=idx,
+                            text=text,
+                            logprobs=logprobs,
+                            finish_reason=c.finish_reason,
+                            stop_reason=c.stop_reason,
+                        )
+                    ],
                 )
                 if continuous:
                     done = sum(completion_tokens)
-                    chunk.usage = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done,
-                                            total_tokens=prompt_tokens + done)
+                    chunk.usage = UsageInfo(
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=done,
+                        total_tokens=prompt_tokens + done,
+                    )
                 yield sse(chunk)
             if out.finished:
                 cached += out.num_cached_tokens or 0
         if include_usage:
             done = sum(completion_tokens)
-            yield sse(CompletionResponse(
-                id=rid, model=model, choices=[],
-                usage=UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=done,
-                                total_tokens=prompt_tokens + done,
-                                prompt_tokens_details=PromptTokensDetails(cached_tokens=cached)),
-            ))
+            yield sse(
+                CompletionResponse(
+                    id=rid,
+                    model=model,
+                    choices=[],
+                    usage=UsageInfo(
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=done,
+                        total_tokens=prompt_tokens + done,
+                        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+                    ),
+                )
+            )
     except (EngineDeadError, OpenAIError) as e:
-        err = e if isinstance(e, OpenAIError) else OpenAIError(503, str(e), type="server_error",
-                                                               code="engine_dead")
+        err = (
+            e
+            if isinstance(e, OpenAIError)
+            else OpenAIError(503, str(e), type="server_error", code="engine_dead")
+        )
         yield sse(err.body())
     finally:
         for s in streams:

@@ -38,9 +38,23 @@ import serving as bench_serving  # noqa: E402
 MODEL = "smollm2-135m"
 KEY = "sk-test-key"
 SERVE_ARGV = [
-    MODEL, "--max-model-len", "512", "--max-num-seqs", "16", "--num-gpu-blocks", "48", "--block-size", "64",
-    "--max-num-batched-tokens", "64", "--max-logprobs", "5", "--api-key", KEY,
-    "--max-waiting-requests", "256",
+    MODEL,
+    "--max-model-len",
+    "512",
+    "--max-num-seqs",
+    "16",
+    "--num-gpu-blocks",
+    "48",
+    "--block-size",
+    "64",
+    "--max-num-batched-tokens",
+    "64",
+    "--max-logprobs",
+    "5",
+    "--api-key",
+    KEY,
+    "--max-waiting-requests",
+    "256",
 ]
 TIMEOUT = 120.0
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]
@@ -55,14 +69,22 @@ class Live:
     """The running server, its options and a reference LLM's answers."""
 
     def __init__(self, server, ctx, opts, tokenizer, ref):
-        self.server, self.ctx, self.opts, self.tokenizer, self.ref = server, ctx, opts, tokenizer, ref
+        self.server, self.ctx, self.opts, self.tokenizer, self.ref = (
+            server,
+            ctx,
+            opts,
+            tokenizer,
+            ref,
+        )
         self.url = server.url
 
     def client(self, key: str | None = KEY):
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=TIMEOUT)
 
     def aclient(self):
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=KEY, max_retries=0, timeout=TIMEOUT)
+        return openai.AsyncOpenAI(
+            base_url=self.url + "/v1", api_key=KEY, max_retries=0, timeout=TIMEOUT
+        )
 
     def post(self, path: str, body, key: str | None = KEY, raw: bool = False):
         headers = {"Content-Type": "application/json"}
@@ -75,9 +97,11 @@ class Live:
         text = httpx.get(self.url + "/metrics", timeout=TIMEOUT).text
         values = {}
         for line in text.splitlines():
-            m = re.match(r'^([a-zA-Z0-9_:]+)(\{[^}]*\})?\s+(\S+)$', line)
+            m = re.match(r"^([a-zA-Z0-9_:]+)(\{[^}]*\})?\s+(\S+)$", line)
             if m:
-                values[_key(m.group(1), re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))] = float(m.group(3))
+                values[_key(m.group(1), re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))] = float(
+                    m.group(3)
+                )
         return values
 
     def wait_idle(self, timeout: float = 60.0) -> dict[str, float]:
@@ -119,10 +143,16 @@ def live(smollm2):
     ref = {
         "greedy": [o.outputs[0] for o in llm.generate(PROMPTS, greedy, use_tqdm=False)],
         "chat": llm.chat(CHAT, SamplingParams(temperature=0.0, max_tokens=20), use_tqdm=False)[0],
-        "n2": llm.generate(PROMPTS[0], SamplingParams(n=2, temperature=0.8, seed=123, max_tokens=12,
-                                                        ignore_eos=True), use_tqdm=False)[0],
-        "logprobs": llm.generate(PROMPTS[1], SamplingParams(temperature=0.0, max_tokens=8, logprobs=LP,
-                                                             ignore_eos=True), use_tqdm=False)[0],
+        "n2": llm.generate(
+            PROMPTS[0],
+            SamplingParams(n=2, temperature=0.8, seed=123, max_tokens=12, ignore_eos=True),
+            use_tqdm=False,
+        )[0],
+        "logprobs": llm.generate(
+            PROMPTS[1],
+            SamplingParams(temperature=0.0, max_tokens=8, logprobs=LP, ignore_eos=True),
+            use_tqdm=False,
+        )[0],
     }
     app, ctx = build_app(llm, opts)
     server = Server(app).start()
@@ -130,7 +160,9 @@ def live(smollm2):
         yield Live(server, ctx, opts, llm.tokenizer, ref)
     finally:
         server.stop()
-        print(f"\n[openai server tests] step compilations: {llm.llm_engine.runner.num_compilations}")
+        print(
+            f"\n[openai server tests] step compilations: {llm.llm_engine.runner.num_compilations}"
+        )
 
 
 # ------------------------------------------------------------------------------------------- basics
@@ -142,20 +174,31 @@ def test_health_models_version_metrics(live):
     assert [m.id for m in models.data] == [MODEL]
     assert models.data[0].max_model_len == 512
     m = live.metrics()
-    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_preemptions_total",
-                 "jaxllm:num_free_gpu_blocks", "jaxllm:num_gpu_blocks"):
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:num_preemptions_total",
+        "jaxllm:num_free_gpu_blocks",
+        "jaxllm:num_gpu_blocks",
+    ):
         assert _key(name, [("model_name", MODEL)]) in m, name
-    for name in ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
-                 "vllm:e2e_request_latency_seconds"):
+    for name in (
+        "vllm:time_to_first_token_seconds",
+        "vllm:inter_token_latency_seconds",
+        "vllm:e2e_request_latency_seconds",
+    ):
         assert _key(name + "_count", [("model_name", MODEL)]) in m, name
     assert metric(m, "jaxllm:num_gpu_blocks") == 47  # 48 blocks, one reserved
 
 
 def test_greedy_completions_equal_llm_generate(live):
     c = live.client()
-    resp = c.completions.create(model=MODEL, prompt=PROMPTS, max_tokens=24, temperature=0,
-                                extra_body={"ignore_eos": True})
+    resp = c.completions.create(
+        model=MODEL, prompt=PROMPTS, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
+    )
     assert [ch.index for ch in resp.choices] == [0, 1, 2]
     assert [ch.text for ch in resp.choices] == [r.text for r in live.ref["greedy"]]
     assert all(ch.finish_reason == "length" for ch in resp.choices)
@@ -164,8 +207,15 @@ def test_greedy_completions_equal_llm_generate(live):
     assert resp.usage.completion_tokens == 3 * 24
     assert resp.usage.total_tokens == n_prompt + 72
     # Streaming: the deltas add up to the same text; the usage chunk comes last.
-    stream = c.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=24, temperature=0, stream=True,
-                                  stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    stream = c.completions.create(
+        model=MODEL,
+        prompt=PROMPTS[2],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
     chunks = list(stream)
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
     assert chunks[-1].usage.prompt_tokens == len(live.tokenizer.encode(PROMPTS[2]))
@@ -186,8 +236,16 @@ def test_chat_equals_llm_chat_streaming_and_not(live):
     assert resp.usage.prompt_tokens == len(live.ref["chat"].prompt_token_ids)
     assert resp.usage.completion_tokens == len(ref.token_ids)
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
-    chunks = list(c.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=20, temperature=0,
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model=MODEL,
+            messages=CHAT,
+            max_tokens=20,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == ref.text
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == ref.finish_reason
@@ -195,8 +253,15 @@ def test_chat_equals_llm_chat_streaming_and_not(live):
 
 
 def test_n2_seeded_sampling_equals_llm_generate(live):
-    resp = live.client().completions.create(model=MODEL, prompt=PROMPTS[0], n=2, temperature=0.8, seed=123,
-                                            max_tokens=12, extra_body={"ignore_eos": True})
+    resp = live.client().completions.create(
+        model=MODEL,
+        prompt=PROMPTS[0],
+        n=2,
+        temperature=0.8,
+        seed=123,
+        max_tokens=12,
+        extra_body={"ignore_eos": True},
+    )
     assert [ch.index for ch in resp.choices] == [0, 1]
     assert [ch.text for ch in resp.choices] == [o.text for o in live.ref["n2"].outputs]
     assert resp.usage.completion_tokens == 24
@@ -204,8 +269,16 @@ def test_n2_seeded_sampling_equals_llm_generate(live):
     # Streaming n=2: each index gets its own deltas.
     texts = {0: "", 1: ""}
     finish = {}
-    for ch in live.client().completions.create(model=MODEL, prompt=PROMPTS[0], n=2, temperature=0.8, seed=123,
-                                               max_tokens=12, stream=True, extra_body={"ignore_eos": True}):
+    for ch in live.client().completions.create(
+        model=MODEL,
+        prompt=PROMPTS[0],
+        n=2,
+        temperature=0.8,
+        seed=123,
+        max_tokens=12,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    ):
         for choice in ch.choices:
             texts[choice.index] += choice.text
             if choice.finish_reason:
@@ -216,8 +289,14 @@ def test_n2_seeded_sampling_equals_llm_generate(live):
 
 def test_logprobs_equal_the_engines(live):
     ref = live.ref["logprobs"].outputs[0]
-    resp = live.client().completions.create(model=MODEL, prompt=PROMPTS[1], max_tokens=8, temperature=0,
-                                            logprobs=LP, extra_body={"ignore_eos": True})
+    resp = live.client().completions.create(
+        model=MODEL,
+        prompt=PROMPTS[1],
+        max_tokens=8,
+        temperature=0,
+        logprobs=LP,
+        extra_body={"ignore_eos": True},
+    )
     lp = resp.choices[0].logprobs
     assert "".join(lp.tokens) == resp.choices[0].text == ref.text
     assert len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 8
@@ -225,12 +304,19 @@ def test_logprobs_equal_the_engines(live):
     for j, (tid, entry) in enumerate(zip(ref.token_ids, ref.logprobs)):
         assert math.isclose(lp.token_logprobs[j], entry[tid].logprob, abs_tol=1e-6)
         assert len(lp.top_logprobs[j]) <= LP
-        top_ref = sorted((e for e in entry.values() if e.rank is not None and e.rank <= LP), key=lambda e: e.rank)
-        assert sorted(lp.top_logprobs[j].values(), reverse=True) == pytest.approx([e.logprob for e in top_ref])
-        assert lp.token_logprobs[j] == pytest.approx(max(lp.top_logprobs[j].values()))  # greedy = top-1
+        top_ref = sorted(
+            (e for e in entry.values() if e.rank is not None and e.rank <= LP), key=lambda e: e.rank
+        )
+        assert sorted(lp.top_logprobs[j].values(), reverse=True) == pytest.approx(
+            [e.logprob for e in top_ref]
+        )
+        assert lp.token_logprobs[j] == pytest.approx(
+            max(lp.top_logprobs[j].values())
+        )  # greedy = top-1
     # Chat logprobs: top_logprobs entries, bytes of the token text.
-    chat = live.client().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=6, temperature=0,
-                                                 logprobs=True, top_logprobs=LP)
+    chat = live.client().chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=6, temperature=0, logprobs=True, top_logprobs=LP
+    )
     content = chat.choices[0].logprobs.content
     assert len(content) == chat.usage.completion_tokens
     assert "".join(t.token for t in content) == chat.choices[0].message.content
@@ -240,14 +326,31 @@ def test_logprobs_equal_the_engines(live):
 
 
 def test_echo_and_prompt_logprobs(live):
-    body = live.post("/v1/completions", {
-        "model": MODEL, "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0, "echo": True,
-        "logprobs": LP, "prompt_logprobs": LP, "ignore_eos": True}).json()
+    body = live.post(
+        "/v1/completions",
+        {
+            "model": MODEL,
+            "prompt": PROMPTS[0],
+            "max_tokens": 4,
+            "temperature": 0,
+            "echo": True,
+            "logprobs": LP,
+            "prompt_logprobs": LP,
+            "ignore_eos": True,
+        },
+    ).json()
     ids = live.tokenizer.encode(PROMPTS[0])
     choice = body["choices"][0]
-    assert choice["text"] == PROMPTS[0] + live.ref["greedy"][0].text[: len(choice["text"]) - len(PROMPTS[0])]
+    assert (
+        choice["text"]
+        == PROMPTS[0] + live.ref["greedy"][0].text[: len(choice["text"]) - len(PROMPTS[0])]
+    )
     lp = choice["logprobs"]
-    assert len(lp["tokens"]) == len(ids) + 4 == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert (
+        len(lp["tokens"])
+        == len(ids) + 4
+        == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    )
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     assert all(x is not None and x <= 0 for x in lp["token_logprobs"][1:])
     assert "".join(lp["tokens"]) == choice["text"]
@@ -264,17 +367,38 @@ def test_stop_strings(live):
     stop = words[0]
     cut = ref.index(stop)
     c = live.client()
-    resp = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=24, temperature=0, stop=[stop, "@@@"],
-                                extra_body={"ignore_eos": True})
+    resp = c.completions.create(
+        model=MODEL,
+        prompt=PROMPTS[0],
+        max_tokens=24,
+        temperature=0,
+        stop=[stop, "@@@"],
+        extra_body={"ignore_eos": True},
+    )
     assert resp.choices[0].text == ref[:cut]
     assert resp.choices[0].finish_reason == "stop"
     assert resp.choices[0].model_extra["stop_reason"] == stop
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model=MODEL, prompt=PROMPTS[0], max_tokens=24, temperature=0, stop=stop, stream=True,
-        extra_body={"ignore_eos": True}))
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(
+            model=MODEL,
+            prompt=PROMPTS[0],
+            max_tokens=24,
+            temperature=0,
+            stop=stop,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+    )
     assert streamed == ref[:cut]
-    kept = c.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=24, temperature=0, stop=stop,
-                                extra_body={"ignore_eos": True, "include_stop_str_in_output": True})
+    kept = c.completions.create(
+        model=MODEL,
+        prompt=PROMPTS[0],
+        max_tokens=24,
+        temperature=0,
+        stop=stop,
+        extra_body={"ignore_eos": True, "include_stop_str_in_output": True},
+    )
     assert kept.choices[0].text == ref[: cut + len(stop)]
 
 
@@ -294,8 +418,14 @@ def test_tokenize_detokenize(live):
 
 async def _stream_completion(client, prompt: str, max_tokens: int) -> dict:
     stream = await client.completions.create(
-        model=MODEL, prompt=prompt, max_tokens=max_tokens, temperature=0, logprobs=0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        model=MODEL,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=0,
+        logprobs=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
     )
     tokens, text, finish, usage = 0, "", None, None
     async for ch in stream:
@@ -309,7 +439,22 @@ async def _stream_completion(client, prompt: str, max_tokens: int) -> dict:
 
 
 def test_64_concurrent_streams_of_mixed_lengths(live):
-    words = "the quick brown fox jumps over the lazy dog while a small bird sings".split()
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "the",
+        "lazy",
+        "dog",
+        "while",
+        "a",
+        "small",
+        "bird",
+        "sings",
+    ]
     jobs = []
     for i in range(64):
         prompt = f"Request {i}: " + " ".join(words[j % len(words)] for j in range(2 + (i * 7) % 30))
@@ -319,7 +464,8 @@ def test_64_concurrent_streams_of_mixed_lengths(live):
     async def run():
         async with live.aclient() as client:
             return await asyncio.wait_for(
-                asyncio.gather(*(_stream_completion(client, p, mt) for p, mt in jobs)), timeout=300)
+                asyncio.gather(*(_stream_completion(client, p, mt) for p, mt in jobs)), timeout=300
+            )
 
     results = asyncio.run(run())
     for (prompt, max_tokens), r in zip(jobs, results):
@@ -329,15 +475,23 @@ def test_64_concurrent_streams_of_mixed_lengths(live):
         assert r["usage"].prompt_tokens == len(live.tokenizer.encode(prompt))
         assert r["usage"].total_tokens == r["usage"].prompt_tokens + max_tokens
     after = live.wait_idle()
-    gen = metric(after, "vllm:generation_tokens_total") - metric(before, "vllm:generation_tokens_total")
+    gen = metric(after, "vllm:generation_tokens_total") - metric(
+        before, "vllm:generation_tokens_total"
+    )
     assert gen == sum(mt for _, mt in jobs)
-    prompt_tok = metric(after, "vllm:prompt_tokens_total") - metric(before, "vllm:prompt_tokens_total")
+    prompt_tok = metric(after, "vllm:prompt_tokens_total") - metric(
+        before, "vllm:prompt_tokens_total"
+    )
     assert prompt_tok == sum(len(live.tokenizer.encode(p)) for p, _ in jobs)
     done = metric(after, "vllm:request_success_total", finished_reason="length") - metric(
-        before, "vllm:request_success_total", finished_reason="length")
+        before, "vllm:request_success_total", finished_reason="length"
+    )
     assert done == 64
-    assert metric(after, "vllm:time_to_first_token_seconds_count") - metric(
-        before, "vllm:time_to_first_token_seconds_count") == 64
+    assert (
+        metric(after, "vllm:time_to_first_token_seconds_count")
+        - metric(before, "vllm:time_to_first_token_seconds_count")
+        == 64
+    )
 
 
 def test_queue_bound_then_disconnects_abort_everything_and_leak_no_block(live):
@@ -349,8 +503,14 @@ def test_queue_bound_then_disconnects_abort_everything_and_leak_no_block(live):
     before = live.wait_idle()
 
     def body(i: int) -> dict:
-        return {"model": MODEL, "prompt": f"Story number {i}: once upon a time", "max_tokens": 400,
-                "temperature": 0, "stream": True, "ignore_eos": True}
+        return {
+            "model": MODEL,
+            "prompt": f"Story number {i}: once upon a time",
+            "max_tokens": 400,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+        }
 
     async def open_stream(client, stack, i: int):
         cm = client.stream("POST", "/v1/completions", json=body(i))
@@ -368,33 +528,45 @@ def test_queue_bound_then_disconnects_abort_everything_and_leak_no_block(live):
     async def run():
         headers = {"Authorization": f"Bearer {KEY}"}
         limits = httpx.Limits(max_connections=64)
-        async with httpx.AsyncClient(base_url=live.url, headers=headers, timeout=TIMEOUT, limits=limits) as client:
-            async with asyncio.timeout(240), contextlib.AsyncExitStack() as stack:
-                running = [await open_stream(client, stack, i) for i in range(16)]
-                # Keep the line iterators alive: dropping one would close its connection early.
-                lines = [r.aiter_lines() for r in running]
-                seen = await asyncio.gather(*(read_chunks(it, 2) for it in lines))
-                waiting = [await open_stream(client, stack, 16 + i) for i in range(2)]
-                deadline = time.monotonic() + 60
-                while metric(live.metrics(), "vllm:num_requests_waiting") < 2:
-                    assert time.monotonic() < deadline, "the two extra requests never queued"
-                    await asyncio.sleep(0.1)
-                m = live.metrics()
-                assert metric(m, "vllm:num_requests_running") == 16
-                assert metric(m, "jaxllm:num_free_gpu_blocks") < metric(m, "jaxllm:num_gpu_blocks")
-                engine.max_waiting_requests = 2
-                try:
-                    refused = [
-                        await client.post("/v1/completions", json={"model": MODEL, "prompt": "one more"}),
-                        await client.post("/v1/chat/completions", json={"model": MODEL, "messages": CHAT}),
-                    ]
-                finally:
-                    engine.max_waiting_requests = old_bound
-                with pytest.raises(httpx.ReadTimeout):  # waits behind the 16, then gives up
-                    await client.post("/v1/completions", json={**body(99), "stream": False},
-                                      timeout=httpx.Timeout(TIMEOUT, read=1.5))
-                assert len(waiting) == 2
-                return seen, refused  # leaving the stack closes all 18 connections mid-stream
+        async with (
+            httpx.AsyncClient(
+                base_url=live.url, headers=headers, timeout=TIMEOUT, limits=limits
+            ) as client,
+            asyncio.timeout(240),
+            contextlib.AsyncExitStack() as stack,
+        ):
+            running = [await open_stream(client, stack, i) for i in range(16)]
+            # Keep the line iterators alive: dropping one would close its connection early.
+            lines = [r.aiter_lines() for r in running]
+            seen = await asyncio.gather(*(read_chunks(it, 2) for it in lines))
+            waiting = [await open_stream(client, stack, 16 + i) for i in range(2)]
+            deadline = time.monotonic() + 60
+            while metric(live.metrics(), "vllm:num_requests_waiting") < 2:
+                assert time.monotonic() < deadline, "the two extra requests never queued"
+                await asyncio.sleep(0.1)
+            m = live.metrics()
+            assert metric(m, "vllm:num_requests_running") == 16
+            assert metric(m, "jaxllm:num_free_gpu_blocks") < metric(m, "jaxllm:num_gpu_blocks")
+            engine.max_waiting_requests = 2
+            try:
+                refused = [
+                    await client.post(
+                        "/v1/completions", json={"model": MODEL, "prompt": "one more"}
+                    ),
+                    await client.post(
+                        "/v1/chat/completions", json={"model": MODEL, "messages": CHAT}
+                    ),
+                ]
+            finally:
+                engine.max_waiting_requests = old_bound
+            with pytest.raises(httpx.ReadTimeout):  # waits behind the 16, then gives up
+                await client.post(
+                    "/v1/completions",
+                    json={**body(99), "stream": False},
+                    timeout=httpx.Timeout(TIMEOUT, read=1.5),
+                )
+            assert len(waiting) == 2
+            return seen, refused  # leaving the stack closes all 18 connections mid-stream
 
     seen, refused = asyncio.run(run())
     assert seen == [2] * 16
@@ -404,13 +576,18 @@ def test_queue_bound_then_disconnects_abort_everything_and_leak_no_block(live):
         assert resp.json()["error"]["code"] == "server_overloaded"
     after = live.wait_idle(timeout=60)
     aborted = metric(after, "vllm:request_success_total", finished_reason="abort") - metric(
-        before, "vllm:request_success_total", finished_reason="abort")
+        before, "vllm:request_success_total", finished_reason="abort"
+    )
     assert aborted == 19
     assert metric(after, "vllm:kv_cache_usage_perc") == 0.0
     # The aborted requests really stopped: far fewer than 19 * 400 tokens were generated.
-    gen = metric(after, "vllm:generation_tokens_total") - metric(before, "vllm:generation_tokens_total")
+    gen = metric(after, "vllm:generation_tokens_total") - metric(
+        before, "vllm:generation_tokens_total"
+    )
     assert gen < 19 * 400 / 4
-    ok = live.client().completions.create(model=MODEL, prompt="Still alive?", max_tokens=3, temperature=0)
+    ok = live.client().completions.create(
+        model=MODEL, prompt="Still alive?", max_tokens=3, temperature=0
+    )
     assert ok.usage.completion_tokens == 3
 
 
@@ -439,22 +616,74 @@ def _bad_requests(live) -> list[tuple]:
         ("/v1/completions", {"model": MODEL}, 400, "prompt", "Missing"),
         ("/v1/completions", {**base, "prompt": [1, 10**8]}, 400, "prompt", str(10**8)),
         ("/v1/completions", {**base, "prompt": ""}, 400, "prompt", None),
-        ("/v1/completions", {**base, "prompt": long_prompt}, 400, "prompt", (f" {n_long} ", " 512 ")),
-        ("/v1/completions", {**base, "max_tokens": 600}, 400, "max_tokens", (f" {n_short + 600} ", " 512 ",
-                                                                             f"{n_short} in the prompt")),
-        ("/v1/completions", {**base, "stream_options": {"include_usage": True}}, 400, "stream_options", None),
+        (
+            "/v1/completions",
+            {**base, "prompt": long_prompt},
+            400,
+            "prompt",
+            (f" {n_long} ", " 512 "),
+        ),
+        (
+            "/v1/completions",
+            {**base, "max_tokens": 600},
+            400,
+            "max_tokens",
+            (f" {n_short + 600} ", " 512 ", f"{n_short} in the prompt"),
+        ),
+        (
+            "/v1/completions",
+            {**base, "stream_options": {"include_usage": True}},
+            400,
+            "stream_options",
+            None,
+        ),
         ("/v1/completions", {**base, "model": "gpt-4"}, 404, "model", "gpt-4"),
         ("/v1/chat/completions", {"model": MODEL, "messages": []}, 400, "messages", None),
-        ("/v1/chat/completions", {"model": MODEL, "messages": [{"content": "hi"}]}, 400, "messages.0.role", None),
-        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]}]}, 400,
-         "messages.0.content.0.type", None),
-        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "top_logprobs": 9, "logprobs": True},
-         400, "top_logprobs", None),
-        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "max_completion_tokens": 1000}, 400,
-         "max_completion_tokens", "512"),
-        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "tools": [{"type": "function"}]}, 400,
-         "tools", None),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"content": "hi"}]},
+            400,
+            "messages.0.role",
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}
+                        ],
+                    }
+                ],
+            },
+            400,
+            "messages.0.content.0.type",
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": CHAT, "top_logprobs": 9, "logprobs": True},
+            400,
+            "top_logprobs",
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": CHAT, "max_completion_tokens": 1000},
+            400,
+            "max_completion_tokens",
+            "512",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": CHAT, "tools": [{"type": "function"}]},
+            400,
+            "tools",
+            None,
+        ),
         ("/v1/chat/completions", {"model": "nope", "messages": CHAT}, 404, "model", None),
         ("/v1/nothing-here", {}, 404, None, None),
     ]
@@ -465,25 +694,36 @@ def test_bad_inputs_get_their_status_while_streams_go_on(live):
 
     async def run():
         async with live.aclient() as client:
-            streams = [asyncio.ensure_future(_stream_completion(client, f"Background {i}:", 40)) for i in range(4)]
+            streams = [
+                asyncio.ensure_future(_stream_completion(client, f"Background {i}:", 40))
+                for i in range(4)
+            ]
             headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-            async with httpx.AsyncClient(base_url=live.url, headers=headers, timeout=TIMEOUT) as raw:
+            async with httpx.AsyncClient(
+                base_url=live.url, headers=headers, timeout=TIMEOUT
+            ) as raw:
                 await asyncio.sleep(0.5)
                 answers = []
                 for path, body, *_ in cases:
                     content = body if isinstance(body, str) else json.dumps(body)
                     answers.append(await raw.post(path, content=content))
                 unauth = [
-                    await raw.post("/v1/completions", json={"model": MODEL, "prompt": "x"},
-                                   headers={"Authorization": ""}),
-                    await raw.post("/v1/completions", json={"model": MODEL, "prompt": "x"},
-                                   headers={"Authorization": "Bearer wrong"}),
+                    await raw.post(
+                        "/v1/completions",
+                        json={"model": MODEL, "prompt": "x"},
+                        headers={"Authorization": ""},
+                    ),
+                    await raw.post(
+                        "/v1/completions",
+                        json={"model": MODEL, "prompt": "x"},
+                        headers={"Authorization": "Bearer wrong"},
+                    ),
                     await raw.get("/v1/models", headers={"Authorization": "Basic " + KEY}),
                 ]
             return answers, unauth, await asyncio.wait_for(asyncio.gather(*streams), timeout=240)
 
     answers, unauth, streamed = asyncio.run(run())
-    for (path, body, status, param, text), resp in zip(cases, answers):
+    for (_path, body, status, param, text), resp in zip(cases, answers):
         assert resp.status_code == status, (body, resp.text)
         err = resp.json()["error"]
         assert set(err) == {"message", "type", "param", "code"}
@@ -514,8 +754,15 @@ def test_wrong_key_with_the_openai_client(live):
 
 
 def test_bench_serving_against_the_server(live):
-    cfg = bench_serving.BenchConfig(base_url=live.url, api_key=KEY, num_prompts=4, input_len=(8, 24),
-                                    output_len=(6, 6), vocab_range=(1000, 20000), seed=3)
+    cfg = bench_serving.BenchConfig(
+        base_url=live.url,
+        api_key=KEY,
+        num_prompts=4,
+        input_len=(8, 24),
+        output_len=(6, 6),
+        vocab_range=(1000, 20000),
+        seed=3,
+    )
     res = asyncio.run(asyncio.wait_for(bench_serving.benchmark(cfg), timeout=180))
     assert res["completed"] == 4 and res["failed"] == 0, res["errors"]
     assert res["total_output_tokens"] == 24
@@ -541,13 +788,17 @@ def test_a_failing_engine_step_is_reported_and_nothing_hangs(live):
 
     live.ctx.engine.engine.step = broken_step
     lines = []
-    with httpx.stream("POST", live.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"model": MODEL, "prompt": "Hello", "max_tokens": 5, "stream": True},
-                      timeout=TIMEOUT) as resp:
+    with httpx.stream(
+        "POST",
+        live.url + "/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": MODEL, "prompt": "Hello", "max_tokens": 5, "stream": True},
+        timeout=TIMEOUT,
+    ) as resp:
         assert resp.status_code == 200
         lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
-    err = json.loads(lines[-2][len("data: "):])["error"]
+    err = json.loads(lines[-2][len("data: ") :])["error"]
     assert err["code"] == "engine_dead" and "injected step failure" in err["message"]
     after = live.post("/v1/chat/completions", {"model": MODEL, "messages": CHAT})
     assert after.status_code == 503 and after.json()["error"]["code"] == "engine_dead"

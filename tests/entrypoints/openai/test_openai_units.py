@@ -38,13 +38,43 @@ def serve(argv):
 def test_serve_defaults_and_flags(monkeypatch):
     monkeypatch.delenv("JAXLLM_API_KEY", raising=False)
     opts = serve([])
-    assert (opts.host, opts.port, opts.api_key, opts.max_waiting_requests) == ("127.0.0.1", 8000, None, 1024)
-    assert opts.served_model_names == ["smollm2-135m"] and opts.engine_kwargs == {"model": "smollm2-135m"}
-    opts = serve(["some/model", "--port", "0", "--api-key", "k", "--served-model-name", "a", "b",
-                  "--max-num-seqs", "4", "--num-gpu-blocks", "9", "--no-enable-prefix-caching",
-                  "--max-waiting-requests", "-1", "--retry-after", "3", "--no-access-log"])
-    assert opts.engine_kwargs == {"model": "some/model", "max_num_seqs": 4, "num_gpu_blocks_override": 9,
-                                  "enable_prefix_caching": False}
+    assert (opts.host, opts.port, opts.api_key, opts.max_waiting_requests) == (
+        "127.0.0.1",
+        8000,
+        None,
+        1024,
+    )
+    assert opts.served_model_names == ["smollm2-135m"] and opts.engine_kwargs == {
+        "model": "smollm2-135m"
+    }
+    opts = serve(
+        [
+            "some/model",
+            "--port",
+            "0",
+            "--api-key",
+            "k",
+            "--served-model-name",
+            "a",
+            "b",
+            "--max-num-seqs",
+            "4",
+            "--num-gpu-blocks",
+            "9",
+            "--no-enable-prefix-caching",
+            "--max-waiting-requests",
+            "-1",
+            "--retry-after",
+            "3",
+            "--no-access-log",
+        ]
+    )
+    assert opts.engine_kwargs == {
+        "model": "some/model",
+        "max_num_seqs": 4,
+        "num_gpu_blocks_override": 9,
+        "enable_prefix_caching": False,
+    }
     assert (opts.port, opts.api_key, opts.served_model_names) == (0, "k", ["a", "b"])
     assert (opts.max_waiting_requests, opts.retry_after, opts.access_log) == (None, 3, False)
     assert serve(["--model", "other"]).engine_kwargs["model"] == "other"
@@ -58,8 +88,10 @@ def test_serve_api_key_from_environment(monkeypatch):
 
 def test_serve_config_file_merges_under_flags(tmp_path):
     cfg = tmp_path / "serve.yaml"
-    cfg.write_text("model: cfg-model\nport: 9001\nmax-model-len: 256\nserved_model_name: [x, y]\n"
-                   "api-key: secret\nmax_waiting_requests: 5\n")
+    cfg.write_text(
+        "model: cfg-model\nport: 9001\nmax-model-len: 256\nserved_model_name: [x, y]\n"
+        "api-key: secret\nmax_waiting_requests: 5\n"
+    )
     opts = serve(["--config", str(cfg), "--port", "9002"])
     assert opts.port == 9002  # the flag wins
     assert opts.engine_kwargs == {"model": "cfg-model", "max_model_len": 256}
@@ -71,11 +103,14 @@ def test_serve_config_file_merges_under_flags(tmp_path):
         serve(["--config", str(bad)])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--port", "70000"], "--port"),
-    (["--max-waiting-requests", "-5"], "--max-waiting-requests"),
-    (["--retry-after", "0"], "--retry-after"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--port", "70000"], "--port"),
+        (["--max-waiting-requests", "-5"], "--max-waiting-requests"),
+        (["--retry-after", "0"], "--retry-after"),
+    ],
+)
 def test_serve_bad_options(argv, message):
     with pytest.raises(CLIError, match=message):
         serve(argv)
@@ -93,9 +128,17 @@ def test_cli_serve_help_and_errors_exit_codes(capsys, tmp_path):
 
 
 def _out(texts, ids, finished, reasons=(None, None), lps=None):
-    outs = [CompletionOutput(index=i, text=t, token_ids=list(tok), cumulative_logprob=None,
-                             logprobs=None if lps is None else lps[i], finish_reason=reasons[i])
-            for i, (t, tok) in enumerate(zip(texts, ids))]
+    outs = [
+        CompletionOutput(
+            index=i,
+            text=t,
+            token_ids=list(tok),
+            cumulative_logprob=None,
+            logprobs=None if lps is None else lps[i],
+            finish_reason=reasons[i],
+        )
+        for i, (t, tok) in enumerate(zip(texts, ids))
+    ]
     return RequestOutput("r", "p", [1, 2], None, outs, finished)
 
 
@@ -131,8 +174,9 @@ def test_bench_percentiles_match_numpy():
 
 
 def test_bench_workload_is_seeded_and_in_range():
-    cfg = bench_serving.BenchConfig(num_prompts=50, input_len=(4, 9), output_len=(2, 3),
-                                    vocab_range=(10, 20), seed=1)
+    cfg = bench_serving.BenchConfig(
+        num_prompts=50, input_len=(4, 9), output_len=(2, 3), vocab_range=(10, 20), seed=1
+    )
     work = bench_serving.make_workload(cfg)
     assert work == bench_serving.make_workload(cfg)
     assert all(4 <= len(p) <= 9 and 2 <= mt <= 3 and all(10 <= t < 20 for t in p) for p, mt in work)

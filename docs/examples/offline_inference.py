@@ -26,3 +26,13 @@ for completion in out.outputs:
 messages = [{"role": "user", "content": "What is the capital of France?"}]
 (reply,) = llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=8))
 print(repr(reply.outputs[0].text))
+
+# Beam search (HF `generate(num_beams=...)` semantics): the beams, best first. Beams share their
+# prompt's KV-cache blocks through automatic prefix caching.
+from jaxllm import BeamSearchParams  # noqa: E402
+
+(beams,) = llm.beam_search(
+    ["The capital of France is"], BeamSearchParams(beam_width=2, max_tokens=8)
+)
+for seq in beams.sequences:
+    print(repr(seq.text), seq.output_token_ids, round(seq.score, 3))

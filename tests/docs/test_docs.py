@@ -237,6 +237,14 @@ def test_offline_inference_example(offline):
         SamplingParams(temperature=0.0, max_tokens=8),
     )
     assert plain.outputs[0].token_ids == reply.outputs[0].token_ids
+    beams = offline["beams"].sequences
+    assert len(beams) == 2 and beams[0].score >= beams[1].score  # best first
+    (greedy_first,) = llm.generate("The capital of France is", offline["greedy"])
+    for seq in beams:
+        assert seq.tokens[: seq.num_prompt_tokens] == greedy_first.prompt_token_ids
+        assert 1 <= len(seq.output_token_ids) <= 8 and seq.text == llm.get_tokenizer().decode(
+            seq.output_token_ids, skip_special_tokens=True
+        )
 
 
 def test_model_step_example_matches_engine(offline):

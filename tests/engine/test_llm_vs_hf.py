@@ -65,3 +65,27 @@ def test_greedy_batch_equals_hf(smollm2, prompts, hf_greedy, engine_kwargs):
         assert sched.num_preemptions_total > 0
     assert not sched.has_unfinished_requests()
     assert sched.kv_cache_manager.num_free_blocks == llm.llm_engine.runner.num_blocks - 1
+
+
+def test_prefix_caching_on_and_off_give_the_same_tokens(smollm2, prompts):
+    """Prompts sharing a 100-token prefix, run in two waves (the second wave hits the cache the
+    first filled), and one prompt repeated whole: greedy tokens equal with caching on and off."""
+    system = prompts[1][:100]
+    shared = [system + p[:n] for p, n in zip(prompts[:6], (3, 20, 17, 1, 40, 9))]
+    waves = [shared[:3], shared[3:] + [shared[0]]]  # shared[0] again: a whole-prompt hit
+    greedy = SamplingParams(temperature=0.0, max_tokens=12)
+    results = {}
+    for caching in (True, False):
+        llm = LLM(smollm2, max_model_len=512, max_num_seqs=8, enable_prefix_caching=caching)
+        outs = [llm.generate(w, greedy, use_tqdm=False) for w in waves]
+        results[caching] = [[o.outputs[0].token_ids for o in wave] for wave in outs]
+        cached = [o.num_cached_tokens for o in outs[1]]
+        if caching:
+            block = llm.llm_engine.runner.block_size
+            assert all(c >= (100 // block) * block for c in cached), cached
+            # the repeated prompt reuses every full block but recomputes at least its last token
+            full = len(shared[0])
+            assert cached[-1] == ((full - 1) // block) * block, (cached[-1], full)
+        else:
+            assert cached == [0] * len(cached)
+    assert results[True] == results[False]

@@ -5,7 +5,8 @@
 `generate` completes prompts (PROMPT arguments and/or `--prompts-file`) and writes one JSON object
 per prompt, in input order, to `--output` (default stdout):
 
-    {"index": 0, "prompt": "...", ["messages": [...],] "num_prompt_tokens": 7,
+    {"index": 0, "prompt": "...", ["messages": [...],] ["prompt_token_ids": [...],]
+     "num_prompt_tokens": 7,
      "num_cached_tokens": 0, "outputs": [{"index": 0, "text": "...", "token_ids": [...],
      "finish_reason": "length", "stop_reason": null,
      ["cumulative_logprob": -3.2, "logprobs": [[{"token_id": 5, "logprob": -0.1, "rank": 1,
@@ -16,6 +17,15 @@ per prompt, in input order, to `--output` (default stdout):
 `prompt_logprobs` with `--prompt-logprobs`; each position lists the engine's {token: Logprob}
 entries in its order (non-finite logprobs are written as null). Chat prompts (`{"messages": ...}`
 lines, or any prompt under `--chat`) carry `messages`, and `prompt` is the templated text.
+Token-id prompts (`{"prompt_token_ids": [...]}` lines, for models without a tokenizer such as
+`dummy:NAME`) carry `prompt_token_ids` (and `prompt` is null without a tokenizer).
+
+Multi-host (`--coordinator-address HOST:PORT --num-processes N --process-id I`, or the JAXLLM_*
+variables): every process runs the same command; `jax.distributed` is initialized before the
+model loads. Process 0 reads the prompts, runs them and writes the output; the others build the
+same engine, replay process 0's steps (`jaxllm.parallel.multihost.follow`) and exit 0 when it is
+done, writing nothing. A follower started without its leader waits in `jax.distributed`'s
+initialization until JAX's timeout.
 
 Bad input (no prompts, a missing or malformed prompts file, bad config) prints one line on stderr
 and exits with status 2.
@@ -36,6 +46,7 @@ from jaxllm.benchmarks.cli import add_bench_subcommand, run_bench
 from jaxllm.entrypoints.cli_args import (
     CLIError,
     GenerateOptions,
+    MultihostOptions,
     build_parser,
     resolve_generate_args,
 )
@@ -55,10 +66,18 @@ __all__ = [
 
 @dataclass
 class PromptItem:
-    """One input: a plain prompt or a chat conversation (exactly one of the two is set)."""
+    """One input: a plain prompt, a chat conversation or prompt token ids (exactly one is set)."""
 
     prompt: str | None = None
     messages: list[dict] | None = None
+    prompt_token_ids: list[int] | None = None
+
+    def engine_prompt(self) -> str | dict[str, list[int]]:
+        """What `LLM.generate` takes for a non-chat item."""
+        if self.prompt_token_ids is not None:
+            return {"prompt_token_ids": self.prompt_token_ids}
+        assert self.prompt is not None
+        return self.prompt
 
 
 # ------------------------------------------------------------------------------------ prompts in
@@ -77,20 +96,46 @@ def _check_messages(messages: Any, where: str) -> list[dict]:
     return messages
 
 
+_JSONL_KEYS = ("prompt", "messages", "prompt_token_ids")
+
+
+def _check_token_ids(ids: Any, where: str) -> list[int]:
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids)
+    ):
+        raise CLIError(
+            f'{where}: "prompt_token_ids" must be a non-empty list of non-negative integers, '
+            f"got {ids!r}"
+        )
+    return ids
+
+
 def _parse_jsonl_line(line: str, where: str) -> PromptItem:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise CLIError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
-        raise CLIError(f'{where}: expected an object with "prompt" or "messages", got {obj!r}')
-    unknown = sorted(set(obj) - {"prompt", "messages"})
+        raise CLIError(
+            f'{where}: expected an object with "prompt" or "messages" (or "prompt_token_ids"), '
+            f"got {obj!r}"
+        )
+    unknown = sorted(set(obj) - set(_JSONL_KEYS))
     if unknown:
-        raise CLIError(f'{where}: unknown key(s) {", ".join(unknown)} (use "prompt" or "messages")')
-    if ("prompt" in obj) == ("messages" in obj):
-        raise CLIError(f'{where}: give exactly one of "prompt" and "messages"')
+        raise CLIError(
+            f"{where}: unknown key(s) {', '.join(unknown)} "
+            '(use "prompt", "messages" or "prompt_token_ids")'
+        )
+    if sum(k in obj for k in _JSONL_KEYS) != 1:
+        raise CLIError(
+            f'{where}: give exactly one of "prompt" and "messages" (or "prompt_token_ids")'
+        )
     if "messages" in obj:
         return PromptItem(messages=_check_messages(obj["messages"], where))
+    if "prompt_token_ids" in obj:
+        return PromptItem(prompt_token_ids=_check_token_ids(obj["prompt_token_ids"], where))
     prompt = obj["prompt"]
     if not isinstance(prompt, str) or not prompt:
         raise CLIError(f'{where}: "prompt" must be a non-empty string, got {prompt!r}')
@@ -98,8 +143,9 @@ def _parse_jsonl_line(line: str, where: str) -> PromptItem:
 
 
 def read_prompts_file(path: str) -> list[PromptItem]:
-    """A `.jsonl` file (one {"prompt"} or {"messages"} object a line) or a text file (one prompt a
-    line). Blank lines are skipped. Errors name the file and the line number."""
+    """A `.jsonl` file (one {"prompt"}, {"messages"} or {"prompt_token_ids"} object a line) or a
+    text file (one prompt a line). Blank lines are skipped. Errors name the file and the line
+    number."""
     if not os.path.isfile(path):
         raise CLIError(f"prompts file not found: {path}")
     try:
@@ -119,7 +165,8 @@ def read_prompts_file(path: str) -> list[PromptItem]:
 
 
 def collect_prompts(opts: GenerateOptions) -> list[PromptItem]:
-    """PROMPT arguments first, then the prompts file; `--chat` turns plain prompts into messages."""
+    """PROMPT arguments first, then the prompts file; `--chat` turns plain text prompts into
+    messages (token-id prompts stay as they are)."""
     items = []
     for i, p in enumerate(opts.prompts):
         if not isinstance(p, str) or not p:
@@ -132,7 +179,7 @@ def collect_prompts(opts: GenerateOptions) -> list[PromptItem]:
     if opts.chat:
         items = [
             PromptItem(messages=[{"role": "user", "content": it.prompt}])
-            if it.messages is None
+            if it.prompt is not None
             else it
             for it in items
         ]
@@ -171,7 +218,9 @@ def request_output_to_json(
     rec: dict[str, Any] = {"index": index}
     if item.messages is not None:
         rec["messages"] = item.messages
-    rec["prompt"] = out.prompt if item.messages is not None else item.prompt
+    rec["prompt"] = out.prompt if item.prompt is None else item.prompt
+    if item.prompt_token_ids is not None:
+        rec["prompt_token_ids"] = [int(t) for t in item.prompt_token_ids]
     rec["num_prompt_tokens"] = (
         len(out.prompt_token_ids) if out.prompt_token_ids is not None else None
     )
@@ -229,7 +278,7 @@ def _beam_search_items(llm: Any, items: list[PromptItem], params: Any, progress:
     prompts: list[Any] = []
     for it in items:
         if it.messages is None:
-            prompts.append(it.prompt)
+            prompts.append(it.engine_prompt())
             continue
         text = llm.tokenizer.apply_chat_template(
             it.messages,
@@ -248,6 +297,8 @@ def beam_output_to_json(index: int, item: PromptItem, out: Any) -> dict[str, Any
     if item.messages is not None:
         rec["messages"] = item.messages
     rec["prompt"] = out.prompt
+    if item.prompt_token_ids is not None:
+        rec["prompt_token_ids"] = [int(t) for t in item.prompt_token_ids]
     rec["num_prompt_tokens"] = len(out.prompt_token_ids)
     rec["num_cached_tokens"] = out.num_cached_tokens
     rec["outputs"] = [
@@ -271,18 +322,59 @@ def _default_llm_factory(**engine_kwargs: Any) -> Any:
     return LLM(**engine_kwargs)
 
 
+def _start_multihost(mh: MultihostOptions) -> None:
+    """`jax.distributed.initialize` for this process (before anything touches a device)."""
+    from jaxllm.parallel import multihost
+
+    try:
+        multihost.initialize(mh.coordinator_address, mh.num_processes, mh.process_id)
+    except ValueError as e:
+        raise CLIError(f"cannot join the multi-host run: {e}") from None
+
+
+def _generate_all(
+    llm: Any,
+    items: list[PromptItem],
+    sampling_params: Any,
+    beam_params: Any,
+    progress: bool,
+) -> list[Any]:
+    """One RequestOutput (or BeamSearchOutput) per item, in input order."""
+    if beam_params is not None:
+        return _beam_search_items(llm, items, beam_params, progress)
+    plain = [i for i, it in enumerate(items) if it.messages is None]
+    chats = [i for i, it in enumerate(items) if it.messages is not None]
+    results: list[Any] = [None] * len(items)
+    if plain:
+        outs = llm.generate(
+            [items[i].engine_prompt() for i in plain], sampling_params, use_tqdm=progress
+        )
+        for i, out in zip(plain, outs):
+            results[i] = out
+    if chats:
+        outs = llm.chat([items[i].messages for i in chats], sampling_params, use_tqdm=progress)
+        for i, out in zip(chats, outs):
+            results[i] = out
+    return results
+
+
 def run_generate(args: argparse.Namespace, llm_factory: Callable[..., Any] | None = None) -> int:
     """`jaxllm generate`. `llm_factory(**engine_kwargs)` builds the LLM (default: jaxllm's LLM).
 
-    Raises CLIError on bad input (before any model is loaded).
+    Raises CLIError on bad input (before any model is loaded). In a multi-host run, process 0
+    does the work below and the other processes only build the engine and follow its steps.
     """
     opts = resolve_generate_args(args)
-    items = collect_prompts(opts)
+    mh = opts.multihost
+    leader = mh is None or mh.is_leader
     to_stdout = opts.output in (None, "-")
-    if not to_stdout:
-        parent = os.path.dirname(os.path.abspath(opts.output))
-        if not os.path.isdir(parent):
-            raise CLIError(f"output folder does not exist: {parent}")
+    items: list[PromptItem] = []
+    if leader:  # followers never see the prompts (nor need the files on their hosts)
+        items = collect_prompts(opts)
+        if not to_stdout:
+            parent = os.path.dirname(os.path.abspath(opts.output))
+            if not os.path.isdir(parent):
+                raise CLIError(f"output folder does not exist: {parent}")
 
     from jaxllm.sampling_params import SamplingParams
 
@@ -291,26 +383,25 @@ def run_generate(args: argparse.Namespace, llm_factory: Callable[..., Any] | Non
     except ValueError as e:
         raise CLIError(f"bad sampling option: {e}") from None
     beam_params = _beam_search_params(opts) if opts.beam_width is not None else None
+    if mh is not None:
+        _start_multihost(mh)
     try:
         llm = (llm_factory or _default_llm_factory)(**opts.engine_kwargs)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(f"cannot start the engine: {e}") from None
 
-    plain = [i for i, it in enumerate(items) if it.messages is None]
-    chats = [i for i, it in enumerate(items) if it.messages is not None]
-    results: list[Any] = [None] * len(items)
-    if beam_params is not None:
-        results, plain, chats = _beam_search_items(llm, items, beam_params, opts.progress), [], []
-    if plain:
-        outs = llm.generate(
-            [items[i].prompt for i in plain], sampling_params, use_tqdm=opts.progress
-        )
-        for i, out in zip(plain, outs):
-            results[i] = out
-    if chats:
-        outs = llm.chat([items[i].messages for i in chats], sampling_params, use_tqdm=opts.progress)
-        for i, out in zip(chats, outs):
-            results[i] = out
+    if mh is not None and not leader:
+        from jaxllm.parallel import multihost
+
+        multihost.follow(llm.llm_engine)  # returns when process 0 is done
+        return 0
+    try:
+        results = _generate_all(llm, items, sampling_params, beam_params, opts.progress)
+    finally:
+        if mh is not None:  # release the followers, also when process 0 failed between steps
+            from jaxllm.parallel import multihost
+
+            multihost.stop_followers()
 
     with_lp = opts.sampling_kwargs.get("logprobs") is not None
     with_plp = opts.sampling_kwargs.get("prompt_logprobs") is not None

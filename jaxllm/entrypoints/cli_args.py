@@ -10,6 +10,10 @@ them:
 Seeds: `--seed` is the engine seed (`LLM(seed=...)`, as in vLLM's CLI); `--sampling-seed` is the
 per-request seed (`SamplingParams(seed=...)`).
 
+Multi-host (`generate`): `--coordinator-address HOST:PORT`, `--num-processes N`, `--process-id I`,
+each falling back to JAXLLM_COORDINATOR_ADDRESS / JAXLLM_NUM_PROCESSES / JAXLLM_PROCESS_ID (the
+variables `jaxllm.parallel.multihost.initialize` reads); `resolve_multihost` checks them.
+
 `--config FILE.yaml` holds the same options as a flat mapping: keys are the long flag names with
 dashes or underscores (`max-model-len` or `max_model_len`; `tp` works too), values are YAML
 scalars or lists (`stop: ["\\n", "###"]`). Precedence: flags given on the command line > the config
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +35,7 @@ __all__ = [
     "ENGINE_ARGS",
     "SAMPLING_ARGS",
     "GenerateOptions",
+    "MultihostOptions",
     "add_engine_args",
     "add_sampling_args",
     "add_generate_args",
@@ -40,6 +46,7 @@ __all__ = [
     "merge_config",
     "split_kwargs",
     "resolve_generate_args",
+    "resolve_multihost",
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -95,7 +102,15 @@ _GENERATE_DEFAULTS = {
     "no_progress": False,
     "beam_width": None,
     "length_penalty": None,
+    "coordinator_address": None,
+    "num_processes": None,
+    "process_id": None,
 }
+
+# Multi-host environment variables (the same names as jaxllm.parallel.multihost, which imports jax).
+COORDINATOR_ENV = "JAXLLM_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "JAXLLM_NUM_PROCESSES"
+PROCESS_ID_ENV = "JAXLLM_PROCESS_ID"
 
 
 class CLIError(ValueError):
@@ -254,6 +269,35 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
         "--length-penalty",
         type=float,
         help="beam search: rank finished beams by cum_logprob / length**penalty (default 1)",
+    )
+    add_multihost_args(parser)
+
+
+def add_multihost_args(parser: argparse.ArgumentParser) -> None:
+    """`--coordinator-address`, `--num-processes`, `--process-id` (jax.distributed)."""
+    mh = parser.add_argument_group(
+        "multi-host",
+        "one process per host over jax.distributed, every process running this same command "
+        "(only --process-id differs); the mesh (-tp) spans all processes' devices. Process 0 "
+        "schedules the prompts and writes the output; the others replay its steps and exit 0 "
+        "when it is done. Each flag falls back to an environment variable.",
+    )
+    mh.add_argument(
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        help=f"address of process 0's coordinator, reachable from every host (${COORDINATOR_ENV})",
+    )
+    mh.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="N",
+        help=f"number of processes, one per host (${NUM_PROCESSES_ENV})",
+    )
+    mh.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help=f"this process's rank in [0, N); 0 leads (${PROCESS_ID_ENV})",
     )
 
 
@@ -436,6 +480,80 @@ class GenerateOptions:
     progress: bool = True
     beam_width: int | None = None  # set: beam search instead of sampling
     length_penalty: float | None = None
+    multihost: MultihostOptions | None = None  # set: a multi-host run
+
+
+@dataclass(frozen=True)
+class MultihostOptions:
+    """A checked multi-host setting: `jax.distributed.initialize(address, num_processes, id)`."""
+
+    coordinator_address: str  # HOST:PORT
+    num_processes: int
+    process_id: int  # in [0, num_processes); 0 leads
+
+    @property
+    def is_leader(self) -> bool:
+        return self.process_id == 0
+
+
+def _from_flag_or_env(
+    value: Any, flag: str, env_var: str, environ: Mapping[str, str], as_int: bool
+) -> tuple[Any, str]:
+    """(value, where it came from): the flag's value, else the environment variable's."""
+    if value is not None:
+        return value, flag
+    text = environ.get(env_var, "").strip()
+    if not text:
+        return None, flag
+    if not as_int:
+        return text, env_var
+    try:
+        return int(text), env_var
+    except ValueError:
+        raise CLIError(f"{env_var} must be an integer, got {text!r}") from None
+
+
+def _check_address(address: str, where: str) -> None:
+    """HOST:PORT (an IPv6 host in brackets: [::1]:1234), port in 1..65535."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port or host in ("[", "[]"):
+        raise CLIError(f"{where} must be HOST:PORT, got {address!r} (no port)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise CLIError(f"{where} must be HOST:PORT with a port in 1..65535, got {address!r}")
+
+
+def resolve_multihost(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> MultihostOptions | None:
+    """The multi-host setting from the flags, else the JAXLLM_* variables; None when neither
+    names a coordinator nor a process count or id. A partial or inconsistent setting raises
+    CLIError naming the flag (or variable)."""
+    env = os.environ if environ is None else environ
+    address, a_src = _from_flag_or_env(
+        coordinator_address, "--coordinator-address", COORDINATOR_ENV, env, False
+    )
+    n, n_src = _from_flag_or_env(num_processes, "--num-processes", NUM_PROCESSES_ENV, env, True)
+    pid, p_src = _from_flag_or_env(process_id, "--process-id", PROCESS_ID_ENV, env, True)
+    if address is None:
+        for value, src in ((n, n_src), (pid, p_src)):
+            if value is not None:
+                raise CLIError(
+                    f"{src} needs --coordinator-address HOST:PORT (or ${COORDINATOR_ENV})"
+                )
+        return None
+    _check_address(address, a_src)
+    if n is None:
+        raise CLIError(f"{a_src} needs --num-processes N (or ${NUM_PROCESSES_ENV})")
+    if pid is None:
+        raise CLIError(f"{a_src} needs --process-id I (or ${PROCESS_ID_ENV})")
+    if n < 1:
+        raise CLIError(f"{n_src} must be at least 1, got {n}")
+    if not 0 <= pid < n:
+        raise CLIError(f"{p_src} {pid} is outside [0, {n}) ({n_src} {n})")
+    return MultihostOptions(address, n, pid)
 
 
 def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
@@ -443,6 +561,14 @@ def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
     values = dict(_GENERATE_DEFAULTS)
     values.update(merge_config(args, generate_parser()))
     engine, sampling, rest = split_kwargs(values)
+    multihost = resolve_multihost(
+        rest["coordinator_address"], rest["num_processes"], rest["process_id"]
+    )
+    if multihost is not None and engine.get("data_parallel_size", 1) != 1:
+        raise CLIError(
+            "--data-parallel-size above 1 does not combine with a multi-host run "
+            "(--coordinator-address): use -tp over all processes' devices"
+        )
     return GenerateOptions(
         engine_kwargs=engine,
         sampling_kwargs=sampling,
@@ -453,4 +579,5 @@ def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
         progress=not rest["no_progress"],
         beam_width=rest["beam_width"],
         length_penalty=rest["length_penalty"],
+        multihost=multihost,
     )

@@ -17,7 +17,9 @@ scheduler's output and the sampling rows, pickled) to the followers, which repla
     else:
         multihost.follow(llm.llm_engine)           # returns when the leader stops
 
-The engine's hooks (`lead`) are installed by `LLM` when `jax.process_count() > 1`.
+The engine's hooks (`lead`) are installed by `LLM` when `jax.process_count() > 1`. The command
+line does the same: `jaxllm generate --coordinator-address HOST:PORT --num-processes N
+--process-id I ...` on every host (jaxllm/entrypoints/cli.py).
 """
 
 from __future__ import annotations

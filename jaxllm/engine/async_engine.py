@@ -12,6 +12,10 @@ iterator of delta `RequestOutput`s, merged when the consumer falls behind).
     async for out in stream: ...                    # QueueFullError or EngineDeadError here
     stream.abort()                                  # idempotent; frees the request's KV blocks
 
+`priority` (add_request / add_requests) goes to `LLMEngine.add_request`: with the engine's
+scheduling_policy "priority" lower values are scheduled first; under "fcfs" a non-zero priority is
+the engine's ValueError, raised from `add_request` like any other validation error.
+
 A consumer that stops listening (a client that disconnected) must call `stream.abort()` (the
 serving layer does so in a `finally`); the abort reaches the engine before its next step.
 
@@ -185,6 +189,7 @@ class _Add:
     arrival_time: float
     stream: RequestStream
     future: asyncio.Future
+    priority: int = 0
 
 
 @dataclass
@@ -267,29 +272,42 @@ class AsyncLLMEngine:
         params: SamplingParams,
         *,
         arrival_time: float | None = None,
+        priority: int = 0,
     ) -> RequestStream:
         """Queue a request; returns its stream once the engine accepted it.
 
-        Raises ValueError (the engine's validation), QueueFullError or EngineDeadError.
+        Raises ValueError (the engine's validation, e.g. a non-zero `priority` under the "fcfs"
+        scheduling policy), QueueFullError or EngineDeadError.
         """
-        return (await self.add_requests([(request_id, prompt, params)], arrival_time=arrival_time))[
-            0
-        ]
+        streams = await self.add_requests(
+            [(request_id, prompt, params)], arrival_time=arrival_time, priority=priority
+        )
+        return streams[0]
 
     async def add_requests(
         self,
         requests: Sequence[tuple[str, str | Sequence[int] | dict, SamplingParams]],
         *,
         arrival_time: float | None = None,
+        priority: int = 0,
     ) -> list[RequestStream]:
         """Queue several (request_id, prompt, params) together (they reach the engine before the
-        same step), all or none: if one is refused, the others are aborted and the error raised."""
+        same step), all or none: if one is refused, the others are aborted and the error raised.
+        They share `arrival_time` and `priority`."""
         if not self.is_running:
             raise EngineDeadError(self._dead_message())
         loop = asyncio.get_running_loop()
         now = time.time() if arrival_time is None else arrival_time
         cmds = [
-            _Add(rid, prompt, params, now, RequestStream(rid, self, params.n), loop.create_future())
+            _Add(
+                rid,
+                prompt,
+                params,
+                now,
+                RequestStream(rid, self, params.n),
+                loop.create_future(),
+                priority,
+            )
             for rid, prompt, params in requests
         ]
         num_seqs = sum(c.params.n for c in cmds)
@@ -372,6 +390,7 @@ class AsyncLLMEngine:
                 cmd.params,
                 arrival_time=cmd.arrival_time,
                 output_kind="delta",
+                priority=cmd.priority,
             )
         except Exception as e:  # ValueError from validation; anything else is reported too
             handoff.append((_set_exception, (cmd.future, e)))

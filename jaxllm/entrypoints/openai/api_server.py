@@ -110,6 +110,7 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
         chat_template=llm.chat_template,
         model_source=str(getattr(llm, "model_source", "")),
         retry_after_s=opts.retry_after,
+        scheduling_policy=engine.config.scheduler.policy,
     )
 
     @contextlib.asynccontextmanager

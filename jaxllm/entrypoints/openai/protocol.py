@@ -5,8 +5,12 @@ such as `max_token` is reported instead of silently ignored. Besides OpenAI's pa
 completion and chat requests accept vLLM's sampling extras in the body (with the `openai` client:
 `extra_body={...}`): top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids,
 skip_special_tokens, spaces_between_special_tokens, include_stop_str_in_output, prompt_logprobs,
-truncate_prompt_tokens, add_special_tokens (and for chat add_generation_prompt,
+truncate_prompt_tokens, add_special_tokens, priority (and for chat add_generation_prompt,
 continue_final_message, chat_template, chat_template_kwargs).
+
+`priority` (an int, default 0; strictly an int: "1", 1.0 or true are refused with a 400): with
+`jaxllm serve --scheduling-policy priority` lower values are scheduled first (ties by arrival);
+on a server running "fcfs" any non-zero value is a 400 naming `priority`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class _Request(BaseModel):
@@ -57,6 +61,7 @@ class _SamplingFields(_Request):
     include_stop_str_in_output: bool = False
     prompt_logprobs: int | None = None
     truncate_prompt_tokens: int | None = None
+    priority: StrictInt = 0  # scheduling priority, lower first (--scheduling-policy priority)
 
 
 class CompletionRequest(_SamplingFields):

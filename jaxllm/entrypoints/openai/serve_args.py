@@ -1,6 +1,7 @@
 """Options of `jaxllm serve [MODEL]` (no FastAPI, no JAX: the CLI parses these cheaply).
 
-Every engine flag of `jaxllm generate` (cli_args.add_engine_args) plus the server's own:
+Every engine flag of `jaxllm generate` (cli_args.add_engine_args; e.g. `--scheduling-policy
+priority` lets completion and chat requests carry a `priority`) plus the server's own:
 --host (default 127.0.0.1), --port (8000; 0 picks a free one), --api-key (also $JAXLLM_API_KEY),
 --served-model-name NAME [NAME ...], --max-waiting-requests N (503 beyond it; default 1024; -1
 disables the bound), --retry-after SECONDS, --log-level, --no-access-log, and

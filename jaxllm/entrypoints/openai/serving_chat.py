@@ -37,6 +37,7 @@ from jaxllm.entrypoints.openai.serving_common import (
     ServerContext,
     admit_all,
     check_logprobs,
+    check_priority,
     check_token_ids,
     collect,
     finite,
@@ -129,6 +130,7 @@ def _check_request(ctx: ServerContext, req: ChatCompletionRequest) -> None:
         raise bad_request("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs")
     check_logprobs(ctx, req.top_logprobs, "top_logprobs")
     check_logprobs(ctx, req.prompt_logprobs, "prompt_logprobs")
+    check_priority(ctx, req.priority)
 
 
 def _logprobs(ctx: ServerContext, token_ids, entries, k: int) -> ChatLogprobs:
@@ -192,7 +194,11 @@ async def create_chat_completion(
     )
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     streams = await admit_all(
-        ctx, [(rid, {"prompt": text, "prompt_token_ids": ids}, params)], arrival, "messages"
+        ctx,
+        [(rid, {"prompt": text, "prompt_token_ids": ids}, params)],
+        arrival,
+        "messages",
+        req.priority,
     )
     if req.stream:
         return StreamingResponse(

@@ -47,6 +47,7 @@ class ServerContext:
     chat_template: str | None = None
     model_source: str = ""
     retry_after_s: int = 1
+    scheduling_policy: str = "fcfs"  # the engine's: "fcfs" or "priority"
 
     @property
     def model_name(self) -> str:
@@ -136,6 +137,19 @@ def check_logprobs(ctx: ServerContext, value: int | None, param: str) -> None:
         )
 
 
+def check_priority(ctx: ServerContext, priority: int) -> int:
+    """The request's scheduling priority; a non-zero one needs a server run with the "priority"
+    policy (400 naming `priority` otherwise, as vLLM answers)."""
+    if priority != 0 and ctx.scheduling_policy != "priority":
+        raise bad_request(
+            f"'priority' is {priority}, but this server schedules requests by arrival "
+            f"(scheduling policy {ctx.scheduling_policy!r}): leave 'priority' at 0, or start the "
+            "server with `--scheduling-policy priority`.",
+            "priority",
+        )
+    return priority
+
+
 def sampling_params(
     req: Any,
     *,
@@ -186,14 +200,18 @@ async def admit_all(
     items: list[tuple[str, dict, SamplingParams]],
     arrival_time: float,
     prompt_param: str,
+    priority: int = 0,
 ) -> list[RequestStream]:
-    """Hand a request's prompts to the engine together, all or none: engine validation errors ->
-    400, over the queue bound -> 503 + Retry-After, engine dead -> 503."""
+    """Hand a request's prompts to the engine together (with the request's scheduling
+    `priority`), all or none: engine validation errors -> 400, over the queue bound -> 503 +
+    Retry-After, engine dead -> 503."""
     try:
-        return await ctx.engine.add_requests(items, arrival_time=arrival_time)
+        return await ctx.engine.add_requests(items, arrival_time=arrival_time, priority=priority)
     except ValueError as e:
         msg = str(e)
-        param = param_from_message(msg, ("logprobs", "prompt_logprobs", "max_tokens", "n"))
+        param = param_from_message(
+            msg, ("logprobs", "prompt_logprobs", "max_tokens", "n", "priority")
+        )
         if param is None and msg.startswith("prompt"):
             param = prompt_param
         raise bad_request(msg, param) from None
@@ -221,7 +239,7 @@ def token_text(ctx: ServerContext, token_id: int, lp: Logprob | None) -> str:
 def top_entries(entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
     """The k most likely tokens of one position, by rank."""
     ranked = [(tid, lp) for tid, lp in entry.items() if lp.rank is not None and lp.rank <= k]
-    ranked.sort(key=lambda item: item[1].rank)
+    ranked.sort(key=lambda item: item[1].rank or 0)  # rank is set (filtered above)
     return ranked[:k]
 
 

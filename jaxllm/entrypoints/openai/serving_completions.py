@@ -30,6 +30,7 @@ from jaxllm.entrypoints.openai.serving_common import (
     ServerContext,
     admit_all,
     check_logprobs,
+    check_priority,
     check_token_ids,
     collect,
     finite,
@@ -95,6 +96,7 @@ def _check_request(ctx: ServerContext, req: CompletionRequest) -> None:
         raise bad_request("'prompt_logprobs' is not available with 'stream'.", "prompt_logprobs")
     check_logprobs(ctx, req.logprobs, "logprobs")
     check_logprobs(ctx, req.prompt_logprobs, "prompt_logprobs")
+    check_priority(ctx, req.priority)
 
 
 class _LogprobFormatter:
@@ -151,7 +153,7 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
         if p.text is not None:
             prompt["prompt"] = p.text
         items.append((rid, prompt, params))
-    streams = await admit_all(ctx, items, arrival, "prompt")
+    streams = await admit_all(ctx, items, arrival, "prompt", req.priority)
     if req.stream:
         return StreamingResponse(
             _stream(ctx, req, model, base_id, prompts, streams), media_type="text/event-stream"

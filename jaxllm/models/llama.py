@@ -111,7 +111,9 @@ class LlamaForCausalLM(nn.Module):
     # Unroll the layer scan (None: on accelerators yes, on the CPU no). A rolled scan slices each
     # layer's weights out of the stacked arrays with a dynamic-slice that XLA materializes: on an
     # H100 a Llama-3-8B batch-1 decode step then moves 3x the weight bytes (15.0 ms vs 5.3 ms
-    # unrolled, bench/scan_unroll_probe.py in bench/gpu_runs/2026-11-28_h100_llama8b.md).
+    # unrolled, bench/scan_unroll_probe.py in bench/gpu_runs/2026-11-28_h100_llama8b.md). On the
+    # CPU unrolling is slower: SmolLM2 f32, batch-16 decode at context 192, 243 ms rolled vs
+    # 370 ms unrolled a step (compile 2.5 s vs 7.2 s; 2-core AMD EPYC, 2026-11-28).
     unroll_layers: bool | None = None
 
     @nn.compact

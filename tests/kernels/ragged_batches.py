@@ -160,3 +160,21 @@ def reference(*args, sliding_window=None, jit: bool = True) -> np.ndarray:
 def tolerance(dtype: str) -> dict:
     """float32 within 1e-5; bf16/f16 within 1e-2 (relative and absolute) of the f32 oracle."""
     return dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=1e-2, atol=1e-2)
+
+
+# ----- shape-only inputs for the validation tests (no arrays are allocated) ----------------------
+
+
+def sds(shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+
+
+# A valid ragged batch's shapes: T=8 tokens, Hq=8, Hkv=2, D=64, 2 layers, 10 blocks of 16, S=3.
+GOOD_SHAPES = dict(
+    q=sds((8, 8, 64)),
+    k_pages=sds((2, 10, 2, 16, 64)),
+    v_pages=sds((2, 10, 2, 16, 64)),
+    block_tables=sds((3, 4), jnp.int32),
+    kv_lens=sds((3,), jnp.int32),
+    query_start_loc=sds((4,), jnp.int32),
+)

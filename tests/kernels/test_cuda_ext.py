@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ragged_batches import Case, L, make_batch, reference, rng_for, tolerance
+from ragged_batches import GOOD_SHAPES, Case, L, make_batch, reference, rng_for, sds, tolerance
 
 from cuda_ext import attention as cuda_attention
 from cuda_ext import build, registry
@@ -243,18 +243,7 @@ def test_plan_launch():
     assert cuda_attention.block_k(128, 2) == 32 and cuda_attention.block_k(256, 4) == 16
 
 
-def _sds(shape, dtype=jnp.float32):
-    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
-
-
-GOOD = dict(
-    q=_sds((8, 8, 64)),
-    k_pages=_sds((2, 10, 2, 16, 64)),
-    v_pages=_sds((2, 10, 2, 16, 64)),
-    block_tables=_sds((3, 4), jnp.int32),
-    kv_lens=_sds((3,), jnp.int32),
-    query_start_loc=_sds((4,), jnp.int32),
-)
+GOOD = GOOD_SHAPES
 
 
 # The checks shared by all backends are tested in test_ragged_inputs.py; these are cuda's own.
@@ -263,9 +252,9 @@ GOOD = dict(
     [
         (
             dict(
-                q=_sds((8, 8, 32)),
-                k_pages=_sds((2, 10, 2, 16, 32)),
-                v_pages=_sds((2, 10, 2, 16, 32)),
+                q=sds((8, 8, 32)),
+                k_pages=sds((2, 10, 2, 16, 32)),
+                v_pages=sds((2, 10, 2, 16, 32)),
             ),
             {},
             r"head dim D=32 .* unsupported by the cuda backend",
@@ -302,12 +291,12 @@ def test_lowers_to_one_ffi_custom_call_for_cuda(decode_only):
     """The jitted wrapper lowers for CUDA on any machine: one custom call with the typed attributes,
     the layer passed as a device scalar operand (the cache is never sliced)."""
     T, S, D = 8, 3, 64
-    q = _sds((T, 8, D), jnp.bfloat16)
-    k = _sds((2, 10, 2, 16, D), jnp.bfloat16)
+    q = sds((T, 8, D), jnp.bfloat16)
+    k = sds((2, 10, 2, 16, D), jnp.bfloat16)
     plan = plan_launch(T, S, 4, 8, 2, D, 16, 2, decode_only=decode_only, num_kv_splits=2)
     lowered = cuda_attention._rpa_call.trace(
-        q, k, k, _sds((S, 4), jnp.int32), _sds((S,), jnp.int32), _sds((S + 1,), jnp.int32),
-        _sds((), jnp.int32), None, plan=plan, sm_scale=0.125, window=7, decode_only=decode_only,
+        q, k, k, sds((S, 4), jnp.int32), sds((S,), jnp.int32), sds((S + 1,), jnp.int32),
+        sds((), jnp.int32), None, plan=plan, sm_scale=0.125, window=7, decode_only=decode_only,
     ).lower(lowering_platforms=("cuda",))  # fmt: skip
     calls = [line for line in lowered.as_text().splitlines() if "stablehlo.custom_call" in line]
     assert len(calls) == 1 and "@jaxllm_ragged_paged_attention(" in calls[0]

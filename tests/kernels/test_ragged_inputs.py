@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ragged_batches import rng_for
+from ragged_batches import GOOD_SHAPES, rng_for, sds
 
 from cuda_ext.attention import validate_inputs as cuda_validate
 from pallas_kernels import ragged_inputs
@@ -20,41 +20,30 @@ VALIDATORS = {
 }
 
 
-def _sds(shape, dtype=jnp.float32):
-    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
-
-
-GOOD = dict(
-    q=_sds((8, 8, 64)),
-    k_pages=_sds((2, 10, 2, 16, 64)),
-    v_pages=_sds((2, 10, 2, 16, 64)),
-    block_tables=_sds((3, 4), jnp.int32),
-    kv_lens=_sds((3,), jnp.int32),
-    query_start_loc=_sds((4,), jnp.int32),
-)
+GOOD = GOOD_SHAPES
 
 
 @pytest.mark.parametrize("backend", sorted(VALIDATORS))
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(q=_sds((8, 64))), r"q must be \[T, Hq, D\]"),
-        (dict(k_pages=_sds((10, 2, 16, 64))), r"k_pages must be \[L, num_blocks"),
-        (dict(v_pages=_sds((2, 11, 2, 16, 64))), r"k_pages and v_pages must have the same shape"),
-        (dict(q=_sds((8, 8, 64), jnp.bfloat16)), r"dtype mismatch: .*q bfloat16, k_pages float32"),
-        (dict(q=_sds((8, 8, 64), jnp.int32)), r"q dtype int32 unsupported"),
-        (dict(q=_sds((8, 7, 64))), r"Hq=7 .* must be a multiple of Hkv=2"),
-        (dict(q=_sds((8, 8, 32))), r"head dim mismatch: q \(8, 8, 32\) has D=32"),
+        (dict(q=sds((8, 64))), r"q must be \[T, Hq, D\]"),
+        (dict(k_pages=sds((10, 2, 16, 64))), r"k_pages must be \[L, num_blocks"),
+        (dict(v_pages=sds((2, 11, 2, 16, 64))), r"k_pages and v_pages must have the same shape"),
+        (dict(q=sds((8, 8, 64), jnp.bfloat16)), r"dtype mismatch: .*q bfloat16, k_pages float32"),
+        (dict(q=sds((8, 8, 64), jnp.int32)), r"q dtype int32 unsupported"),
+        (dict(q=sds((8, 7, 64))), r"Hq=7 .* must be a multiple of Hkv=2"),
+        (dict(q=sds((8, 8, 32))), r"head dim mismatch: q \(8, 8, 32\) has D=32"),
         (
-            dict(block_tables=_sds((12,), jnp.int32)),
+            dict(block_tables=sds((12,), jnp.int32)),
             r"block_tables must be \[S, P\] \(rank 2, non-empty\), got shape \(12,\)",
         ),
-        (dict(kv_lens=_sds((4,), jnp.int32)), r"kv_lens shape \(4,\) must be \(S,\) = \(3,\)"),
+        (dict(kv_lens=sds((4,), jnp.int32)), r"kv_lens shape \(4,\) must be \(S,\) = \(3,\)"),
         (
-            dict(query_start_loc=_sds((3,), jnp.int32)),
+            dict(query_start_loc=sds((3,), jnp.int32)),
             r"query_start_loc shape \(3,\) must be \(S \+ 1,\) = \(4,\)",
         ),
-        (dict(block_tables=_sds((3, 4), jnp.float32)), r"block_tables must be an integer array"),
+        (dict(block_tables=sds((3, 4), jnp.float32)), r"block_tables must be an integer array"),
     ],
 )
 def test_shape_errors_name_the_argument(backend, change, message):
@@ -68,7 +57,7 @@ def test_shape_errors_name_the_argument(backend, change, message):
     "kwargs, message",
     [
         (dict(layer=2), r"layer=2 out of range for k_pages with L=2"),
-        (dict(layer=_sds((2,), jnp.int32)), r"layer must be an int or an integer scalar array"),
+        (dict(layer=sds((2,), jnp.int32)), r"layer must be an int or an integer scalar array"),
         (dict(layer=1.0), r"layer must be an int or an integer scalar array"),
         (dict(sliding_window=0), r"sliding_window must be a positive int"),
         (dict(sm_scale=-1.0), r"sm_scale must be a positive float"),
@@ -83,7 +72,7 @@ def test_keyword_errors_name_the_argument(backend, kwargs, message):
 
 def test_good_inputs_pass_every_validator():
     for fn in VALIDATORS.values():
-        fn(*GOOD.values(), _sds((), jnp.int32), sm_scale=0.1, sliding_window=5)
+        fn(*GOOD.values(), sds((), jnp.int32), sm_scale=0.1, sliding_window=5)
 
 
 def test_decode_only_check():

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ragged_batches import Case, L, make_batch, reference, rng_for, tolerance
+from ragged_batches import GOOD_SHAPES, Case, L, make_batch, reference, rng_for, sds, tolerance
 
 from pallas_kernels import tuned_block_sizes
 from pallas_kernels.paged_softmax import TritonParams
@@ -198,18 +198,7 @@ def test_resolve_decode_only():
 # --------------------------------------------------------------------------------------------------
 
 
-def _sds(shape, dtype=jnp.float32):
-    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
-
-
-GOOD = dict(
-    q=_sds((8, 8, 64)),
-    k_pages=_sds((2, 10, 2, 16, 64)),
-    v_pages=_sds((2, 10, 2, 16, 64)),
-    block_tables=_sds((3, 4), jnp.int32),
-    kv_lens=_sds((3,), jnp.int32),
-    query_start_loc=_sds((4,), jnp.int32),
-)
+GOOD = GOOD_SHAPES
 
 
 # The checks shared by all backends are tested in test_ragged_inputs.py; these are Pallas's own.
@@ -218,15 +207,15 @@ GOOD = dict(
     [
         (
             dict(
-                q=_sds((8, 8, 80)),
-                k_pages=_sds((2, 10, 2, 16, 80)),
-                v_pages=_sds((2, 10, 2, 16, 80)),
+                q=sds((8, 8, 80)),
+                k_pages=sds((2, 10, 2, 16, 80)),
+                v_pages=sds((2, 10, 2, 16, 80)),
             ),
             {},
             r"head dim D=80 .* unsupported by the pallas backend",
         ),
         (
-            dict(k_pages=_sds((2, 10, 2, 12, 64)), v_pages=_sds((2, 10, 2, 12, 64))),
+            dict(k_pages=sds((2, 10, 2, 12, 64)), v_pages=sds((2, 10, 2, 12, 64))),
             {},
             r"block_size=12 .* must be a power of two",
         ),
@@ -314,10 +303,10 @@ def _can_lower_for_cuda() -> bool:
         o_ref[...] = x_ref[...] + 1.0
 
     f = pl.pallas_call(
-        kernel, out_shape=_sds((16,)), compiler_params=TritonParams(num_warps=4, num_stages=1)
+        kernel, out_shape=sds((16,)), compiler_params=TritonParams(num_warps=4, num_stages=1)
     )
     try:
-        jax.jit(f).trace(_sds((16,))).lower(lowering_platforms=("cuda",))
+        jax.jit(f).trace(sds((16,))).lower(lowering_platforms=("cuda",))
     except Exception:  # this jaxlib cannot lower Pallas for CUDA at all
         return False
     return True
@@ -345,13 +334,13 @@ def test_lowers_to_triton_for_cuda(G, D, bs, dtype, decode, splits, window, L_, 
         pytest.skip("this jaxlib cannot lower Pallas kernels for CUDA")
     Hkv = 2
     args = (
-        _sds((T, Hkv * G, D), dtype),
-        _sds((L_, N, Hkv, bs, D), dtype),
-        _sds((L_, N, Hkv, bs, D), dtype),
-        _sds((S, P), jnp.int32),
-        _sds((S,), jnp.int32),
-        _sds((S + 1,), jnp.int32),
-        _sds((), jnp.int32),
+        sds((T, Hkv * G, D), dtype),
+        sds((L_, N, Hkv, bs, D), dtype),
+        sds((L_, N, Hkv, bs, D), dtype),
+        sds((S, P), jnp.int32),
+        sds((S,), jnp.int32),
+        sds((S + 1,), jnp.int32),
+        sds((), jnp.int32),
     )
     f = jax.jit(
         lambda *a: ragged_paged_attention(

@@ -40,11 +40,13 @@ from jaxllm.entrypoints.openai.serving_common import (
     check_priority,
     check_token_ids,
     collect,
+    final_usage,
     finite,
     prompt_logprobs_json,
     resolve_max_tokens,
     sampling_params,
     sse,
+    stream_error_event,
     token_text,
     top_entries,
     truncate,
@@ -294,21 +296,11 @@ async def _stream(
                     id=rid,
                     model=model,
                     choices=[],
-                    usage=UsageInfo(
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        total_tokens=prompt_tokens + completion_tokens,
-                        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
-                    ),
+                    usage=final_usage(prompt_tokens, completion_tokens, cached),
                 )
             )
     except (EngineDeadError, OpenAIError) as e:
-        err = (
-            e
-            if isinstance(e, OpenAIError)
-            else OpenAIError(503, str(e), type="server_error", code="engine_dead")
-        )
-        yield sse(err.body())
+        yield stream_error_event(e)
     finally:
         stream.abort()
     yield SSE_DONE

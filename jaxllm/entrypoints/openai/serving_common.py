@@ -28,6 +28,7 @@ from jaxllm.entrypoints.openai.errors import (
     overloaded,
     param_from_message,
 )
+from jaxllm.entrypoints.openai.protocol import PromptTokensDetails, UsageInfo
 from jaxllm.outputs import Logprob, RequestOutput
 from jaxllm.sampling_params import SamplingParams
 
@@ -322,6 +323,23 @@ def sse(payload: Any) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
+
+
+def stream_error_event(exc: EngineDeadError | OpenAIError) -> str:
+    """The SSE event a stream ends with when the engine died or a request failed mid-stream."""
+    if not isinstance(exc, OpenAIError):
+        exc = OpenAIError(503, str(exc), type="server_error", code="engine_dead")
+    return sse(exc.body())
+
+
+def final_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> UsageInfo:
+    """The `usage` of a stream's last chunk (stream_options.include_usage)."""
+    return UsageInfo(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+    )
 
 
 async def until_disconnected(request: Request, work: Awaitable[Any]) -> tuple[bool, Any]:

@@ -33,12 +33,14 @@ from jaxllm.entrypoints.openai.serving_common import (
     check_priority,
     check_token_ids,
     collect,
+    final_usage,
     finite,
     merge_streams,
     prompt_logprobs_json,
     resolve_max_tokens,
     sampling_params,
     sse,
+    stream_error_event,
     token_text,
     top_entries,
     truncate,
@@ -273,21 +275,11 @@ async def _stream(
                     id=rid,
                     model=model,
                     choices=[],
-                    usage=UsageInfo(
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=done,
-                        total_tokens=prompt_tokens + done,
-                        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
-                    ),
+                    usage=final_usage(prompt_tokens, done, cached),
                 )
             )
     except (EngineDeadError, OpenAIError) as e:
-        err = (
-            e
-            if isinstance(e, OpenAIError)
-            else OpenAIError(503, str(e), type="server_error", code="engine_dead")
-        )
-        yield sse(err.body())
+        yield stream_error_event(e)
     finally:
         for s in streams:
             s.abort()  # no-op for finished requests; frees the rest when the client went away

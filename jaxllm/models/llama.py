@@ -16,6 +16,7 @@ compiles like a 1-layer one), unrolled on accelerators (see `unroll_layers`). Pa
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -27,6 +28,8 @@ from jaxllm.layers.attention import sharded_attention_fn, sharded_kv_write_fn
 from jaxllm.layers.norms import RMSNorm
 from jaxllm.layers.rotary import apply_rotary, rope_cos_sin, rope_inv_freq
 from jaxllm.models.batch import KVCache, StepBatch
+
+UNROLL_ENV = "JAXLLM_UNROLL_LAYERS"
 
 
 def _dense(features: int, bias: bool, dtype, name: str) -> nn.Dense:
@@ -114,6 +117,7 @@ class LlamaForCausalLM(nn.Module):
     # unrolled, bench/scan_unroll_probe.py in bench/gpu_runs/2026-11-28_h100_llama8b.md). On the
     # CPU unrolling is slower: SmolLM2 f32, batch-16 decode at context 192, 243 ms rolled vs
     # 370 ms unrolled a step (compile 2.5 s vs 7.2 s; 2-core AMD EPYC, 2026-11-28).
+    # JAXLLM_UNROLL_LAYERS=1/0 overrides the None default (for measurements).
     unroll_layers: bool | None = None
 
     @nn.compact
@@ -145,4 +149,9 @@ class LlamaForCausalLM(nn.Module):
     def _unroll(self) -> bool:
         if self.unroll_layers is not None:
             return self.unroll_layers
+        env = os.environ.get(UNROLL_ENV, "").strip().lower()
+        if env in ("0", "false", "no", "1", "true", "yes"):
+            return env in ("1", "true", "yes")
+        if env:
+            raise ValueError(f"{UNROLL_ENV}={env!r}: use 1 (unrolled) or 0 (rolled scan)")
         return jax.default_backend() != "cpu"

@@ -30,6 +30,8 @@ from jaxllm.layers.rotary import apply_rotary, rope_cos_sin, rope_inv_freq
 from jaxllm.models.batch import KVCache, StepBatch
 
 UNROLL_ENV = "JAXLLM_UNROLL_LAYERS"
+# Accelerator steps with at least this many (padded) tokens keep the layer scan rolled.
+UNROLL_MAX_TOKENS = 4096
 
 
 def _dense(features: int, bias: bool, dtype, name: str) -> nn.Dense:
@@ -111,13 +113,15 @@ class LlamaForCausalLM(nn.Module):
     config: ModelConfig
     backend: str = "reference"
     mesh: Any = None  # a ('data', 'model') jax.sharding.Mesh for tensor parallelism, or None
-    # Unroll the layer scan (None: on accelerators yes, on the CPU no). A rolled scan slices each
-    # layer's weights out of the stacked arrays with a dynamic-slice that XLA materializes: on an
-    # H100 a Llama-3-8B batch-1 decode step then moves 3x the weight bytes (15.0 ms vs 5.3 ms
-    # unrolled, bench/scan_unroll_probe.py in bench/gpu_runs/2026-11-28_h100_llama8b.md). On the
-    # CPU unrolling is slower: SmolLM2 f32, batch-16 decode at context 192, 243 ms rolled vs
-    # 370 ms unrolled a step (compile 2.5 s vs 7.2 s; 2-core AMD EPYC, 2026-11-28).
-    # JAXLLM_UNROLL_LAYERS=1/0 overrides the None default (for measurements).
+    # Unroll the layer scan? None: on the CPU never; on accelerators for steps of fewer than
+    # UNROLL_MAX_TOKENS tokens. A rolled scan slices each layer's weights out of the stacked arrays
+    # with a dynamic-slice that XLA materializes: a Llama-3-8B batch-1 decode step then copies the
+    # weights (H100: 15.0 ms vs 5.3 ms unrolled, bench/gpu_runs/2026-11-28_h100_llama8b.md;
+    # XLA's dynamic-slice fusion does not remove it: 14.4 vs 15.1 ms/token on an H200). But the
+    # unrolled step compiles 10-20x slower (H200: 18-32 s vs 1.5-2.7 s a shape,
+    # bench/gpu_runs/2026-11-28_h200x2_compile.md). Large steps are compute-bound, so there the
+    # copy is a small share and the fast rolled compile wins. On the CPU unrolling is slower
+    # outright: SmolLM2 f32, batch-16 decode at context 192, 243 ms rolled vs 370 ms unrolled.
     unroll_layers: bool | None = None
 
     @nn.compact
@@ -129,13 +133,14 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = rope_cos_sin(
             batch.positions, rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)
         )
+        unroll = self._unroll(batch.token_ids.shape[0])
         layers = nn.scan(
             DecoderLayer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.num_hidden_layers,
-            unroll=c.num_hidden_layers if self._unroll() else 1,
+            unroll=c.num_hidden_layers if unroll else 1,
         )(c, self.backend, self.mesh, name="layers")
         layer_ids = jnp.arange(c.num_hidden_layers, dtype=jnp.int32)
         (h, k, v), _ = layers((h, kv_cache.k, kv_cache.v), layer_ids, cos, sin, batch)
@@ -146,7 +151,7 @@ class LlamaForCausalLM(nn.Module):
             logits = _dense(c.vocab_size, False, dt, "lm_head")(h)
         return KVCache(k, v), logits.astype(jnp.float32)
 
-    def _unroll(self) -> bool:
+    def _unroll(self, num_tokens: int) -> bool:
         if self.unroll_layers is not None:
             return self.unroll_layers
         env = os.environ.get(UNROLL_ENV, "").strip().lower()
@@ -154,4 +159,4 @@ class LlamaForCausalLM(nn.Module):
             return env in ("1", "true", "yes")
         if env:
             raise ValueError(f"{UNROLL_ENV}={env!r}: use 1 (unrolled) or 0 (rolled scan)")
-        return jax.default_backend() != "cpu"
+        return jax.default_backend() != "cpu" and num_tokens < UNROLL_MAX_TOKENS

@@ -10,6 +10,7 @@ use its vocabulary and tokenizer before the engine is built (`make_llm`).
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from jaxllm.entrypoints.cli_args import DEFAULT_MODEL, add_engine_args, split_kwargs
@@ -20,6 +21,7 @@ __all__ = [
     "engine_kwargs",
     "load_model_once",
     "make_llm",
+    "precompile_greedy",
     "engine_settings",
     "release_device_memory",
 ]
@@ -73,8 +75,21 @@ def make_llm(args: argparse.Namespace, loaded, max_model_len: int):
 
     kw = engine_kwargs(args)
     kw.pop("model")
+    kw.pop("precompile", None)  # `precompile_greedy` does it, for greedy only, timed
     kw.setdefault("max_model_len", max_model_len)
     return LLM(loaded, **kw)
+
+
+def precompile_greedy(args: argparse.Namespace, llm) -> dict | None:
+    """With `--precompile`: compile every padded step shape for greedy sampling (what the
+    benchmarks run) before timing; returns {"shapes", "seconds"} (None without the flag)."""
+    if not getattr(args, "precompile", None):
+        return None
+    from jaxllm import SamplingParams
+
+    t0 = time.perf_counter()
+    n = llm.llm_engine.precompile([SamplingParams(temperature=0.0)])
+    return {"shapes": n, "seconds": time.perf_counter() - t0}
 
 
 def engine_settings(llm) -> dict:

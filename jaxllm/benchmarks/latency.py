@@ -31,6 +31,7 @@ from jaxllm.benchmarks.engine_setup import (
     engine_settings,
     load_model_once,
     make_llm,
+    precompile_greedy,
     release_device_memory,
 )
 
@@ -155,6 +156,7 @@ def run_engine(args: argparse.Namespace) -> dict:
     loaded = load_model_once(args)
     vocab = loaded.config.vocab_size
     llm = make_llm(args, loaded, args.input_len + args.output_len)
+    precompiled = precompile_greedy(args, llm)
     engine = llm.llm_engine
     runner = engine.runner
 
@@ -189,6 +191,7 @@ def run_engine(args: argparse.Namespace) -> dict:
             "compilations_warmup": comp_warm,
             "compilations_timed": comp_timed,
             "warmup_total_s": warm["total_s"],
+            "precompile": precompiled,  # {"shapes", "seconds"} with --precompile
             "load_average_before_after": jax_load,
         },
     }

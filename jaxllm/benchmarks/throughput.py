@@ -38,6 +38,7 @@ from jaxllm.benchmarks.engine_setup import (
     engine_settings,
     load_model_once,
     make_llm,
+    precompile_greedy,
     release_device_memory,
 )
 
@@ -197,6 +198,7 @@ def run_engine(args: argparse.Namespace) -> dict:
     summary = workload_summary(reqs)
     llm = make_llm(args, loaded, max(r.input_len + r.output_len for r in reqs))
     load_s = time.perf_counter() - t_load
+    precompiled = precompile_greedy(args, llm)
     runner = llm.llm_engine.runner
 
     warm = None
@@ -236,6 +238,7 @@ def run_engine(args: argparse.Namespace) -> dict:
         "result": rates(elapsed, summary)
         | {
             "compilations_total": comp_after,
+            "precompile": precompiled,  # {"shapes", "seconds"} with --precompile
             "compilations_warmup": warm["compilations"] if warm else None,
             "compilations_timed": comp_after - comp_before,
             "warmup_elapsed_s": warm["elapsed_s"] if warm else None,
@@ -309,6 +312,9 @@ def print_report(rec: dict) -> None:
         if j["compilations_warmup"] is not None
         else f"{j['compilations_timed']} (no warm-up)"
     )
+    pre = j.get("precompile")
+    if pre:
+        comp = f"{pre['shapes']} precompiled ({pre['seconds']:.0f} s), " + comp
     rows = [
         (
             "jaxllm",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jaxllm.engine.buckets import next_power_of_two, seq_bucket, token_bucket
+from jaxllm.engine.buckets import StepShapePolicy, next_power_of_two
 from jaxllm.scheduler.output import SchedulerOutput
 
 
@@ -42,18 +42,13 @@ def build_host_batch(
     sched: SchedulerOutput,
     *,
     block_size: int,
-    max_num_batched_tokens: int,
-    max_num_seqs: int,
-    max_blocks_per_seq: int,
+    policy: StepShapePolicy,
     want_prompt_logprobs: set[str] | frozenset[str] = frozenset(),
 ) -> HostBatch:
     reqs = sched.scheduled
     n_seq = len(reqs)
     n_tok = sum(r.num_new_tokens for r in reqs)
-    T = token_bucket(n_tok, max_num_batched_tokens)
-    S = seq_bucket(n_seq, max_num_seqs)
-    P = min(next_power_of_two(max(len(r.block_ids) for r in reqs)), max_blocks_per_seq)
-    P = max(P, max(len(r.block_ids) for r in reqs))
+    T, S, P = policy.shape(n_tok, n_seq, max(len(r.block_ids) for r in reqs))
 
     token_ids = np.zeros(T, np.int32)
     positions = np.zeros(T, np.int32)

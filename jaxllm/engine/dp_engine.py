@@ -61,6 +61,10 @@ class DPEngine:
         self._owner: dict[str, int] = {}  # request id -> replica index
         self._counter = itertools.count()
 
+    def precompile(self, *args: Any) -> int:
+        """`LLMEngine.precompile` on every replica; returns the total compiled."""
+        return sum(r.precompile(*args) for r in self.replicas)
+
     # ----- what LLM and the benchmarks read ------------------------------------------------------
     @property
     def config(self) -> EngineConfig:

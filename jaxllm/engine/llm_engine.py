@@ -28,6 +28,8 @@ from jaxllm.scheduler.scheduler import Scheduler
 logger = logging.getLogger(__name__)
 
 OUTPUT_KINDS = ("final", "cumulative", "delta")
+# `precompile=True` compiles for these: greedy, and plain random sampling (the API default)
+PRECOMPILE_SAMPLING = (SamplingParams(temperature=0.0), SamplingParams())
 
 
 @dataclass
@@ -73,6 +75,7 @@ class LLMEngine:
         compilation_cache_dir: str | None = None,
         generation_config: dict | None = None,
         mesh: Any = None,  # tensor parallelism: the ('data'=1, 'model'=tp) device mesh
+        precompile: bool = False,  # compile every step shape now (see `precompile`)
     ) -> None:
         enable_compilation_cache(compilation_cache_dir)
         self.config = engine_config
@@ -106,6 +109,13 @@ class LLMEngine:
         self._parents: dict[str, _Parent] = {}
         self._seq_by_child: dict[str, tuple[_Parent, _Sequence]] = {}
         self._counter = itertools.count()
+        if precompile:
+            self.precompile()
+
+    def precompile(self, sampling_params: Sequence[SamplingParams] = PRECOMPILE_SAMPLING) -> int:
+        """Compile every padded step shape now (`ModelRunner.precompile`) for the sampler flags of
+        each of `sampling_params`; returns how many shapes it compiled."""
+        return self.runner.precompile(sampling_params)
 
     # ----- requests -----------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:

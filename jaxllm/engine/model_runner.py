@@ -1,10 +1,12 @@
 """The model runner: owns the device state (params, KV cache) and runs one jitted step.
 
-Per step: the host packs the scheduler's output (batch_builder.py) and the sampling rows
-(sampling_metadata.py) into numpy arrays, packed into one buffer per dtype (packed_transfer.py);
-one `jax.device_put` moves them; one jitted function
-runs the model, samples on the device and computes logprobs; one `jax.device_get` brings back the
-token ids (and logprobs when asked). The KV cache is donated through the step.
+Each distinct padded step shape (buckets.py) is one executable, compiled on first use or ahead of
+time by `precompile()` (in parallel threads: XLA compiles outside the GIL). Per step: the host
+packs the scheduler's output (batch_builder.py) and the sampling rows (sampling_metadata.py) into
+numpy arrays, packed into one buffer per dtype (packed_transfer.py); one `jax.device_put` moves
+them; one compiled function runs the model, samples on the device and computes logprobs; one
+`jax.device_get` brings back the token ids (and logprobs when asked). The KV cache is donated
+through the step.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import jax
@@ -20,12 +26,14 @@ import numpy as np
 
 from jaxllm.config import EngineConfig, ModelConfig
 from jaxllm.engine.batch_builder import HostBatch, build_host_batch
+from jaxllm.engine.buckets import StepShapePolicy, accelerator_policy
 from jaxllm.engine.kv_swap import KVBlockMover
 from jaxllm.engine.packed_transfer import PackedLayout, pack, unpack
 from jaxllm.layers.sampler import compute_logprobs, sample
 from jaxllm.models.batch import StepBatch, kv_cache_bytes_per_block, make_kv_cache
 from jaxllm.models.step import build_model
 from jaxllm.sampling_metadata import SamplerFlags, SamplingRow, build_sampling_metadata
+from jaxllm.sampling_params import SamplingParams
 from jaxllm.scheduler.output import SchedulerOutput
 
 logger = logging.getLogger(__name__)
@@ -123,10 +131,19 @@ class ModelRunner:
             self.kv_cache, swap_gib
         )  # swap / copy-on-write (kv_swap.py)
         self.max_blocks_per_seq = math.ceil(engine_config.scheduler.max_model_len / self.block_size)
+        sched = engine_config.scheduler
+        shape_args = (sched.max_num_batched_tokens, sched.max_num_seqs, self.max_blocks_per_seq)
+        # kernel backends: few step shapes (their cost follows the real KV lengths; an unrolled
+        # accelerator step compiles for tens of seconds); the CPU: tight padding (buckets.py)
+        self.shape_policy: StepShapePolicy = (
+            accelerator_policy(*shape_args, self.block_size)
+            if self.backend in ("pallas", "cuda")
+            else StepShapePolicy(*shape_args)
+        )
         # Input shardings come from the arrays themselves (params and cache placed above by the
         # rules table, step inputs device_put replicated; jit refuses in_shardings with the
         # static keyword arguments); outputs are pinned so the donated cache keeps its layout.
-        self._step = jax.jit(
+        self._step_jit = jax.jit(
             self._step_impl,
             donate_argnums=(1,),
             static_argnames=("layout", "flags", "num_prompt_logprobs"),
@@ -142,10 +159,96 @@ class ModelRunner:
             self.backend,
         )
 
+        # (layout, flags, num_prompt_logprobs) -> compiled step
+        self._executables: dict[tuple[PackedLayout, SamplerFlags, int], jax.stages.Compiled] = {}
+        self._compile_lock = threading.Lock()
+
     @property
     def num_compilations(self) -> int:
         """How many step variants have been compiled so far."""
-        return self._step._cache_size()
+        return len(self._executables)
+
+    def _executable(
+        self, layout: PackedLayout, flags: SamplerFlags, num_prompt_logprobs: int
+    ) -> jax.stages.Compiled:
+        """The compiled step for one padded shape, compiling it if needed."""
+        key = (layout, flags, num_prompt_logprobs)
+        exe = self._executables.get(key)
+        if exe is None:
+            buffers = tuple(
+                jax.ShapeDtypeStruct((n,), np.dtype(dt), sharding=self._replicated)
+                for dt, n in zip(layout.dtypes, layout.buffer_sizes(), strict=True)
+            )
+            exe = self._step_jit.lower(
+                self.params,
+                self.kv_cache,
+                buffers,
+                layout=layout,
+                flags=flags,
+                num_prompt_logprobs=num_prompt_logprobs,
+            ).compile()
+            with self._compile_lock:
+                exe = self._executables.setdefault(key, exe)
+        return exe
+
+    def _step(self, params, kv_cache, buffers, *, layout, flags, num_prompt_logprobs):
+        """Run one step (the KV cache is donated): `(kv_cache, SamplerOutput, prompt logprobs)`."""
+        return self._executable(layout, flags, num_prompt_logprobs)(params, kv_cache, buffers)
+
+    def precompile(
+        self,
+        sampling_params: Sequence[SamplingParams] = (SamplingParams(),),
+        *,
+        max_workers: int | None = None,
+    ) -> int:
+        """Compile every step shape the bucket policy can produce (no prompt logprobs), for the
+        sampler flags of each of `sampling_params` (one batch of that kind), `max_workers`
+        compilations at a time (default: min(8, CPU count)). Returns how many it compiled.
+
+        Shapes that need more (prompt logprobs, penalties' token windows, min_tokens bans) still
+        compile on first use.
+        """
+        keys = set()
+        for T, S, P in self.shape_policy.all_shapes():
+            # decode_only is static (the decode attention path): both kinds where T == S
+            for decode_only in (False, True) if T == S else (False,):
+                for params in sampling_params:
+                    rows = [SamplingRow(params, seed=0)]
+                    md, flags = build_sampling_metadata(
+                        rows, vocab_size=self.model_config.vocab_size, pad_rows_to=S
+                    )
+                    hb = _empty_host_batch(T, S, P, decode_only)
+                    _, layout = pack(self._host_inputs(hb, md))
+                    keys.add((layout, flags, -1))
+        todo = [k for k in keys if k not in self._executables]
+        workers = max_workers or min(8, os.cpu_count() or 1)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda k: self._executable(*k), todo))
+        logger.info(
+            "precompiled %d step shapes in %.1f s (%d threads)",
+            len(todo),
+            time.perf_counter() - t0,
+            workers,
+        )
+        return len(todo)
+
+    @staticmethod
+    def _host_inputs(hb: HostBatch, md, targets: np.ndarray | None = None):
+        """The pytree the step receives (packed into buffers by `pack`)."""
+        batch = StepBatch(
+            token_ids=hb.token_ids,
+            positions=hb.positions,
+            slot_mapping=hb.slot_mapping,
+            block_tables=hb.block_tables,
+            kv_lens=hb.kv_lens,
+            query_start_loc=hb.query_start_loc,
+            logits_indices=hb.logits_indices,
+            decode_only=hb.decode_only,
+        )
+        if targets is None:
+            targets = np.zeros(hb.num_prompt_logprob_rows, np.int32)
+        return batch, md, targets
 
     def _step_impl(
         self,
@@ -179,9 +282,7 @@ class ModelRunner:
         hb: HostBatch = build_host_batch(
             sched,
             block_size=self.block_size,
-            max_num_batched_tokens=self.config.scheduler.max_num_batched_tokens,
-            max_num_seqs=self.config.scheduler.max_num_seqs,
-            max_blocks_per_seq=self.max_blocks_per_seq,
+            policy=self.shape_policy,
             want_prompt_logprobs=frozenset(prompt_logprobs),
         )
         S = hb.block_tables.shape[0]
@@ -194,20 +295,7 @@ class ModelRunner:
             req = sched.scheduled[row].request
             targets[offset : offset + count] = req.prompt_token_ids[start + 1 : start + 1 + count]
             k_prompt = max(k_prompt, prompt_logprobs[req.request_id])
-        host = (
-            StepBatch(
-                token_ids=hb.token_ids,
-                positions=hb.positions,
-                slot_mapping=hb.slot_mapping,
-                block_tables=hb.block_tables,
-                kv_lens=hb.kv_lens,
-                query_start_loc=hb.query_start_loc,
-                logits_indices=hb.logits_indices,
-                decode_only=hb.decode_only,
-            ),
-            md,
-            targets,
-        )
+        host = self._host_inputs(hb, md, targets)
         # One host->device copy per dtype instead of one per array (packed_transfer.py).
         buffers, layout = pack(host)
         self.kv_cache, out, prompt = self._step(
@@ -262,3 +350,22 @@ class ModelRunner:
                     p_lps[sl, 1 : 1 + k],
                 )
         return result
+
+
+def _empty_host_batch(T: int, S: int, P: int, decode_only: bool) -> HostBatch:
+    """A padding-only batch of shape (T tokens, S sequences, P table columns): for compiling."""
+    qsl = np.zeros(S + 1, np.int32)
+    return HostBatch(
+        token_ids=np.zeros(T, np.int32),
+        positions=np.zeros(T, np.int32),
+        slot_mapping=np.full(T, -1, np.int32),
+        block_tables=np.zeros((S, P), np.int32),
+        kv_lens=np.zeros(S, np.int32),
+        query_start_loc=qsl,
+        logits_indices=np.zeros(S, np.int32),
+        decode_only=decode_only,
+        num_seqs=0,
+        num_tokens=0,
+        prompt_logprob_rows=[],
+        num_prompt_logprob_rows=0,
+    )

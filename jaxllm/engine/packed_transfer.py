@@ -25,6 +25,13 @@ class PackedLayout:
     # per leaf: (buffer index, offset into that buffer, shape)
     leaves: tuple[tuple[int, int, tuple[int, ...]], ...]
 
+    def buffer_sizes(self) -> tuple[int, ...]:
+        """Elements in each buffer, in buffer order (for abstract inputs when compiling ahead)."""
+        sizes = [0] * len(self.dtypes)
+        for b, offset, shape in self.leaves:
+            sizes[b] = max(sizes[b], offset + int(np.prod(shape, dtype=np.int64)))
+        return tuple(sizes)
+
 
 def pack(tree: Any) -> tuple[tuple[np.ndarray, ...], PackedLayout]:
     """Host side: numpy leaves (or Python scalars) -> one 1-D buffer per dtype and the layout.

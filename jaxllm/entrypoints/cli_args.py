@@ -70,6 +70,7 @@ ENGINE_ARGS = {
     "seed": "seed",
     "max_logprobs": "max_logprobs",
     "attention_backend": "attention_backend",
+    "precompile": "precompile",
 }
 
 # argparse dest -> SamplingParams keyword.
@@ -191,6 +192,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--attention-backend",
         help="attention implementation: reference, pallas or cuda (default: automatic)",
+    )
+    g.add_argument(
+        "--precompile",
+        action=argparse.BooleanOptionalAction,
+        help="compile every padded step shape at start-up, in parallel threads (greedy and "
+        "random sampling), instead of on first use; worth it on GPUs (default: off)",
     )
 
 

@@ -26,7 +26,9 @@ class LLM:
     ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
     `generate(..., priority=[...])`), tensor_parallel_size, seed, max_logprobs, attention_backend
     ("reference", "pallas", "cuda"; default: automatic), compilation_cache_dir ("off" disables the
-    persistent cache).
+    persistent cache), precompile (compile every padded step shape now, in parallel threads, for
+    greedy and for plain random sampling, instead of on first use: on a GPU each unrolled shape
+    takes seconds to tens of seconds to compile; see `LLMEngine.precompile`).
 
     Parallelism: `tensor_parallel_size` (tp) shards the model over tp devices; with
     `data_parallel_size` (dp) > 1, dp engine replicas run on disjoint groups of tp devices and
@@ -59,6 +61,7 @@ class LLM:
         max_logprobs: int = 20,
         attention_backend: str | None = None,
         compilation_cache_dir: str | None = None,
+        precompile: bool = False,
     ) -> None:
         from jaxllm.models.loader import LoadedModel, load_model
         from jaxllm.parallel import replica_meshes, resolve_mesh
@@ -110,6 +113,7 @@ class LLM:
             attention_backend=attention_backend,
             compilation_cache_dir=compilation_cache_dir,
             generation_config=loaded.generation_config,
+            precompile=precompile,
         )
         if data_parallel_size == 1:
             self.llm_engine = LLMEngine(

@@ -7,7 +7,9 @@
 #               run (--precompile, parallel threads: as vLLM compiles and captures at start-up);
 #               with PEER=hf, HF transformers (torch) on the same card and weights in the same
 #               process afterwards (JAX then keeps 60% of the card so the peer fits beside it).
-# Logs and JSON go to $OUT (else ./out/gpu_llama8b).
+# Logs and JSON go to $OUT (else ./out/gpu_llama8b). Measured 2026-11-28 with
+# XLA_FLAGS=--xla_gpu_autotune_level=0 (JAXLLM_COMPILER_OPTIONS=xla_gpu_autotune_level=0 applies
+# the same option to the step executables only); with autotuning on, precompiling takes ~10 min.
 # Usage: [PEER=hf] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]   (default: all)
 set -u
 cd "$(dirname "$0")/.."

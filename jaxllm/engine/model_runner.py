@@ -27,6 +27,8 @@ import numpy as np
 from jaxllm.config import EngineConfig, ModelConfig
 from jaxllm.engine.batch_builder import HostBatch, build_host_batch
 from jaxllm.engine.buckets import StepShapePolicy, accelerator_policy
+from jaxllm.engine.compiler_options import ENV_VAR as COMPILER_OPTIONS_ENV
+from jaxllm.engine.compiler_options import compiler_options_from_env
 from jaxllm.engine.kv_swap import KVBlockMover
 from jaxllm.engine.packed_transfer import PackedLayout, pack, unpack
 from jaxllm.layers.sampler import compute_logprobs, sample
@@ -162,6 +164,7 @@ class ModelRunner:
         # (layout, flags, num_prompt_logprobs) -> compiled step
         self._executables: dict[tuple[PackedLayout, SamplerFlags, int], jax.stages.Compiled] = {}
         self._compile_lock = threading.Lock()
+        self._compiler_options = compiler_options_from_env()  # JAXLLM_COMPILER_OPTIONS
 
     @property
     def num_compilations(self) -> int:
@@ -179,14 +182,20 @@ class ModelRunner:
                 jax.ShapeDtypeStruct((n,), np.dtype(dt), sharding=self._replicated)
                 for dt, n in zip(layout.dtypes, layout.buffer_sizes(), strict=True)
             )
-            exe = self._step_jit.lower(
+            lowered = self._step_jit.lower(
                 self.params,
                 self.kv_cache,
                 buffers,
                 layout=layout,
                 flags=flags,
                 num_prompt_logprobs=num_prompt_logprobs,
-            ).compile()
+            )
+            try:
+                exe = lowered.compile(compiler_options=self._compiler_options or None)
+            except Exception as e:
+                if self._compiler_options and "compile option" in str(e):
+                    raise ValueError(f"{COMPILER_OPTIONS_ENV}: {e}") from e
+                raise
             with self._compile_lock:
                 exe = self._executables.setdefault(key, exe)
         return exe

@@ -1,0 +1,52 @@
+"""Per-executable XLA compiler options for the engine's step, from `JAXLLM_COMPILER_OPTIONS`.
+
+The value is a comma-separated list of `name=value` XLA debug options, for example
+`JAXLLM_COMPILER_OPTIONS=xla_gpu_autotune_level=0`. They apply to the compiled step executables
+only (through `Lowered.compile(compiler_options=...)`), not to the rest of the process the way
+`XLA_FLAGS` would. XLA rejects unknown names when the first step compiles.
+
+Measured (bench/gpu_runs/2026-11-28_h200x2_throughput.md, H200, Llama-3-8B bf16 unrolled step):
+with `xla_gpu_autotune_level=0` a step shape compiles in 3.5-6.3 s instead of 18-32 s, parallel
+precompile threads stop contending for the GPU (23 shapes in 53 s), and tp = 1 decode was not
+slower (7.85 vs 8.63 ms/token). Not the default: the tp = 2 run with it was 10x slower than
+tp = 1 for reasons not yet known.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_VAR = "JAXLLM_COMPILER_OPTIONS"
+
+
+def parse_compiler_options(text: str | None) -> dict[str, str | int | float | bool]:
+    """`"a=0,b=true,c=x"` -> {"a": 0, "b": True, "c": "x"}; empty or None -> {}."""
+    out: dict[str, str | int | float | bool] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise ValueError(
+                f"{ENV_VAR}: expected name=value items separated by commas, got {item!r}"
+            )
+        out[name] = _value(value)
+    return out
+
+
+def compiler_options_from_env() -> dict[str, str | int | float | bool]:
+    return parse_compiler_options(os.environ.get(ENV_VAR))
+
+
+def _value(text: str) -> str | int | float | bool:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

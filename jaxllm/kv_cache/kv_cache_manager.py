@@ -105,6 +105,23 @@ class KVCacheManager:
         rid = request.request_id
         computed = new_computed_blocks or []
         req_blocks = self.req_to_blocks.get(rid)
+        if req_blocks and not computed:
+            # Fast path (most decode steps): the new tokens fit in the blocks already held and
+            # the first goes into an unshared block (or starts a fresh one): nothing to allocate.
+            num_computed_tokens = request.num_computed_tokens
+            num_tokens = num_computed_tokens + num_new_tokens
+            bs = self.block_size
+            if (
+                num_tokens <= request.num_tokens
+                and -(-num_tokens // bs) <= len(req_blocks)
+                and (
+                    num_computed_tokens % bs == 0
+                    or req_blocks[num_computed_tokens // bs].ref_cnt == 1
+                )
+            ):
+                if self.enable_caching:
+                    self._cache_full_blocks(request, num_tokens)
+                return []
         if computed and req_blocks:
             raise ValueError(f"request {rid!r} already holds blocks; cannot add prefix-cache hits")
         num_computed_tokens = request.num_computed_tokens + len(computed) * self.block_size

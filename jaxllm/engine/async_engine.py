@@ -198,7 +198,8 @@ class _Abort:
 
 
 class AsyncLLMEngine:
-    """Runs `engine` (an `LLMEngine`) in a daemon thread; see the module docstring.
+    """Runs `engine` (an `LLMEngine`, or a `DPEngine` of replicas) in a daemon thread; see the
+    module docstring.
 
     max_waiting_requests: refuse new requests while this many sequences wait (None: no bound).
     stat_listener: called on the engine thread with each step's outputs and each abort.
@@ -408,18 +409,21 @@ class AsyncLLMEngine:
         handoff.append((stream._put, _END))
 
     def _update_stats(self) -> None:
-        sched = self.engine.scheduler
-        pc = sched.prefix_cache_stats
+        # one engine, or the replicas of a data-parallel engine (summed; usage over all blocks)
+        engines = getattr(self.engine, "replicas", None) or [self.engine]
+        scheds = [e.scheduler for e in engines]
+        usable = [e.runner.num_blocks - 1 for e in engines]
         self._stats = EngineStats(
-            num_running=sched.num_running,
-            num_waiting=sched.num_waiting,
+            num_running=sum(s.num_running for s in scheds),
+            num_waiting=sum(s.num_waiting for s in scheds),
             num_pending=self._num_pending_adds,
-            kv_cache_usage=float(sched.kv_cache_usage),
-            num_free_blocks=sched.kv_cache_manager.num_free_blocks,
-            num_usable_blocks=self.engine.runner.num_blocks - 1,
-            num_preemptions_total=sched.num_preemptions_total,
-            prefix_cache_queries=pc.queries,
-            prefix_cache_hits=pc.hits,
+            kv_cache_usage=sum(float(s.kv_cache_usage) * u for s, u in zip(scheds, usable))
+            / max(sum(usable), 1),
+            num_free_blocks=sum(s.kv_cache_manager.num_free_blocks for s in scheds),
+            num_usable_blocks=sum(usable),
+            num_preemptions_total=sum(s.num_preemptions_total for s in scheds),
+            prefix_cache_queries=sum(s.prefix_cache_stats.queries for s in scheds),
+            prefix_cache_hits=sum(s.prefix_cache_stats.hits for s in scheds),
             num_unfinished_requests=self.engine.get_num_unfinished_requests(),
             num_steps_total=self._num_steps,
         )

@@ -185,7 +185,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "-dp",
         type=int,
         help="engine replicas on disjoint groups of -tp devices; requests go to the "
-        "least loaded replica (offline LLM / generate)",
+        "least loaded replica",
     )
     g.add_argument("--seed", type=int, help="engine random seed (LLM(seed=...))")
     g.add_argument("--max-logprobs", type=int, help="most logprobs a request may ask for")

@@ -128,11 +128,6 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
     engine, sampling, rest = split_kwargs(values)
     if sampling:  # cannot happen with serve's parser; guards a future change
         raise CLIError(f"serve takes no sampling options: {', '.join(sorted(sampling))}")
-    if (engine.get("data_parallel_size") or 1) > 1:
-        raise CLIError(
-            "--data-parallel-size > 1 is not supported by `jaxllm serve` yet (offline "
-            "LLM / generate only); --tensor-parallel-size is"
-        )
     port = rest["port"]
     if not 0 <= port <= 65535:
         raise CLIError(f"--port must be in [0, 65535], got {port}")

@@ -322,7 +322,7 @@ def _default_llm_factory(**engine_kwargs: Any) -> Any:
     return LLM(**engine_kwargs)
 
 
-def _start_multihost(mh: MultihostOptions) -> None:
+def start_multihost(mh: MultihostOptions) -> None:
     """`jax.distributed.initialize` for this process (before anything touches a device)."""
     from jaxllm.parallel import multihost
 
@@ -384,7 +384,7 @@ def run_generate(args: argparse.Namespace, llm_factory: Callable[..., Any] | Non
         raise CLIError(f"bad sampling option: {e}") from None
     beam_params = _beam_search_params(opts) if opts.beam_width is not None else None
     if mh is not None:
-        _start_multihost(mh)
+        start_multihost(mh)
     try:
         llm = (llm_factory or _default_llm_factory)(**opts.engine_kwargs)
     except (ValueError, FileNotFoundError) as e:

@@ -10,7 +10,7 @@ them:
 Seeds: `--seed` is the engine seed (`LLM(seed=...)`, as in vLLM's CLI); `--sampling-seed` is the
 per-request seed (`SamplingParams(seed=...)`).
 
-Multi-host (`generate`): `--coordinator-address HOST:PORT`, `--num-processes N`, `--process-id I`,
+Multi-host (`generate`, `serve`): `--coordinator-address HOST:PORT`, `--num-processes N`, `--process-id I`,
 each falling back to JAXLLM_COORDINATOR_ADDRESS / JAXLLM_NUM_PROCESSES / JAXLLM_PROCESS_ID (the
 variables `jaxllm.parallel.multihost.initialize` reads); `resolve_multihost` checks them.
 
@@ -47,6 +47,8 @@ __all__ = [
     "split_kwargs",
     "resolve_generate_args",
     "resolve_multihost",
+    "check_multihost_engine",
+    "add_multihost_args",
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -280,14 +282,17 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
     add_multihost_args(parser)
 
 
-def add_multihost_args(parser: argparse.ArgumentParser) -> None:
+def add_multihost_args(
+    parser: argparse.ArgumentParser,
+    leader_role: str = "schedules the prompts and writes the output",
+) -> None:
     """`--coordinator-address`, `--num-processes`, `--process-id` (jax.distributed)."""
     mh = parser.add_argument_group(
         "multi-host",
         "one process per host over jax.distributed, every process running this same command "
-        "(only --process-id differs); the mesh (-tp) spans all processes' devices. Process 0 "
-        "schedules the prompts and writes the output; the others replay its steps and exit 0 "
-        "when it is done. Each flag falls back to an environment variable.",
+        f"(only --process-id differs); the mesh (-tp) spans all processes' devices. Process 0 "
+        f"{leader_role}; the others replay its steps and exit 0 when it is done. Each flag "
+        "falls back to an environment variable.",
     )
     mh.add_argument(
         "--coordinator-address",
@@ -563,6 +568,14 @@ def resolve_multihost(
     return MultihostOptions(address, n, pid)
 
 
+def check_multihost_engine(multihost: MultihostOptions | None, engine: Mapping[str, Any]) -> None:
+    if multihost is not None and (engine.get("data_parallel_size") or 1) != 1:
+        raise CLIError(
+            "--data-parallel-size above 1 does not combine with a multi-host run "
+            "(--coordinator-address): use -tp over all processes' devices"
+        )
+
+
 def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
     """Merge defaults < config file < command-line flags into a GenerateOptions."""
     values = dict(_GENERATE_DEFAULTS)
@@ -571,11 +584,7 @@ def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
     multihost = resolve_multihost(
         rest["coordinator_address"], rest["num_processes"], rest["process_id"]
     )
-    if multihost is not None and engine.get("data_parallel_size", 1) != 1:
-        raise CLIError(
-            "--data-parallel-size above 1 does not combine with a multi-host run "
-            "(--coordinator-address): use -tp over all processes' devices"
-        )
+    check_multihost_engine(multihost, engine)
     return GenerateOptions(
         engine_kwargs=engine,
         sampling_kwargs=sampling,

@@ -1,4 +1,5 @@
-"""`jaxllm generate` across processes: --coordinator-address / --num-processes / --process-id.
+"""`jaxllm generate` and `jaxllm serve` across processes: --coordinator-address / --num-processes /
+--process-id.
 
 The end-to-end test starts two `python -m jaxllm generate` processes over loopback (jax.distributed
 with gloo collectives), each with one virtual CPU device, running `dummy:tiny` with -tp 2 across
@@ -98,11 +99,19 @@ def prompts_file(tmp_path_factory):
     return path
 
 
-def test_two_process_generate_writes_what_one_process_writes(prompts_file, tmp_path):
+@pytest.fixture(scope="module")
+def single_process_output(prompts_file, tmp_path_factory):
+    """The reference: one `jaxllm generate` process with two virtual devices."""
+    single = tmp_path_factory.mktemp("single") / "single.jsonl"
+    _finish([_start([*GENERATE, "--prompts-file", str(prompts_file), "-o", str(single)], _env(2))])
+    return [json.loads(line) for line in single.read_text().splitlines()]
+
+
+def test_two_process_generate_writes_what_one_process_writes(
+    prompts_file, single_process_output, tmp_path
+):
     """Every process runs the same command (the process id comes from JAXLLM_PROCESS_ID); only
     process 0 writes the shared --output path; process 1 follows, prints nothing, exits 0."""
-    single = tmp_path / "single.jsonl"
-    _finish([_start([*GENERATE, "--prompts-file", str(prompts_file), "-o", str(single)], _env(2))])
 
     multi = tmp_path / "multi.jsonl"
     argv = [
@@ -119,13 +128,65 @@ def test_two_process_generate_writes_what_one_process_writes(prompts_file, tmp_p
     procs = [_start(argv, _env(1, JAXLLM_PROCESS_ID=str(i))) for i in range(2)]
     logs = _finish(procs)
 
-    want = [json.loads(line) for line in single.read_text().splitlines()]
+    want = single_process_output
     got = [json.loads(line) for line in multi.read_text().splitlines()]
     assert [r["prompt_token_ids"] for r in want] == PROMPTS
     assert all(len(r["outputs"][0]["token_ids"]) == 6 for r in want)
     assert got == want
     for stdout, _ in logs:  # the JSONL went to the file only (gloo prints its own status lines)
         assert not any(line.startswith("{") for line in stdout.splitlines()), stdout
+
+
+def test_two_process_serve_answers_what_one_process_generates(single_process_output):
+    """`jaxllm serve` on two processes (-tp 2 across them): process 0 serves, process 1 follows;
+    greedy completions of token-id prompts equal the one-process generate; on SIGINT process 0
+    shuts down, releases process 1, and both exit 0."""
+    import signal
+    import time
+
+    import httpx
+
+    port = _free_port()
+    argv = [
+        "serve", "dummy:tiny", "-tp", "2", "--max-model-len", "128", "--max-num-seqs", "8",
+        "--num-gpu-blocks", "64", "--port", str(port), "--no-access-log",
+        "--coordinator-address", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+    ]  # fmt: skip
+    procs = [_start(argv, _env(1, JAXLLM_PROCESS_ID=str(i))) for i in range(2)]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            assert all(p.poll() is None for p in procs), [p.poll() for p in procs]
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "the two-process server did not come up in 240 s"
+            time.sleep(1)
+        got = []
+        for prompt in PROMPTS:
+            body = {
+                "model": "dummy:tiny",
+                "prompt": prompt,
+                "max_tokens": 6,
+                "temperature": 0,
+                "ignore_eos": True,
+                "logprobs": 1,
+            }
+            r = httpx.post(url + "/v1/completions", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            tokens = r.json()["choices"][0]["logprobs"]["tokens"]  # "token_id:N" (no tokenizer)
+            got.append([int(t.split(":")[1]) for t in tokens])
+        procs[0].send_signal(signal.SIGINT)
+        _finish(procs, timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert got == [r["outputs"][0]["token_ids"] for r in single_process_output]
 
 
 @pytest.fixture
@@ -277,3 +338,19 @@ def test_bad_token_id_lines_name_the_line(no_mh_env, tmp_path, capsys, line, mes
     assert main(["generate", "--prompts-file", str(path)], llm_factory=built.append) == 2
     err = capsys.readouterr().err
     assert f"p.jsonl:2: {message}" in err and not built
+
+
+def test_serve_takes_the_same_multihost_flags(no_mh_env):
+    from jaxllm.entrypoints.cli_args import CLIError
+    from jaxllm.entrypoints.openai.serve_args import resolve_serve_args, serve_parser
+
+    def opts(*argv):
+        return resolve_serve_args(serve_parser().parse_args(list(argv)))
+
+    mh = ["--coordinator-address", "127.0.0.1:1234", "--num-processes", "2"]
+    assert opts(*mh, "--process-id", "1").multihost == MultihostOptions("127.0.0.1:1234", 2, 1)
+    assert opts().multihost is None
+    with pytest.raises(CLIError, match="--process-id 2 is outside"):
+        opts(*mh, "--process-id", "2")
+    with pytest.raises(CLIError, match="--data-parallel-size above 1 does not combine"):
+        opts(*mh, "--process-id", "0", "-dp", "2")

@@ -252,10 +252,29 @@ def run_serve(args: Any) -> int:
 
     opts = resolve_serve_args(args)
     logging.basicConfig(level=opts.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    mh = opts.multihost
+    if mh is not None:
+        from jaxllm.entrypoints.cli import start_multihost
+
+        start_multihost(mh)
     try:
         llm = build_llm(opts)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(f"cannot start the engine: {e}") from None
+    if mh is not None:
+        from jaxllm.parallel import multihost
+
+        if not mh.is_leader:
+            multihost.follow(llm.llm_engine)  # returns when process 0's server shuts down
+            return 0
+        try:
+            return _serve(llm, opts)
+        finally:  # after the engine thread has stopped: no step is broadcasting any more
+            multihost.stop_followers()
+    return _serve(llm, opts)
+
+
+def _serve(llm: Any, opts: Any) -> int:
     app, ctx = build_app(llm, opts)
     print(
         f"jaxllm serve: {', '.join(ctx.served_model_names)} on http://{opts.host}:{opts.port} "

@@ -5,7 +5,9 @@ priority` lets completion and chat requests carry a `priority`) plus the server'
 --host (default 127.0.0.1), --port (8000; 0 picks a free one), --api-key (also $JAXLLM_API_KEY),
 --served-model-name NAME [NAME ...], --max-waiting-requests N (503 beyond it; default 1024; -1
 disables the bound), --retry-after SECONDS, --log-level, --no-access-log, and
---config FILE.yaml with the same keys (flags given on the command line win).
+--config FILE.yaml with the same keys (flags given on the command line win). Multi-host:
+--coordinator-address / --num-processes / --process-id (or the JAXLLM_* variables) as for
+`generate`: process 0 serves, the others follow its steps until it shuts down.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from typing import Any
 from jaxllm.entrypoints.cli_args import (
     DEFAULT_MODEL,
     CLIError,
+    MultihostOptions,
     add_engine_args,
+    add_multihost_args,
+    check_multihost_engine,
     merge_config,
+    resolve_multihost,
     split_kwargs,
 )
 
@@ -44,6 +50,9 @@ _SERVE_DEFAULTS: dict[str, Any] = {
     "retry_after": 1,
     "log_level": "info",
     "no_access_log": False,
+    "coordinator_address": None,
+    "num_processes": None,
+    "process_id": None,
 }
 
 
@@ -85,6 +94,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="YAML file of these options (flags given here override it)",
     )
     add_engine_args(parser)
+    add_multihost_args(parser, "runs the HTTP server and the scheduler")
 
 
 def serve_parser(prog: str = "jaxllm serve") -> argparse.ArgumentParser:
@@ -119,6 +129,7 @@ class ServeOptions:
     retry_after: int = 1
     log_level: str = "info"
     access_log: bool = True
+    multihost: MultihostOptions | None = None  # set: a multi-host run (process 0 serves)
 
 
 def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
@@ -140,6 +151,10 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
     if isinstance(names, str):
         names = [names]
     api_key = rest["api_key"] or os.environ.get(API_KEY_ENV) or None
+    multihost = resolve_multihost(
+        rest["coordinator_address"], rest["num_processes"], rest["process_id"]
+    )
+    check_multihost_engine(multihost, engine)
     return ServeOptions(
         engine_kwargs=engine,
         host=rest["host"],
@@ -150,4 +165,5 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
         retry_after=rest["retry_after"],
         log_level=rest["log_level"],
         access_log=not rest["no_access_log"],
+        multihost=multihost,
     )

@@ -10,9 +10,10 @@ them:
 Seeds: `--seed` is the engine seed (`LLM(seed=...)`, as in vLLM's CLI); `--sampling-seed` is the
 per-request seed (`SamplingParams(seed=...)`).
 
-Multi-host (`generate`, `serve`): `--coordinator-address HOST:PORT`, `--num-processes N`, `--process-id I`,
-each falling back to JAXLLM_COORDINATOR_ADDRESS / JAXLLM_NUM_PROCESSES / JAXLLM_PROCESS_ID (the
-variables `jaxllm.parallel.multihost.initialize` reads); `resolve_multihost` checks them.
+Multi-host (`generate`, `serve`): `--coordinator-address HOST:PORT`, `--num-processes N`,
+`--process-id I`, each falling back to JAXLLM_COORDINATOR_ADDRESS / JAXLLM_NUM_PROCESSES /
+JAXLLM_PROCESS_ID (the variables `jaxllm.parallel.multihost.initialize` reads);
+`resolve_multihost` checks them.
 
 `--config FILE.yaml` holds the same options as a flat mapping: keys are the long flag names with
 dashes or underscores (`max-model-len` or `max_model_len`; `tp` works too), values are YAML

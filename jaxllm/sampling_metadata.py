@@ -170,43 +170,44 @@ def build_sampling_metadata(
     Lo = width(pen_rows, lambda i: len(rows[i].output_token_ids), MIN_HISTORY_WIDTH)
     Lp = width(rep_rows, lambda i: len(rows[i].prompt_token_ids), MIN_HISTORY_WIDTH)
 
-    temperature = np.zeros(R, np.float32)  # padding rows: greedy
-    top_k = np.zeros(R, np.int32)
-    top_p = np.ones(R, np.float32)
-    min_p = np.zeros(R, np.float32)
-    presence = np.zeros(R, np.float32)
-    frequency = np.zeros(R, np.float32)
-    repetition = np.ones(R, np.float32)
-    seeds = np.zeros(R, np.uint32)
-    gen_index = np.zeros(R, np.int32)
+    n = num_real
+
+    def column(values, dtype, pad) -> np.ndarray:
+        """One value per real row (read in one pass), padding rows set to `pad`."""
+        out = np.full(R, pad, dtype)
+        out[:n] = np.fromiter(values, dtype, n)
+        return out
+
+    temperature = column((p.temperature for p in params), np.float32, 0.0)  # padding: greedy
+    top_k = column((p.top_k if 0 < p.top_k < vocab_size else 0 for p in params), np.int32, 0)
+    top_p = column((p.top_p for p in params), np.float32, 1.0)
+    min_p = column((p.min_p for p in params), np.float32, 0.0)
+    presence = column((p.presence_penalty for p in params), np.float32, 0.0)
+    frequency = column((p.frequency_penalty for p in params), np.float32, 0.0)
+    repetition = column((p.repetition_penalty for p in params), np.float32, 1.0)
+    seeds = column((seed_to_uint32(r.seed) for r in rows), np.uint32, 0)
+    gen_index = column((len(r.output_token_ids) for r in rows), np.int32, 0)
     bias_ids = np.full((R, B), PAD_ID, np.int32)
     bias_values = np.zeros((R, B), np.float32)
     banned = np.full((R, Bn), PAD_ID, np.int32)
     output_ids = np.full((R, Lo), PAD_ID, np.int32)
     prompt_ids = np.full((R, Lp), PAD_ID, np.int32)
 
-    num_logprobs = 0
-    for i, (r, p) in enumerate(zip(rows, params)):
-        temperature[i] = p.temperature
-        top_k[i] = p.top_k if 0 < p.top_k < vocab_size else 0
-        top_p[i] = p.top_p
-        min_p[i] = p.min_p
-        presence[i] = p.presence_penalty
-        frequency[i] = p.frequency_penalty
-        repetition[i] = p.repetition_penalty
-        seeds[i] = seed_to_uint32(r.seed)
-        gen_index[i] = len(r.output_token_ids)
-        if p.logit_bias:
-            _fill(bias_ids, i, list(p.logit_bias.keys()))
-            bias_values[i, : len(p.logit_bias)] = list(p.logit_bias.values())
-        if len(r.banned_token_ids):
-            _fill(banned, i, r.banned_token_ids)
-        if Lo and p.uses_penalties:
-            _fill(output_ids, i, r.output_token_ids)
-        if Lp and p.repetition_penalty != 1.0:
-            _fill(prompt_ids, i, r.prompt_token_ids)
-        if p.logprobs is not None:
-            num_logprobs = max(num_logprobs, vocab_size if p.logprobs == -1 else p.logprobs)
+    for i in bias_rows:
+        _fill(bias_ids, i, list(params[i].logit_bias.keys()))
+        bias_values[i, : len(params[i].logit_bias)] = list(params[i].logit_bias.values())
+    for i in ban_rows:
+        _fill(banned, i, rows[i].banned_token_ids)
+    if Lo:
+        for i in pen_rows:
+            _fill(output_ids, i, rows[i].output_token_ids)
+    if Lp:
+        for i in rep_rows:
+            _fill(prompt_ids, i, rows[i].prompt_token_ids)
+    num_logprobs = max(
+        (vocab_size if p.logprobs == -1 else p.logprobs for p in params if p.logprobs is not None),
+        default=0,
+    )
 
     random_rows = [p for p, g in zip(params, greedy) if not g]
     flags = SamplerFlags(

@@ -28,6 +28,7 @@ from jaxllm.layers.attention import sharded_attention_fn, sharded_kv_write_fn
 from jaxllm.layers.norms import RMSNorm
 from jaxllm.layers.rotary import apply_rotary, rope_cos_sin, rope_inv_freq
 from jaxllm.models.batch import KVCache, StepBatch
+from jaxllm.parallel.embedding import vocab_parallel_embed
 
 UNROLL_ENV = "JAXLLM_UNROLL_LAYERS"
 # Accelerator steps with at least this many (padded) tokens keep the layer scan rolled.
@@ -129,7 +130,8 @@ class LlamaForCausalLM(nn.Module):
         c = self.config
         dt = jnp.dtype(c.dtype)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dt, param_dtype=dt, name="embed_tokens")
-        h = embed(batch.token_ids)  # [T, D]
+        # [T, D]; vocabulary-parallel under tp (a plain take all-gathers the table on the GPU)
+        h = vocab_parallel_embed(embed.embedding.astype(dt), batch.token_ids, self.mesh)
         cos, sin = rope_cos_sin(
             batch.positions, rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)
         )

@@ -49,7 +49,7 @@ def observed(tmp_path_factory, smollm2_path, llama_dir):
     env.pop("XLA_FLAGS", None)
     env["TP_WORKER_LLAMA_DIR"] = str(llama_dir)
     proc = subprocess.run(
-        [sys.executable, WORKER, str(out), "llama", "formats", "smollm2"],
+        [sys.executable, WORKER, str(out), "llama", "formats", "smollm2", "embedding"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -132,6 +132,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_vocab_parallel_embedding_equals_plain_lookup(observed):
+    """Exact at tp 2 and 4, one token or five, split tables and the replicated fallback (V = 62
+    at tp 4); a one-token lookup at tp 2 all-reduces [1, D] and all-gathers nothing (the plain
+    take all-gathered the whole table on the GPU)."""
+    assert set(observed["embedding_max_abs_diff"].values()) == {0.0}
+    coll = observed["embedding_collectives"]
+    assert coll["all-gather"] == []
+    assert coll["all-reduce"] == ["f32[1,8]"]
 
 
 def test_two_process_multihost_matches_one_process(observed, llama_dir, tmp_path):

@@ -5,7 +5,8 @@ tests/parallel/test_tensor_parallel.py; writes what it observed as JSON (the tes
 
 Sections: llama (random HF Llama, 8 query / 2 KV heads: greedy tokens for tp 1, 2, 4 and
 dp 2 x tp 2, parameter and KV-cache shardings, shard contents, step collectives), formats
-(orbax and dummy loads into shards), smollm2 (greedy tokens for tp 1 and 3; tp 2 rejected).
+(orbax and dummy loads into shards), smollm2 (greedy tokens for tp 1 and 3; tp 2 rejected),
+embedding (the vocabulary-parallel lookup against a plain one).
 """
 
 from __future__ import annotations
@@ -199,7 +200,48 @@ def section_smollm2(res: dict, tmp: str) -> None:
         res["smollm2_tp2_error"] = str(e)
 
 
-SECTIONS = {"llama": section_llama, "formats": section_formats, "smollm2": section_smollm2}
+def section_embedding(res: dict, tmp: str) -> None:
+    """vocab_parallel_embed against a plain lookup (tp 2 and 4; V = 62 splits over 2 but not 4:
+    the plain-lookup fallback), and the collectives of a one-token lookup at tp 2."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxllm.parallel import resolve_mesh
+    from jaxllm.parallel.embedding import vocab_parallel_embed
+
+    rng = np.random.default_rng(0)
+    diffs = {}
+    for tp in (2, 4):
+        mesh = resolve_mesh(None, tp)
+        for V in (64, 62):
+            table = jnp.asarray(rng.standard_normal((V, 8)), jnp.float32)
+            if V % tp == 0:
+                table = jax.device_put(table, NamedSharding(mesh, P("model", None)))
+            for T in (1, 5):
+                ids = jnp.asarray(rng.integers(0, V, T), jnp.int32)
+                got = jax.jit(lambda t, i, m=mesh: vocab_parallel_embed(t, i, m))(table, ids)
+                diffs[f"tp{tp}_V{V}_T{T}"] = float(
+                    jnp.abs(got - jnp.take(table, ids, axis=0)).max()
+                )
+    res["embedding_max_abs_diff"] = diffs
+    mesh = resolve_mesh(None, 2)
+    table = jax.device_put(jnp.zeros((64, 8), jnp.float32), NamedSharding(mesh, P("model", None)))
+    text = (
+        jax.jit(lambda t, i: vocab_parallel_embed(t, i, mesh))
+        .lower(table, jnp.zeros(1, jnp.int32))
+        .compile()
+        .as_text()
+    )
+    res["embedding_collectives"] = collectives(text)
+
+
+SECTIONS = {
+    "llama": section_llama,
+    "formats": section_formats,
+    "smollm2": section_smollm2,
+    "embedding": section_embedding,
+}
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ class LLM:
     enable_prefix_caching, swap_space (GiB of host memory for preempted KV), preemption_mode
     ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
     `generate(..., priority=[...])`), tensor_parallel_size, seed, max_logprobs, attention_backend
-    ("reference", "pallas", "cuda"; default: automatic), compilation_cache_dir ("off" disables the
+    ("reference", "cpu", "pallas", "cuda"; default: automatic), compilation_cache_dir ("off" disables the
     persistent cache), precompile (compile every padded step shape now, in parallel threads, for
     greedy and for plain random sampling, instead of on first use: on a GPU each unrolled shape
     takes seconds to tens of seconds to compile; see `LLMEngine.precompile`).

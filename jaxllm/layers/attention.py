@@ -8,7 +8,8 @@ Every backend has the ragged paged-attention signature of
 
 (`decode_only` is a static promise that every sequence has exactly one query row.)
 
-Backends: `reference` (pure jnp, runs anywhere, the oracle), `pallas` (Pallas GPU kernels),
+Backends: `reference` (pure jnp, runs anywhere, the oracle), `cpu` (jnp laid out for XLA:CPU,
+`pallas_kernels.cpu_paged_attention`; the default on the CPU), `pallas` (Pallas GPU kernels),
 `cuda` (XLA FFI custom call from `cuda_ext/`). The environment variable
 `JAXLLM_ATTENTION_BACKEND` overrides the automatic choice.
 
@@ -28,14 +29,15 @@ from collections.abc import Callable
 import jax
 from jax.sharding import PartitionSpec as P
 
-BACKENDS = ("reference", "pallas", "cuda")
+BACKENDS = ("reference", "cpu", "pallas", "cuda")
 ENV_VAR = "JAXLLM_ATTENTION_BACKEND"
 
 AttentionFn = Callable[..., jax.Array]
 
 
 def default_backend() -> str:
-    """`JAXLLM_ATTENTION_BACKEND` if set, else `pallas` on NVIDIA GPUs, else `reference`."""
+    """`JAXLLM_ATTENTION_BACKEND` if set, else `pallas` on NVIDIA GPUs, `cpu` on the CPU, else
+    `reference`."""
     env = os.environ.get(ENV_VAR, "").strip().lower()
     if env:
         if env not in BACKENDS:
@@ -47,6 +49,8 @@ def default_backend() -> str:
         except ImportError:
             return "reference"
         return "pallas"
+    if jax.default_backend() == "cpu":
+        return "cpu"
     return "reference"
 
 
@@ -66,6 +70,10 @@ def get_attention_fn(name: str) -> AttentionFn:
         from pallas_kernels.reference import ragged_paged_attention_reference
 
         return ragged_paged_attention_reference
+    if name == "cpu":
+        from pallas_kernels.cpu_paged_attention import ragged_paged_attention_cpu
+
+        return ragged_paged_attention_cpu
     if name == "pallas":
         from pallas_kernels.ragged_paged_attention import ragged_paged_attention
 

@@ -194,7 +194,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-logprobs", type=int, help="most logprobs a request may ask for")
     g.add_argument(
         "--attention-backend",
-        help="attention implementation: reference, cpu, pallas or cuda (default: pallas on NVIDIA GPUs, cpu on the CPU)",
+        help="attention implementation: reference, cpu, pallas or cuda (default: pallas on "
+        "NVIDIA GPUs, cpu on the CPU)",
     )
     g.add_argument(
         "--precompile",

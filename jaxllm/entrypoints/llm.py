@@ -25,10 +25,10 @@ class LLM:
     enable_prefix_caching, swap_space (GiB of host memory for preempted KV), preemption_mode
     ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
     `generate(..., priority=[...])`), tensor_parallel_size, seed, max_logprobs, attention_backend
-    ("reference", "cpu", "pallas", "cuda"; default: automatic), compilation_cache_dir ("off" disables the
-    persistent cache), precompile (compile every padded step shape now, in parallel threads, for
-    greedy and for plain random sampling, instead of on first use: on a GPU each unrolled shape
-    takes seconds to tens of seconds to compile; see `LLMEngine.precompile`).
+    ("reference", "cpu", "pallas", "cuda"; default: automatic), compilation_cache_dir ("off"
+    disables the persistent cache), precompile (compile every padded step shape now, in parallel
+    threads, for greedy and for plain random sampling, instead of on first use: on a GPU each
+    unrolled shape takes seconds to tens of seconds to compile; see `LLMEngine.precompile`).
 
     Parallelism: `tensor_parallel_size` (tp) shards the model over tp devices; with
     `data_parallel_size` (dp) > 1, dp engine replicas run on disjoint groups of tp devices and

@@ -27,6 +27,8 @@ path, causal) in TFLOP/s.
                                                   # untimed calls, to run under ncu
   PYTHONPATH=. python bench/kernels.py --summarize-ncu F.csv  # per-kernel device time from ncu
   PYTHONPATH=. python bench/kernels.py --cpu-smoke  # tiny sizes, interpret=True (checks the script)
+
+The --tune, --profile and --summarize-ncu modes live in bench/kernel_tuning.py.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import argparse
 import dataclasses
 import functools
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -70,7 +71,7 @@ PREFILL_SMOKE = ((2, 32),)
 REFERENCE_MAX_TOKENS = 64 * 8192  # reference gathers [T, P*bs] KV in f32: skip above this
 
 
-def _median_call_s(fn, args, iters: int, warmup: int = 2) -> float:
+def median_call_s(fn, args, iters: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
     times = []
@@ -89,7 +90,7 @@ def auto_reps(nbytes: int, target_s: float = 10e-3, lo: int = 10, hi: int = 200)
     return int(max(lo, min(hi, round(target_s / est))))
 
 
-def _in_jit_s(attn, args, reps: int, iters: int) -> float:
+def in_jit_s(attn, args, reps: int, iters: int) -> float:
     """Seconds per call of `attn` run `reps` times in one jitted loop (q depends on last out)."""
 
     @jax.jit
@@ -100,7 +101,7 @@ def _in_jit_s(attn, args, reps: int, iters: int) -> float:
 
         return jax.lax.fori_loop(0, reps, body, q)
 
-    return _median_call_s(loop, args, iters, warmup=1) / reps
+    return median_call_s(loop, args, iters, warmup=1) / reps
 
 
 def measure_copy_bandwidth(nbytes: int, iters: int, reps: int = 10) -> float:
@@ -108,16 +109,16 @@ def measure_copy_bandwidth(nbytes: int, iters: int, reps: int = 10) -> float:
     so per-call dispatch is not counted (the same way the attention rows are timed)."""
     x = jnp.ones((nbytes // 2,), jnp.bfloat16)
     loop = jax.jit(lambda x: jax.lax.fori_loop(0, reps, lambda _, y: y + 1, x))
-    t = _median_call_s(loop, (x,), iters, warmup=1) / reps
+    t = median_call_s(loop, (x,), iters, warmup=1) / reps
     del x
     return 2 * nbytes / t
 
 
-def _fmt_err(x) -> str:
+def fmt_err(x) -> str:
     return "-" if x is None else f"{x:.1e}"
 
 
-def _jax_paged_attention_kwargs(pages_per_seq: int) -> dict:
+def jax_paged_attention_kwargs(pages_per_seq: int) -> dict:
     k_splits = 1
     while k_splits * 2 <= min(16, pages_per_seq) and pages_per_seq % (k_splits * 2) == 0:
         k_splits *= 2
@@ -190,7 +191,7 @@ def decode_table(
                 (q, k_pages, v_pages, bt, kv_lens, qsl),
             )
         if jax_pa is not None and "jax-paged" in backends_wanted:
-            kw = _jax_paged_attention_kwargs(P)
+            kw = jax_paged_attention_kwargs(P)
             fn = functools.partial(jax_pa.paged_attention, interpret=interpret, **kw)
             # JAX's kernel applies no softmax scale: hand it q * D**-0.5 (scaled outside timing).
             q_scaled = (q.astype(jnp.float32) * shape.D**-0.5).astype(dtype)
@@ -217,7 +218,7 @@ def decode_table(
             )
         if B not in floors:  # the timing loop with a one-fusion body instead of attention
             floors[B] = (
-                _in_jit_s(lambda q, *rest: q, (q,), reps or auto_reps(nbytes), max(3, iters // 4))
+                in_jit_s(lambda q, *rest: q, (q,), reps or auto_reps(nbytes), max(3, iters // 4))
                 * 1e6
             )
         outs = {}
@@ -226,9 +227,9 @@ def decode_table(
             try:
                 jfn = jax.jit(fn)
                 outs[name] = np.asarray(jfn(*args).astype(jnp.float32))
-                row["call_us"] = _median_call_s(jfn, args, iters) * 1e6
+                row["call_us"] = median_call_s(jfn, args, iters) * 1e6
                 row_reps = reps or auto_reps(nbytes)
-                row["loop_us"] = _in_jit_s(fn, args, row_reps, max(3, iters // 4)) * 1e6
+                row["loop_us"] = in_jit_s(fn, args, row_reps, max(3, iters // 4)) * 1e6
                 row["reps"] = row_reps
                 row["GBps"] = nbytes / (row["loop_us"] * 1e-6) / 1e9
                 row["frac"] = row["GBps"] * 1e9 / copy_bw
@@ -281,7 +282,7 @@ def prefill_table(shape: Shape, grid, *, iters: int, interpret: bool):
             row = dict(seqs=S, prompt=n, backend=name, note="")
             try:
                 outs[name] = np.asarray(fn(*args).astype(jnp.float32))
-                row["call_us"] = _median_call_s(fn, args, iters) * 1e6
+                row["call_us"] = median_call_s(fn, args, iters) * 1e6
                 row["TFLOPs"] = flops / (row["call_us"] * 1e-6) / 1e12
             except Exception as e:  # noqa: BLE001
                 row["note"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
@@ -295,27 +296,7 @@ def prefill_table(shape: Shape, grid, *, iters: int, interpret: bool):
     return rows
 
 
-# Tuning points, most important first (the issue's targets: batch >= 16 at context >= 2048, and
-# the small rows where launches dominate); a time budget may cut the list short.
-TUNE_POINTS = (
-    (16, 2048),
-    (1, 512),
-    (64, 2048),
-    (16, 8192),
-    (256, 2048),
-    (1, 8192),
-    (64, 8192),
-    (256, 8192),
-    (1, 2048),
-    (16, 512),
-    (64, 512),
-    (256, 512),
-)
-TUNE_SMOKE_POINTS = ((1, 64), (3, 32))
-SPLIT_CHOICES = (1, 2, 4, 8, 16, 32)
-
-
-def _decode_inputs(shape: Shape, B: int, ctx: int, key):
+def decode_inputs(shape: Shape, B: int, ctx: int, key):
     """Our args, JAX-layout args, and the bytes a decode step must move (KV + q + out)."""
     bs, dtype = shape.block_size, jnp.dtype(shape.dtype)
     P = ctx // bs
@@ -331,201 +312,6 @@ def _decode_inputs(shape: Shape, B: int, ctx: int, key):
     theirs = (q_scaled, jnp.swapaxes(k_pages[0], 0, 1), jnp.swapaxes(v_pages[0], 0, 1), bt, kv_lens)
     nbytes = (2 * B * ctx * shape.Hkv + 2 * B * shape.Hq) * shape.D * dtype.itemsize
     return ours, theirs, nbytes
-
-
-def tune(
-    shape: Shape,
-    *,
-    iters: int,
-    reps: int | None,
-    interpret: bool,
-    copy_bw: float,
-    smoke: bool,
-    budget_s: float,
-    descent_points: int,
-    json_path: str | None,
-    points=None,
-):
-    """Sweep our decode kernel's knobs (pages per compute block, warps, stages, splits) point by
-    point, by coordinate descent from the table's values: splits, then pages, warps, stages, then
-    splits again next to the best. Points past the first `descent_points` get the split sweep only.
-    JAX's op and a one-fusion loop (the per-iteration floor) are timed at each point too. Stops
-    starting new configurations once `budget_s` seconds have passed."""
-    from pallas_kernels import tuned_block_sizes
-
-    t0 = time.perf_counter()
-    cfg = tuned_block_sizes.lookup(shape.D, shape.block_size, shape.dtype, shape.Hq // shape.Hkv)
-    base = (cfg.decode_pages_per_compute_block, cfg.decode_num_warps, cfg.decode_num_stages)
-    points = points or (TUNE_SMOKE_POINTS if smoke else TUNE_POINTS)
-    lines = [
-        f"table config {cfg}",
-        "",
-        "| batch | ctx | best (pages/block, warps, stages, splits) | us in loop | GB/s | frac "
-        "| table default us (splits) | jax-paged us | floor us | reps |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    record = []
-    key = jax.random.key(2)
-    try:
-        from jax.experimental.pallas.ops.gpu import paged_attention as jax_pa
-    except Exception:  # noqa: BLE001
-        jax_pa = None
-    for i, (B, ctx) in enumerate(points):
-        if time.perf_counter() - t0 > budget_s:
-            lines.append(f"| {B} | {ctx} | skipped: time budget | | | | | | | |")
-            continue
-        ours, theirs, nbytes = _decode_inputs(shape, B, ctx, key)
-        row_reps = reps or auto_reps(nbytes)
-        P = ctx // shape.block_size
-        cache: dict = {}
-
-        # loop_us and timed are called only in this iteration; their defaults bind this point's
-        # values (B, ctx, row_reps, cache, its inputs) so no call can see a later point's.
-        def loop_us(attn, args, B=B, ctx=ctx, row_reps=row_reps):
-            try:
-                return _in_jit_s(attn, args, row_reps, iters) * 1e6
-            except Exception as e:  # noqa: BLE001
-                print(
-                    f"  {B}x{ctx}: failed {type(e).__name__}: {str(e).splitlines()[0][:120]}",
-                    file=sys.stderr,
-                )
-                return float("inf")
-
-        def timed(knobs, B=B, ctx=ctx, cache=cache, args=ours):
-            if knobs in cache:
-                return cache[knobs]
-            if time.perf_counter() - t0 > budget_s:
-                return float("inf")
-            ppcb, nw, nst, nsplit = knobs
-            fn = functools.partial(
-                ragged_paged_attention,
-                decode_only=True,
-                interpret=interpret,
-                pages_per_compute_block=ppcb,
-                num_warps=nw,
-                num_stages=nst,
-                num_kv_splits=nsplit,
-            )
-            cache[knobs] = loop_us(
-                lambda q, k, v, bt, kl, qsl, fn=fn: fn(q, k, v, bt, kl, qsl, 0), args
-            )
-            print(f"  {B}x{ctx} {knobs}: {cache[knobs]:.1f} us", file=sys.stderr, flush=True)
-            return cache[knobs]
-
-        floor = loop_us(lambda q, *rest: q, ours)
-        jax_us = float("nan")
-        if jax_pa is not None:
-            jfn = functools.partial(
-                jax_pa.paged_attention, interpret=interpret, **_jax_paged_attention_kwargs(P)
-            )
-            jax_us = loop_us(lambda q, k, v, bt, kl, fn=jfn: fn(q, k, v, bt, kl), theirs)
-        max_split = max(1, ctx // 64)  # a split keeps >= 64 tokens
-        auto_split = tuned_block_sizes.choose_num_kv_splits(
-            B, shape.Hkv, ctx, cfg.decode_pages_per_compute_block * shape.block_size, cfg
-        )
-        default_us = timed((*base, auto_split))
-        splits = [n for n in SPLIT_CHOICES if n <= max_split] if not smoke else [1, 2]
-        for n in splits:
-            timed((*base, n))
-        best = min(cache, key=cache.get)
-        if i < descent_points:
-            for pp in (2, 4, 8) if not smoke else (1, 2):
-                timed((pp, *best[1:]))
-            best = min(cache, key=cache.get)
-            for nw in (2, 4, 8) if not smoke else (4,):
-                timed((best[0], nw, *best[2:]))
-            best = min(cache, key=cache.get)
-            for nst in (1, 2, 3, 4) if not smoke else (2,):
-                timed((*best[:2], nst, best[3]))
-            best = min(cache, key=cache.get)
-            for n in (best[3] // 2, best[3] * 2):
-                if n in splits:
-                    timed((*best[:3], n))
-            best = min(cache, key=cache.get)
-        gbps = nbytes / (cache[best] * 1e-6) / 1e9
-        lines.append(
-            f"| {B} | {ctx} | {best} | {cache[best]:.1f} | {gbps:.4g} | "
-            f"{gbps * 1e9 / copy_bw:.2f} | {default_us:.1f} ({auto_split}) | {jax_us:.1f} | "
-            f"{floor:.1f} | {row_reps} |"
-        )
-        print(lines[-1], flush=True)
-        record.append(
-            dict(
-                batch=B,
-                ctx=ctx,
-                reps=row_reps,
-                floor_us=floor,
-                jax_us=jax_us,
-                auto_split=auto_split,
-                results=[[*knobs, us] for knobs, us in cache.items()],
-            )
-        )
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump(dict(copy_bw=copy_bw, table=dataclasses.asdict(cfg), points=record), f)
-        del ours, theirs, timed  # free this point's inputs (timed's default holds them too)
-    return "\n".join(lines)
-
-
-def profile_runs(shape: Shape, points, splits, *, calls: int, interpret: bool) -> None:
-    """Run each backend `calls` times per point, untimed, for an external profiler (e.g. Nsight
-    Compute: `ncu --metrics gpu__time_duration.sum python bench/kernels.py --profile 1x512`), which
-    then reports each kernel's device time: ours per split count (main + combine kernel) and JAX's
-    op (its kernel + the XLA fusions of its combine)."""
-    try:
-        from jax.experimental.pallas.ops.gpu import paged_attention as jax_pa
-    except Exception:  # noqa: BLE001
-        jax_pa = None
-    key = jax.random.key(3)
-    for B, ctx in points:
-        ours, theirs, _ = _decode_inputs(shape, B, ctx, key)
-        fns = {}
-        for n, pp in splits:
-            fn = functools.partial(
-                ragged_paged_attention,
-                decode_only=True,
-                interpret=interpret,
-                num_kv_splits=n,
-                pages_per_compute_block=pp or None,
-            )
-            fns[f"pallas ns={n} ppcb={pp}"] = (
-                jax.jit(lambda q, k, v, bt, kl, qsl, fn=fn: fn(q, k, v, bt, kl, qsl, 0)),
-                ours,
-            )
-        if jax_pa is not None:
-            kw = _jax_paged_attention_kwargs(ctx // shape.block_size)
-            fns["jax-paged"] = (
-                jax.jit(functools.partial(jax_pa.paged_attention, interpret=interpret, **kw)),
-                theirs,
-            )
-        for name, (fn, args) in fns.items():
-            jax.block_until_ready(fn(*args))  # compile
-            for _ in range(calls):
-                jax.block_until_ready(fn(*args))
-            print(f"profiled {B}x{ctx} {name}: {calls} calls", flush=True)
-
-
-def summarize_ncu_csv(path: str) -> str:
-    """Median device time per kernel name from `ncu --csv --metrics gpu__time_duration.sum` output,
-    in launch order (first appearance)."""
-    import csv
-
-    times: dict[str, list[float]] = {}
-    with open(path) as f:
-        lines = [ln for ln in f if ln.startswith('"')]
-    for rec in csv.DictReader(lines):
-        if rec.get("Metric Name") != "gpu__time_duration.sum":
-            continue
-        scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
-        value = float(rec["Metric Value"].replace(",", "")) * scale.get(
-            rec.get("Metric Unit", "ns"), 1e-3
-        )
-        name = rec["Kernel Name"][:70] + f" grid{rec.get('Grid Size', '')}"
-        times.setdefault(name, []).append(value)
-    out = ["| kernel | launches | median us |", "|---|---:|---:|"]
-    for name, ts in times.items():
-        out.append(f"| {name} | {len(ts)} | {statistics.median(ts):.2f} |")
-    return "\n".join(out)
 
 
 def _parse_points(text: str):
@@ -549,7 +335,7 @@ def _decode_markdown(rows, copy_bw, floors) -> str:
             out.append(
                 f"| {r['batch']} | {r['ctx']} | {r['backend']} | {r['call_us']:.1f} | "
                 f"{r['loop_us']:.1f} | {r['GBps']:.4g} | {r['frac']:.2f} | "
-                f"{_fmt_err(r.get('err'))} | {r['note']} |"
+                f"{fmt_err(r.get('err'))} | {r['note']} |"
             )
         else:
             out.append(
@@ -595,7 +381,7 @@ def _prefill_markdown(rows) -> str:
         if "call_us" in r:
             out.append(
                 f"| {r['seqs']} | {r['prompt']} | {r['backend']} | {r['call_us']:.1f} | "
-                f"{r['TFLOPs']:.3g} | {_fmt_err(r.get('err'))} | {r['note']} |"
+                f"{r['TFLOPs']:.3g} | {fmt_err(r.get('err'))} | {r['note']} |"
             )
         else:
             out.append(
@@ -642,6 +428,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.summarize_ncu:
+        from kernel_tuning import summarize_ncu_csv
+
         print(summarize_ncu_csv(args.summarize_ncu))
         return 0
     smoke = args.cpu_smoke
@@ -653,6 +441,8 @@ def main(argv=None) -> int:
     iters = args.iters or (2 if smoke else 20)
     reps = args.reps or (1 if smoke else None)  # None: auto_reps per row
     if args.profile:
+        from kernel_tuning import profile_runs
+
         profile_runs(
             shape,
             _parse_points(args.profile),
@@ -674,6 +464,8 @@ def main(argv=None) -> int:
     print(f"copy bandwidth: {copy_bw / 1e9:.4g} GB/s", flush=True)
 
     if args.tune:
+        from kernel_tuning import tune
+
         text = tune(
             shape,
             iters=max(3, iters // 4),

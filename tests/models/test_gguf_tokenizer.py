@@ -15,6 +15,7 @@ import sys
 
 import gguf
 import pytest
+from loader_helpers import write_gguf
 from transformers import AutoTokenizer
 
 from jaxllm.models.gguf_tokenizer import load_gguf_tokenizer
@@ -207,22 +208,7 @@ def test_loads_without_torch(smollm2_path, smol_ref):
 
 def write_tokenizer_gguf(path, arch: str, meta: dict) -> None:
     """A GGUF holding only metadata (the tokenizer never looks at tensors)."""
-    w = gguf.GGUFWriter(str(path), arch)
-    for key, value in meta.items():
-        if isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        elif isinstance(value, float):
-            w.add_float32(key, value)
-        elif isinstance(value, str):
-            w.add_string(key, value)
-        else:
-            w.add_array(key, value)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_gguf(path, arch, meta, {})
 
 
 def model_meta(arch: str) -> dict:

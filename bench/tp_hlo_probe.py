@@ -166,6 +166,7 @@ def host_batch(policy, block_size: int, num_blocks: int, vocab: int, shape: str,
         kv_lens[i], qsl[i + 1], last[i] = ctx, (i + 1) * q_len, (i + 1) * q_len - 1
     hb = HostBatch(
         token_ids=token_ids,
+        prev_rows=np.full(T, -1, np.int32),
         positions=positions,
         slot_mapping=slots,
         block_tables=tables,
@@ -268,7 +269,7 @@ def probe_runner_shape(runner, label: str, shape: str, args) -> None:
         return
     dev = jax.device_put(buffers, runner._replicated)
     kv, old = runner.kv_cache, runner.kv_cache.k
-    kv, out, _ = exe(runner.params, kv, dev)
+    kv, out, _, _ = exe(runner.params, kv, runner._last_tokens, dev)
     jax.block_until_ready(out.token_ids)
     row["donated"] = old.is_deleted()
     trace = os.path.join(args.profile, f"{label}_{shape}") if args.profile else ""
@@ -277,7 +278,7 @@ def probe_runner_shape(runner, label: str, shape: str, args) -> None:
     times = []
     for _ in range(args.time):
         t = time.perf_counter()
-        kv, out, _ = exe(runner.params, kv, dev)
+        kv, out, _, _ = exe(runner.params, kv, runner._last_tokens, dev)
         jax.block_until_ready((kv, out.token_ids))
         times.append(time.perf_counter() - t)
     if trace:
@@ -342,11 +343,12 @@ def runner_step_jit(model, kv_sharding, replicated):
 
     shim = types.SimpleNamespace(model=model)
 
-    def step(params, kv_cache, buffers, *, layout, flags, num_prompt_logprobs):
+    def step(params, kv_cache, last_tokens, buffers, *, layout, flags, num_prompt_logprobs):
         return ModelRunner._step_impl(
             shim,
             params,
             kv_cache,
+            last_tokens,
             buffers,
             layout=layout,
             flags=flags,
@@ -357,7 +359,7 @@ def runner_step_jit(model, kv_sharding, replicated):
         step,
         donate_argnums=(1,),
         static_argnames=("layout", "flags", "num_prompt_logprobs"),
-        out_shardings=(KVCache(kv_sharding, kv_sharding), replicated, replicated),
+        out_shardings=(KVCache(kv_sharding, kv_sharding), replicated, replicated, replicated),
     )
 
 
@@ -424,8 +426,9 @@ def run_deviceless(model: str, args) -> None:
             unroll = os.environ.get(UNROLL_ENV) or ("1" if T < UNROLL_MAX_TOKENS else "0")
             jitted = runner_step_jit(model_fn.clone(unroll_layers=unroll == "1"), kv_sh, rep)
             t0 = time.perf_counter()
+            last = jax.ShapeDtypeStruct((hb.block_tables.shape[0],), np.int32, sharding=rep)
             lowered = jitted.lower(
-                params, kv, bufs, layout=layout, flags=flags, num_prompt_logprobs=-1
+                params, kv, last, bufs, layout=layout, flags=flags, num_prompt_logprobs=-1
             )
             exe = lowered.compile(compiler_options=options)
             print(f"\n### {label} {shape}: T/S/P={row['TSP']} context={ctx} ", end="")

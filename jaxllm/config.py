@@ -165,6 +165,8 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     policy: str = "fcfs"  # "fcfs" or "priority" (lower Request.priority first, then arrival)
     preemption_mode: str = "recompute"  # or "swap": KV to host memory (CacheConfig.swap_space)
+    # schedule step N+1 while step N runs on the device (scheduler.py); outputs lag one step()
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):

@@ -4,7 +4,11 @@ The scheduler and the KV-cache manager read and advance this record; the engine 
 request's state is a handful of counters, as in nano-vllm and vLLM v1:
 
     all_token_ids = prompt_token_ids + output_token_ids
-    num_computed_tokens <= num_tokens      (tokens whose KV is in the cache)
+    num_computed_tokens <= num_tokens + num_output_placeholders   (tokens whose KV is in the cache
+                                                                   or being computed)
+
+`num_output_placeholders` counts tokens sampled by a step still running on the device (asynchronous
+scheduling, see `jaxllm/scheduler/scheduler.py`): their values are not known on the host yet.
 
 `sampling_params` is duck-typed: anything with `max_tokens` (int or None), `min_tokens`,
 `ignore_eos` and `stop_token_ids` works (e.g. `jaxllm.sampling_params.SamplingParams`).
@@ -98,6 +102,7 @@ class Request:
         self._all_token_ids: list[int] = list(self.prompt_token_ids)
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
+        self.num_output_placeholders = 0  # sampled in a step still in flight, values unknown
         self.num_cached_tokens = -1  # prefix-cache hit tokens at first scheduling
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None
@@ -114,6 +119,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self._all_token_ids)
+
+    @property
+    def num_tokens_with_placeholders(self) -> int:
+        """Known tokens plus the ones a step in flight is sampling."""
+        return len(self._all_token_ids) + self.num_output_placeholders
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -9,7 +9,8 @@ Conventions (R rows, V vocabulary):
   * every row has a seed (uint32). The engine gives unseeded requests a random seed at arrival
     (`request_seed`), so a row's random stream depends only on (seed, gen_index), never on the
     batch around it. Seeds wider than 32 bits are folded to 32 (high word XOR low word).
-  * gen_index = number of tokens the sequence has generated so far (len(output_token_ids)).
+  * gen_index = number of tokens the sequence has generated so far: len(output_token_ids) plus
+    `num_pending_tokens` (sampled by a step still in flight under asynchronous scheduling).
   * id lists are padded with -1; the sampler ignores -1 entries.
   * padding rows (R < pad_rows_to) are greedy with neutral settings; callers drop their outputs.
   * widths are bucketed to limit the number of compiled shapes: B (logit bias) and Bn (banned
@@ -81,6 +82,9 @@ class SamplingRow:
     prompt_token_ids: Sequence[int] = ()
     output_token_ids: Sequence[int] = ()
     banned_token_ids: Sequence[int] = ()  # e.g. `min_tokens_banned_ids(...)`
+    # tokens generated but not yet in output_token_ids (a step in flight); rows that use
+    # penalties need the whole history, so they must have none
+    num_pending_tokens: int = 0
 
 
 def request_seed(params: SamplingParams) -> int:
@@ -156,6 +160,11 @@ def build_sampling_metadata(
             _check_ids("logit_bias", list(r.params.logit_bias), vocab_size, i)
     for i in pen_rows:
         _check_ids("output_token_ids", rows[i].output_token_ids, vocab_size, i)
+        if rows[i].num_pending_tokens:
+            raise ValueError(
+                f"row {i} uses penalties but {rows[i].num_pending_tokens} of its output tokens "
+                "are still in flight: its token history is incomplete"
+            )
     for i in rep_rows:
         _check_ids("prompt_token_ids", rows[i].prompt_token_ids, vocab_size, i)
 
@@ -186,7 +195,9 @@ def build_sampling_metadata(
     frequency = column((p.frequency_penalty for p in params), np.float32, 0.0)
     repetition = column((p.repetition_penalty for p in params), np.float32, 1.0)
     seeds = column((seed_to_uint32(r.seed) for r in rows), np.uint32, 0)
-    gen_index = column((len(r.output_token_ids) for r in rows), np.int32, 0)
+    gen_index = column(
+        (len(r.output_token_ids) + r.num_pending_tokens for r in rows), np.int32, 0
+    )
     bias_ids = np.full((R, B), PAD_ID, np.int32)
     bias_values = np.zeros((R, B), np.float32)
     banned = np.full((R, Bn), PAD_ID, np.int32)

@@ -10,7 +10,9 @@
 # Logs and JSON go to $OUT (else ./out/gpu_llama8b). Measured 2026-11-28 with
 # XLA_FLAGS=--xla_gpu_autotune_level=0 (JAXLLM_COMPILER_OPTIONS=xla_gpu_autotune_level=0 applies
 # the same option to the step executables only); with autotuning on, precompiling takes ~10 min.
-# Usage: [PEER=hf] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]   (default: all)
+# EXTRA: more engine flags for latency and throughput (e.g. EXTRA=--async-scheduling; --profile is
+# then left out, since it waits for every device step); TAG: suffix of the log and JSON names.
+# Usage: [PEER=hf] [EXTRA=...] [TAG=...] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+${PYTHONPATH}:}." PYTHONUNBUFFERED=1 JAX_LOG_COMPILES=1
@@ -19,6 +21,9 @@ D="${OUT:-out/gpu_llama8b}"; mkdir -p "$D"
 N="${1:-1000}"; shift || true
 PHASES="${*:-bw latency throughput}"
 PEER="${PEER:-}"
+read -r -a extra <<< "${EXTRA:-}"
+T="${TAG:-}"
+prof=(--profile); [[ " ${EXTRA:-} " == *" --async-scheduling "* ]] && prof=()
 compiles() { grep -o "Finished XLA compilation of jit(_step_impl) in [0-9.]* sec" "$1" | awk '{n++; s+=$(NF-1); if ($(NF-1)>m) m=$(NF-1)} END {printf "step compilations: %d, %.0f s summed, longest %.1f s\n", n, s, m}'; }
 for phase in $PHASES; do
   case $phase in
@@ -41,19 +46,20 @@ PY
     ;;
   latency)
     timeout 200 "$PY" bench/latency.py --model dummy:llama-3-8b --dtype bfloat16 --input-len 128 \
-      --output-len 128 --num-iters 3 --profile --json "$D/latency.json" > "$D/latency.log" 2>&1
-    echo "latency rc=$?"; grep -v "^WARNING\|Finished\|Compiling\|tracing" "$D/latency.log" | tail -30
-    compiles "$D/latency.log"
+      --output-len 128 --num-iters 3 "${prof[@]}" "${extra[@]}" --json "$D/latency$T.json" \
+      > "$D/latency$T.log" 2>&1
+    echo "latency$T rc=$?"; grep -v "^WARNING\|Finished\|Compiling\|tracing" "$D/latency$T.log" | tail -30
+    compiles "$D/latency$T.log"
     ;;
   throughput)
     peer=(); mem=()
     if [ "$PEER" = hf ]; then peer=(--peer hf --hf-batch-size 64); mem=(XLA_PYTHON_CLIENT_MEM_FRACTION=0.6); fi
     env "${mem[@]}" timeout "${THROUGHPUT_TIMEOUT:-540}" "$PY" bench/throughput.py --model dummy:llama-3-8b \
       --dtype bfloat16 --num-prompts "$N" --input-len 512 --output-len 256 \
-      --max-num-batched-tokens 8192 --precompile --profile "${peer[@]}" \
-      --json "$D/throughput.json" > "$D/throughput.log" 2>&1
-    echo "throughput rc=$?"; grep -v "^WARNING\|Finished\|Compiling\|tracing" "$D/throughput.log" | tail -40
-    compiles "$D/throughput.log"
+      --max-num-batched-tokens 8192 --precompile "${prof[@]}" "${extra[@]}" "${peer[@]}" \
+      --json "$D/throughput$T.json" > "$D/throughput$T.log" 2>&1
+    echo "throughput$T rc=$?"; grep -v "^WARNING\|Finished\|Compiling\|tracing" "$D/throughput$T.log" | tail -40
+    compiles "$D/throughput$T.log"
     ;;
   *) echo "unknown phase $phase (bw, latency, throughput)"; exit 2 ;;
   esac

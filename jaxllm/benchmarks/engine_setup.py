@@ -106,6 +106,7 @@ def engine_settings(llm) -> dict:
         "attention_backend": runner.backend,
         "dtype": cfg.model.dtype,
         "tensor_parallel_size": cfg.parallel.tensor_parallel_size,
+        "async_scheduling": cfg.scheduler.async_scheduling,
     }
 
 

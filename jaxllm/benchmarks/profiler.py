@@ -39,10 +39,15 @@ class StepProfiler:
 
         import jaxllm.engine.model_runner as mr
 
+        engine = llm.llm_engine
+        if getattr(engine, "async_scheduling", False):
+            raise ValueError(
+                "--profile waits for each device step to finish, which undoes the overlap that "
+                "--async-scheduling measures; profile without --async-scheduling"
+            )
         self.steps: list[dict] = []  # one record per LLMEngine.step: kind, total, phases (seconds)
         self._cur: dict = {}
         self._undo: list[tuple[Any, str, Any, bool]] = []
-        engine = llm.llm_engine
         self._wrap(engine, "step", None)
         self._wrap(engine.scheduler, "schedule", "schedule")
         self._wrap(mr, "build_host_batch", "build_batch")

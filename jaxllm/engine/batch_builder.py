@@ -6,10 +6,15 @@ the device in one transfer. Shapes are bucketed (see buckets.py) so the step com
 A fork row (`ScheduledRequest.num_new_tokens == 0`, the fresh samples of an n > 1 request) looks
 like a padding row to attention (no query tokens, kv length 0, null block table; fork rows come
 last) and takes its logits from the last token of the request it samples from.
+
+Asynchronous scheduling: a decode row's input token may still be on the device (sampled by the
+step in flight, a placeholder in the request). Its slot in `token_ids` is 0 and `prev_rows` names
+the row of the previous step's sampled tokens that the device substitutes for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
 
@@ -24,6 +29,9 @@ class HostBatch:
     """One step's inputs on the host. Row i of the sequence arrays is `scheduled[i]`."""
 
     token_ids: np.ndarray  # [T] int32
+    # [T] int32: -1, or the previous step's sampled-token row that replaces token_ids[t] on the
+    # device (a token still in flight; asynchronous scheduling)
+    prev_rows: np.ndarray
     positions: np.ndarray  # [T] int32
     slot_mapping: np.ndarray  # [T] int32 (-1 = padding)
     block_tables: np.ndarray  # [S, P] int32 (0 = null block)
@@ -45,11 +53,15 @@ def build_host_batch(
     block_size: int,
     policy: StepShapePolicy,
     want_prompt_logprobs: set[str] | frozenset[str] = frozenset(),
+    pending_rows: Mapping[str, int] | None = None,
 ) -> HostBatch:
     """Vectorized over the scheduled rows: Python touches each row once (its counts, its block
     ids and its new tokens, read through iterators); the rest is numpy. (A per-row loop took
     ~4.5 ms for 256 decode rows: a sixth of a GPU decode step's host time in
-    bench/gpu_runs/2026-11-28_h200x2_throughput.md.)"""
+    bench/gpu_runs/2026-11-28_h200x2_throughput.md.)
+
+    `pending_rows`: request id -> its row in the previous step's sampled tokens, for requests
+    whose last input token is still in flight (`Request.num_output_placeholders`)."""
     reqs = sched.scheduled
     n_seq = len(reqs)
     counts = np.fromiter((r.num_new_tokens for r in reqs), np.int64, n_seq)  # [n_seq]
@@ -74,10 +86,14 @@ def build_host_batch(
         block_tables[rows, cols] = flat
 
     token_ids = np.zeros(T, np.int32)
+    prev_rows = np.full(T, -1, np.int32)
     positions = np.zeros(T, np.int32)
     slot_mapping = np.full(T, -1, np.int32)
     if n_tok:
-        token_ids[:n_tok] = np.fromiter(
+        # tokens past the request's known ones are in flight: the slices below stop short of them
+        known = np.fromiter((r.request.num_tokens for r in reqs), np.int64, n_seq)  # [n_seq]
+        pending = np.where(real, np.maximum(starts + counts - known, 0), 0)  # [n_seq]
+        host_tokens = np.fromiter(
             chain.from_iterable(
                 r.request.all_token_ids[
                     r.num_computed_tokens : r.num_computed_tokens + r.num_new_tokens
@@ -85,8 +101,25 @@ def build_host_batch(
                 for r in reqs
             ),
             np.int32,
-            n_tok,
+            n_tok - int(pending.sum()),
         )
+        if pending.any():
+            if pending.max() > 1:
+                raise ValueError("a row has more than one token in flight")
+            pend_rows = np.flatnonzero(pending)
+            try:
+                src = [pending_rows[reqs[i].request_id] for i in pend_rows]  # type: ignore[index]
+            except (KeyError, TypeError) as e:
+                raise ValueError(
+                    f"request {e} has a token in flight that the previous step did not sample"
+                ) from None
+            flat = ends[pend_rows] - 1  # the last token of each such row
+            prev_rows[flat] = src
+            on_host = np.ones(n_tok, bool)
+            on_host[flat] = False
+            token_ids[:n_tok][on_host] = host_tokens
+        else:
+            token_ids[:n_tok] = host_tokens
         row_of = np.repeat(np.arange(n_seq), counts)  # [n_tok] the row of each token
         pos = np.arange(n_tok) - begins[row_of] + starts[row_of]
         positions[:n_tok] = pos
@@ -135,6 +168,7 @@ def build_host_batch(
         extra[:pl_count] = np.concatenate(pl_indices)
     return HostBatch(
         token_ids=token_ids,
+        prev_rows=prev_rows,
         positions=positions,
         slot_mapping=slot_mapping,
         block_tables=block_tables,

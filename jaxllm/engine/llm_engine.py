@@ -4,6 +4,12 @@
 scheduler prefills the prompt once, for the first, and forks the others onto its KV blocks),
 `step` schedules, runs the model runner, feeds sampled tokens back to the scheduler, detokenizes
 incrementally, applies stop strings, and returns the RequestOutputs that are due.
+
+With asynchronous scheduling (`SchedulerConfig.async_scheduling`, `--async-scheduling`) `step`
+dispatches the next model step before it waits for the one in flight, so scheduling, batch
+building and output processing overlap the device's work; each call returns the outputs of the
+previous model step. A step in flight whose sampled rows use penalties (which need every output
+token on the host) is waited for before the next is scheduled.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 from jaxllm.config import EngineConfig
 from jaxllm.engine.compilation_cache import enable_compilation_cache
 from jaxllm.engine.detokenizer import IncrementalDetokenizer
-from jaxllm.engine.model_runner import ModelRunner, StepResult
+from jaxllm.engine.model_runner import InFlightStep, ModelRunner, StepResult
 from jaxllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from jaxllm.request import Request, RequestStatus
 from jaxllm.sampling_metadata import SamplingRow, min_tokens_banned_ids, request_seed
@@ -109,6 +115,9 @@ class LLMEngine:
         self._parents: dict[str, _Parent] = {}
         self._seq_by_child: dict[str, tuple[_Parent, _Sequence]] = {}
         self._counter = itertools.count()
+        self.async_scheduling = engine_config.scheduler.async_scheduling
+        self._in_flight: InFlightStep | None = None  # dispatched, not yet resolved
+        self._in_flight_needs_history = False  # its sampled rows use penalties
         if precompile:
             self.precompile()
 
@@ -241,19 +250,43 @@ class LLMEngine:
                 self._seq_by_child.pop(cid, None)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self._in_flight is not None or self.scheduler.has_unfinished_requests()
 
     def get_num_unfinished_requests(self) -> int:
         return len(self._parents)
 
     # ----- the step -----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        if self._in_flight is not None and self._in_flight_needs_history:
+            outputs = self._finish(self._take_in_flight())
         sched = self.scheduler.schedule()
-        if sched.is_empty:
-            return []
-        if not sched.scheduled:  # only block copies (a request swapped out, nothing to run)
+        step = None
+        if sched.scheduled:
+            rows, prompt_lp = self._sampling_rows(sched)
+            step = self.runner.dispatch(sched, rows, prompt_lp)
+        elif sched.has_block_ops:  # only block copies (a request swapped out, nothing to run)
             self.runner.kv_cache = self.runner.block_mover.apply(self.runner.kv_cache, sched)
-            return []
+        if self._in_flight is not None:  # resolve the previous step while this one runs
+            outputs += self._finish(self._take_in_flight())
+        if step is not None:
+            if self.async_scheduling:
+                self._in_flight = step
+                self._in_flight_needs_history = any(
+                    sr.samples and row.params.uses_penalties
+                    for sr, row in zip(sched.scheduled, step.rows, strict=True)
+                )
+            else:
+                outputs += self._finish(step)
+        return outputs
+
+    def _take_in_flight(self) -> InFlightStep:
+        step, self._in_flight = self._in_flight, None
+        assert step is not None
+        return step
+
+    def _sampling_rows(self, sched) -> tuple[list[SamplingRow], dict[str, int]]:
+        """One sampling row per scheduled request, and the prompt-logprob counts wanted."""
         now = time.time()
         rows = []
         prompt_lp: dict[str, int] = {}
@@ -263,13 +296,16 @@ class LLMEngine:
                 parent.metrics.first_scheduled_time = now
                 parent.metrics.time_in_queue = now - parent.metrics.arrival_time
             req = sr.request
+            # tokens sampled by the step in flight (the one this step samples is not counted)
+            pending = max(0, req.num_output_placeholders - 1)
             rows.append(
                 SamplingRow(
                     seq.params,
                     seq.seed,
                     req.prompt_token_ids,
                     req.output_token_ids,
-                    min_tokens_banned_ids(seq.params, req.num_output_tokens),
+                    min_tokens_banned_ids(seq.params, req.num_output_tokens + pending),
+                    num_pending_tokens=pending,
                 )
             )
             if (
@@ -279,9 +315,21 @@ class LLMEngine:
             ):
                 k = seq.params.prompt_logprobs
                 prompt_lp[req.request_id] = self.model_config.vocab_size if k == -1 else k
-        result = self.runner.execute(sched, rows, prompt_lp)
-        self.scheduler.update_from_output(sched, {k: [v] for k, v in result.sampled.items()})
-        return self._process(sched, result)
+        return rows, prompt_lp
+
+    def _finish(self, step: InFlightStep) -> list[RequestOutput]:
+        """Wait for a dispatched step, apply its tokens, return the outputs due."""
+        result = self.runner.resolve(step)
+        updated = self.scheduler.update_from_output(
+            step.sched, {k: [v] for k, v in result.sampled.items()}
+        )
+        # requests finished or aborted while the step was in flight get nothing from it
+        live = {r.request_id for r in updated}
+        result.sampled = {k: v for k, v in result.sampled.items() if k in live}
+        result.prompt_logprobs = {
+            k: v for k, v in result.prompt_logprobs.items() if k in self._seq_by_child
+        }
+        return self._process(step.sched, result)
 
     def _process(self, sched, result: StepResult) -> list[RequestOutput]:
         now = time.time()

@@ -7,10 +7,17 @@ numpy arrays, packed into one buffer per dtype (packed_transfer.py); one `jax.de
 them; one compiled function runs the model, samples on the device and computes logprobs; one
 `jax.device_get` brings back the token ids (and logprobs when asked). The KV cache is donated
 through the step.
+
+`execute` is `resolve(dispatch(...))`. `dispatch` returns as soon as the step is queued on the
+device (JAX dispatches asynchronously), so an engine with asynchronous scheduling builds and
+dispatches the next step before it resolves this one. The step keeps its sampled tokens on the
+device (`[S_cap]`, one per row); the next step reads from them the input tokens the host does not
+know yet (`HostBatch.prev_rows`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -19,6 +26,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +34,7 @@ import numpy as np
 
 from jaxllm.config import EngineConfig, ModelConfig
 from jaxllm.engine.batch_builder import HostBatch, build_host_batch
-from jaxllm.engine.buckets import StepShapePolicy, accelerator_policy
+from jaxllm.engine.buckets import StepShapePolicy, accelerator_policy, next_power_of_two
 from jaxllm.engine.compiler_options import ENV_VAR as COMPILER_OPTIONS_ENV
 from jaxllm.engine.compiler_options import compiler_options_from_env
 from jaxllm.engine.kv_swap import KVBlockMover
@@ -54,6 +62,19 @@ class StepResult:
     # request_id -> (positions start, [c] target logprobs, [c] ranks, [c, k] top ids,
     #                [c, k] top logprobs)
     prompt_logprobs: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass
+class InFlightStep:
+    """A dispatched step whose results are still on the device (`ModelRunner.resolve`)."""
+
+    sched: SchedulerOutput
+    rows: list[SamplingRow]
+    prompt_logprobs: dict[str, int]
+    prompt_logprob_rows: list[tuple[int, int, int, int]]  # HostBatch.prompt_logprob_rows
+    want_logprobs: bool
+    fetch: tuple  # device arrays: token ids [S] (and logprobs, their ids, ranks)
+    prompt: Any  # device prompt logprobs, or None
 
 
 def choose_num_blocks(
@@ -149,8 +170,13 @@ class ModelRunner:
             self._step_impl,
             donate_argnums=(1,),
             static_argnames=("layout", "flags", "num_prompt_logprobs"),
-            out_shardings=(kv, self._replicated, self._replicated),
+            out_shardings=(kv, self._replicated, self._replicated, self._replicated),
         )
+        # the last dispatched step's sampled tokens, one per row ([S_cap] int32, on the device),
+        # and request id -> row for the rows that sampled
+        self._s_cap = next_power_of_two(sched.max_num_seqs)
+        self._last_tokens = jax.device_put(np.zeros(self._s_cap, np.int32), self._replicated)
+        self._last_rows: dict[str, int] = {}
         logger.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB), attention backend %s",
             self.num_blocks,
@@ -185,6 +211,7 @@ class ModelRunner:
             lowered = self._step_jit.lower(
                 self.params,
                 self.kv_cache,
+                self._last_tokens,
                 buffers,
                 layout=layout,
                 flags=flags,
@@ -200,9 +227,11 @@ class ModelRunner:
                 exe = self._executables.setdefault(key, exe)
         return exe
 
-    def _step(self, params, kv_cache, buffers, *, layout, flags, num_prompt_logprobs):
-        """Run one step (the KV cache is donated): `(kv_cache, SamplerOutput, prompt logprobs)`."""
-        return self._executable(layout, flags, num_prompt_logprobs)(params, kv_cache, buffers)
+    def _step(self, params, kv_cache, last_tokens, buffers, *, layout, flags, num_prompt_logprobs):
+        """Run one step (the KV cache is donated): `(kv_cache, SamplerOutput, prompt logprobs,
+        sampled tokens [S_cap])`."""
+        exe = self._executable(layout, flags, num_prompt_logprobs)
+        return exe(params, kv_cache, last_tokens, buffers)
 
     def precompile(
         self,
@@ -257,26 +286,33 @@ class ModelRunner:
         )
         if targets is None:
             targets = np.zeros(hb.num_prompt_logprob_rows, np.int32)
-        return batch, md, targets
+        return batch, md, targets, hb.prev_rows
 
     def _step_impl(
         self,
         params: dict,
         kv_cache,
-        buffers: tuple[jax.Array, ...],  # packed (StepBatch, SamplingMetadata, targets [Rp])
+        last_tokens: jax.Array,  # [S_cap] int32: the previous step's sampled tokens
+        # packed (StepBatch, SamplingMetadata, targets [Rp], prev_rows [T])
+        buffers: tuple[jax.Array, ...],
         *,
         layout: PackedLayout,
         flags: SamplerFlags,
         num_prompt_logprobs: int,
     ):
-        batch, md, prompt_targets = unpack(buffers, layout)
+        batch, md, prompt_targets, prev_rows = unpack(buffers, layout)
+        # tokens still in flight when the host built the batch come from the previous step
+        in_flight = last_tokens[jnp.maximum(prev_rows, 0)]  # [T]
+        token_ids = jnp.where(prev_rows >= 0, in_flight, batch.token_ids)
+        batch = dataclasses.replace(batch, token_ids=token_ids)
         kv_cache, logits = self.model.apply({"params": params}, kv_cache, batch)  # [S + Rp, V]
         S = md.temperature.shape[0]
         out = sample(logits[:S], md, flags)
         prompt = None
         if num_prompt_logprobs >= 0:
             prompt = compute_logprobs(logits[S:], prompt_targets, num_prompt_logprobs)
-        return kv_cache, out, prompt
+        sampled = jnp.zeros_like(last_tokens).at[:S].set(out.token_ids.astype(jnp.int32))
+        return kv_cache, out, prompt, sampled
 
     def execute(
         self,
@@ -284,8 +320,18 @@ class ModelRunner:
         rows: list[SamplingRow],
         prompt_logprobs: dict[str, int],
     ) -> StepResult:
-        """Run one step. `rows[i]` samples for `sched.scheduled[i]`; `prompt_logprobs` maps
-        request ids wanting prompt logprobs to their count."""
+        """Run one step and wait for its results: `resolve(dispatch(...))`."""
+        return self.resolve(self.dispatch(sched, rows, prompt_logprobs))
+
+    def dispatch(
+        self,
+        sched: SchedulerOutput,
+        rows: list[SamplingRow],
+        prompt_logprobs: dict[str, int],
+    ) -> InFlightStep:
+        """Queue one step on the device and return without waiting. `rows[i]` samples for
+        `sched.scheduled[i]`; `prompt_logprobs` maps request ids wanting prompt logprobs to their
+        count. Input tokens still in flight come from the previous dispatched step."""
         if sched.has_block_ops:  # swap-outs, swap-ins, copy-on-write: before the step
             self.kv_cache = self.block_mover.apply(self.kv_cache, sched)
         hb: HostBatch = build_host_batch(
@@ -293,6 +339,7 @@ class ModelRunner:
             block_size=self.block_size,
             policy=self.shape_policy,
             want_prompt_logprobs=frozenset(prompt_logprobs),
+            pending_rows=self._last_rows,
         )
         S = hb.block_tables.shape[0]
         md, flags = build_sampling_metadata(
@@ -307,22 +354,30 @@ class ModelRunner:
         host = self._host_inputs(hb, md, targets)
         # One host->device copy per dtype instead of one per array (packed_transfer.py).
         buffers, layout = pack(host)
-        self.kv_cache, out, prompt = self._step(
+        self.kv_cache, out, prompt, self._last_tokens = self._step(
             self.params,
             self.kv_cache,
+            self._last_tokens,
             jax.device_put(buffers, self._replicated),
             layout=layout,
             flags=flags,
             num_prompt_logprobs=k_prompt,
         )
+        self._last_rows = {sr.request_id: i for i, sr in enumerate(sched.scheduled) if sr.samples}
         want_lp = flags.num_logprobs > 0 or any(r.params.logprobs is not None for r in rows)
         fetch = (
             (out.token_ids, out.logprobs, out.logprob_token_ids, out.token_ranks)
             if want_lp
             else (out.token_ids,)
         )
-        fetched = jax.device_get((fetch, prompt))
-        host_out, host_prompt = fetched
+        return InFlightStep(
+            sched, rows, prompt_logprobs, hb.prompt_logprob_rows, want_lp, fetch, prompt
+        )
+
+    def resolve(self, step: InFlightStep) -> StepResult:
+        """Wait for a dispatched step and bring its results to the host (one transfer)."""
+        sched, rows, want_lp = step.sched, step.rows, step.want_logprobs
+        host_out, host_prompt = jax.device_get((step.fetch, step.prompt))
         token_ids = host_out[0]
 
         result = StepResult({}, {}, {})
@@ -347,9 +402,9 @@ class ModelRunner:
                 host_prompt.logprob_token_ids,
                 host_prompt.token_ranks,
             )
-            for row, start, count, offset in hb.prompt_logprob_rows:
+            for row, start, count, offset in step.prompt_logprob_rows:
                 req = sched.scheduled[row].request
-                k = prompt_logprobs[req.request_id]
+                k = step.prompt_logprobs[req.request_id]
                 sl = slice(offset, offset + count)
                 result.prompt_logprobs[req.request_id] = (
                     start,
@@ -366,6 +421,7 @@ def _empty_host_batch(T: int, S: int, P: int, decode_only: bool) -> HostBatch:
     qsl = np.zeros(S + 1, np.int32)
     return HostBatch(
         token_ids=np.zeros(T, np.int32),
+        prev_rows=np.full(T, -1, np.int32),
         positions=np.zeros(T, np.int32),
         slot_mapping=np.full(T, -1, np.int32),
         block_tables=np.zeros((S, P), np.int32),

@@ -68,6 +68,7 @@ ENGINE_ARGS = {
     "preemption_mode": "preemption_mode",
     "swap_space": "swap_space",
     "scheduling_policy": "scheduling_policy",
+    "async_scheduling": "async_scheduling",
     "tensor_parallel_size": "tensor_parallel_size",
     "data_parallel_size": "data_parallel_size",
     "seed": "seed",
@@ -176,6 +177,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--scheduling-policy",
         choices=("fcfs", "priority"),
         help="fcfs, or priority (lower request priority first; default: fcfs)",
+    )
+    g.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        help="schedule and build the next step while the device runs the current one "
+        "(same outputs; hides the host's per-step time)",
     )
     g.add_argument(
         "--tensor-parallel-size",

@@ -24,7 +24,9 @@ class LLM:
     max_num_batched_tokens, block_size, gpu_memory_utilization, num_gpu_blocks_override,
     enable_prefix_caching, swap_space (GiB of host memory for preempted KV), preemption_mode
     ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
-    `generate(..., priority=[...])`), tensor_parallel_size, seed, max_logprobs, attention_backend
+    `generate(..., priority=[...])`), async_scheduling (schedule and build the next step while
+    the device runs the current one; same outputs, the host's time hidden behind the device's),
+    tensor_parallel_size, seed, max_logprobs, attention_backend
     ("reference", "cpu", "pallas", "cuda"; default: automatic), compilation_cache_dir ("off"
     disables the persistent cache), precompile (compile every padded step shape now, in parallel
     threads, for greedy and for plain random sampling, instead of on first use: on a GPU each
@@ -54,6 +56,7 @@ class LLM:
         swap_space: float = 4,
         preemption_mode: str = "recompute",
         scheduling_policy: str = "fcfs",
+        async_scheduling: bool = False,
         tensor_parallel_size: int = 1,
         data_parallel_size: int = 1,
         mesh: Any = None,
@@ -99,6 +102,7 @@ class LLM:
                 enable_chunked_prefill=enable_chunked_prefill,
                 policy=scheduling_policy,
                 preemption_mode=preemption_mode,
+                async_scheduling=async_scheduling,
             ),
             parallel=ParallelConfig(
                 tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size

@@ -112,7 +112,7 @@ class KVCacheManager:
             num_tokens = num_computed_tokens + num_new_tokens
             bs = self.block_size
             if (
-                num_tokens <= request.num_tokens
+                num_tokens <= request.num_tokens_with_placeholders
                 and -(-num_tokens // bs) <= len(req_blocks)
                 and (
                     num_computed_tokens % bs == 0
@@ -126,10 +126,10 @@ class KVCacheManager:
             raise ValueError(f"request {rid!r} already holds blocks; cannot add prefix-cache hits")
         num_computed_tokens = request.num_computed_tokens + len(computed) * self.block_size
         num_tokens = num_computed_tokens + num_new_tokens
-        if num_tokens > request.num_tokens:
+        if num_tokens > request.num_tokens_with_placeholders:
             raise ValueError(
                 f"request {rid!r}: {num_computed_tokens} computed + {num_new_tokens} new tokens "
-                f"exceeds its {request.num_tokens} tokens"
+                f"exceeds its {request.num_tokens_with_placeholders} tokens"
             )
         num_held = len(req_blocks) if req_blocks else 0
         num_required = -(-num_tokens // self.block_size)
@@ -177,7 +177,8 @@ class KVCacheManager:
         """Enter the request's blocks that `num_tokens` tokens fill into the prefix cache."""
         rid = request.request_id
         num_cached = self._num_cached_blocks[rid]
-        num_full = num_tokens // self.block_size
+        # only blocks of known tokens: a placeholder's value (step in flight) is not hashable yet
+        num_full = min(num_tokens, request.num_tokens) // self.block_size
         if num_full <= num_cached:
             return
         self.block_pool.cache_full_blocks(

@@ -4,8 +4,10 @@ Every process builds the same `LLM` (same model, same -tp): the mesh spans all h
 each process loads only the weight shards of its own devices, and every jitted step runs on all
 processes together (JAX's multi-controller SPMD). Process 0 (the leader) alone runs the scheduler
 and the user's code: before each model-runner call it broadcasts that call's inputs (the
-scheduler's output and the sampling rows, pickled) to the followers, which replay the same call in
-`follow()`; the sampled tokens come back replicated, so the leader reads them locally.
+scheduler's output and the sampling rows, pickled) to the followers, which replay the same
+`dispatch` in `follow()`; the sampled tokens come back replicated, so the leader reads them
+locally (also with asynchronous scheduling: the tokens a step feeds to the next stay replicated on
+every process's devices).
 
     # on every host (flags or JAXLLM_COORDINATOR_ADDRESS / JAXLLM_NUM_PROCESSES / JAXLLM_PROCESS_ID)
     from jaxllm.parallel import multihost
@@ -83,18 +85,18 @@ def lead(engine: Any) -> None:
     """On process 0: make `engine`'s model-runner calls broadcast their inputs first."""
     runner = engine.runner
     mover = getattr(runner, "block_mover", None)
-    real_execute = runner.execute
+    real_dispatch = runner.dispatch
     state = threading.local()
 
-    def execute(sched, rows, prompt_logprobs):
+    def dispatch(sched, rows, prompt_logprobs):
         broadcast_object((_EXECUTE, sched, rows, prompt_logprobs))
-        state.inside = True  # block ops inside execute are replayed by the followers' execute
+        state.inside = True  # block ops inside dispatch are replayed by the followers' dispatch
         try:
-            return real_execute(sched, rows, prompt_logprobs)
+            return real_dispatch(sched, rows, prompt_logprobs)
         finally:
             state.inside = False
 
-    runner.execute = execute
+    runner.dispatch = dispatch
     if mover is not None:
         real_apply = mover.apply
 
@@ -117,8 +119,8 @@ def follow(engine: Any) -> int:
         msg = broadcast_object()
         if msg[0] == _STOP:
             return steps
-        if msg[0] == _EXECUTE:
-            runner.execute(*msg[1:])
+        if msg[0] == _EXECUTE:  # the leader resolves; followers only keep the device state going
+            runner.dispatch(*msg[1:])
             steps += 1
         elif msg[0] == _BLOCKS:
             runner.kv_cache = runner.block_mover.apply(runner.kv_cache, msg[1])

@@ -23,6 +23,15 @@ sample from its logits, so the prompt is prefilled once.
 
 `update_from_output()` then advances the computed counters, appends sampled tokens, runs the stop
 checks and frees finished requests' blocks. Host side only: no JAX here.
+
+Asynchronous scheduling (`SchedulerConfig.async_scheduling`): the engine schedules step N+1 while
+step N still runs on the device, so the host's work hides behind the device's. `schedule()` then
+advances `num_computed_tokens` itself and counts each sampled token as an output placeholder (its
+value is still on the device; the model runner feeds it to step N+1 from there), and
+`update_from_output()` only replaces placeholders by tokens. A request whose tokens in flight
+certainly end it by length is not scheduled again. One that ends otherwise (eos, a stop string, an
+abort) may have computed one more token in step N+1; that token is dropped. The device runs steps
+in order, so blocks freed while a step that writes them is in flight are safe to hand out again.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ class Scheduler:
         if num_host_blocks < 0:
             raise ValueError(f"num_host_blocks must be >= 0, got {num_host_blocks}")
         self.swap = scheduler_config.preemption_mode == "swap"
+        self.async_scheduling = scheduler_config.async_scheduling
         self.priority = scheduler_config.policy == "priority"
         self.kv_cache_manager = KVCacheManager(
             num_blocks,
@@ -185,6 +195,7 @@ class Scheduler:
 
     def _free_request(self, request: Request) -> None:
         rid = request.request_id
+        request.num_output_placeholders = 0  # a step in flight may still sample it: dropped
         self.kv_cache_manager.free(request)
         del self.requests[rid]
         self._order.pop(rid, None)
@@ -212,8 +223,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if num_new <= 0:  # nothing to compute (not expected with one token per step)
+            num_new = min(
+                request.num_tokens_with_placeholders - request.num_computed_tokens, budget
+            )
+            if num_new <= 0 or (
+                request.num_output_placeholders and self._length_capped_in_flight(request)
+            ):  # nothing to compute, or the tokens in flight end it
                 i += 1
                 continue
             new_blocks = kv.allocate_slots(request, num_new)
@@ -244,7 +259,7 @@ class Scheduler:
                 hit_blocks, num_hit = [], request.num_computed_tokens
             else:
                 hit_blocks, num_hit = kv.get_computed_blocks(request)
-            num_new = request.num_tokens - num_hit
+            num_new = request.num_tokens_with_placeholders - num_hit
             if num_new > budget and not self.config.enable_chunked_prefill:
                 break
             num_new = min(num_new, budget)
@@ -278,7 +293,21 @@ class Scheduler:
         )
         self.finished_req_ids = set()
         self._blocks_to_swap_out, self._blocks_to_swap_in = [], []
+        if self.async_scheduling:  # the step is in flight from now on
+            for sr in out.scheduled:
+                sr.request.num_computed_tokens = sr.num_computed_tokens + sr.num_new_tokens
+                if sr.samples:
+                    sr.request.num_output_placeholders += 1
         return out
+
+    def _length_capped_in_flight(self, request: Request) -> bool:
+        """Whether the request's tokens in flight certainly end it by length (max_tokens or
+        max_model_len), so that scheduling it again would compute a token nobody gets."""
+        pending = request.num_output_placeholders
+        max_tokens = request.sampling_params.max_tokens
+        return request.num_tokens + pending >= self.max_model_len or (
+            max_tokens is not None and request.num_output_tokens + pending >= max_tokens
+        )
 
     def _num_seats(self) -> int:
         """Running requests plus the samples still to fork from running ones."""
@@ -294,7 +323,7 @@ class Scheduler:
         """The request's share of the step; when it computes its last prompt token and has
         samples waiting to fork, fork them (their rows go to `forks`)."""
         start = request.num_computed_tokens
-        samples = start + num_new == request.num_tokens
+        samples = start + num_new == request.num_tokens_with_placeholders
         self.num_prompt_tokens_computed += max(
             0, min(start + num_new, request.num_prompt_tokens) - start
         )
@@ -347,19 +376,27 @@ class Scheduler:
         """Apply a step's results. `sampled` maps request id -> new token ids (one, or more) for
         every scheduled request with `samples=True`; entries for other requests are ignored.
         Requests finished (e.g. aborted) since the schedule are skipped. Returns the requests
-        that got tokens or finished, in scheduled order."""
+        that got tokens or finished, in scheduled order.
+
+        With asynchronous scheduling the computed counters moved at `schedule()` (a request may
+        even have been preempted since); here each token replaces one placeholder."""
         updated: list[Request] = []
         any_finished = False
+        any_waiting_finished = False
         for sr in sched_out.scheduled:
             request = sr.request
             if request.is_finished():
                 continue
-            request.num_computed_tokens = sr.num_computed_tokens + sr.num_new_tokens
+            if not self.async_scheduling:
+                request.num_computed_tokens = sr.num_computed_tokens + sr.num_new_tokens
             if not sr.samples:
                 continue
             token_ids = sampled.get(request.request_id)
             if token_ids is None or len(token_ids) == 0:
                 raise ValueError(f"no sampled token for request {request.request_id!r}")
+            if self.async_scheduling:
+                request.num_output_placeholders -= 1
+            waiting = request.status == RequestStatus.PREEMPTED  # preempted while in flight
             for token_id in token_ids:
                 request.append_output_token_ids(token_id)
                 if self._check_stop(request):
@@ -368,8 +405,11 @@ class Scheduler:
             if request.is_finished():
                 self._free_request(request)
                 any_finished = True
+                any_waiting_finished |= waiting
         if any_finished:
             self.running = [r for r in self.running if not r.is_finished()]
+        if any_waiting_finished:
+            self.waiting = deque(r for r in self.waiting if not r.is_finished())
         return updated
 
     def _check_stop(self, request: Request) -> bool:

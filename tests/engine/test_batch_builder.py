@@ -125,3 +125,50 @@ def test_fork_row_before_its_source_is_an_error():
     sched.scheduled.append(fork)
     with pytest.raises(ValueError, match="fork row .* samples from 'nobody'"):
         build_host_batch(sched, block_size=BS, policy=StepShapePolicy(512, 16, 8))
+
+
+@pytest.mark.parametrize("accelerator", [False, True], ids=["cpu-policy", "accelerator-policy"])
+def test_tokens_in_flight_are_read_from_the_previous_step(accelerator):
+    """Asynchronous scheduling: a decode row whose input token is still on the device gets a
+    0 in token_ids and the previous step's row in prev_rows; everything else equals the batch
+    built once that token is known."""
+    rng = np.random.default_rng(2)
+    policy = accelerator_policy(512, 16, 8, BS) if accelerator else StepShapePolicy(512, 16, 8)
+    for case in range(60):
+        sched = _random_step(rng, with_forks=case % 3 == 0)
+        pending, late = {}, {}
+        for sr in sched.scheduled:
+            req = sr.request
+            decoding = sr.num_new_tokens == 1 and req.num_output_tokens > 0
+            if decoding and sr.num_computed_tokens == req.num_tokens - 1 and rng.random() < 0.6:
+                # its last output token is still in flight: take it back out of the request
+                late[sr.request_id] = req.output_token_ids.pop()
+                req.all_token_ids.pop()
+                req.num_output_placeholders = 1
+                pending[sr.request_id] = int(rng.integers(0, 16))
+        if not late:
+            continue
+        got = build_host_batch(sched, block_size=BS, policy=policy, pending_rows=pending)
+        for sr in sched.scheduled:  # the tokens arrive
+            if sr.request_id in late:
+                sr.request.append_output_token_ids(late[sr.request_id])
+                sr.request.num_output_placeholders = 0
+        ref = build_host_batch(sched, block_size=BS, policy=policy)
+        flight = got.prev_rows >= 0
+        assert flight.sum() == len(late) and (ref.prev_rows == -1).all()
+        np.testing.assert_array_equal(got.token_ids[flight], 0)
+        np.testing.assert_array_equal(got.token_ids[~flight], ref.token_ids[~flight])
+        rows = {sr.request_id: i for i, sr in enumerate(sched.scheduled)}
+        for rid, src in pending.items():  # each row's last token reads its own source row
+            t = got.query_start_loc[rows[rid] + 1] - 1
+            assert got.prev_rows[t] == src and ref.token_ids[t] == late[rid]
+        for name in ("positions", "slot_mapping", "block_tables", "kv_lens", "query_start_loc"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
+
+
+def test_a_token_in_flight_without_a_source_row_is_an_error():
+    req = Request("r", [5, 6, 7], SamplingParams())
+    req.num_output_placeholders = 1
+    sched = SchedulerOutput(scheduled=[ScheduledRequest(req, 1, 3, [1], samples=True)])
+    with pytest.raises(ValueError, match="'r' has a token in flight"):
+        build_host_batch(sched, block_size=BS, policy=StepShapePolicy(512, 16, 8), pending_rows={})

@@ -24,7 +24,13 @@ class Params:
 
 
 def make_scheduler(
-    num_blocks=32, budget=64, max_num_seqs=8, max_model_len=32, chunked=True, caching=True
+    num_blocks=32,
+    budget=64,
+    max_num_seqs=8,
+    max_model_len=32,
+    chunked=True,
+    caching=True,
+    async_scheduling=False,
 ):
     return Scheduler(
         SchedulerConfig(
@@ -32,6 +38,7 @@ def make_scheduler(
             max_num_batched_tokens=budget,
             max_model_len=max_model_len,
             enable_chunked_prefill=chunked,
+            async_scheduling=async_scheduling,
         ),
         CacheConfig(block_size=BS, enable_prefix_caching=caching),
         num_blocks,
@@ -400,3 +407,153 @@ def test_end_to_end_matches_sequential_generation(chunked, caching, num_blocks, 
         assert s.prefix_cache_stats.hits > 0
     else:
         assert s.prefix_cache_stats.queries == 0
+
+
+# ----- asynchronous scheduling: step N+1 is scheduled while step N is in flight ---------------
+def test_async_schedule_counts_placeholders_and_stops_at_length():
+    s = make_scheduler(async_scheduling=True)
+    a, b = req("a", 6, max_tokens=2), req("b", 3, max_tokens=8)
+    s.add_request(a)
+    s.add_request(b)
+    out1 = s.schedule()  # step 1 in flight: both prompts, each sampling a placeholder
+    assert summary(out1) == [("a", 0, 6, [1, 2], True), ("b", 0, 3, [3], True)]
+    assert (a.num_computed_tokens, a.num_output_placeholders) == (6, 1)
+    assert (b.num_computed_tokens, b.num_output_placeholders) == (3, 1)
+    out2 = s.schedule()  # step 2 feeds the in-flight tokens; b's 4th token opens no new block
+    assert summary(out2) == [("a", 6, 1, [1, 2], True), ("b", 3, 1, [3], True)]
+    assert a.num_output_placeholders == b.num_output_placeholders == 2
+    assert a.output_token_ids == [] and b.num_tokens == 3
+    assert s.update_from_output(out1, {"a": [11], "b": [21]}) == [a, b]
+    assert a.output_token_ids == [11] and a.num_output_placeholders == 1
+    # a's token in flight is its 2nd and last (max_tokens=2): a is not scheduled again
+    out3 = s.schedule()
+    assert summary(out3) == [("b", 4, 1, [3, 4], True)]
+    s.update_from_output(out2, {"a": [12], "b": [22]})
+    assert a.finish_reason == "length" and a.output_token_ids == [11, 12]
+    assert rids(s.running) == ["b"] and s.kv_cache_manager.num_free_blocks == 31 - 2
+    s.update_from_output(out3, {"b": [EOS]})
+    assert b.finish_reason == "stop" and b.num_output_placeholders == 0
+    assert s.schedule().scheduled == [] and not s.has_unfinished_requests()
+    assert s.kv_cache_manager.num_free_blocks == 31
+
+
+def test_async_tokens_of_requests_finished_in_flight_are_dropped():
+    s = make_scheduler(async_scheduling=True)
+    a, b = req("a", 4), req("b", 4)
+    s.add_request(a)
+    s.add_request(b)
+    out1 = s.schedule()
+    out2 = s.schedule()  # both in flight twice
+    s.update_from_output(out1, {"a": [EOS], "b": [5]})  # a stops in step 1
+    assert a.finish_reason == "stop" and s.kv_cache_manager.req_to_blocks.keys() == {"b"}
+    s.finish_requests("b", RequestStatus.FINISHED_ABORTED)  # b aborted with step 2 in flight
+    assert s.update_from_output(out2, {"a": [7], "b": [8]}) == []
+    assert a.output_token_ids == [EOS] and b.output_token_ids == [5]
+    assert s.kv_cache_manager.num_free_blocks == 31 and not s.has_unfinished_requests()
+
+
+def test_async_preempted_request_finished_by_its_in_flight_token_leaves_the_queue():
+    s = make_scheduler(num_blocks=5, budget=64, max_model_len=16, async_scheduling=True)
+    a, b = req("a", 4, max_tokens=16), req("b", 4, max_tokens=2)
+    s.add_request(a)
+    s.add_request(b)
+    out1 = s.schedule()  # a [1], b [2]
+    s.update_from_output(out1, {"a": [5], "b": [5]})
+    out2 = s.schedule()  # both open a second block: a [1, 3], b [2, 4]; pool empty
+    assert summary(out2) == [("a", 4, 1, [1, 3], True), ("b", 4, 1, [2, 4], True)]
+    # step 3 (step 2 in flight): a needs no block; b is capped (its in-flight token is its last)
+    out3 = s.schedule()
+    assert summary(out3) == [("a", 5, 1, [1, 3], True)]
+    s.update_from_output(out2, {"a": [6], "b": [6]})
+    assert b.finish_reason == "length"
+    s.update_from_output(out3, {"a": [7]})
+    assert a.output_token_ids == [5, 6, 7] and s.kv_cache_manager.num_free_blocks == 2
+    # preempt a while a token of it is in flight; that token (eos) then ends it
+    out4 = s.schedule()  # position 6
+    out5 = s.schedule()  # position 7 (a's token from step 4): still in block 3
+    assert summary(out5) == [("a", 7, 1, [1, 3], True)]
+    s.update_from_output(out4, {"a": [8]})
+    s.kv_cache_manager.block_pool.get_new_blocks(2)  # someone else takes the last free blocks
+    out6 = s.schedule()  # position 8 needs a third block: a preempts itself
+    assert out6.scheduled == [] and rids(out6.preempted) == ["a"]
+    assert rids(s.waiting) == ["a"] and a.num_computed_tokens == 0
+    assert a.num_output_placeholders == 1
+    s.update_from_output(out5, {"a": [EOS]})
+    assert a.finish_reason == "stop" and a.output_token_ids == [5, 6, 7, 8, EOS]
+    assert rids(s.waiting) == [] and not s.requests and not s.has_unfinished_requests()
+
+
+@pytest.mark.parametrize(
+    "chunked, caching, num_blocks, budget",
+    [(True, True, 12, 16), (True, False, 12, 16), (False, True, 10, 32), (True, True, 64, 64)],
+)
+def test_async_end_to_end_matches_sequential_generation(chunked, caching, num_blocks, budget):
+    """The pipelined loop: schedule N+1, then apply N's tokens. The simulated device runs each
+    step in order as it is dispatched and reads tokens in flight from the previous step."""
+    rng = random.Random(1)
+    max_model_len = 32
+    s = make_scheduler(
+        num_blocks=num_blocks,
+        budget=budget,
+        max_num_seqs=6,
+        max_model_len=max_model_len,
+        chunked=chunked,
+        caching=caching,
+        async_scheduling=True,
+    )
+    system = [rng.randrange(1, 40) for _ in range(9)]
+    reqs = []
+    for i in range(14):
+        prompt = (system if i % 2 else []) + [
+            rng.randrange(1, 40) for _ in range(rng.randint(1, 14))
+        ]
+        params = Params(
+            max_tokens=rng.choice([1, 2, 4, 12, None]),
+            min_tokens=rng.choice([0, 0, 2]),
+            ignore_eos=rng.random() < 0.2,
+            stop_token_ids=rng.choice([None, [3, 5]]),
+        )
+        reqs.append(Request(f"q{i}", prompt, params, eos_token_ids=(EOS,)))
+    kv = np.full((num_blocks, BS), -1)
+    pending, step_no, in_flight, prev_sampled = list(reqs), 0, None, {}
+    aborted = None
+    while pending or s.has_unfinished_requests() or in_flight:
+        for r in pending[:3]:
+            s.add_request(r)
+        pending = pending[3:]
+        if step_no == 5:
+            (aborted,) = s.finish_requests(next(iter(s.requests)), RequestStatus.FINISHED_ABORTED)
+        out = s.schedule()
+        sampled = {}
+        for x in out.scheduled:  # the device: this step, after every earlier one
+            assert x.num_new_tokens >= 1 and 0 not in x.block_ids
+            end = x.num_computed_tokens + x.num_new_tokens
+            assert len(x.block_ids) == -(-end // BS) and end <= max_model_len
+            known = x.request.all_token_ids
+            for pos in range(x.num_computed_tokens, end):
+                tok = known[pos] if pos < len(known) else prev_sampled[x.request_id]
+                assert pos < len(known) + 1
+                kv[x.block_ids[pos // BS], pos % BS] = tok
+        for x in out.scheduled:
+            end = x.num_computed_tokens + x.num_new_tokens
+            seen = [int(kv[x.block_ids[p // BS], p % BS]) for p in range(end)]
+            assert seen[: x.request.num_tokens] == x.request.all_token_ids[:end]
+            if x.samples:
+                sampled[x.request_id] = [fake_next_token(seen)]
+        if in_flight is not None:  # resolve the previous step while this one "runs"
+            s.update_from_output(*in_flight)
+        in_flight = (out, sampled) if out.scheduled else None
+        prev_sampled = {k: v[0] for k, v in sampled.items()}
+        step_no += 1
+        assert step_no < 500
+    for r in reqs:
+        if r is aborted:
+            assert r.status == RequestStatus.FINISHED_ABORTED
+            continue
+        assert (r.output_token_ids, r.finish_reason) == reference_generate(r, max_model_len)
+        assert r.num_output_placeholders == 0
+    assert s.kv_cache_manager.num_free_blocks == num_blocks - 1
+    assert not (s.kv_cache_manager.req_to_blocks or s.requests or s.waiting or s.running)
+    if num_blocks < 16:
+        assert s.num_preemptions_total > 0
+    assert (s.prefix_cache_stats.hits > 0) == caching

@@ -18,6 +18,7 @@ know yet (`HostBatch.prev_rows`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -261,8 +262,22 @@ class ModelRunner:
         todo = [k for k in keys if k not in self._executables]
         workers = max_workers or min(8, os.cpu_count() or 1)
         t0 = time.perf_counter()
+
+        done = itertools.count(1)
+
+        def compile_one(key) -> None:  # one line a shape: where a slow precompile stands
+            t = time.perf_counter()
+            self._executable(*key)
+            logger.info(
+                "precompiled step shape %d of %d in %.1f s (%.1f s since the start)",
+                next(done),
+                len(todo),
+                time.perf_counter() - t,
+                time.perf_counter() - t0,
+            )
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(lambda k: self._executable(*k), todo))
+            list(pool.map(compile_one, todo))
         logger.info(
             "precompiled %d step shapes in %.1f s (%d threads)",
             len(todo),

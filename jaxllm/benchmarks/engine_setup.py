@@ -10,6 +10,7 @@ use its vocabulary and tokenizer before the engine is built (`make_llm`).
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from typing import Any
 
@@ -86,6 +87,14 @@ def precompile_greedy(args: argparse.Namespace, llm) -> dict | None:
     if not getattr(args, "precompile", None):
         return None
     from jaxllm import SamplingParams
+
+    # the runner logs one line a compiled shape: show them (stderr) unless logging is set up
+    log = logging.getLogger("jaxllm.engine.model_runner")
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
     t0 = time.perf_counter()
     n = llm.llm_engine.precompile([SamplingParams(temperature=0.0)])

@@ -165,8 +165,9 @@ class SchedulerConfig:
     enable_chunked_prefill: bool = True
     policy: str = "fcfs"  # "fcfs" or "priority" (lower Request.priority first, then arrival)
     preemption_mode: str = "recompute"  # or "swap": KV to host memory (CacheConfig.swap_space)
-    # schedule step N+1 while step N runs on the device (scheduler.py); outputs lag one step()
-    async_scheduling: bool = False
+    # schedule step N+1 while step N runs on the device (scheduler.py); outputs lag one step().
+    # None: on with the GPU kernel backends (pallas, cuda), off on the CPU (LLMEngine decides)
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
@@ -174,6 +175,10 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.policy not in ("fcfs", "priority"):
             raise ValueError(f"scheduling policy {self.policy!r} is not supported (fcfs, priority)")
+        if self.async_scheduling not in (None, True, False):
+            raise ValueError(
+                f"async_scheduling must be True, False or None, got {self.async_scheduling!r}"
+            )
         if self.preemption_mode not in ("recompute", "swap"):
             raise ValueError(
                 f"preemption_mode {self.preemption_mode!r} is not supported (recompute, swap)"

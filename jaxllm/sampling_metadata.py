@@ -195,9 +195,7 @@ def build_sampling_metadata(
     frequency = column((p.frequency_penalty for p in params), np.float32, 0.0)
     repetition = column((p.repetition_penalty for p in params), np.float32, 1.0)
     seeds = column((seed_to_uint32(r.seed) for r in rows), np.uint32, 0)
-    gen_index = column(
-        (len(r.output_token_ids) + r.num_pending_tokens for r in rows), np.int32, 0
-    )
+    gen_index = column((len(r.output_token_ids) + r.num_pending_tokens for r in rows), np.int32, 0)
     bias_ids = np.full((R, B), PAD_ID, np.int32)
     bias_values = np.zeros((R, B), np.float32)
     banned = np.full((R, Bn), PAD_ID, np.int32)

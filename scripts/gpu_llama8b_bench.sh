@@ -11,7 +11,9 @@
 # XLA_FLAGS=--xla_gpu_autotune_level=0 (JAXLLM_COMPILER_OPTIONS=xla_gpu_autotune_level=0 applies
 # the same option to the step executables only); with autotuning on, precompiling takes ~10 min.
 # EXTRA: more engine flags for latency and throughput (e.g. EXTRA=--async-scheduling; --profile is
-# then left out, since it waits for every device step); TAG: suffix of the log and JSON names.
+# then left out, since it waits for every device step; without EXTRA the --profile runs are
+# synchronous, async scheduling's GPU default being turned off for them); TAG: suffix of the log
+# and JSON names.
 # Usage: [PEER=hf] [EXTRA=...] [TAG=...] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]
 set -u
 cd "$(dirname "$0")/.."

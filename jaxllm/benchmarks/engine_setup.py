@@ -78,6 +78,8 @@ def make_llm(args: argparse.Namespace, loaded, max_model_len: int):
     kw.pop("model")
     kw.pop("precompile", None)  # `precompile_greedy` does it, for greedy only, timed
     kw.setdefault("max_model_len", max_model_len)
+    if getattr(args, "profile", False) and kw.get("async_scheduling") is None:
+        kw["async_scheduling"] = False  # --profile times each step to completion (profiler.py)
     return LLM(loaded, **kw)
 
 

@@ -182,7 +182,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--async-scheduling",
         action=argparse.BooleanOptionalAction,
         help="schedule and build the next step while the device runs the current one "
-        "(same outputs; hides the host's per-step time)",
+        "(same outputs; hides the host's per-step time; default: on with the GPU attention "
+        "backends pallas and cuda, off on the CPU)",
     )
     g.add_argument(
         "--tensor-parallel-size",

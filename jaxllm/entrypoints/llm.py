@@ -25,7 +25,8 @@ class LLM:
     enable_prefix_caching, swap_space (GiB of host memory for preempted KV), preemption_mode
     ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
     `generate(..., priority=[...])`), async_scheduling (schedule and build the next step while
-    the device runs the current one; same outputs, the host's time hidden behind the device's),
+    the device runs the current one; same outputs, the host's time hidden behind the device's;
+    None: on with the GPU kernel backends, off on the CPU),
     tensor_parallel_size, seed, max_logprobs, attention_backend
     ("reference", "cpu", "pallas", "cuda"; default: automatic), compilation_cache_dir ("off"
     disables the persistent cache), precompile (compile every padded step shape now, in parallel
@@ -56,7 +57,7 @@ class LLM:
         swap_space: float = 4,
         preemption_mode: str = "recompute",
         scheduling_policy: str = "fcfs",
-        async_scheduling: bool = False,
+        async_scheduling: bool | None = None,
         tensor_parallel_size: int = 1,
         data_parallel_size: int = 1,
         mesh: Any = None,

@@ -78,7 +78,7 @@ class Scheduler:
         if num_host_blocks < 0:
             raise ValueError(f"num_host_blocks must be >= 0, got {num_host_blocks}")
         self.swap = scheduler_config.preemption_mode == "swap"
-        self.async_scheduling = scheduler_config.async_scheduling
+        self.async_scheduling = bool(scheduler_config.async_scheduling)
         self.priority = scheduler_config.policy == "priority"
         self.kv_cache_manager = KVCacheManager(
             num_blocks,

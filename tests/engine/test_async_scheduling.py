@@ -97,3 +97,23 @@ def test_abort_while_in_flight_leaves_the_others_intact(engines):
     ref = sync.generate(PROMPTS[0], sp, use_tqdm=False)[0].outputs[0].token_ids
     assert len(final) == 1 and final[0].outputs[0].token_ids == ref
     assert not engine.scheduler.requests and engine.scheduler.kv_cache_manager.usage == 0
+
+
+def test_default_is_on_for_gpu_kernel_backends_only(monkeypatch):
+    """async_scheduling=None (the default) resolves by attention backend: off for `cpu` here;
+    the same engine with `cpu` counted as a GPU kernel backend turns it on; explicit values win."""
+    import jaxllm.engine.llm_engine as le
+
+    assert le.ASYNC_BY_DEFAULT_BACKENDS == ("pallas", "cuda")
+    kw = dict(max_model_len=64, max_num_seqs=2, num_gpu_blocks_override=16)
+    llm = LLM("dummy:tiny", attention_backend="cpu", **kw)
+    assert llm.llm_engine.async_scheduling is False
+    assert llm.llm_engine.config.scheduler.async_scheduling is False
+    assert llm.llm_engine.scheduler.async_scheduling is False
+    monkeypatch.setattr(le, "ASYNC_BY_DEFAULT_BACKENDS", ("cpu",))
+    auto = LLM("dummy:tiny", attention_backend="cpu", **kw).llm_engine
+    assert auto.async_scheduling is True and auto.scheduler.async_scheduling is True
+    off = LLM("dummy:tiny", attention_backend="cpu", async_scheduling=False, **kw).llm_engine
+    assert off.async_scheduling is False
+    with pytest.raises(ValueError, match="async_scheduling must be True, False or None"):
+        LLM("dummy:tiny", async_scheduling="yes", **kw)

@@ -1,7 +1,9 @@
-"""`jaxllm serve -dp 2`: two engine replicas (one virtual CPU device each) behind one server.
+"""`jaxllm serve -dp 2 --async-scheduling`: two engine replicas (one virtual CPU device each),
+each scheduling its next step while one is in flight, behind one server.
 
 The server runs in a subprocess with two virtual devices; concurrent greedy completions must equal
-an offline single-engine `LLM` on the same model, and /metrics counts both replicas' KV blocks."""
+an offline single-engine synchronous `LLM` on the same model, and /metrics counts both replicas' KV
+blocks."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def dp_server(smollm2_path):
     argv = [
         sys.executable, "-m", "jaxllm", "serve", "smollm2-135m", "-dp", "2", "--port", str(port),
         "--max-model-len", "128", "--max-num-seqs", "4", "--max-num-batched-tokens", "64",
-        "--num-gpu-blocks", str(BLOCKS), "--no-access-log",
+        "--num-gpu-blocks", str(BLOCKS), "--no-access-log", "--async-scheduling",
     ]  # fmt: skip
     proc = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

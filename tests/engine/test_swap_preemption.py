@@ -65,3 +65,13 @@ def test_bad_swap_settings_are_named():
         SchedulerConfig(preemption_mode="disk")
     with pytest.raises(ValueError, match="swap_space"):
         CacheConfig(swap_space=-1)
+
+
+def test_async_scheduling_with_swap_preemption_gives_the_same_greedy_tokens(smollm2, alone):
+    """Requests swapped out while a step of theirs is in flight keep its token and come back."""
+    llm = LLM(smollm2, preemption_mode="swap", async_scheduling=True, **ENGINE)
+    outs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == alone
+    sched = llm.llm_engine.scheduler
+    assert sched.num_swapped_out_total > 0
+    assert sched.kv_cache_manager.num_free_blocks == 13

@@ -52,11 +52,11 @@ def _check(outputs, hf_greedy, eos_ids):
     [
         dict(),  # roomy cache, big token budget
         dict(max_num_batched_tokens=64),  # forces chunked prefill of most prompts
-        dict(num_gpu_blocks_override=40, max_num_batched_tokens=256),  # forces preemption
-        # the next step scheduled while one is in flight, with chunking and preemption
+        # a cache small enough to force preemption, with chunking, and the next step scheduled
+        # while one is in flight (synchronous preemption: test_swap_preemption.py, vs each alone)
         dict(num_gpu_blocks_override=40, max_num_batched_tokens=64, async_scheduling=True),
     ],
-    ids=["default", "chunked-prefill", "preemption", "async-chunked-preemption"],
+    ids=["default", "chunked-prefill", "async-chunked-preemption"],
 )
 def test_greedy_batch_equals_hf(smollm2, prompts, hf_greedy, engine_kwargs):
     llm = LLM(smollm2, max_model_len=512, max_num_seqs=16, **engine_kwargs)

@@ -383,7 +383,7 @@ def run_deviceless(model: str, args) -> None:
     topo = topologies.get_topology_desc(
         "", "cuda", target_config=gpu_target_config(args.deviceless), topology=f"1x1x{n}"
     )
-    options = compiler_options_from_env() or None
+    options = compiler_options_from_env("gpu") or None  # the target's options, not the host's
     base = dummy_config(model[len("dummy:") :], args.dtype)
     backend = os.environ.get("JAXLLM_ATTENTION_BACKEND") or "pallas"
     print(f"deviceless {args.deviceless} x{n}: {topo.devices[0].device_kind}; options {options}")

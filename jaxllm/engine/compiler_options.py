@@ -10,6 +10,8 @@ with `xla_gpu_autotune_level=0` a step shape compiles in 3.5-6.3 s instead of 18
 precompile threads stop contending for the GPU (23 shapes in 53 s), and tp = 1 decode was not
 slower (7.85 vs 8.63 ms/token). Not the default: the tp = 2 run with it was 10x slower than
 tp = 1 for reasons not yet known.
+
+Unset, the step gets `DEFAULT_OPTIONS` of its backend (the CPU's turns YNNPACK's dots off).
 """
 
 from __future__ import annotations
@@ -36,8 +38,30 @@ def parse_compiler_options(text: str | None) -> dict[str, str | int | float | bo
     return out
 
 
-def compiler_options_from_env() -> dict[str, str | int | float | bool]:
-    return parse_compiler_options(os.environ.get(ENV_VAR))
+# The step's options when JAXLLM_COMPILER_OPTIONS is not set, by JAX backend.
+# CPU: YNNPACK off (XLA:CPU then runs its dots through Eigen, and its reductions and elementwise
+# ops as its own loop fusions). SmolLM2-135M f32 on a 2-core Zen 3 (bench/cpu_step_profile.py,
+# load ~1.3): batch-16 decode step 197 -> 170 ms (stacked params) and 163 -> 134 ms (per-layer,
+# `jaxllm.models.step.step_params`); the 30-layer projection chain at 16 rows 78 -> 46 ms; a
+# 2048-token prefill step not slower. Greedy outputs still equal HF's (tests/engine/
+# test_llm_vs_hf.py); SmolLM2's logits move closer to HF's (position 0: 1.3e-4 -> 3e-5).
+DEFAULT_OPTIONS: dict[str, dict[str, str | int | float | bool]] = {
+    "cpu": {"xla_cpu_experimental_ynn_fusion_type": ""},
+}
+
+
+def compiler_options_from_env(backend: str | None = None) -> dict[str, str | int | float | bool]:
+    """The options the engine compiles its step with: `JAXLLM_COMPILER_OPTIONS` when set (exactly
+    those; set it to any harmless option to drop the defaults), else `DEFAULT_OPTIONS` of
+    `backend` (None: JAX's default backend)."""
+    text = os.environ.get(ENV_VAR)
+    if text is not None and text.strip():
+        return parse_compiler_options(text)
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    return dict(DEFAULT_OPTIONS.get(backend, {}))
 
 
 def _value(text: str) -> str | int | float | bool:

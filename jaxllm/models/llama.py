@@ -12,6 +12,13 @@ compiles like a 1-layer one), unrolled on accelerators (see `unroll_layers`). Pa
     layers/mlp/{gate,up}_proj/kernel [L, D, F], layers/mlp/down_proj/kernel [L, F, D]
     norm/scale [D]
     lm_head/kernel [D, V] (absent when tie_word_embeddings)
+
+The model also runs the same parameters unstacked, `layers_0/...` to `layers_{L-1}/...` with the
+leading L axis dropped (`unstack_layer_params`): the layers are then a Python loop whose dots read
+each layer's kernels where they lie. A rolled scan (and an unrolled one) instead copies every
+layer's kernel slices out of the stacked arrays on each step; on XLA:CPU those copies are ~25% of
+a SmolLM2 batch-16 decode step (bench/cpu_step_profile.py). `jaxllm.models.step.step_params`
+picks the layout for a platform.
 """
 
 from __future__ import annotations
@@ -33,6 +40,31 @@ from jaxllm.parallel.embedding import vocab_parallel_embed
 UNROLL_ENV = "JAXLLM_UNROLL_LAYERS"
 # Accelerator steps with at least this many (padded) tokens keep the layer scan rolled.
 UNROLL_MAX_TOKENS = 4096
+PER_LAYER_PREFIX = "layers_"  # unstacked parameters: layers_0, layers_1, ...
+
+
+def unstack_layer_params(params: dict) -> dict:
+    """Stacked `layers/...` [L, ...] -> per-layer trees `layers_0/...` ... `layers_{L-1}/...`
+    (every other entry unchanged). Each leaf is a new array: free the stacked tree afterwards."""
+    params = dict(params)
+    stacked = params.pop("layers")
+    L = jax.tree.leaves(stacked)[0].shape[0]
+    for i in range(L):
+        params[f"{PER_LAYER_PREFIX}{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return params
+
+
+def stack_layer_params(params: dict) -> dict:
+    """The inverse of `unstack_layer_params`."""
+    params = dict(params)
+    names = [k for k in params if k.startswith(PER_LAYER_PREFIX)]
+    names.sort(key=lambda k: int(k[len(PER_LAYER_PREFIX) :]))
+    params["layers"] = jax.tree.map(lambda *a: jnp.stack(a), *[params.pop(k) for k in names])
+    return params
+
+
+def has_per_layer_params(params: dict) -> bool:
+    return f"{PER_LAYER_PREFIX}0" in params
 
 
 def _dense(features: int, bias: bool, dtype, name: str) -> nn.Dense:
@@ -135,6 +167,12 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = rope_cos_sin(
             batch.positions, rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)
         )
+        carry = (h, kv_cache.k, kv_cache.v)
+        if has_per_layer_params(self.variables.get("params", {})):
+            for i in range(c.num_hidden_layers):  # layer i's kernels read in place
+                layer = DecoderLayer(c, self.backend, self.mesh, name=f"{PER_LAYER_PREFIX}{i}")
+                carry, _ = layer(carry, i, cos, sin, batch)
+            return self._head(embed, *carry, batch)
         unroll = self._unroll(batch.token_ids.shape[0])
         layers = nn.scan(
             DecoderLayer,
@@ -145,7 +183,12 @@ class LlamaForCausalLM(nn.Module):
             unroll=c.num_hidden_layers if unroll else 1,
         )(c, self.backend, self.mesh, name="layers")
         layer_ids = jnp.arange(c.num_hidden_layers, dtype=jnp.int32)
-        (h, k, v), _ = layers((h, kv_cache.k, kv_cache.v), layer_ids, cos, sin, batch)
+        carry, _ = layers(carry, layer_ids, cos, sin, batch)
+        return self._head(embed, *carry, batch)
+
+    def _head(self, embed, h, k, v, batch: StepBatch):
+        c = self.config
+        dt = jnp.dtype(c.dtype)
         h = RMSNorm(c.rms_norm_eps, dt, name="norm")(h[batch.logits_indices])  # [R, D]
         if c.tie_word_embeddings:
             logits = embed.attend(h)

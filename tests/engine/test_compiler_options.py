@@ -7,7 +7,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxllm.engine.compiler_options import ENV_VAR, parse_compiler_options
+from jaxllm.engine.compiler_options import (
+    DEFAULT_OPTIONS,
+    ENV_VAR,
+    compiler_options_from_env,
+    parse_compiler_options,
+)
 
 
 def test_parse_values():
@@ -25,6 +30,17 @@ def test_parse_values():
 def test_bad_items_name_the_variable(bad):
     with pytest.raises(ValueError, match=ENV_VAR):
         parse_compiler_options(bad)
+
+
+def test_platform_defaults_apply_only_when_the_variable_is_unset(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert compiler_options_from_env("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert compiler_options_from_env("gpu") == {}
+    monkeypatch.setenv(ENV_VAR, "xla_gpu_autotune_level=0")
+    assert compiler_options_from_env("cpu") == {"xla_gpu_autotune_level": 0}  # exactly those
+    lowered = jax.jit(lambda x: x @ x).lower(jnp.ones((4, 4)))  # XLA:CPU takes the default
+    exe = lowered.compile(compiler_options=DEFAULT_OPTIONS["cpu"])
+    assert float(exe(jnp.ones((4, 4)))[0, 0]) == 4.0
 
 
 def test_options_reach_xla():

@@ -83,15 +83,13 @@ def test_smollm2_logits_match_hf(smollm2, smollm2_hf):
     for seq, got in zip(seqs, ours):
         with torch.no_grad():
             ref = smollm2_hf(torch.tensor([seq])).logits[0].numpy()
-        # Every position after the first is within 1e-4. The first position (SmolLM2's
-        # "massive activation" token) lands at 1.6e-4. Traced layer by layer against an HF
-        # float64 run: the error enters at layer 11's MLP down_proj, a 1536-term float32 sum to
-        # ~22,500 dominated by two huge products; XLA's CPU dot accumulates it in blocks of 384
-        # (its error 1.1e-2 there, torch's 1.1e-3), and layers 27-29 cancel the 22k back down.
-        # Computing only down_proj in float64 brings position 0 to 5e-5. It is float32
-        # summation order, not a modelling difference, so position 0 gets 2e-4.
-        np.testing.assert_allclose(got[1:], ref[1:], atol=1e-4, rtol=0)
-        np.testing.assert_allclose(got[:1], ref[:1], atol=2e-4, rtol=0)
+        # The first position (SmolLM2's "massive activation" token) is the hardest: layer 11's
+        # MLP down_proj sums 1536 float32 terms to ~22,500, dominated by two huge products, and
+        # layers 27-29 cancel it back down. XLA:CPU's YNNPACK dots accumulated it in blocks of
+        # 384 (error 1.1e-2 there, torch's 1.1e-3: position 0 landed at 1.3-1.6e-4); the step
+        # compiles with YNNPACK off on the CPU (jaxllm/engine/compiler_options.py), Eigen's
+        # dots bring it to ~3-4e-5.
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
 
 def test_converted_orbax_checkpoint_reloads_to_identical_logits(hf_pair, tmp_path):

@@ -329,28 +329,37 @@ def reference_generate(r, max_model_len):
             return out, "stop"
 
 
-@pytest.mark.parametrize(
-    "chunked, caching, num_blocks, budget",
-    [(True, True, 12, 16), (True, False, 12, 16), (False, True, 10, 32), (True, True, 64, 64)],
-)
-def test_end_to_end_matches_sequential_generation(chunked, caching, num_blocks, budget):
-    rng = random.Random(0)
-    max_model_len = 32
+# (chunked, caching, num_blocks, budget): preemption with and without prefix caching, whole
+# prompts only, and a roomy cache
+E2E_CONFIGS = [
+    (True, True, 12, 16),
+    (True, False, 12, 16),
+    (False, True, 10, 32),
+    (True, True, 64, 64),
+]
+
+
+def e2e_scheduler_and_requests(
+    seed, chunked, caching, num_blocks, budget, max_tokens=(1, 4, 12, None), **kw
+):
+    """A scheduler (max_model_len 32, 6 sequences) and 14 random requests: half share a 9-token
+    system prefix, some with a cache salt; random max_tokens, min_tokens, ignore_eos, stop ids."""
+    rng = random.Random(seed)
     s = make_scheduler(
         num_blocks=num_blocks,
         budget=budget,
         max_num_seqs=6,
-        max_model_len=max_model_len,
+        max_model_len=32,
         chunked=chunked,
         caching=caching,
+        **kw,
     )
     system = [rng.randrange(1, 40) for _ in range(9)]
     reqs = []
     for i in range(14):
         own = [rng.randrange(1, 40) for _ in range(rng.randint(1, 14))]
-        prompt = (system if i % 2 else []) + own
         params = Params(
-            max_tokens=rng.choice([1, 4, 12, None]),
+            max_tokens=rng.choice(max_tokens),
             min_tokens=rng.choice([0, 0, 2]),
             ignore_eos=rng.random() < 0.2,
             stop_token_ids=rng.choice([None, [3, 5]]),
@@ -358,12 +367,19 @@ def test_end_to_end_matches_sequential_generation(chunked, caching, num_blocks, 
         reqs.append(
             Request(
                 f"q{i}",
-                prompt,
+                (system if i % 2 else []) + own,
                 params,
                 eos_token_ids=(EOS,),
                 cache_salt="x" if i % 4 == 3 else None,
             )
         )
+    return s, reqs
+
+
+@pytest.mark.parametrize("chunked, caching, num_blocks, budget", E2E_CONFIGS)
+def test_end_to_end_matches_sequential_generation(chunked, caching, num_blocks, budget):
+    max_model_len = 32
+    s, reqs = e2e_scheduler_and_requests(0, chunked, caching, num_blocks, budget)
     kv = np.full((num_blocks, BS), -1)  # the simulated cache: one token id per slot
     pending, step_no = list(reqs), 0
     while pending or s.has_unfinished_requests():
@@ -483,37 +499,20 @@ def test_async_preempted_request_finished_by_its_in_flight_token_leaves_the_queu
     assert rids(s.waiting) == [] and not s.requests and not s.has_unfinished_requests()
 
 
-@pytest.mark.parametrize(
-    "chunked, caching, num_blocks, budget",
-    [(True, True, 12, 16), (True, False, 12, 16), (False, True, 10, 32), (True, True, 64, 64)],
-)
+@pytest.mark.parametrize("chunked, caching, num_blocks, budget", E2E_CONFIGS)
 def test_async_end_to_end_matches_sequential_generation(chunked, caching, num_blocks, budget):
     """The pipelined loop: schedule N+1, then apply N's tokens. The simulated device runs each
     step in order as it is dispatched and reads tokens in flight from the previous step."""
-    rng = random.Random(1)
     max_model_len = 32
-    s = make_scheduler(
-        num_blocks=num_blocks,
-        budget=budget,
-        max_num_seqs=6,
-        max_model_len=max_model_len,
-        chunked=chunked,
-        caching=caching,
+    s, reqs = e2e_scheduler_and_requests(
+        1,
+        chunked,
+        caching,
+        num_blocks,
+        budget,
+        max_tokens=(1, 2, 4, 12, None),
         async_scheduling=True,
     )
-    system = [rng.randrange(1, 40) for _ in range(9)]
-    reqs = []
-    for i in range(14):
-        prompt = (system if i % 2 else []) + [
-            rng.randrange(1, 40) for _ in range(rng.randint(1, 14))
-        ]
-        params = Params(
-            max_tokens=rng.choice([1, 2, 4, 12, None]),
-            min_tokens=rng.choice([0, 0, 2]),
-            ignore_eos=rng.random() < 0.2,
-            stop_token_ids=rng.choice([None, [3, 5]]),
-        )
-        reqs.append(Request(f"q{i}", prompt, params, eos_token_ids=(EOS,)))
     kv = np.full((num_blocks, BS), -1)
     pending, step_no, in_flight, prev_sampled = list(reqs), 0, None, {}
     aborted = None

@@ -6,12 +6,16 @@ only (through `Lowered.compile(compiler_options=...)`), not to the rest of the p
 `XLA_FLAGS` would. XLA rejects unknown names when the first step compiles.
 
 Measured (bench/gpu_runs/2026-11-28_h200x2_throughput.md, H200, Llama-3-8B bf16 unrolled step):
-with `xla_gpu_autotune_level=0` a step shape compiles in 3.5-6.3 s instead of 18-32 s, parallel
-precompile threads stop contending for the GPU (23 shapes in 53 s), and tp = 1 decode was not
-slower (7.85 vs 8.63 ms/token). Not the default: the tp = 2 run with it was 10x slower than
-tp = 1 for reasons not yet known.
+with `xla_gpu_autotune_level=0` a step shape compiles in 3.5-6.3 s instead of 18-32 s and parallel
+precompile threads stop contending for the GPU (23 shapes in 53 s). Not the default: batch-1
+decode is ~8% slower without autotuning (5.86 vs 5.44 ms/token, session 4), and one host fell back
+to 11-16 TFLOP/s GEMMs with it set process-wide. For quick 1,000-prompt runs,
+`xla_gpu_autotune_level=0,xla_gpu_enable_triton_gemm=false` (cuBLAS's own heuristics) compiled the
+23 shapes in 21-29 s and kept GEMMs at 440-790 TFLOP/s (`scripts/gpu_gemm_options_check.py`,
+bench/gpu_runs/2026-11-28_h200x2_tp_throughput.md).
 
-Unset, the step gets `DEFAULT_OPTIONS` of its backend (the CPU's turns YNNPACK's dots off).
+Unset, the step gets `DEFAULT_OPTIONS` of its backend (the CPU's turns YNNPACK's dots off, the GPU's
+turns XLA's dot merger off).
 """
 
 from __future__ import annotations
@@ -45,8 +49,14 @@ def parse_compiler_options(text: str | None) -> dict[str, str | int | float | bo
 # `jaxllm.models.step.step_params`); the 30-layer projection chain at 16 rows 78 -> 46 ms; a
 # 2048-token prefill step not slower. Greedy outputs still equal HF's (tests/engine/
 # test_llm_vs_hf.py); SmolLM2's logits move closer to HF's (position 0: 1.3e-4 -> 3e-5).
+# GPU: XLA's dot merger off. Under tensor parallelism it merged the gate and up projections of each
+# layer by copying their weight slices every step (3.5 GiB a step at tp = 2 in the HLO of
+# bench/tp_hlo_probe.py). H200, Llama-3-8B bf16, async batch-1 decode: tp = 2 6.98 -> 5.65
+# ms/token, tp = 1 5.44 -> 5.45 (bench/gpu_runs/2026-11-28_h200x4_async.md); the 1,000-prompt
+# throughput runs of bench/gpu_runs/2026-11-28_h200x2_tp_throughput.md ran with it off.
 DEFAULT_OPTIONS: dict[str, dict[str, str | int | float | bool]] = {
     "cpu": {"xla_cpu_experimental_ynn_fusion_type": ""},
+    "gpu": {"xla_gpu_dot_merger_threshold_mb": 0},
 }
 
 

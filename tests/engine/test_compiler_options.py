@@ -35,7 +35,7 @@ def test_bad_items_name_the_variable(bad):
 def test_platform_defaults_apply_only_when_the_variable_is_unset(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert compiler_options_from_env("cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
-    assert compiler_options_from_env("gpu") == {}
+    assert compiler_options_from_env("gpu") == {"xla_gpu_dot_merger_threshold_mb": 0}
     monkeypatch.setenv(ENV_VAR, "xla_gpu_autotune_level=0")
     assert compiler_options_from_env("cpu") == {"xla_gpu_autotune_level": 0}  # exactly those
     lowered = jax.jit(lambda x: x @ x).lower(jnp.ones((4, 4)))  # XLA:CPU takes the default

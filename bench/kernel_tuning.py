@@ -190,15 +190,16 @@ def profile_runs(shape: Shape, points, splits, *, calls: int, interpret: bool) -
     for B, ctx in points:
         ours, theirs, _ = decode_inputs(shape, B, ctx, key)
         fns = {}
-        for n, pp in splits:
+        for n, pp, combine in splits:  # (splits, pages per block (0: table's), decode_combine)
             fn = functools.partial(
                 ragged_paged_attention,
                 decode_only=True,
                 interpret=interpret,
                 num_kv_splits=n,
                 pages_per_compute_block=pp or None,
+                decode_combine=combine,
             )
-            fns[f"pallas ns={n} ppcb={pp}"] = (
+            fns[f"pallas ns={n} ppcb={pp} combine={combine}"] = (
                 jax.jit(lambda q, k, v, bt, kl, qsl, fn=fn: fn(q, k, v, bt, kl, qsl, 0)),
                 ours,
             )

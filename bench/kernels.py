@@ -3,12 +3,19 @@
 Decode at batch {1, 16, 64, 256} x context {512, 2048, 8192}, for three backends on the same inputs
 in the same run:
   pallas     -- our Triton-lowered kernel (`pallas_kernels.ragged_paged_attention`, decode path);
+  pallas-xc  -- the same split kernel merged by jnp ops in the same jit (`decode_combine="xla"`)
+                instead of the Pallas combine kernel, with JAX's op's split layout (one compute
+                block per split where possible: `tuned_block_sizes.one_block_split_plan`); run at
+                batch <= 16 only (XC_MAX_BATCH: the variant is for latency-bound small grids).
+                `--xc-variants NS:PAGES[:STAGES],...` adds rows `pallas-xc nsNS pPAGES` (explicit
+                split count, pages per compute block and stages; same combine; batch <= 16 too);
   jax-paged  -- JAX's own `jax.experimental.pallas.ops.gpu.paged_attention` (its cache layout
                 [Hkv, pages, page_size, D] is a transposed copy of ours);
   cuda       -- our CUDA kernels through XLA FFI (`cuda_ext.attention.ragged_paged_attention_cuda`,
                 decode path; skipped with the reason when the cuda backend is unavailable);
   reference  -- the pure-jnp oracle (skipped where its gathered copy of the KV would not fit).
-`--backends` picks a subset (e.g. `--backends pallas,jax-paged,cuda`).
+`--backends` picks a subset (e.g. `--backends pallas,jax-paged,cuda`); `--points 1x512,16x2048`
+replaces the grid.
 
 Per row: median time per call (N calls after warm-up, each `block_until_ready`), the time per call
 inside one jitted loop (reps per loop chosen per row so one loop runs ~10 ms: the loop call's own
@@ -23,8 +30,9 @@ path, causal) in TFLOP/s.
   PYTHONPATH=. python bench/kernels.py --quick    # reduced grid
   PYTHONPATH=. python bench/kernels.py --tune [--tune-points 1x512,16x2048] [--tune-json F]
                                                   # coordinate descent over our decode knobs
-  PYTHONPATH=. python bench/kernels.py --profile 1x512 --profile-splits 1,8,16:2
-                                                  # untimed calls, to run under ncu
+  PYTHONPATH=. python bench/kernels.py --profile 1x512 --profile-splits 1,8,16:2,16:2x
+                                                  # untimed calls, to run under ncu (a trailing
+                                                  # x: decode_combine="xla")
   PYTHONPATH=. python bench/kernels.py --summarize-ncu F.csv  # per-kernel device time from ncu
   PYTHONPATH=. python bench/kernels.py --cpu-smoke  # tiny sizes, interpret=True (checks the script)
 
@@ -46,7 +54,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels import ragged_paged_attention, ragged_paged_attention_reference
+from pallas_kernels import (
+    ragged_paged_attention,
+    ragged_paged_attention_reference,
+    tuned_block_sizes,
+)
 
 warnings.filterwarnings("ignore", message="The Pallas Triton backend is deprecated")
 
@@ -125,7 +137,14 @@ def jax_paged_attention_kwargs(pages_per_seq: int) -> dict:
     return dict(k_splits=k_splits, pages_per_compute_block=min(8, pages_per_seq // k_splits))
 
 
-BACKENDS = ("pallas", "jax-paged", "cuda", "reference")
+BACKENDS = ("pallas", "pallas-xc", "jax-paged", "cuda", "reference")
+XC_MAX_BATCH = 16  # pallas-xc (and --xc-variants) rows only up to this batch
+
+
+def xc_plan(ctx: int, block_size: int) -> tuple[int, int]:
+    """(num_kv_splits, pages per compute block) of the `pallas-xc` row: JAX's op's layout (up to 16
+    splits of one compute block of at most 8 pages), from the library's own rule."""
+    return tuned_block_sizes.one_block_split_plan(ctx, block_size, max(1, 16 // block_size))
 
 
 @functools.cache
@@ -147,11 +166,15 @@ def cuda_attention_or_reason():
 
 def decode_table(
     shape: Shape, grid: dict, *, iters: int, reps: int, interpret: bool, copy_bw: float,
-    backends_wanted=BACKENDS, on_point=None,
+    backends_wanted=BACKENDS, on_point=None, xc_variants=(),
 ):  # fmt: skip
     """Rows of the decode grid; `on_point(rows, floors)` is called after each (batch, ctx) point
-    (the caller writes partial tables, so a time limit still leaves the finished rows)."""
-    B_max, C_max = max(grid["batches"]), max(grid["contexts"])
+    (the caller writes partial tables, so a time limit still leaves the finished rows).
+    `xc_variants`: (num_kv_splits, pages per compute block, num_stages or None) timed as extra
+    `pallas-xc` rows at batch <= XC_MAX_BATCH. `grid["points"]`, when present, replaces the
+    batches x contexts product."""
+    points = grid.get("points") or tuple(itertools.product(grid["batches"], grid["contexts"]))
+    B_max, C_max = max(b for b, _ in points), max(c for _, c in points)
     bs, dtype = shape.block_size, jnp.dtype(shape.dtype)
     n_pages = B_max * C_max // bs  # cache sized to what the grid needs, one layer
     key = jax.random.key(0)
@@ -170,7 +193,7 @@ def decode_table(
 
     rows = []
     floors = {}
-    for B, ctx in itertools.product(grid["batches"], grid["contexts"]):
+    for B, ctx in points:
         P = ctx // bs
         q = jax.random.normal(
             jax.random.fold_in(k4, B * 100003 + ctx), (B, shape.Hq, shape.D), dtype
@@ -188,6 +211,21 @@ def decode_table(
         if "pallas" in backends_wanted:
             backends["pallas"] = (
                 lambda q, k, v, bt, kl, qsl, fn=ours: fn(q, k, v, bt, kl, qsl, 0),
+                (q, k_pages, v_pages, bt, kv_lens, qsl),
+            )
+        xc = []
+        if B <= XC_MAX_BATCH:
+            if "pallas-xc" in backends_wanted:
+                xc.append(("pallas-xc", *xc_plan(ctx, bs), None))
+            for n, pp, st in xc_variants:
+                xc.append((f"pallas-xc ns{n} p{pp}" + (f" st{st}" if st else ""), n, pp, st))
+        for label, n, pp, st in xc:
+            fn = functools.partial(
+                ours, num_kv_splits=n, pages_per_compute_block=pp, num_stages=st,
+                decode_combine="xla",
+            )  # fmt: skip
+            backends[label] = (
+                lambda q, k, v, bt, kl, qsl, fn=fn: fn(q, k, v, bt, kl, qsl, 0),
                 (q, k_pages, v_pages, bt, kv_lens, qsl),
             )
         if jax_pa is not None and "jax-paged" in backends_wanted:
@@ -224,6 +262,8 @@ def decode_table(
         outs = {}
         for name, (fn, args) in backends.items():
             row = dict(batch=B, ctx=ctx, backend=name, note="")
+            if name == "pallas-xc":
+                row["note"] = "ns{} p{}".format(*xc_plan(ctx, bs))
             try:
                 jfn = jax.jit(fn)
                 outs[name] = np.asarray(jfn(*args).astype(jnp.float32))
@@ -318,6 +358,26 @@ def _parse_points(text: str):
     return tuple(tuple(int(x) for x in p.split("x")) for p in text.split(",") if p)
 
 
+def _parse_xc_variants(text: str) -> tuple[tuple[int, int, int | None], ...]:
+    """Parse "16:2,8:4:1" -> ((16, 2, None), (8, 4, 1)): splits, pages per block, stages (None:
+    the table's)."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if item:
+            parts = [int(x) for x in item.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError(f"--xc-variants item {item!r} must be NS:PAGES or NS:PAGES:STAGES")
+            out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+    return tuple(out)
+
+
+def _parse_profile_split(text: str) -> tuple[int, int, str]:
+    """ "16:2x" -> (16, 2, "xla"); "8" -> (8, 0, "kernel") (0 pages: the table's)."""
+    combine = "xla" if text.endswith("x") else "kernel"
+    n, _, pp = text.rstrip("x").partition(":")
+    return int(n), int(pp or 0), combine
+
+
 def _decode_markdown(rows, copy_bw, floors) -> str:
     floor_text = ", ".join(f"batch {b}: {us:.1f} us" for b, us in floors.items())
     out = [
@@ -352,18 +412,20 @@ def _summary_markdown(rows) -> str:
         if "loop_us" in r:
             points.setdefault((r["batch"], r["ctx"]), {})[r["backend"]] = r
     names = [b for b in BACKENDS if any(b in p for p in points.values())]
+    names += sorted({b for p in points.values() for b in p} - set(BACKENDS))  # --xc-variants rows
     head = " | ".join(f"{b} us (frac)" for b in names)
+    ratio_of = ("pallas", "pallas-xc", "cuda")
     out = [
         "Summary (in-loop us per call, in brackets the fraction of copy bandwidth; ratio = time "
         "over jax-paged's).",
         "",
-        f"| batch | ctx | {head} | pallas/jax | cuda/jax |",
-        "|---:|---:|" + "---:|" * (len(names) + 2),
+        f"| batch | ctx | {head} | " + " | ".join(f"{b}/jax" for b in ratio_of) + " |",
+        "|---:|---:|" + "---:|" * (len(names) + len(ratio_of)),
     ]
     for (B, ctx), by in points.items():
         cells = [f"{by[b]['loop_us']:.1f} ({by[b]['frac']:.2f})" if b in by else "-" for b in names]
         ratios = []
-        for b in ("pallas", "cuda"):
+        for b in ratio_of:
             ok = b in by and "jax-paged" in by
             ratios.append(f"{by[b]['loop_us'] / by['jax-paged']['loop_us']:.2f}" if ok else "-")
         out.append(f"| {B} | {ctx} | " + " | ".join(cells + ratios) + " |")
@@ -405,7 +467,20 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--backends",
         default=",".join(BACKENDS),
-        help=f"comma-separated subset of {','.join(BACKENDS)} (decode table)",
+        help=f"comma-separated subset of {','.join(BACKENDS)} (decode table; pallas-xc runs at "
+        f"batch <= {XC_MAX_BATCH} only)",
+    )
+    ap.add_argument(
+        "--xc-variants",
+        default="",
+        help="NS:PAGES[:STAGES],...: extra pallas-xc rows (decode_combine='xla') with these split "
+        "counts, pages per compute block (and num_stages), labelled 'pallas-xc nsNS pPAGES "
+        f"[stSTAGES]' (batch <= {XC_MAX_BATCH})",
+    )
+    ap.add_argument(
+        "--points",
+        default=None,
+        help="BxCTX,...: decode points instead of the grid (e.g. 1x512,1x2048,16x2048)",
     )
     ap.add_argument("--out", default=None, help="also write the Markdown tables to this file")
     ap.add_argument("--tune-budget", type=float, default=240.0, help="seconds of tuning (--tune)")
@@ -420,7 +495,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--profile-splits",
         default="1,2,4,8",
-        help="our split counts, NS or NS:PAGES_PER_BLOCK (--profile)",
+        help="our split counts, NS or NS:PAGES_PER_BLOCK, a trailing x for decode_combine='xla' "
+        "(--profile)",
     )
     ap.add_argument(
         "--summarize-ncu", default=None, help="print per-kernel medians of an ncu CSV, exit"
@@ -438,6 +514,8 @@ def main(argv=None) -> int:
         return 2
     shape = SMOKE if smoke else LLAMA3_8B
     grid = SMOKE_GRID if smoke else (QUICK_GRID if args.quick else FULL_GRID)
+    if args.points:
+        grid = dict(grid, points=_parse_points(args.points))
     iters = args.iters or (2 if smoke else 20)
     reps = args.reps or (1 if smoke else None)  # None: auto_reps per row
     if args.profile:
@@ -446,10 +524,7 @@ def main(argv=None) -> int:
         profile_runs(
             shape,
             _parse_points(args.profile),
-            [
-                tuple(int(y) for y in (x + ":0").split(":")[:2])
-                for x in args.profile_splits.split(",")
-            ],
+            [_parse_profile_split(x) for x in args.profile_splits.split(",") if x],
             calls=3 if smoke else 5,
             interpret=smoke,
         )
@@ -499,6 +574,7 @@ def main(argv=None) -> int:
         rows, floors = decode_table(
             shape, grid, iters=iters, reps=reps, interpret=smoke, copy_bw=copy_bw,
             backends_wanted=wanted, on_point=write_partial,
+            xc_variants=_parse_xc_variants(args.xc_variants),
         )  # fmt: skip
         sections = [header, _decode_markdown(rows, copy_bw, floors), _summary_markdown(rows)]
         print("\n\n".join(sections[1:]), flush=True)

@@ -10,8 +10,9 @@ or past `query_start_loc[S]` come back as zeros.
 The query rows of each sequence are cut into tiles of `block_q` rows (`decode_only=True`: one row
 per sequence, no work list to compute; otherwise `pallas_kernels.ragged_inputs.query_tiles`); one
 CUDA program handles (tile, KV head, KV split) with all `G = Hq / Hkv` query heads of that KV head,
-so each page is read once per tile. Tiles of one row (decode) with G <= 8 run the single-row kernel
-(`csrc/row_attention_kernel.cuh`: K/V streamed into registers with 16-byte loads); other tiles the
+so each page is read once per tile. Tiles of one row (decode) with G <= 8 run a single-row kernel
+(bf16/fp16 at D 64 or 128: `csrc/mma_decode_kernel.cuh`, on the tensor cores; otherwise
+`csrc/row_attention_kernel.cuh`: K/V streamed into registers with 16-byte loads); other tiles the
 multi-row kernel (shared-memory staging). With several KV splits (few programs, long contexts) a
 second kernel merges the partial softmax states. This module chooses `block_q` and the split count
 statically from the shapes; validation is `pallas_kernels.ragged_inputs`'.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +43,13 @@ ROW_KERNEL_MAX_G = 8  # kRowKernelMaxG in row_attention_kernel.cuh
 # streams at least 256 tokens. Rule of thumb, not measured yet.
 ROW_TARGET_PROGRAMS = 8 * 132
 ROW_MIN_TOKENS_PER_SPLIT = 256
+# Tensor-core single-row kernel (`csrc/mma_decode_kernel.cuh`; bf16/fp16, D 64 or 128): 3 programs
+# fit an SM (~70 KiB of shared memory and 168 registers a thread at D = 128), so 3 * 132 program
+# slots on an H100/H200. Measured on an H200 (bench/gpu_runs/2026-11-28_h200x2_kernels.md).
+MMA_HEAD_DIMS = (64, 128)
+MMA_SLOTS = 3 * 132
+# Values of the `decode_kernel` FFI attribute (kDecodeKernel* in csrc/paged_attention_kernels.cuh).
+DECODE_KERNELS = {"auto": 0, "cuda-cores": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +92,38 @@ def choose_row_splits(num_programs: int, max_kv_tokens: int) -> int:
 
 
 def uses_row_kernel(block_q: int, G: int) -> bool:
-    """Whether the handler runs the single-row kernel (tiles of one row, G <= 8)."""
+    """Whether the handler runs a single-row kernel (tiles of one row, G <= 8)."""
     return block_q == 1 and G <= ROW_KERNEL_MAX_G
+
+
+def uses_mma_row_kernel(block_q: int, G: int, D: int, itemsize: int, decode_kernel: str) -> bool:
+    """Whether single-row tiles run on the tensor cores (16-bit types, D 64 or 128), mirroring
+    `launch_single_row` in csrc/ragged_paged_attention.cu."""
+    return (
+        uses_row_kernel(block_q, G)
+        and itemsize == 2
+        and D in MMA_HEAD_DIMS
+        and decode_kernel != "cuda-cores"
+    )
+
+
+def choose_mma_splits(num_programs: int, max_kv_tokens: int) -> int:
+    """Tensor-core single-row kernel: the split count (1 to 16, each split >= 256 tokens) whose
+    grid fills its last wave of MMA_SLOTS programs best (the smallest such count, unless a larger
+    one fills it > 2 points better); 1 when the grid already spans >= 4 waves. E.g. batch 16 x
+    8 KV heads: 3 splits (384 programs, 0.97 of one wave; 2 splits leave a third of the slots idle).
+    """
+    cap = max(1, min(16, max_kv_tokens // ROW_MIN_TOKENS_PER_SPLIT))
+    programs = max(1, num_programs)
+    if programs >= 4 * MMA_SLOTS:
+        return 1
+    best, best_fill = 1, 0.0
+    for z in range(1, cap + 1):
+        waves = programs * z / MMA_SLOTS
+        fill = waves / math.ceil(waves)
+        if fill > best_fill + 0.02:
+            best, best_fill = z, fill
+    return best
 
 
 def plan_launch(
@@ -100,6 +139,7 @@ def plan_launch(
     decode_only: bool,
     block_q: int | None = None,
     num_kv_splits: int | None = None,
+    decode_kernel: str = "auto",
 ) -> LaunchPlan:
     G = Hq // Hkv
     if decode_only:
@@ -111,6 +151,8 @@ def plan_launch(
         num_tiles = num_query_tiles(T, S, bq)
     if num_kv_splits:
         splits = num_kv_splits
+    elif uses_mma_row_kernel(bq, G, D, itemsize, decode_kernel):
+        splits = choose_mma_splits(num_tiles * Hkv, P * block_size)
     elif uses_row_kernel(bq, G):
         splits = choose_row_splits(num_tiles * Hkv, P * block_size)
     else:
@@ -168,7 +210,9 @@ def validate_inputs(
 # --------------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "sm_scale", "window", "decode_only"))
+@functools.partial(
+    jax.jit, static_argnames=("plan", "sm_scale", "window", "decode_only", "decode_kernel")
+)
 def _rpa_call(
     q,
     k_pages,
@@ -183,6 +227,7 @@ def _rpa_call(
     sm_scale,
     window,
     decode_only,
+    decode_kernel,
 ):
     T, Hq, D = q.shape
     Hkv = k_pages.shape[2]
@@ -211,6 +256,7 @@ def _rpa_call(
         sliding_window=np.int32(window),
         block_q=np.int32(plan.block_q),
         num_splits=np.int32(plan.num_splits),
+        decode_kernel=np.int32(DECODE_KERNELS[decode_kernel]),
     )
     return out
 
@@ -229,15 +275,22 @@ def ragged_paged_attention_cuda(
     decode_only: bool = False,
     block_q: int | None = None,
     num_kv_splits: int | None = None,
+    decode_kernel: str = "auto",
     _out_init: jax.Array | None = None,  # [T, Hq, D] tests: the buffer the kernel writes into
 ) -> jax.Array:  # [T, Hq, D]
     """Ragged paged attention on NVIDIA GPUs (float32 softmax, output in `q.dtype`).
 
     `decode_only` (static) promises one query row per sequence (checked when `query_start_loc` is
     concrete) and picks one tile per sequence. `block_q` (query rows per tile, general path) and
-    `num_kv_splits` override the automatic choice. Raises ValueError on bad inputs and
-    RuntimeError when no CUDA GPU or no nvcc is available.
+    `num_kv_splits` override the automatic choice. `decode_kernel`: "auto" runs tiles of one row
+    on the tensor cores where supported (bfloat16/float16, head dim 64 or 128, G <= 8) and on the
+    CUDA cores otherwise; "cuda-cores" always uses the CUDA-core row kernel. Raises ValueError on
+    bad inputs and RuntimeError when no CUDA GPU or no nvcc is available.
     """
+    if decode_kernel not in DECODE_KERNELS:
+        raise ValueError(
+            f"decode_kernel must be one of {sorted(DECODE_KERNELS)}, got {decode_kernel!r}"
+        )
     validate_inputs(
         q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer,
         sm_scale=sm_scale, sliding_window=sliding_window, block_q=block_q,
@@ -261,6 +314,7 @@ def ragged_paged_attention_cuda(
     plan = plan_launch(
         T, S, P, Hq, Hkv, D, bs, jnp.dtype(q.dtype).itemsize,
         decode_only=decode_only, block_q=block_q, num_kv_splits=num_kv_splits,
+        decode_kernel=decode_kernel,
     )  # fmt: skip
     scale = float(sm_scale) if sm_scale is not None else D**-0.5
     return _rpa_call(
@@ -276,4 +330,5 @@ def ragged_paged_attention_cuda(
         sm_scale=scale,
         window=int(sliding_window or 0),
         decode_only=decode_only,
+        decode_kernel=decode_kernel,
     )

@@ -2,7 +2,7 @@
 D 128, bf16, block 16), every sequence at the same context, random page tables.
 
     PYTHONPATH=. python -m cuda_ext.benchmark [--batches 16 64] [--contexts 2048 4096] \
-        [--pallas] [--splits 1 4 8]
+        [--pallas] [--splits 1 4 8] [--cuda-cores]
 
 Per row: time per call among 16 dependent calls unrolled in one jitted function that cycles over 4
 cache layers (no dispatch or loop cost, little L2 reuse); the bytes needed (the KV of every
@@ -100,6 +100,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--splits", type=int, nargs="*", default=[], help="also time these fixed KV split counts"
     )
+    ap.add_argument(
+        "--cuda-cores",
+        action="store_true",
+        help="also time the CUDA-core row kernel (decode_kernel='cuda-cores', its own split rule)",
+    )
     args = ap.parse_args(argv)
     dev = jax.devices()[0]
     bw = copy_bandwidth()
@@ -107,6 +112,10 @@ def main(argv=None) -> int:
     backends = {"cuda": lambda *a: ragged_paged_attention_cuda(*a, decode_only=True)}
     for z in args.splits:
         backends[f"cuda splits={z}"] = functools.partial(_cuda_splits, z)
+    if args.cuda_cores:
+        backends["cuda-cores"] = lambda *a: ragged_paged_attention_cuda(
+            *a, decode_only=True, decode_kernel="cuda-cores"
+        )
     if args.pallas:
         from pallas_kernels import ragged_paged_attention
 

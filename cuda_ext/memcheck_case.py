@@ -3,7 +3,8 @@
     XLA_PYTHON_CLIENT_ALLOCATOR=platform compute-sanitizer --tool memcheck --error-exitcode 9 \\
         python -m cuda_ext.memcheck_case
 
-Runs the single-row (decode) kernel with 1 and 2 KV splits (+ the combine kernel), the multi-row
+Runs the single-row (decode) kernels (CUDA-core float32, tensor-core bfloat16/float16) with 1 and 2
+KV splits (+ the combine kernel), the multi-row
 kernel (prefill chunks, sliding window, 2 splits) and the multi-row decode fallback (G > 8), on tiny
 batches whose unused block-table entries hold out-of-range ids and whose unowned cache slots hold
 NaN, and checks each result against a float64 numpy loop (no jitted reference: under the sanitizer
@@ -15,6 +16,7 @@ reported. Exits 0 when every result matches, 1 otherwise.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +75,7 @@ def main() -> int:
     from .attention import ragged_paged_attention_cuda
 
     rng = np.random.default_rng(0)
-    cases = [  # (name, shape kwargs, call kwargs)
+    cases: list[tuple[str, dict[str, Any], dict[str, Any]]] = [  # (name, shape, call kwargs)
         (
             "decode row kernel, 1 split",
             dict(S=3, G=4, Hkv=2, D=128, bs=16, P=4, q_lens=[1, 0, 1]),
@@ -83,6 +85,16 @@ def main() -> int:
             "decode row kernel, 2 splits",
             dict(S=3, G=4, Hkv=2, D=128, bs=16, P=4, q_lens=[1, 1, 0]),
             dict(decode_only=True, num_kv_splits=2),
+        ),
+        (
+            "decode tensor-core kernel (bfloat16), 1 split",
+            dict(S=3, G=4, Hkv=2, D=128, bs=16, P=4, q_lens=[1, 0, 1]),
+            dict(decode_only=True, num_kv_splits=1, dtype="bfloat16"),
+        ),
+        (
+            "decode tensor-core kernel (float16, D 64, G 3), 2 splits",
+            dict(S=3, G=3, Hkv=2, D=64, bs=16, P=4, q_lens=[1, 1, 0]),
+            dict(decode_only=True, num_kv_splits=2, dtype="float16"),
         ),
         (
             "decode multi-row fallback (G=16), 2 splits",
@@ -98,13 +110,15 @@ def main() -> int:
     failed = 0
     for name, shape, kw in cases:
         kernel_args, ref_args, layer = make_case(rng, **shape)
-        got = np.asarray(
-            ragged_paged_attention_cuda(*(jnp.asarray(a) for a in kernel_args), layer, **kw)
-        )
+        dtype = kw.pop("dtype", "float32")
+        args = [jnp.asarray(a) for a in kernel_args]
+        args[:3] = [a.astype(dtype) for a in args[:3]]  # q, k, v (NaN poison survives the cast)
+        got = np.asarray(ragged_paged_attention_cuda(*args, layer, **kw)).astype(np.float32)
         want = numpy_reference(*ref_args, layer, window=kw.get("sliding_window"))
         n_valid = int(ref_args[5][-1])
+        tol = 1e-4 if dtype == "float32" else 5e-2  # 16-bit inputs against a float32 reference
         ok = (
-            np.allclose(got[:n_valid], want[:n_valid], rtol=1e-4, atol=1e-4)
+            np.allclose(got[:n_valid], want[:n_valid], rtol=tol, atol=tol)
             and not got[n_valid:].any()
         )
         err = float(np.nanmax(np.abs(got[:n_valid] - want[:n_valid]))) if n_valid else 0.0

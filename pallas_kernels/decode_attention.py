@@ -8,7 +8,10 @@ else. With several splits (flash-decoding, for long contexts with few sequences)
 interleave (split j takes compute blocks j, j + NS, ...), so block addresses need no kv_lens load
 and any length splits evenly; each writes unnormalised partials and a second Pallas kernel (grid
 (sequence, KV head)) merges them. The last kernel writes every output row (zeros where no sequence
-owns one): no zero-fill, no scatter. Imports only JAX.
+owns one): no zero-fill, no scatter. Or (`decode_combine="xla"`, for small grids, where the
+combine kernel's S * Hkv programs and launch cost dominate) `xla_combine` merges the partials with
+elementwise jnp ops that XLA fuses into the caller's jit, and writes every row the same way.
+Imports only JAX.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ def _decode_kernel(
     # Splits interleave: split j visits compute blocks j, j + NS, j + 2 NS, ... of the sequence's KV
     # (from the window's first page). Without a window the block addresses depend on the program
     # id alone, so the block-table loads need not wait for kv_lens; any kv_len splits evenly.
+    lo: jax.Array | int
+    base: jax.Array | int
     if sliding_window is None:
         lo, base = 0, 0
     else:
@@ -186,10 +191,60 @@ def _combine_kernel(
     _zero_unowned_rows(out_ref, s, kvh, q_start, q_end, q_total, S, G=G, R=R)
 
 
+def _row_owner(qsl, T: int):
+    """(owner [T] int32, owned [T] bool): row t is owned by sequence s when it is s's last query
+    row (`t == qsl[s + 1] - 1`) and s has query rows; `owner` is that s (0 for unowned rows). With
+    a non-decreasing `qsl` at most one sequence owns a row. The S tests are unrolled in Python:
+    elementwise, no gather and no reduction, so XLA fuses them into their user (`searchsorted`
+    would add a loop, a reduction or a chain of dependent gathers)."""
+    S = qsl.shape[0] - 1
+    t = lax.iota(jnp.int32, T)
+    hits = [(qsl[s + 1] - 1 == t) & (qsl[s + 1] > qsl[s]) for s in range(S)]
+    owner = functools.reduce(jnp.add, [jnp.where(h, s, 0) for s, h in enumerate(hits)])
+    return owner.astype(jnp.int32), functools.reduce(jnp.logical_or, hits)
+
+
+def xla_combine(
+    qsl,  # [S + 1] int32
+    o,  # [S, Hkv, NS, M, D] f32 unnormalised partial outputs
+    m,  # [S, Hkv, NS, M] f32 running max (log2 units)
+    l,  # [S, Hkv, NS, M] f32 running sum
+    *,
+    T: int,
+    G: int,
+    dtype,
+):  # -> [T, Hq, D] dtype
+    """The combine kernel's result as jnp ops for XLA to fuse into the caller's jit: row
+    `qsl[s + 1] - 1` of each sequence with query rows gets its merged, normalised splits; every
+    other row of `[T, Hq, D]` is zero (no zero-fill, no scatter).
+
+    Two elementwise steps, no reduction op (the split and sequence loops are unrolled):
+    1. the normalised weight of split j per (sequence, KV head, q head),
+       `c_j = exp2(m_j - max m) / sum_k exp2(m_k - max m) l_k = 1 / sum_k l_k exp2(m_k - m_j)`,
+       one op over [S, Hkv, NS, G] whose only broadcasts are of inputs (XLA keeps an expensive
+       op under a broadcast or a gather in a fusion of its own, so no per-(s, h) intermediate);
+    2. each output row gathers its owner's weights and partials: `sum_j c_j o_j`, or zero.
+    Empty splits (m NEG, l 0, o 0) get weight 0 (their sum is inf, or 0 when all are empty)."""
+    S, Hkv, NS, M, D = o.shape
+    sc, owned = _row_owner(qsl, T)  # [T] owning sequence (0 if none), [T] owned
+    m, l = m[:, :, :, :G], l[:, :, :, :G]  # [S, Hkv, NS, G]
+    den = functools.reduce(
+        jnp.add, [l[:, :, k, None] * jnp.exp2(m[:, :, k, None] - m) for k in range(NS)]
+    )  # [S, Hkv, NS, G]; l_k = 0 only where m_k = NEG, so never 0 * inf
+    c = jnp.where(den == 0.0, 0.0, 1.0 / den)
+    c_t = c.at[sc].get(mode="promise_in_bounds")  # [T, Hkv, NS, G]
+    o_t = o[:, :, :, :G].at[sc].get(mode="promise_in_bounds")  # [T, Hkv, NS, G, D]
+    res = functools.reduce(jnp.add, [c_t[:, :, j, :, None] * o_t[:, :, j] for j in range(NS)])
+    out = jnp.where(owned[:, None, None, None], res, 0.0)
+    return out.reshape(T, Hkv * G, D).astype(dtype)
+
+
 def decode_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_init, *, st):
-    """Decode path: one kernel (no split) or the split kernel plus the combine kernel. The final
-    kernel writes every output row (zeros where no sequence owns it), so no zero-filled buffer is
-    needed; `out_init` (tests only) is aliased to the output when given."""
+    """Decode path: one kernel (no split), or the split kernel plus the combine kernel, or the
+    split kernel plus `xla_combine` (`st["decode_combine"] == "xla"`). The final step writes every
+    output row (zeros where no sequence owns it), so no zero-filled buffer is needed; `out_init`
+    (tests only) is aliased to the kernel's output when given (the XLA combine builds its output
+    fresh and ignores it)."""
     T, Hq, D = q.shape
     Hkv = k_pages.shape[2]
     S = block_tables.shape[0]
@@ -233,6 +288,8 @@ def decode_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_init
         interpret=st["interpret"],
         name=name,
     )(*args)
+    if st["decode_combine"] == "xla":
+        return xla_combine(qsl, o, m, l, T=T, G=G, dtype=q.dtype)
     R = max(2, next_pow2(G))
     cargs = (qsl, o, m, l)
     extra = () if out_init is None else (out_init,)

@@ -4,7 +4,8 @@ The public entry point (a thin wrapper): validates the inputs, resolves the stat
 or general path, tuned block sizes, KV split count) and calls one jitted function that runs
 
 - `decode_attention.decode_call` (one query row per sequence: one kernel, or split kernel + combine
-  kernel for long contexts with few sequences), or
+  kernel -- or + jnp combine fused by XLA, `decode_combine="xla"` -- for long contexts with few
+  sequences), or
 - `general_attention.general_call` (prefill chunks and decodes mixed).
 
 Same contract as `reference.ragged_paged_attention_reference` (read its docstring): packed queries
@@ -68,6 +69,7 @@ def validate_inputs(
     num_kv_splits: int | None = None,
     pages_per_compute_block: int | None = None,
     block_q: int | None = None,
+    decode_combine: str | None = None,
 ) -> None:
     """Raise ValueError naming the bad argument (and its shape/dtype); checks static properties
     only, so it works on tracers too (`ragged_inputs.validate_inputs` plus this backend's knobs)."""
@@ -79,6 +81,8 @@ def validate_inputs(
     ragged_inputs.check_power_of_two("num_kv_splits", num_kv_splits)
     ragged_inputs.check_power_of_two("pages_per_compute_block", pages_per_compute_block)
     ragged_inputs.check_power_of_two("block_q", block_q)
+    if decode_combine is not None and decode_combine not in DECODE_COMBINES:
+        raise ValueError(f"decode_combine must be None, 'kernel' or 'xla', got {decode_combine!r}")
 
 
 @functools.cache
@@ -116,10 +120,23 @@ def decode_plan(
     The split count comes from `tuned_block_sizes.choose_num_kv_splits` unless given. When that is
     one split (a single kernel writes the output) and the grid is small (`S * Hkv` at most
     `cfg.single_pass_small_grid_programs`: the kernel is latency-bound), the config's single-pass
-    knobs replace the decode ones (fewer, larger loop steps), unless the caller set them."""
+    knobs replace the decode ones (fewer, larger loop steps), unless the caller set them.
+    Before all that: on a grid of at most `cfg.one_block_max_programs` (sequence, KV head) pairs,
+    when the caller gave neither the split count nor the pages per block, both come from
+    `tuned_block_sizes.one_block_split_plan` (one compute block per split, like JAX's op)."""
     min_pages = max(
         1, 16 // block_size
     )  # a compute block must hold >= 16 tokens (tensor-core tile)
+    if (
+        num_kv_splits is None
+        and pages_per_compute_block is None
+        and S * Hkv <= cfg.one_block_max_programs
+    ):
+        ns, ppcb = tuned_block_sizes.one_block_split_plan(
+            max_kv, block_size, min_pages, cfg.one_block_max_splits, cfg.one_block_max_pages
+        )
+        stages = int(num_stages or cfg.one_block_num_stages or cfg.decode_num_stages)
+        return ns, ppcb, stages
     ppcb = int(max(pages_per_compute_block or cfg.decode_pages_per_compute_block, min_pages))
     stages = int(num_stages or cfg.decode_num_stages)
     if num_kv_splits is None:
@@ -132,6 +149,22 @@ def decode_plan(
         if num_stages is None and cfg.single_pass_num_stages:
             stages = int(cfg.single_pass_num_stages)
     return int(num_kv_splits), ppcb, stages
+
+
+DECODE_COMBINES = ("kernel", "xla")
+
+
+def resolve_decode_combine(
+    decode_combine: str | None, S: int, Hkv: int, num_kv_splits: int, cfg
+) -> str:
+    """The static merge of the decode splits: "xla" (jnp ops in the same jit, fused by XLA) or
+    "kernel" (the Pallas combine kernel). None: `tuned_block_sizes.choose_decode_combine`. With one
+    split nothing is merged (the decode kernel writes the output), so the answer is "kernel"."""
+    if num_kv_splits == 1:
+        return "kernel"
+    if decode_combine is None:
+        return tuned_block_sizes.choose_decode_combine(S, Hkv, num_kv_splits, cfg)
+    return decode_combine
 
 
 def ragged_paged_attention(
@@ -152,6 +185,7 @@ def ragged_paged_attention(
     num_warps: int | None = None,
     num_stages: int | None = None,
     interpret: bool = False,
+    decode_combine: str | None = None,
     _out_init: jax.Array | None = None,  # private (tests): [T, Hq, D] buffer instead of zeros
 ) -> jax.Array:  # [T, Hq, D], q.dtype; rows past query_start_loc[S] are zeros
     """Ragged paged attention (Pallas/Triton); same results as `ragged_paged_attention_reference`.
@@ -167,6 +201,9 @@ def ragged_paged_attention(
     num_kv_splits: flash-decoding splits of the decode kernel (power of two; None: from the batch
         shape and the card's SM count).
     pages_per_compute_block: KV pages per loop step (both kernels).
+    decode_combine: how the decode path merges its KV splits: "kernel" (a second Pallas kernel),
+        "xla" (jnp ops that XLA fuses into the caller's jit), None (`tuned_block_sizes` rule:
+        "xla" on small grids where the table enables it). Ignored with one split.
     block_q: query tokens per general-kernel program (power of two).
     num_warps / num_stages: Triton launch parameters (both kernels).
     interpret: run the kernels in the Pallas interpreter (any backend, slow).
@@ -184,6 +221,7 @@ def ragged_paged_attention(
         num_kv_splits=num_kv_splits,
         pages_per_compute_block=pages_per_compute_block,
         block_q=block_q,
+        decode_combine=decode_combine,
     )
     T, Hq, D = q.shape
     _, _, Hkv, bs, _ = k_pages.shape
@@ -204,6 +242,7 @@ def ragged_paged_attention(
         S, Hkv, max_kv, bs, cfg, num_kv_splits=num_kv_splits,
         pages_per_compute_block=pages_per_compute_block, num_stages=num_stages,
     )  # fmt: skip
+    combine = resolve_decode_combine(decode_combine, S, Hkv, num_kv_splits, cfg)
     if sm_scale is None:
         sm_scale = D**-0.5
 
@@ -217,6 +256,7 @@ def ragged_paged_attention(
         ("decode_num_warps", int(num_warps or cfg.decode_num_warps)),
         ("decode_num_stages", dec_stages),
         ("combine_num_warps", int(cfg.combine_num_warps)),
+        ("decode_combine", combine),
         ("block_k", gen_ppcb * bs),
         ("block_q", int(block_q)),
         ("num_warps", int(num_warps or cfg.num_warps)),

@@ -2,7 +2,12 @@
 
 One small table keyed by `(head_dim, block_size, dtype name, q heads per KV head)`; `lookup()` falls
 back to `default_config()` (a rule of thumb) for keys the table lacks. `choose_num_kv_splits()`
-picks the flash-decoding split count from the static batch shape.
+picks the flash-decoding split count from the static batch shape; `one_block_split_plan()` is the
+alternative split layout for small grids (JAX's op's: one compute block per split) and
+`choose_decode_combine()` picks how the splits are merged (Pallas kernel or XLA-fused jnp). The
+fields that switch the last two on (`one_block_max_programs`, `xla_combine_max_programs`) are 0
+(off) everywhere: on an H200 (bench/gpu_runs/2026-11-28_h200x2_kernels.md) no such variant beat the
+default kernel at batch 1 or 16.
 
 STATUS: the decode knobs of `(128, 16, "bfloat16", 4)` (Llama-3-8B attention), its single-pass
 knobs (batch 1 x 512 only) and the split rule
@@ -49,6 +54,15 @@ class KernelConfig:
     single_pass_small_grid_programs, single_pass_pages_per_compute_block, single_pass_num_stages:
         with one split and a grid of at most that many programs (sequences x KV heads; the kernel
         is latency-bound), use these decode knobs instead (0: keep the decode knobs).
+    xla_combine_max_programs: with several splits and at most this many (sequence, KV head) pairs,
+        merge the splits with jnp ops that XLA fuses into the same jit (`decode_combine="xla"`)
+        instead of the Pallas combine kernel, whose grid is only sequences x KV heads programs
+        (0: never; see `choose_decode_combine`).
+    one_block_max_programs: at most this many (sequence, KV head) pairs and neither the split count
+        nor the pages per block given by the caller: take both from `one_block_split_plan` (JAX's
+        `paged_attention` layout: up to `one_block_max_splits` splits, each ideally one compute
+        block of at most `one_block_max_pages` pages) instead of the split rule (0: never).
+    one_block_num_stages: decode pipelining depth under that plan (0: keep the decode knob).
     """
 
     decode_pages_per_compute_block: int
@@ -66,6 +80,11 @@ class KernelConfig:
     single_pass_small_grid_programs: int = 16
     single_pass_pages_per_compute_block: int = 0
     single_pass_num_stages: int = 0
+    xla_combine_max_programs: int = 0
+    one_block_max_programs: int = 0
+    one_block_max_splits: int = 16
+    one_block_max_pages: int = 8
+    one_block_num_stages: int = 0
 
 
 def _tokens_per_step(head_dim: int, itemsize: int) -> int:
@@ -155,3 +174,29 @@ def choose_num_kv_splits(
     want = _floor_pow2(int(cfg.split_programs_per_sm * num_sms) // programs)
     cap = _floor_pow2(max_kv_len // (block_k * cfg.min_kv_blocks_per_split))
     return int(max(1, min(want, cap, cfg.max_kv_splits)))
+
+
+def one_block_split_plan(
+    max_kv_len: int, block_size: int, min_pages: int, max_splits: int = 16, max_pages: int = 8
+) -> tuple[int, int]:
+    """(num_kv_splits, pages per compute block) that give each split one compute block where the
+    limits allow (the layout of JAX's `paged_attention` op: many splits, one loop step each).
+
+    Pages per block: the smallest power of two >= `pages / max_splits`, clipped to
+    [`min_pages`, `max_pages`]; splits: the smallest power of two that covers the pages with such
+    blocks, at most `max_splits` (beyond that a split takes several blocks). E.g. block 16,
+    `max_splits` 16, `max_pages` 8: context 512 -> (16, 2), 2048 -> (16, 8), 8192 -> (16, 8).
+    """
+    pages = max(1, -(-int(max_kv_len) // int(block_size)))
+    ppcb = max(int(min_pages), min(int(max_pages), _next_pow2(-(-pages // max(1, max_splits)))))
+    return int(max(1, min(max_splits, _next_pow2(-(-pages // ppcb))))), int(ppcb)
+
+
+def choose_decode_combine(
+    num_seqs: int, num_kv_heads: int, num_kv_splits: int, cfg: KernelConfig
+) -> str:
+    """How the decode splits are merged: "xla" (jnp ops fused by XLA into the caller's jit) when
+    there are several splits and at most `cfg.xla_combine_max_programs` (sequence, KV head)
+    pairs, else "kernel" (the Pallas combine kernel; with one split there is nothing to merge)."""
+    small = num_seqs * num_kv_heads <= cfg.xla_combine_max_programs
+    return "xla" if num_kv_splits > 1 and small else "kernel"

@@ -46,7 +46,12 @@ struct AttentionParams {
   int num_splits;
   int window;  // sliding window (0: none)
   float scale_log2;  // sm_scale * log2(e)
+  int decode_kernel;  // single-row tiles: kDecodeKernelAuto or kDecodeKernelCudaCores
 };
+
+// Which kernel serves single-row tiles (the `decode_kernel` attribute of the FFI call).
+constexpr int kDecodeKernelAuto = 0;  // tensor cores where supported (16-bit, D 64/128), else cores
+constexpr int kDecodeKernelCudaCores = 1;  // the CUDA-core row kernel (row_attention_kernel.cuh)
 
 // Keys per block: about 8 KiB of K (and as much V) per stage, 16..64 tokens.
 template <typename T, int D>

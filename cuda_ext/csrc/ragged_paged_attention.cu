@@ -18,8 +18,8 @@
 #include <cstdint>
 #include <string>
 
+#include "mma_decode_kernel.cuh"
 #include "paged_attention_kernels.cuh"
-#include "row_attention_kernel.cuh"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -66,13 +66,40 @@ ffi::Error launch_rows(cudaStream_t stream, const AttentionParams& p) {
   return p.num_splits > 1 ? launch_combine<T, D>(stream, p) : ffi::Error::Success();
 }
 
+// Single-row tiles on the tensor cores (mma_decode_kernel.cuh): 16-bit types, D 64 or 128.
+template <typename T, int D, int GM>
+ffi::Error launch_mma_rows(cudaStream_t stream, const AttentionParams& p) {
+  auto kernel = mma_decode_kernel<T, D, GM>;
+  const size_t smem = mma_decode_smem_bytes<T, D, GM>();
+  JAXLLM_CUDA_CHECK("cudaFuncSetAttribute(mma_decode, MaxDynamicSharedMemorySize)",
+                    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem)));
+  // Three ~70 KiB programs per SM need the largest shared-memory carveout.
+  JAXLLM_CUDA_CHECK("cudaFuncSetAttribute(mma_decode, PreferredSharedMemoryCarveout)",
+                    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                         static_cast<int>(cudaSharedmemCarveoutMaxShared)));
+  cudaGetLastError();  // clear any stale error so the check below sees only ours
+  const dim3 grid(p.num_tiles, p.Hkv, p.num_splits);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
+  JAXLLM_CUDA_CHECK("launch of mma_decode_kernel", cudaGetLastError());
+  return p.num_splits > 1 ? launch_combine<T, D>(stream, p) : ffi::Error::Success();
+}
+
+template <typename T, int D, int GM>
+ffi::Error launch_single_row(cudaStream_t stream, const AttentionParams& p) {
+  if constexpr (sizeof(T) == 2 && (D == 64 || D == 128)) {
+    if (p.decode_kernel != kDecodeKernelCudaCores) return launch_mma_rows<T, D, GM>(stream, p);
+  }
+  return launch_rows<T, D, GM>(stream, p);
+}
+
 template <typename T, int D>
 ffi::Error launch(cudaStream_t stream, const AttentionParams& p) {
   if (p.block_q == 1 && p.G <= kRowKernelMaxG) {
-    if (p.G == 1) return launch_rows<T, D, 1>(stream, p);
-    if (p.G == 2) return launch_rows<T, D, 2>(stream, p);
-    if (p.G <= 4) return launch_rows<T, D, 4>(stream, p);
-    return launch_rows<T, D, 8>(stream, p);
+    if (p.G == 1) return launch_single_row<T, D, 1>(stream, p);
+    if (p.G == 2) return launch_single_row<T, D, 2>(stream, p);
+    if (p.G <= 4) return launch_single_row<T, D, 4>(stream, p);
+    return launch_single_row<T, D, 8>(stream, p);
   }
   int device = 0;
   JAXLLM_CUDA_CHECK("cudaGetDevice", cudaGetDevice(&device));
@@ -114,12 +141,15 @@ ffi::Error dispatch_head_dim(cudaStream_t stream, const AttentionParams& p) {
   }
 }
 
-ffi::Error ragged_paged_attention_impl(
-    cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
-    ffi::Buffer<ffi::S32> block_tables, ffi::Buffer<ffi::S32> kv_lens, ffi::Buffer<ffi::S32> qsl,
-    ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> work, ffi::Result<ffi::AnyBuffer> out,
-    ffi::Result<ffi::Buffer<ffi::F32>> part_o, ffi::Result<ffi::Buffer<ffi::F32>> part_ml,
-    float sm_scale, int32_t sliding_window, int32_t block_q, int32_t num_splits) {
+ffi::Error ragged_paged_attention_impl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
+                                       ffi::AnyBuffer v, ffi::Buffer<ffi::S32> block_tables,
+                                       ffi::Buffer<ffi::S32> kv_lens, ffi::Buffer<ffi::S32> qsl,
+                                       ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> work,
+                                       ffi::Result<ffi::AnyBuffer> out,
+                                       ffi::Result<ffi::Buffer<ffi::F32>> part_o,
+                                       ffi::Result<ffi::Buffer<ffi::F32>> part_ml, float sm_scale,
+                                       int32_t sliding_window, int32_t block_q, int32_t num_splits,
+                                       int32_t decode_kernel) {
   const auto qd = q.dimensions(), kd = k.dimensions(), od = out->dimensions();
   if (qd.size() != 3)
     return ffi::Error::InvalidArgument("q must be [T, Hq, D], got " + dims_str(qd));
@@ -169,6 +199,7 @@ ffi::Error ragged_paged_attention_impl(
   p.num_splits = num_splits;
   p.window = sliding_window > 0 ? sliding_window : 0;
   p.scale_log2 = sm_scale * 1.4426950408889634f;
+  p.decode_kernel = decode_kernel;
 
   if (kd[4] != qd[2]) return ffi::Error::InvalidArgument("head dim of q and k_pages differ");
   if (p.Hkv < 1 || p.Hq % p.Hkv != 0)
@@ -205,10 +236,10 @@ ffi::Error ragged_paged_attention_init_impl(
     ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> work, ffi::AnyBuffer /*out_init*/,
     ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> part_o,
     ffi::Result<ffi::Buffer<ffi::F32>> part_ml, float sm_scale, int32_t sliding_window,
-    int32_t block_q, int32_t num_splits) {
+    int32_t block_q, int32_t num_splits, int32_t decode_kernel) {
   return ragged_paged_attention_impl(stream, q, k, v, block_tables, kv_lens, qsl, layer, work, out,
-                                     part_o, part_ml, sm_scale, sliding_window, block_q,
-                                     num_splits);
+                                     part_o, part_ml, sm_scale, sliding_window, block_q, num_splits,
+                                     decode_kernel);
 }
 
 }  // namespace
@@ -231,7 +262,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmRaggedPagedAttention, jaxllm::ragged_paged_a
                                   .Attr<float>("sm_scale")
                                   .Attr<int32_t>("sliding_window")
                                   .Attr<int32_t>("block_q")
-                                  .Attr<int32_t>("num_splits"));
+                                  .Attr<int32_t>("num_splits")
+                                  .Attr<int32_t>("decode_kernel"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmRaggedPagedAttentionInit,
                               jaxllm::ragged_paged_attention_init_impl,
@@ -252,4 +284,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmRaggedPagedAttentionInit,
                                   .Attr<float>("sm_scale")
                                   .Attr<int32_t>("sliding_window")
                                   .Attr<int32_t>("block_q")
-                                  .Attr<int32_t>("num_splits"));
+                                  .Attr<int32_t>("num_splits")
+                                  .Attr<int32_t>("decode_kernel"));

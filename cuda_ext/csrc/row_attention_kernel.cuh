@@ -71,6 +71,49 @@ __device__ __forceinline__ float exp2_or_zero(float x, float m) {
   return x == -INFINITY ? 0.f : exp2f(x - m);
 }
 
+// The end of a single-row program: merge the kWarps partial softmax states of its G rows
+// (red_o [kWarps][GM][D], red_m and red_l [kWarps][GM] in shared memory, written before a
+// __syncthreads) and write the normalised rows into `out` (one split) or the split's (o, m, l)
+// partials in the layout of `combine_splits_kernel`. Four output elements per work item.
+template <typename T, int D, int GM>
+__device__ __forceinline__ void merge_warps_and_store(const AttentionParams& p, const float* red_o,
+                                                      const float* red_m, const float* red_l,
+                                                      int tile, int h, int split, int row) {
+  const int G = p.G;
+  for (int i = threadIdx.x; i < G * (D / 4); i += kThreads) {
+    const int g = i / (D / 4), d = (i % (D / 4)) * 4;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_m[w * GM + g]);
+    float o[4] = {0.f, 0.f, 0.f, 0.f};
+    float total = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float ww = exp2_or_zero(red_m[w * GM + g], mx);
+      total += ww * red_l[w * GM + g];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[e] = fmaf(ww, red_o[(w * GM + g) * D + d + e], o[e]);
+    }
+    if (p.num_splits == 1) {
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[e] *= inv;
+      store_from_float<T, 4>(
+          static_cast<T*>(p.out) + (size_t(row) * p.Hq + size_t(h) * G + g) * D + d, o);
+    } else {
+      const size_t slot =
+          (size_t(tile) * p.Hkv + h) * p.num_splits + split;  // * max_rows (= G) rows
+      float* po = p.part_o + (slot * p.max_rows + g) * D + d;
+      *reinterpret_cast<float4*>(po) = make_float4(o[0], o[1], o[2], o[3]);
+      if (d == 0) {
+        float* pml = p.part_ml + (slot * p.max_rows + g) * 2;
+        pml[0] = mx;
+        pml[1] = total;
+      }
+    }
+  }
+}
+
 template <typename T, int D, int GM>
 __global__ void __launch_bounds__(kThreads) row_attention_kernel(const AttentionParams p) {
   using Geo = RowGeometry<T, D, GM>;
@@ -244,39 +287,8 @@ __global__ void __launch_bounds__(kThreads) row_attention_kernel(const Attention
   }
   __syncthreads();
 
-  // Merge the warps; 4 output elements per work item.
-  for (int i = tid; i < G * (D / 4); i += kThreads) {
-    const int g = i / (D / 4), d = (i % (D / 4)) * 4;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_m[w][g]);
-    float o[4] = {0.f, 0.f, 0.f, 0.f};
-    float total = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float ww = exp2_or_zero(red_m[w][g], mx);
-      total += ww * red_l[w][g];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[e] = fmaf(ww, red_o[w][g][d + e], o[e]);
-    }
-    if (p.num_splits == 1) {
-      const float inv = total > 0.f ? 1.f / total : 0.f;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[e] *= inv;
-      store_from_float<T, 4>(
-          static_cast<T*>(p.out) + (size_t(row) * p.Hq + size_t(h) * G + g) * D + d, o);
-    } else {
-      const size_t slot =
-          (size_t(tile) * p.Hkv + h) * p.num_splits + split;  // * max_rows (= G) rows
-      float* po = p.part_o + (slot * p.max_rows + g) * D + d;
-      *reinterpret_cast<float4*>(po) = make_float4(o[0], o[1], o[2], o[3]);
-      if (d == 0) {
-        float* pml = p.part_ml + (slot * p.max_rows + g) * 2;
-        pml[0] = mx;
-        pml[1] = total;
-      }
-    }
-  }
+  merge_warps_and_store<T, D, GM>(p, &red_o[0][0][0], &red_m[0][0], &red_l[0][0], tile, h, split,
+                                  row);
 }
 
 }  // namespace jaxllm

@@ -33,7 +33,9 @@ gpu_only = pytest.mark.skipif(
 )
 
 
-def check_case(case: Case, num_batches: int = 3, jit_reference: bool = True) -> None:
+def check_case(
+    case: Case, num_batches: int = 3, jit_reference: bool = True, decode_kernel: str = "auto"
+) -> None:
     for seed in range(num_batches):
         kernel_args, ref_args, n_valid = make_batch(case, seed)
         T, Hq, D = kernel_args[0].shape
@@ -45,6 +47,7 @@ def check_case(case: Case, num_batches: int = 3, jit_reference: bool = True) -> 
             decode_only=case.decode,
             block_q=case.block_q,
             num_kv_splits=case.splits,
+            decode_kernel=decode_kernel,
             _out_init=jnp.asarray(
                 np.full((T, Hq, D), np.nan, np.float32).astype(kernel_args[0].dtype)
             ),
@@ -113,6 +116,15 @@ GPU_CASES = [
         window=77,
     ),
     Case("long-gen-g4-d256-bs16-f16", 4, 256, 16, "float16", False, Hkv=1, S=4, T=128, P=16),
+    # tensor-core decode kernel (16-bit, D 64/128): odd G, a window with splits, many splits
+    Case("dec-g3-d64-bs16-f16-window-z3", 3, 64, 16, "float16", True, splits=3, window=21),
+    Case("long-dec-g4-d128-bs16-bf16-z16", 4, 128, 16, "bfloat16", True, S=2, T=4, P=64, splits=16),
+    Case("long-dec-g8-d64-bs32-bf16", 8, 64, 32, "bfloat16", True, Hkv=2, S=6, T=8, P=20),
+]
+# The same 16-bit decode shapes on the CUDA-core row kernel (decode_kernel="cuda-cores").
+CUDA_CORE_CASES = [
+    Case("cores-dec-g4-d128-bs16-bf16-z2", 4, 128, 16, "bfloat16", True, splits=2),
+    Case("cores-long-dec-g2-d128-bs16-bf16", 2, 128, 16, "bfloat16", True, S=4, T=8, P=64),
 ]
 
 
@@ -214,25 +226,39 @@ def test_plan_launch():
     assert p.num_splits == 1  # 128 * 8 programs already fill the GPU
     # few sequences, long context: split the KV; short context: do not
     p = plan_launch(8, 4, 256, 32, 8, 128, 16, 2, decode_only=True)
-    assert p.num_splits == 16 and p.scratch_shapes(8, 128) == (
-        (4 * 8 * 16 * 4 * 128,),
-        (4 * 8 * 16 * 4 * 2,),
+    assert p.num_splits == 12 and p.scratch_shapes(8, 128) == (
+        (4 * 8 * 12 * 4 * 128,),
+        (4 * 8 * 12 * 4 * 2,),
     )
     assert plan_launch(8, 4, 2, 32, 8, 128, 16, 2, decode_only=True).num_splits == 1
-    # single-row kernel: splits until ~8 programs per SM, each split >= 256 tokens, <= 16
+    # which single-row kernel: tensor cores for 16-bit types at D 64/128, else CUDA cores
     assert cuda_attention.uses_row_kernel(1, 4) and not cuda_attention.uses_row_kernel(1, 16)
     assert not cuda_attention.uses_row_kernel(8, 4)
-    assert (
-        plan_launch(16, 16, 128, 32, 8, 128, 16, 2, decode_only=True).num_splits == 8
-    )  # 16 x 2048
-    assert (
-        plan_launch(16, 16, 512, 32, 8, 128, 16, 2, decode_only=True).num_splits == 9
-    )  # 16 x 8192
-    assert (
-        plan_launch(64, 64, 128, 32, 8, 128, 16, 2, decode_only=True).num_splits == 3
-    )  # 64 x 2048
-    assert plan_launch(256, 256, 512, 32, 8, 128, 16, 2, decode_only=True).num_splits == 1
-    assert plan_launch(1, 1, 32, 32, 8, 128, 16, 2, decode_only=True).num_splits == 2  # 1 x 512
+    mma = cuda_attention.uses_mma_row_kernel
+    assert mma(1, 4, 128, 2, "auto") and mma(1, 8, 64, 2, "auto")
+    assert not mma(1, 4, 256, 2, "auto") and not mma(1, 4, 128, 4, "auto")
+    assert not mma(1, 4, 128, 2, "cuda-cores") and not mma(1, 16, 128, 2, "auto")
+
+    # tensor-core kernel: the split count that fills the last wave of 3 * 132 programs best, each
+    # split >= 256 tokens, <= 16; 1 from 4 waves on
+    def splits(S, P, **kw):
+        return plan_launch(S, S, P, 32, 8, 128, 16, 2, decode_only=True, **kw).num_splits
+
+    assert splits(16, 128) == 3  # 16 x 2048: 128 programs -> 384 (0.97 of a wave)
+    assert splits(16, 512) == 3  # 16 x 8192
+    assert splits(64, 128) == 3  # 64 x 2048: 512 programs -> 1536 (3.9 waves)
+    assert splits(64, 32) == 2  # 64 x 512: at most 2 splits of 256 tokens
+    assert splits(256, 512) == 1  # 2048 programs: >= 4 waves
+    assert splits(1, 32) == 2  # 1 x 512: 2 splits of 256 tokens
+    assert splits(1, 512) == 16  # 1 x 8192
+    # CUDA-core row kernel (float32, D 256, or asked for): ~8 programs per SM, >= 256 tokens, <= 16
+    cores = {"decode_kernel": "cuda-cores"}
+    assert splits(16, 128, **cores) == 8  # 16 x 2048
+    assert splits(16, 512, **cores) == 9  # 16 x 8192
+    assert splits(64, 128, **cores) == 3  # 64 x 2048
+    assert splits(256, 512, **cores) == 1
+    assert splits(1, 32, **cores) == 2  # 1 x 512
+    assert plan_launch(16, 16, 128, 32, 8, 128, 16, 4, decode_only=True).num_splits == 8  # f32
     # general: ~32 rows per program, tile bound T // block_q + S
     p = plan_launch(512, 6, 48, 32, 8, 128, 16, 2, decode_only=False)
     assert (p.block_q, p.num_tiles, p.max_rows, p.num_splits) == (8, 70, 32, 1)
@@ -284,6 +310,10 @@ def test_public_entry_validates_before_needing_a_gpu():
         ragged_paged_attention_cuda(
             q, k, k, bt, jnp.ones(2, jnp.int32), jnp.array([0, 1, 3], jnp.int32), decode_only=True
         )
+    with pytest.raises(ValueError, match=r"decode_kernel must be one of \['auto', 'cuda-cores'\]"):
+        ragged_paged_attention_cuda(
+            q, k, k, bt, jnp.ones(2, jnp.int32), jnp.array([0, 1, 2], jnp.int32), decode_kernel="tc"
+        )
 
 
 @pytest.mark.parametrize("decode_only", [True, False])
@@ -297,11 +327,13 @@ def test_lowers_to_one_ffi_custom_call_for_cuda(decode_only):
     lowered = cuda_attention._rpa_call.trace(
         q, k, k, sds((S, 4), jnp.int32), sds((S,), jnp.int32), sds((S + 1,), jnp.int32),
         sds((), jnp.int32), None, plan=plan, sm_scale=0.125, window=7, decode_only=decode_only,
+        decode_kernel="cuda-cores",
     ).lower(lowering_platforms=("cuda",))  # fmt: skip
     calls = [line for line in lowered.as_text().splitlines() if "stablehlo.custom_call" in line]
     assert len(calls) == 1 and "@jaxllm_ragged_paged_attention(" in calls[0]
     attrs = (
         f"block_q = {plan.block_q:d} : i32",
+        "decode_kernel = 1 : i32",
         "num_splits = 2 : i32",
         "sliding_window = 7 : i32",
         "sm_scale = 1.250000e-01 : f32",
@@ -322,6 +354,13 @@ def test_lowers_to_one_ffi_custom_call_for_cuda(decode_only):
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
 def test_matches_reference(case):
     check_case(case)
+
+
+@pytest.mark.gpu
+@gpu_only
+@pytest.mark.parametrize("case", CUDA_CORE_CASES, ids=lambda c: c.name)
+def test_cuda_core_row_kernel_matches_reference(case):
+    check_case(case, decode_kernel="cuda-cores")
 
 
 @pytest.mark.gpu

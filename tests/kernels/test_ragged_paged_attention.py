@@ -5,12 +5,14 @@ CPU: the kernels run with `interpret=True`. GPU (`-m gpu`): the same sweep, comp
 Every batch is drawn fresh and poisoned by `ragged_batches.make_batch` (read its docstring); the
 output buffer starts as NaN too, so a row the kernel fails to write stays NaN. The decode path is
 covered with one KV split (a single kernel writes the output) and with several (split kernel plus
-combine kernel), forced and automatic.
+combine kernel), forced and automatic, and with the splits merged by jnp ops that XLA fuses
+(`decode_combine="xla"`, the `XcCase`s).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import re
 
@@ -18,10 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import pallas as pl
 from ragged_batches import GOOD_SHAPES, Case, L, make_batch, reference, rng_for, sds, tolerance
 
 from pallas_kernels import tuned_block_sizes
-from pallas_kernels.paged_softmax import TritonParams
+from pallas_kernels.decode_attention import _combine_kernel, xla_combine
+from pallas_kernels.paged_softmax import NEG, TritonParams
 from pallas_kernels.ragged_paged_attention import (
     ragged_paged_attention,
     resolve_decode_only,
@@ -35,6 +39,15 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 ON_GPU = jax.devices()[0].platform == "gpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class XcCase(Case):
+    """A Case with the decode path's combine chosen (`decode_combine`), and whether interpret mode
+    also runs it into a NaN output buffer (compiled runs always do)."""
+
+    combine: str | None = None
+    nan_buffer: bool = False
 
 
 # Covering set (every GQA ratio, both head dims, both block sizes, both dtypes, both paths, splits,
@@ -60,8 +73,27 @@ CPU_CASES = [
     ),  # auto: 2 splits
 ]
 
+# The XLA combine (split kernel + jnp merge): G 1, 4, 8; more splits than compute blocks (empty
+# splits); a sliding window; a NaN output buffer. Every batch has padding rows and a sequence
+# without query rows (ragged_batches.draw_lengths).
+XC_CASES = [
+    XcCase(
+        "dec-xc-g1-d64-bs16-f32-ns4", 1, 64, 16, "float32", True, splits=4, ppcb=1,
+        combine="xla", nan_buffer=True,
+    ),
+    XcCase("dec-xc-g4-d64-bs32-bf16-ns2", 4, 64, 32, "bfloat16", True, splits=2, combine="xla"),
+    XcCase(
+        "dec-xc-g8-d64-bs16-f32-ns16", 8, 64, 16, "float32", True, Hkv=1, splits=16, ppcb=1,
+        combine="xla", layer=0,
+    ),
+    XcCase(
+        "dec-xc-g4-d64-bs16-f32-window-ns4", 4, 64, 16, "float32", True, splits=4, ppcb=1,
+        window=20, combine="xla",
+    ),
+]  # fmt: skip
+
 # On the GPU compiles are cheap: the CPU set, then longer contexts, auto splits, bigger batches.
-GPU_CASES = CPU_CASES + [
+GPU_CASES = CPU_CASES + XC_CASES + [
     Case("gpu-dec-g4-d128-bs16-bf16-long", 4, 128, 16, "bfloat16", True, Hkv=8, S=3, T=8, P=96),
     Case("gpu-dec-g8-d128-bs32-f32-long", 8, 128, 32, "float32", True, S=4, T=8, P=40, splits=8),
     Case("gpu-dec-g1-d64-bs16-bf16-many", 1, 64, 16, "bfloat16", True, Hkv=4, S=64, T=80, P=8),
@@ -77,7 +109,25 @@ GPU_CASES = CPU_CASES + [
     Case("gpu-dec-g4-d256-bs16-bf16", 4, 256, 16, "bfloat16", True, Hkv=1, S=4, T=8, P=32),
     # Llama-3-8B key, automatic: 1 split on a grid of 8 programs -> the single-pass knobs (8, 1)
     Case("gpu-dec-g4-d128-bs16-bf16-single-pass", 4, 128, 16, "bfloat16", True, S=4, T=8, P=32),
-]
+    # The XLA combine at the Llama-3-8B shape: JAX's op's layouts (16 splits of one compute block,
+    # contexts 512 and 2048), a batch of 16 and a window.
+    XcCase(
+        "gpu-dec-xc-g4-d128-bs16-bf16-ns16-p2", 4, 128, 16, "bfloat16", True, Hkv=8, S=2, T=4,
+        P=32, splits=16, ppcb=2, combine="xla",
+    ),
+    XcCase(
+        "gpu-dec-xc-g4-d128-bs16-bf16-ns16-p8", 4, 128, 16, "bfloat16", True, Hkv=8, S=2, T=4,
+        P=128, splits=16, ppcb=8, combine="xla",
+    ),
+    XcCase(
+        "gpu-dec-xc-g4-d128-bs16-bf16-s16-ns4", 4, 128, 16, "bfloat16", True, Hkv=8, S=16, T=24,
+        P=128, splits=4, combine="xla",
+    ),
+    XcCase(
+        "gpu-dec-xc-g8-d128-bs16-f32-window-ns8", 8, 128, 16, "float32", True, S=4, T=8, P=64,
+        splits=8, window=200, combine="xla",
+    ),
+]  # fmt: skip
 
 
 def _kernel_kwargs(case: Case, interpret: bool) -> dict:
@@ -88,6 +138,7 @@ def _kernel_kwargs(case: Case, interpret: bool) -> dict:
         pages_per_compute_block=case.ppcb,
         block_q=case.block_q,
         interpret=interpret,
+        decode_combine=getattr(case, "combine", None),
     )
 
 
@@ -100,7 +151,8 @@ def check_case(case: Case, interpret: bool, num_batches: int) -> None:
         # General path: into a NaN buffer (rows it must not write keep the NaN). Decode path: the
         # public call, whose kernels write every row (the interpreter starts outputs as NaN, so a
         # skipped row shows); compiled, also into a NaN buffer, since device memory starts stale.
-        buffers = [nan_out] if not case.decode else ([None] if interpret else [None, nan_out])
+        poison = not interpret or getattr(case, "nan_buffer", False)
+        buffers = [nan_out] if not case.decode else ([None, nan_out] if poison else [None])
         for out_init in buffers:
             got = ragged_paged_attention(
                 *kernel_args, case.layer, _out_init=out_init, **_kernel_kwargs(case, interpret)
@@ -125,6 +177,58 @@ def check_case(case: Case, interpret: bool, num_batches: int) -> None:
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: c.id)
 def test_matches_reference_interpret(case):
     check_case(case, interpret=True, num_batches=3)
+
+
+@pytest.mark.parametrize("case", XC_CASES, ids=lambda c: c.id)
+def test_xla_combine_matches_reference_interpret(case):
+    check_case(case, interpret=True, num_batches=3)
+
+
+def _combine_oracle(qsl, o, m, lsum, T, G):
+    """numpy: each sequence with query rows: its merged splits in its last row; zeros elsewhere."""
+    S, Hkv, NS, _, D = o.shape
+    out = np.zeros((T, Hkv * G, D), np.float64)
+    for s in range(S):
+        if qsl[s + 1] <= qsl[s]:
+            continue
+        for h in range(Hkv):
+            mm = m[s, h, :, :G].astype(np.float64)  # [NS, G]
+            w = np.exp2(mm - mm.max(axis=0))
+            tot = (w * lsum[s, h, :, :G]).sum(axis=0)
+            acc = (w[:, :, None] * o[s, h, :, :G]).sum(axis=0)  # [G, D]
+            out[qsl[s + 1] - 1, h * G : (h + 1) * G] = acc / np.where(tot == 0, 1, tot)[:, None]
+    return out
+
+
+def test_xla_combine_matches_combine_kernel():
+    """`xla_combine` on hand-made partials against a numpy oracle and the Pallas combine kernel
+    (interpret): rows before qsl[0], a sequence without rows, one with two rows (only its last is
+    written), padding rows, empty splits, a sequence whose splits are all empty, a split whose max
+    exceeds the others' by 300 (log2 units); NaN in the tile's padding rows (r >= G), which
+    neither may read."""
+    rng = rng_for("xla-combine")
+    S, Hkv, NS, M, D, G, T = 4, 2, 4, 16, 32, 4, 10
+    qsl = np.array([2, 3, 3, 5, 6], np.int32)
+    o = rng.standard_normal((S, Hkv, NS, M, D)).astype(np.float32)
+    m = rng.uniform(-5, 5, (S, Hkv, NS, M)).astype(np.float32)
+    lsum = rng.uniform(0.5, 4, (S, Hkv, NS, M)).astype(np.float32)
+    empty = np.zeros((S, Hkv, NS), bool)
+    empty[0, :, 3] = empty[2, 1, 1:] = empty[3] = True  # split with no KV: m NEG, l 0, o 0
+    m[2, 0, 2] += 300.0  # one split dominates by 2^300: the others' weights underflow to 0
+    m[empty], lsum[empty], o[empty] = NEG, 0.0, 0.0
+    o[..., G:, :], m[..., G:], lsum[..., G:] = np.nan, np.nan, np.nan
+    expected = _combine_oracle(qsl, o, m, lsum, T, G)
+    args = tuple(jnp.asarray(x) for x in (qsl, o, m, lsum))
+    got = np.asarray(jax.jit(functools.partial(xla_combine, T=T, G=G, dtype=jnp.float32))(*args))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert np.count_nonzero(np.abs(got).sum(axis=(1, 2))) == 2  # rows 2 and 4 only (5: all empty)
+    kernel_out = pl.pallas_call(
+        functools.partial(_combine_kernel, G=G, R=G, num_splits=NS),
+        grid=(S, Hkv),
+        out_shape=jax.ShapeDtypeStruct((T, Hkv * G, D), jnp.float32),
+        interpret=True,
+    )(*args)
+    np.testing.assert_allclose(got, np.asarray(kernel_out), rtol=1e-6, atol=1e-6)
 
 
 def test_auto_cases_cover_both_decode_paths():
@@ -222,6 +326,7 @@ GOOD = GOOD_SHAPES
         ({}, dict(num_kv_splits=3), r"num_kv_splits must be a power of two"),
         ({}, dict(pages_per_compute_block=6), r"pages_per_compute_block must be a power of two"),
         ({}, dict(block_q=0), r"block_q must be a power of two"),
+        ({}, dict(decode_combine="triton"), r"decode_combine must be None, 'kernel' or 'xla'"),
     ],
 )
 def test_validation_errors_pallas(change, kwargs, message):
@@ -238,6 +343,12 @@ def test_public_entry_validates():
         ragged_paged_attention(
             q, k, k, bt, jnp.ones(2, jnp.int32), jnp.array([0, 1, 2], jnp.int32), interpret=True
         )
+    q = jnp.zeros((4, 8, 64))
+    with pytest.raises(ValueError, match=r"decode_combine must be None, 'kernel' or 'xla', got 'X"):
+        ragged_paged_attention(
+            q, k, k, bt, jnp.ones(2, jnp.int32), jnp.array([0, 1, 2], jnp.int32),
+            decode_only=True, decode_combine="X", interpret=True,
+        )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,9 +407,46 @@ def test_decode_plan_single_pass_and_split():
     )
 
 
-def _can_lower_for_cuda() -> bool:
-    from jax.experimental import pallas as pl
+def test_one_block_plan_and_decode_combine_rule():
+    """The JAX-like split plan (one compute block per split) and the XLA-combine rule: off in the
+    table (defaults 0), exact values once a config enables them."""
+    one = tuned_block_sizes.one_block_split_plan
+    assert one(512, 16, 1) == (16, 2)  # JAX's op at 1 x 512: 16 splits of 2 pages
+    assert one(2048, 16, 1) == (16, 8)
+    assert one(8192, 16, 1) == (16, 8)  # capped at 8 pages: 4 blocks per split
+    assert one(1024, 16, 1) == (16, 4)
+    assert one(48, 16, 1) == (4, 1)  # 3 pages: 4 splits of one page (one empty)
+    assert one(16, 16, 1) == (1, 1)
+    assert one(512, 8, 2) == (16, 4)  # 64 pages of 8 tokens
+    assert one(100, 16, 1, max_splits=4, max_pages=2) == (4, 2)
+    assert one(64, 8, 2, max_splits=16, max_pages=1) == (4, 2)  # min_pages wins over max_pages
 
+    plan = rpa_module.decode_plan
+    resolve = rpa_module.resolve_decode_combine
+    base = tuned_block_sizes.lookup(128, 16, "bfloat16", 4)
+    assert base.xla_combine_max_programs == 0 and base.one_block_max_programs == 0
+    assert tuned_block_sizes.choose_decode_combine(1, 8, 16, base) == "kernel"
+    assert resolve(None, 1, 8, 8, base) == "kernel"
+    cfg = dataclasses.replace(base, xla_combine_max_programs=8, one_block_max_programs=8)
+    assert plan(1, 8, 512, 16, cfg, num_sms=132) == (16, 2, 2)
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132) == (16, 8, 2)
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132, num_stages=3) == (16, 8, 3)
+    staged = dataclasses.replace(cfg, one_block_num_stages=1)
+    assert plan(1, 8, 2048, 16, staged, num_sms=132) == (16, 8, 1)
+    assert plan(2, 8, 2048, 16, cfg, num_sms=132) == (8, 4, 2)  # 16 programs: the split rule
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132, num_kv_splits=4) == (4, 4, 2)  # caller's
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132, pages_per_compute_block=2)[1] == 2
+    choose = tuned_block_sizes.choose_decode_combine
+    assert choose(1, 8, 16, cfg) == "xla"
+    assert choose(2, 8, 16, cfg) == "kernel"  # 16 (sequence, KV head) pairs > 8
+    assert choose(1, 8, 1, cfg) == "kernel"  # one split: nothing to merge
+    assert resolve(None, 1, 8, 16, cfg) == "xla"
+    assert resolve("kernel", 1, 8, 16, cfg) == "kernel"
+    assert resolve("xla", 64, 8, 2, base) == "xla"
+    assert resolve("xla", 1, 8, 1, base) == "kernel"
+
+
+def _can_lower_for_cuda() -> bool:
     def kernel(x_ref, o_ref):
         o_ref[...] = x_ref[...] + 1.0
 
@@ -363,6 +511,35 @@ def test_lowers_to_triton_for_cuda(G, D, bs, dtype, decode, splits, window, L_, 
     assert kernels in (1, 2)
     ops = set(re.findall(r"= \"?(stablehlo\.\w+)", text))
     assert ops <= {"stablehlo.custom_call", "stablehlo.reshape"}, ops
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU class compiles for real")
+@pytest.mark.parametrize("S, P, splits, ppcb, window", [(1, 32, 16, 2, None), (4, 16, 4, None, 40)])
+def test_xla_combine_lowers_for_cuda(S, P, splits, ppcb, window):
+    """decode_combine="xla": one Triton kernel (the split kernel), then plain XLA ops: no scatter,
+    no loop, no reduction (the split and sequence loops are unrolled into elementwise ops)."""
+    if not _can_lower_for_cuda():
+        pytest.skip("this jaxlib cannot lower Pallas kernels for CUDA")
+    G, D, bs, Hkv, T = 4, 128, 16, 8, 2 * S
+    args = (
+        sds((T, Hkv * G, D), "bfloat16"),
+        sds((2, 64, Hkv, bs, D), "bfloat16"),
+        sds((2, 64, Hkv, bs, D), "bfloat16"),
+        sds((S, P), jnp.int32),
+        sds((S,), jnp.int32),
+        sds((S + 1,), jnp.int32),
+        sds((), jnp.int32),
+    )
+    f = jax.jit(
+        lambda *a: ragged_paged_attention(
+            *a, decode_only=True, num_kv_splits=splits, pages_per_compute_block=ppcb,
+            sliding_window=window, decode_combine="xla",
+        )
+    )  # fmt: skip
+    text = f.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 1
+    ops = set(re.findall(r"= \"?(stablehlo\.\w+)", text))
+    assert not ops & {"stablehlo.scatter", "stablehlo.while", "stablehlo.reduce"}, ops
 
 
 # --------------------------------------------------------------------------------------------------

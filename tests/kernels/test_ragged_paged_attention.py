@@ -460,6 +460,16 @@ def _can_lower_for_cuda() -> bool:
     return True
 
 
+def _abstract_args(T, Hkv, G, D, L_, N, bs, S, P, dtype):
+    """Shape-only arguments of `ragged_paged_attention` (q, k, v, block tables, kv lens, query
+    start offsets, layer) for lowering without data."""
+    kv = sds((L_, N, Hkv, bs, D), dtype)
+    return (
+        sds((T, Hkv * G, D), dtype), kv, kv, sds((S, P), jnp.int32), sds((S,), jnp.int32),
+        sds((S + 1,), jnp.int32), sds((), jnp.int32),
+    )  # fmt: skip
+
+
 @pytest.mark.skipif(ON_GPU, reason="the GPU class compiles for real")
 @pytest.mark.parametrize(
     "G, D, bs, dtype, decode, splits, window, L_, N, T, S, P",
@@ -481,15 +491,7 @@ def test_lowers_to_triton_for_cuda(G, D, bs, dtype, decode, splits, window, L_, 
     if not _can_lower_for_cuda():
         pytest.skip("this jaxlib cannot lower Pallas kernels for CUDA")
     Hkv = 2
-    args = (
-        sds((T, Hkv * G, D), dtype),
-        sds((L_, N, Hkv, bs, D), dtype),
-        sds((L_, N, Hkv, bs, D), dtype),
-        sds((S, P), jnp.int32),
-        sds((S,), jnp.int32),
-        sds((S + 1,), jnp.int32),
-        sds((), jnp.int32),
-    )
+    args = _abstract_args(T, Hkv, G, D, L_, N, bs, S, P, dtype)
     f = jax.jit(
         lambda *a: ragged_paged_attention(
             *a, decode_only=decode, num_kv_splits=splits, sliding_window=window
@@ -521,15 +523,7 @@ def test_xla_combine_lowers_for_cuda(S, P, splits, ppcb, window):
     if not _can_lower_for_cuda():
         pytest.skip("this jaxlib cannot lower Pallas kernels for CUDA")
     G, D, bs, Hkv, T = 4, 128, 16, 8, 2 * S
-    args = (
-        sds((T, Hkv * G, D), "bfloat16"),
-        sds((2, 64, Hkv, bs, D), "bfloat16"),
-        sds((2, 64, Hkv, bs, D), "bfloat16"),
-        sds((S, P), jnp.int32),
-        sds((S,), jnp.int32),
-        sds((S + 1,), jnp.int32),
-        sds((), jnp.int32),
-    )
+    args = _abstract_args(T, Hkv, G, D, 2, 64, bs, S, P, "bfloat16")
     f = jax.jit(
         lambda *a: ragged_paged_attention(
             *a, decode_only=True, num_kv_splits=splits, pages_per_compute_block=ppcb,

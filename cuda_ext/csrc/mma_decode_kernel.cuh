@@ -17,8 +17,11 @@
 //
 // Why: the CUDA-core row kernel spends ~150 instructions per K/V row on unpacking, FMAs and
 // shuffle reductions for G heads, and with 3 programs (12 warps) per SM it stays latency-bound at
-// ~0.5-0.6 of copy bandwidth at batch 16 x context 2048 (ncu on an H200: DRAM 34-36% of peak).
-// The tensor cores do the G x 16-token dot products and the P V update in a few instructions.
+// 0.53-0.77 of copy bandwidth at batch 16 x context 2048 on an H200 (ncu: DRAM 34-36% of peak).
+// The tensor cores do the G x 16-token dot products and the P V update in a few instructions;
+// this kernel reaches 0.85 there (bench/gpu_runs/2026-11-28_h200x2_kernels.md). 168 registers
+// (__launch_bounds__(128, 3), no spills) and a ~70 KiB ring at D = 128 let 3 programs share an SM;
+// at 170 registers only 2 fit and the same row measured 0.77-0.81.
 #pragma once
 
 #include "row_attention_kernel.cuh"

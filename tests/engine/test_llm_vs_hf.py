@@ -62,6 +62,8 @@ def test_greedy_batch_equals_hf(smollm2, prompts, hf_greedy, engine_kwargs):
     llm = LLM(smollm2, max_model_len=512, max_num_seqs=16, **engine_kwargs)
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=NEW), use_tqdm=False)
     _check(outs, hf_greedy, llm.llm_engine.eos_token_ids)
+    if "num_gpu_blocks_override" in engine_kwargs:  # the small cache did force preemption
+        assert llm.llm_engine.scheduler.num_preemptions_total > 0
     sched = llm.llm_engine.scheduler
     if "num_gpu_blocks_override" in engine_kwargs:
         assert sched.num_preemptions_total > 0

@@ -33,13 +33,20 @@ def test_unstacked_layers_give_the_stacked_logits(smollm2):
     assert step_params(per_layer, platform="cpu") is per_layer
 
 
-def test_engine_with_per_layer_params_gives_the_same_tokens(smollm2, monkeypatch):
+def test_engine_with_per_layer_params_gives_the_same_tokens(smollm2, smollm2_hf, monkeypatch):
+    """Greedy tokens of the engine on per-layer weights equal HF generate's."""
+    torch = pytest.importorskip("torch")
     from jaxllm import LLM, SamplingParams
 
     sp = SamplingParams(temperature=0.0, max_tokens=8)
     prompts = ["The capital of France is", "def add(a, b):"]
     kw = dict(max_model_len=64, max_num_seqs=2, num_gpu_blocks_override=16)
-    ref = [o.outputs[0].token_ids for o in LLM(smollm2, **kw).generate(prompts, sp)]
+    ref = []
+    for text in prompts:
+        ids = smollm2.tokenizer.encode(text)
+        with torch.no_grad():
+            g = smollm2_hf.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+        ref.append(g[0, len(ids) :].tolist())
     monkeypatch.setenv("JAXLLM_PER_LAYER_PARAMS", "1")
     llm = LLM(smollm2, **kw)
     assert has_per_layer_params(llm.llm_engine.runner.params)

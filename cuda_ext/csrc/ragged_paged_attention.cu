@@ -33,7 +33,7 @@ std::string dims_str(ffi::Span<const int64_t> dims) {
   return s + (dims.size() == 1 ? ",)" : ")");
 }
 
-ffi::Error cuda_error(const char* what, cudaError_t err) {
+ffi::Error cuda_error(const std::string& what, cudaError_t err) {
   return ffi::Error::Internal(std::string("jaxllm cuda_ext: ") + what + " failed: " +
                               cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
 }
@@ -56,33 +56,44 @@ ffi::Error launch_combine(cudaStream_t stream, const AttentionParams& p) {
   return ffi::Error::Success();
 }
 
-// Single-row tiles (decode): the register-streaming kernel of row_attention_kernel.cuh.
-template <typename T, int D, int GM>
-ffi::Error launch_rows(cudaStream_t stream, const AttentionParams& p) {
-  cudaGetLastError();  // clear any stale error so the check below sees only ours
-  const dim3 grid(p.num_tiles, p.Hkv, p.num_splits);
-  row_attention_kernel<T, D, GM><<<grid, kThreads, 0, stream>>>(p);
-  JAXLLM_CUDA_CHECK("launch of row_attention_kernel", cudaGetLastError());
-  return p.num_splits > 1 ? launch_combine<T, D>(stream, p) : ffi::Error::Success();
-}
-
-// Single-row tiles on the tensor cores (mma_decode_kernel.cuh): 16-bit types, D 64 or 128.
-template <typename T, int D, int GM>
-ffi::Error launch_mma_rows(cudaStream_t stream, const AttentionParams& p) {
-  auto kernel = mma_decode_kernel<T, D, GM>;
-  const size_t smem = mma_decode_smem_bytes<T, D, GM>();
-  JAXLLM_CUDA_CHECK("cudaFuncSetAttribute(mma_decode, MaxDynamicSharedMemorySize)",
-                    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-  // Three ~70 KiB programs per SM need the largest shared-memory carveout.
-  JAXLLM_CUDA_CHECK("cudaFuncSetAttribute(mma_decode, PreferredSharedMemoryCarveout)",
-                    cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                         static_cast<int>(cudaSharedmemCarveoutMaxShared)));
+// Launch `kernel` over the (tile, KV head, KV split) grid with `smem` bytes of dynamic shared
+// memory (raising the kernel's limit first when it uses any; `max_carveout`: also ask for the
+// largest shared-memory carveout), check the launch, then merge the splits with the combine kernel
+// when there are several. `name` names the kernel in errors.
+template <typename T, int D, typename Kernel>
+ffi::Error launch_split_grid(cudaStream_t stream, const AttentionParams& p, Kernel kernel,
+                             size_t smem, const std::string& name, bool max_carveout = false) {
+  if (smem > 0) {
+    JAXLLM_CUDA_CHECK("cudaFuncSetAttribute(" + name + ", MaxDynamicSharedMemorySize)",
+                      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+  }
+  if (max_carveout) {
+    JAXLLM_CUDA_CHECK("cudaFuncSetAttribute(" + name + ", PreferredSharedMemoryCarveout)",
+                      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           static_cast<int>(cudaSharedmemCarveoutMaxShared)));
+  }
   cudaGetLastError();  // clear any stale error so the check below sees only ours
   const dim3 grid(p.num_tiles, p.Hkv, p.num_splits);
   kernel<<<grid, kThreads, smem, stream>>>(p);
-  JAXLLM_CUDA_CHECK("launch of mma_decode_kernel", cudaGetLastError());
+  JAXLLM_CUDA_CHECK("launch of " + name, cudaGetLastError());
   return p.num_splits > 1 ? launch_combine<T, D>(stream, p) : ffi::Error::Success();
+}
+
+// Single-row tiles (decode): the register-streaming kernel of row_attention_kernel.cuh.
+template <typename T, int D, int GM>
+ffi::Error launch_rows(cudaStream_t stream, const AttentionParams& p) {
+  return launch_split_grid<T, D>(stream, p, row_attention_kernel<T, D, GM>, 0,
+                                 "row_attention_kernel");
+}
+
+// Single-row tiles on the tensor cores (mma_decode_kernel.cuh): 16-bit types, D 64 or 128. Three
+// ~70 KiB programs per SM need the largest shared-memory carveout.
+template <typename T, int D, int GM>
+ffi::Error launch_mma_rows(cudaStream_t stream, const AttentionParams& p) {
+  return launch_split_grid<T, D>(stream, p, mma_decode_kernel<T, D, GM>,
+                                 mma_decode_smem_bytes<T, D, GM>(), "mma_decode_kernel",
+                                 /*max_carveout=*/true);
 }
 
 template <typename T, int D, int GM>
@@ -115,15 +126,8 @@ ffi::Error launch(cudaStream_t stream, const AttentionParams& p) {
         std::to_string(p.G) + ", D " + std::to_string(D) + "), more than the device's " +
         std::to_string(max_smem) + "; use fewer query heads per KV head or a smaller block_q");
   }
-  auto kernel = ragged_paged_attention_kernel<T, D>;
-  JAXLLM_CUDA_CHECK("cudaFuncSetAttribute(attention, MaxDynamicSharedMemorySize)",
-                    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem)));
-  cudaGetLastError();  // clear any stale error so the checks below see only ours
-  const dim3 grid(p.num_tiles, p.Hkv, p.num_splits);
-  kernel<<<grid, kThreads, smem, stream>>>(p);
-  JAXLLM_CUDA_CHECK("launch of ragged_paged_attention_kernel", cudaGetLastError());
-  return p.num_splits > 1 ? launch_combine<T, D>(stream, p) : ffi::Error::Success();
+  return launch_split_grid<T, D>(stream, p, ragged_paged_attention_kernel<T, D>, smem,
+                                 "ragged_paged_attention_kernel");
 }
 
 template <typename T>

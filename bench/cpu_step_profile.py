@@ -20,10 +20,10 @@ Option sets (`--options`, each `--compare` entry) are `JAXLLM_COMPILER_OPTIONS`-
 (`name=value,...`) applied on top of the engine's defaults (or XLA's, `--xla-defaults`); `name=`
 sets an empty value (`xla_cpu_experimental_ynn_fusion_type=` turns YNNPACK off); items named
 `model.ATTR` set an attribute of the model module instead (`model.unroll_layers=1`), and
-`model.per_layer_params=0/1` overrides `--params`. `--compare A B ...` times the sets against
-each other, alternating them call by call (on a shared machine alternation spreads load drift
-over all of them), and prints each one's median; no trace. `--dump FILE` writes the optimized
-HLO. The 1-minute load average is printed before and after.
+`model.per_layer_params=0/1` and `model.packed=0/1` override `--params`. `--compare A B ...` times
+the sets against each other, alternating them call by call (on a shared machine alternation spreads
+load drift over all of them), and prints each one's median; no trace. `--dump FILE` writes the
+optimized HLO. The 1-minute load average is printed before and after.
 
 Caveat: with YNNPACK off (the engine's CPU default) XLA:CPU runs dots as Eigen thunks that
 complete asynchronously, so their rows show little more than their launch; time them with
@@ -148,8 +148,12 @@ def build(args, options: dict, attrs: dict | None = None):
     per_layer = attrs.pop("per_layer_params", None)
     if per_layer is None:
         per_layer = args.per_layer
-    if per_layer:
-        params = jax.block_until_ready(step_params(params, platform="cpu"))
+    packed = attrs.pop("packed", None)
+    if packed is None:
+        packed = args.packed
+    params = jax.block_until_ready(
+        step_params(params, platform="cpu", per_layer=bool(per_layer), packed=bool(packed))
+    )
     if attrs:
         model = model.clone(**attrs)
     batch, P = step_batch(
@@ -341,10 +345,11 @@ def main(argv=None) -> None:
     ap.add_argument("--dump", default="", help="write the optimized HLO text here")
     ap.add_argument(
         "--params",
-        choices=("stacked", "per-layer"),
-        default="per-layer",
-        help="parameter layout: per-layer (jaxllm.models.step.step_params on the CPU; the "
-        "default), stacked (the loaders' layout, a layer scan)",
+        choices=("stacked", "per-layer", "packed"),
+        default="packed",
+        help="parameter layout: packed (per-layer with the dense kernels packed for cpu_ext's "
+        "matmul: jaxllm.models.step.step_params on the CPU, the default), per-layer (XLA's "
+        "dots), stacked (the loaders' layout, a layer scan)",
     )
     ap.add_argument(
         "--xla-defaults",
@@ -353,7 +358,8 @@ def main(argv=None) -> None:
         "(jaxllm.engine.compiler_options, e.g. YNNPACK off on the CPU)",
     )
     args = ap.parse_args(argv)
-    args.per_layer = args.params == "per-layer"
+    args.per_layer = args.params in ("per-layer", "packed")
+    args.packed = args.params == "packed"
     BASE_OPTIONS.update({} if args.xla_defaults else compiler_options_from_env())
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()}, params {args.params}, base "

@@ -4,11 +4,12 @@
 #   bash scripts/lint.sh            # all checks
 #   bash scripts/lint.sh ruff mypy  # only the named ones
 #
-# Checks: ruff (lint), format (ruff format --check), codespell, mypy, clang-format (cuda_ext/csrc),
+# Checks: ruff (lint), format (ruff format --check), codespell, mypy, clang-format (cuda_ext/csrc and
+# cpu_ext/csrc),
 # docs (mkdocs build --strict). Their rules live in pyproject.toml, .clang-format and mkdocs.yml;
 # .pre-commit-config.yaml runs the same tools on the files of a commit. Tools come from the
 # checkout's .venv (the test extra installs them) or else from PATH; nothing is downloaded.
-# Fixes: `ruff check --fix .`, `ruff format .`, `clang-format -i cuda_ext/csrc/*.cu*`.
+# Fixes: `ruff check --fix .`, `ruff format .`, `clang-format -i cuda_ext/csrc/*.cu* cpu_ext/csrc/*`.
 set -uo pipefail
 export NO_MKDOCS_2_WARNING=1  # no Material banner in the output
 cd "$(dirname "$0")/.."
@@ -37,7 +38,8 @@ run_check() {
       local sources
       mapfile -t sources < <(git ls-files --cached --others --exclude-standard \
         'cuda_ext/csrc/*.cu' 'cuda_ext/csrc/*.cuh' 'cuda_ext/csrc/*.cc' 'cuda_ext/csrc/*.h' \
-        2>/dev/null || ls cuda_ext/csrc/*.cu*)
+        'cpu_ext/csrc/*.cc' 'cpu_ext/csrc/*.h' \
+        2>/dev/null || ls cuda_ext/csrc/*.cu* cpu_ext/csrc/*)
       [[ ${#sources[@]} -eq 0 ]] || clang-format --dry-run -Werror "${sources[@]}" ;;
     docs)
       local site rc

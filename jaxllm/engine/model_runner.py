@@ -51,11 +51,12 @@ logger = logging.getLogger(__name__)
 
 CPU_KV_SPACE_ENV = "JAXLLM_CPU_KVCACHE_SPACE"  # GiB of host memory for the KV cache on the CPU
 DEFAULT_CPU_KV_SPACE_GIB = 4.0
-# "1": on the CPU without tensor parallelism, the step runs per-layer (unstacked) parameters, whose
-# dots read each layer's weights in place instead of copying them out of the stacked arrays every
-# step: SmolLM2-135M f32, batch-16 decode step 170 -> 134 ms on 2 cores, offline throughput
-# +45-55% (bench/RESULTS.md). Off by default: each step shape compiles ~3-4 s slower (30 layers),
-# which a short job does not win back. The engine's weights are then a per-layer copy.
+# "1": on the CPU without tensor parallelism, the step runs per-layer (unstacked) parameters. With
+# XLA's dots (JAXLLM_CPU_KERNELS=xla) their dots read each layer's weights in place instead of
+# copying them out of the stacked arrays every step (SmolLM2-135M f32, batch-16 decode step 170 ->
+# 134 ms on 2 cores). cpu_ext's packed matmul (the CPU default where it runs) reads the stacked
+# kernels in place itself, so there per-layer gains nothing (53-60 ms a step either way) and only
+# compiles slower (~2.5 s more a step shape; bench/RESULTS.md). Off by default.
 PER_LAYER_PARAMS_ENV = "JAXLLM_PER_LAYER_PARAMS"
 
 
@@ -144,8 +145,9 @@ class ModelRunner:
         tp = engine_config.parallel.tensor_parallel_size
         self.mesh = resolve_mesh(mesh, tp)
         params, model_config = shard_params(params, model_config, self.mesh)
-        if _per_layer_params_from_env():  # CPU: unstacked layers, read in place (step_params)
-            params = step_params(params, self.mesh)
+        # CPU without tp: cpu_ext's packed kernels (unless JAXLLM_CPU_KERNELS=xla), per-layer
+        # when JAXLLM_PER_LAYER_PARAMS=1; elsewhere unchanged (step_params)
+        params = step_params(params, self.mesh, per_layer=_per_layer_params_from_env())
         self.model_config = model_config
         self.config = engine_config
         self.params = params

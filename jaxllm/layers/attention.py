@@ -8,8 +8,9 @@ Every backend has the ragged paged-attention signature of
 
 (`decode_only` is a static promise that every sequence has exactly one query row.)
 
-Backends: `reference` (pure jnp, runs anywhere, the oracle), `cpu` (jnp laid out for XLA:CPU,
-`pallas_kernels.cpu_paged_attention`; the default on the CPU), `pallas` (Pallas GPU kernels),
+Backends: `reference` (pure jnp, runs anywhere, the oracle), `cpu` (the default on the CPU: float32
+decode batches run `cpu_ext`'s C++ kernel where it can run, see `JAXLLM_CPU_KERNELS`; everything
+else jnp laid out for XLA:CPU, `pallas_kernels.cpu_paged_attention`), `pallas` (Pallas GPU kernels),
 `cuda` (XLA FFI custom call from `cuda_ext/`). The environment variable
 `JAXLLM_ATTENTION_BACKEND` overrides the automatic choice.
 
@@ -63,14 +64,27 @@ def resolve_backend(name: str | None) -> str:
     return name
 
 
-@functools.cache
 def get_attention_fn(name: str) -> AttentionFn:
-    """The attention function of backend `name` (already resolved)."""
+    """The attention function of backend `name` (already resolved); for `cpu`, as
+    `JAXLLM_CPU_KERNELS` says now."""
+    if name == "cpu":
+        from jaxllm.models.packed_params import use_cpu_ext
+
+        return _attention_fn(name, use_cpu_ext())
+    return _attention_fn(name, False)
+
+
+@functools.cache
+def _attention_fn(name: str, cpu_ext: bool) -> AttentionFn:
     if name == "reference":
         from pallas_kernels.reference import ragged_paged_attention_reference
 
         return ragged_paged_attention_reference
     if name == "cpu":
+        if cpu_ext:  # the C++ decode kernel for float32 decode batches, jnp for the rest
+            from cpu_ext.attention import ragged_paged_attention_cpu_ext
+
+            return ragged_paged_attention_cpu_ext
         from pallas_kernels.cpu_paged_attention import ragged_paged_attention_cpu
 
         return ragged_paged_attention_cpu

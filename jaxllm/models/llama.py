@@ -11,14 +11,16 @@ compiles like a 1-layer one), unrolled on accelerators (see `unroll_layers`). Pa
     layers/post_attention_layernorm/scale [L, D]
     layers/mlp/{gate,up}_proj/kernel [L, D, F], layers/mlp/down_proj/kernel [L, F, D]
     norm/scale [D]
-    lm_head/kernel [D, V] (absent when tie_word_embeddings)
+    lm_head/kernel [D, V] (absent when tie_word_embeddings, unless the CPU layout below adds it)
 
 The model also runs the same parameters unstacked, `layers_0/...` to `layers_{L-1}/...` with the
 leading L axis dropped (`unstack_layer_params`): the layers are then a Python loop whose dots read
 each layer's kernels where they lie. A rolled scan (and an unrolled one) instead copies every
 layer's kernel slices out of the stacked arrays on each step; on XLA:CPU those copies are ~25% of
 a SmolLM2 batch-16 decode step (bench/cpu_step_profile.py). `jaxllm.models.step.step_params`
-picks the layout for a platform.
+picks the layout for a platform; on the CPU it also packs every dense kernel into 16-column strips
+for `cpu_ext`'s matmul (`jaxllm.layers.linear.Linear` runs a 3-D kernel that way) and gives a
+tied-embedding model a packed `lm_head/kernel` of its own.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.layers.attention import sharded_attention_fn, sharded_kv_write_fn
+from jaxllm.layers.linear import Linear
 from jaxllm.layers.norms import RMSNorm
 from jaxllm.layers.rotary import apply_rotary, rope_cos_sin, rope_inv_freq
 from jaxllm.models.batch import KVCache, StepBatch
+from jaxllm.models.packed_params import PACKED_LAYERS
 from jaxllm.parallel.embedding import vocab_parallel_embed
 
 UNROLL_ENV = "JAXLLM_UNROLL_LAYERS"
@@ -63,12 +67,17 @@ def stack_layer_params(params: dict) -> dict:
     return params
 
 
+def _packed_kernels(packed: dict | None, layer):
+    """name -> (stacked packed kernel or None, layer) for `Linear`'s extra arguments."""
+    return lambda name: (None, None) if not packed else (packed[name], layer)
+
+
 def has_per_layer_params(params: dict) -> bool:
     return f"{PER_LAYER_PREFIX}0" in params
 
 
-def _dense(features: int, bias: bool, dtype, name: str) -> nn.Dense:
-    return nn.Dense(features, use_bias=bias, dtype=dtype, param_dtype=dtype, name=name)
+def _dense(features: int, bias: bool, dtype, name: str) -> Linear:
+    return Linear(features, use_bias=bias, dtype=dtype, name=name)
 
 
 class Attention(nn.Module):
@@ -77,13 +86,20 @@ class Attention(nn.Module):
     mesh: Any = None  # tensor parallelism: attention runs under shard_map over 'model'
 
     @nn.compact
-    def __call__(self, x, cos, sin, k_pages, v_pages, layer, batch: StepBatch):
+    def __call__(self, x, cos, sin, k_pages, v_pages, layer, batch: StepBatch, packed=None):
         c = self.config
         dt = jnp.dtype(c.dtype)
         T = x.shape[0]
-        q = _dense(c.num_attention_heads * c.head_dim, c.attention_bias, dt, "q_proj")(x)
-        k = _dense(c.num_key_value_heads * c.head_dim, c.attention_bias, dt, "k_proj")(x)
-        v = _dense(c.num_key_value_heads * c.head_dim, c.attention_bias, dt, "v_proj")(x)
+        pk = _packed_kernels(packed, layer)
+        q = _dense(c.num_attention_heads * c.head_dim, c.attention_bias, dt, "q_proj")(
+            x, *pk("q_proj")
+        )
+        k = _dense(c.num_key_value_heads * c.head_dim, c.attention_bias, dt, "k_proj")(
+            x, *pk("k_proj")
+        )
+        v = _dense(c.num_key_value_heads * c.head_dim, c.attention_bias, dt, "v_proj")(
+            x, *pk("v_proj")
+        )
         q = apply_rotary(q.reshape(T, c.num_attention_heads, c.head_dim), cos, sin)
         k = apply_rotary(k.reshape(T, c.num_key_value_heads, c.head_dim), cos, sin)
         v = v.reshape(T, c.num_key_value_heads, c.head_dim)
@@ -103,19 +119,22 @@ class Attention(nn.Module):
             decode_only=batch.decode_only,
         )
         o = o.reshape(T, c.num_attention_heads * c.head_dim)
-        return _dense(c.hidden_size, False, dt, "o_proj")(o), k_pages, v_pages
+        return _dense(c.hidden_size, False, dt, "o_proj")(o, *pk("o_proj")), k_pages, v_pages
 
 
 class MLP(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x):  # [T, D] -> [T, D]
+    def __call__(self, x, layer=None, packed=None):  # [T, D] -> [T, D]
         c = self.config
         dt = jnp.dtype(c.dtype)
-        gate = _dense(c.intermediate_size, c.mlp_bias, dt, "gate_proj")(x)
-        up = _dense(c.intermediate_size, c.mlp_bias, dt, "up_proj")(x)
-        return _dense(c.hidden_size, c.mlp_bias, dt, "down_proj")(nn.silu(gate) * up)
+        pk = _packed_kernels(packed, layer)
+        gate = _dense(c.intermediate_size, c.mlp_bias, dt, "gate_proj")(x, *pk("gate_proj"))
+        up = _dense(c.intermediate_size, c.mlp_bias, dt, "up_proj")(x, *pk("up_proj"))
+        return _dense(c.hidden_size, c.mlp_bias, dt, "down_proj")(
+            nn.silu(gate) * up, *pk("down_proj")
+        )
 
 
 class DecoderLayer(nn.Module):
@@ -126,17 +145,18 @@ class DecoderLayer(nn.Module):
     mesh: Any = None
 
     @nn.compact
-    def __call__(self, carry, layer, cos, sin, batch: StepBatch):
+    def __call__(self, carry, layer, cos, sin, batch: StepBatch, packed=None):
         h, k_pages, v_pages = carry
         c = self.config
         dt = jnp.dtype(c.dtype)
+        packed = packed or {}  # stacked packed kernels of every layer (packed_params)
         x = RMSNorm(c.rms_norm_eps, dt, name="input_layernorm")(h)
         a, k_pages, v_pages = Attention(c, self.backend, self.mesh, name="self_attn")(
-            x, cos, sin, k_pages, v_pages, layer, batch
+            x, cos, sin, k_pages, v_pages, layer, batch, packed.get("self_attn")
         )
         h = h + a
         x = RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(h)
-        h = h + MLP(c, name="mlp")(x)
+        h = h + MLP(c, name="mlp")(x, layer, packed.get("mlp"))
         return (h, k_pages, v_pages), None
 
 
@@ -178,19 +198,21 @@ class LlamaForCausalLM(nn.Module):
             DecoderLayer,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.num_hidden_layers,
             unroll=c.num_hidden_layers if unroll else 1,
         )(c, self.backend, self.mesh, name="layers")
         layer_ids = jnp.arange(c.num_hidden_layers, dtype=jnp.int32)
-        carry, _ = layers(carry, layer_ids, cos, sin, batch)
+        # cpu_ext's packed kernels [L, ...] (packed_params): broadcast whole, read at each layer
+        packed = self.variables.get("params", {}).get(PACKED_LAYERS)
+        carry, _ = layers(carry, layer_ids, cos, sin, batch, packed)
         return self._head(embed, *carry, batch)
 
     def _head(self, embed, h, k, v, batch: StepBatch):
         c = self.config
         dt = jnp.dtype(c.dtype)
         h = RMSNorm(c.rms_norm_eps, dt, name="norm")(h[batch.logits_indices])  # [R, D]
-        if c.tie_word_embeddings:
+        if c.tie_word_embeddings and "lm_head" not in self.variables.get("params", {}):
             logits = embed.attend(h)
         else:
             logits = _dense(c.vocab_size, False, dt, "lm_head")(h)

@@ -51,24 +51,42 @@ def forward(
     return build_model(config, backend, mesh).apply({"params": params}, kv_cache, batch)
 
 
-def step_params(params: dict, mesh=None, platform: str | None = None) -> dict:
+def step_params(
+    params: dict,
+    mesh=None,
+    platform: str | None = None,
+    *,
+    per_layer: bool = True,
+    packed: bool | None = None,
+) -> dict:
     """`params` in the layout the step runs fastest with on `platform` (None: JAX's default).
 
-    On the CPU without tensor parallelism: unstacked per layer (`llama.unstack_layer_params`), so
-    the step's dots read each layer's kernels in place instead of copying them out of the stacked
-    arrays on every step (SmolLM2-135M f32, batch-16 decode on 2 cores: 170 -> 134 ms a step
-    with the engine's compiler options; bench/cpu_step_profile.py).
+    On the CPU without tensor parallelism:
+    - `per_layer`: unstacked per layer (`llama.unstack_layer_params`), so the step reads each
+      layer's kernels in place instead of copying them out of the stacked arrays on every step
+      (SmolLM2-135M f32, batch-16 decode on 2 cores: 170 -> 134 ms a step with XLA's dots;
+      bench/cpu_step_profile.py). Each step shape compiles slower (bench/RESULTS.md).
+    - `packed` (None: `jaxllm.models.packed_params.use_packed_matmul`, i.e. float32 kernels,
+      `cpu_ext` available, `JAXLLM_CPU_KERNELS` not "xla"): dense kernels packed into 16-column
+      strips for `cpu_ext`'s AVX2 matmul (`packed_params.pack_dense_kernels`).
     Elsewhere (accelerators unroll the scan; tensor parallelism shards the stacked layout):
-    unchanged. The step compiles ~2-3x slower per shape with per-layer params (30 layers: ~5 s
-    instead of ~2 s on a 2-core CPU). Already per-layer params come back unchanged.
+    unchanged. Params already in the wanted layout come back unchanged.
     """
     from jaxllm.models.llama import has_per_layer_params, unstack_layer_params
+    from jaxllm.models.packed_params import is_packed, pack_dense_kernels, use_packed_matmul
 
     platform = platform or jax.default_backend()
     tp = 1 if mesh is None else int(dict(mesh.shape).get("model", 1))
-    if platform != "cpu" or tp != 1 or has_per_layer_params(params) or "layers" not in params:
+    if platform != "cpu" or tp != 1 or not ("layers" in params or has_per_layer_params(params)):
         return params
-    return unstack_layer_params(params)
+    out = params
+    if per_layer and not has_per_layer_params(out):
+        out = unstack_layer_params(out)
+    if packed is None:
+        packed = use_packed_matmul(out)
+    if packed and not is_packed(out):
+        out = pack_dense_kernels(out)
+    return out
 
 
 def make_step(config: ModelConfig, backend: str | None = None, mesh=None) -> StepFn:

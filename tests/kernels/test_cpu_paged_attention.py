@@ -165,7 +165,18 @@ def test_default_query_block():
 
 def test_backend_registered_and_default_on_cpu(monkeypatch):
     assert "cpu" in attention.BACKENDS
+    monkeypatch.setenv("JAXLLM_CPU_KERNELS", "xla")  # jnp only
     assert attention.get_attention_fn("cpu") is ragged_paged_attention_cpu
+    monkeypatch.delenv("JAXLLM_CPU_KERNELS")  # cpu_ext's decode kernel where it can run
+    from cpu_ext import registry
+    from cpu_ext.attention import ragged_paged_attention_cpu_ext
+
+    want = (
+        ragged_paged_attention_cpu
+        if registry.missing_requirements()
+        else (ragged_paged_attention_cpu_ext)
+    )
+    assert attention.get_attention_fn("cpu") is want
     monkeypatch.delenv(attention.ENV_VAR, raising=False)
     assert attention.default_backend() == ("cpu" if jax.default_backend() == "cpu" else "pallas")
     monkeypatch.setenv(attention.ENV_VAR, "reference")

@@ -1,5 +1,6 @@
-"""Per-layer (unstacked) parameters: the same logits as the stacked layout, and the engine's
-opt-in (`JAXLLM_PER_LAYER_PARAMS=1`) gives the same greedy tokens."""
+"""The CPU parameter layouts of `jaxllm.models.step.step_params`: per-layer (unstacked) params and
+cpu_ext's packed kernels give the stacked layout's logits, and the engine (packed by default where
+cpu_ext runs; per-layer with `JAXLLM_PER_LAYER_PARAMS=1`) gives HF's greedy tokens."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
+from cpu_ext.packed_matmul import packed_shape
 from jaxllm.models.llama import has_per_layer_params, stack_layer_params, unstack_layer_params
+from jaxllm.models.packed_params import is_packed, use_cpu_ext
 from jaxllm.models.step import full_logits, step_params
 
 
@@ -30,7 +33,29 @@ def test_unstacked_layers_give_the_stacked_logits(smollm2):
     # step_params: unstacks on the CPU only, and leaves unstacked params alone
     assert has_per_layer_params(step_params(params, platform="cpu"))
     assert step_params(params, platform="gpu") is params
-    assert step_params(per_layer, platform="cpu") is per_layer
+    assert step_params(per_layer, platform="cpu", packed=False) is per_layer
+
+
+@pytest.mark.skipif(not use_cpu_ext(), reason="cpu_ext cannot run here")
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_packed_kernels_give_the_unpacked_logits(smollm2, per_layer):
+    params, c = smollm2.params, smollm2.config
+    packed = step_params(params, platform="cpu", per_layer=per_layer, packed=True)
+    assert is_packed(packed) and has_per_layer_params(packed) == per_layer
+    # SmolLM2 ties its embeddings: the packed layout adds a packed LM head, keeps the table
+    assert "lm_head" not in params
+    assert packed["lm_head"]["kernel"].shape == packed_shape(c.hidden_size, c.vocab_size)
+    np.testing.assert_array_equal(
+        np.asarray(packed["embed_tokens"]["embedding"]),
+        np.asarray(params["embed_tokens"]["embedding"]),
+    )
+    assert step_params(packed, platform="cpu", per_layer=per_layer) is packed
+    seqs = [[1, 504, 3458, 282, 4649, 314], [9690, 28, 2036]]
+    a = full_logits(params, c, seqs, backend="cpu")
+    b = full_logits(packed, c, seqs, backend="cpu")
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=2e-4, rtol=0)
+        assert (x.argmax(-1) == y.argmax(-1)).all()
 
 
 def test_engine_with_per_layer_params_gives_the_same_tokens(smollm2, smollm2_hf, monkeypatch):
@@ -50,7 +75,15 @@ def test_engine_with_per_layer_params_gives_the_same_tokens(smollm2, smollm2_hf,
     monkeypatch.setenv("JAXLLM_PER_LAYER_PARAMS", "1")
     llm = LLM(smollm2, **kw)
     assert has_per_layer_params(llm.llm_engine.runner.params)
+    assert is_packed(llm.llm_engine.runner.params) == use_cpu_ext()
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, sp)] == ref
+    monkeypatch.setenv("JAXLLM_CPU_KERNELS", "fast")
+    with pytest.raises(ValueError, match="JAXLLM_CPU_KERNELS='fast'"):
+        LLM(smollm2, **kw)
+    monkeypatch.setenv("JAXLLM_CPU_KERNELS", "xla")  # XLA's dots: stacked, unpacked
+    monkeypatch.setenv("JAXLLM_PER_LAYER_PARAMS", "0")
+    params = LLM(smollm2, **kw).llm_engine.runner.params
+    assert not is_packed(params) and not has_per_layer_params(params)
     monkeypatch.setenv("JAXLLM_PER_LAYER_PARAMS", "yes")
     with pytest.raises(ValueError, match="JAXLLM_PER_LAYER_PARAMS='yes'"):
         LLM(smollm2, **kw)

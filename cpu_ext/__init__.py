@@ -1,0 +1,23 @@
+"""CPU kernels as XLA FFI custom calls, compiled from `csrc/` with the system C++ compiler.
+
+- `packed_matmul.packed_matmul(x, w_packed, n=N)`: float32 `x @ W` with W packed once into
+  16-column strips (`packed_matmul.pack_kernel`); AVX2 + FMA, spread over XLA's intra-op threads.
+  The engine packs its dense kernels this way on the CPU (`jaxllm.models.step.step_params`).
+- `build.build_library()` / `python -m cpu_ext.build`: compile `csrc/` into a cached shared
+  library (the first call builds, ~3 s).
+- `registry.ensure_registered()`: load it and register the FFI targets for the CPU;
+  `registry.missing_requirements()` names what a machine lacks (x86-64 with AVX2/FMA, a C++
+  compiler).
+
+Submodules load lazily, so `python -m cpu_ext.build` does not import the rest first.
+"""
+
+__all__ = ["pack_kernel", "packed_matmul"]
+
+
+def __getattr__(name):
+    if name in ("pack_kernel", "packed_matmul"):
+        from . import packed_matmul as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'cpu_ext' has no attribute {name!r}")

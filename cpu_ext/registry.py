@@ -1,0 +1,83 @@
+"""Load the built CPU library and register its FFI handlers with XLA (once per process).
+
+`missing_requirements()` says in words what this machine lacks for the packed matmul (an x86-64
+CPU with AVX2 and FMA, a C++ compiler); `ensure_registered()` raises RuntimeError naming it before
+building anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import threading
+
+import jax
+
+from . import build
+
+# FFI target name -> exported handler symbol.
+TARGETS = {
+    "jaxllm_packed_matmul": "JaxllmPackedMatmul",
+    "jaxllm_paged_decode_attention": "JaxllmPagedDecodeAttention",
+}
+REQUIRED_CPU_FLAGS = ("avx2", "fma")
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def missing_requirements() -> list[str]:
+    """What the packed matmul lacks here, in words (empty when it can run)."""
+    missing = []
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        missing.append(f"an x86-64 CPU (this is {machine or 'unknown'})")
+    else:
+        lacking = [f for f in REQUIRED_CPU_FLAGS if f not in cpu_flags()]
+        if lacking:
+            missing.append(f"CPU support for {', '.join(lacking).upper()}")
+    if build.find_cxx() is None:
+        missing.append("a C++ compiler ($CXX, g++ or c++ on PATH)")
+    return missing
+
+
+def available() -> bool:
+    return not missing_requirements()
+
+
+def ensure_registered() -> ctypes.CDLL:
+    """Build (or take from the cache) the library, load it and register its targets for the CPU."""
+    global _library
+    with _lock:
+        if _library is not None:
+            return _library
+        missing = missing_requirements()
+        if missing:
+            raise RuntimeError(
+                "cpu_ext (the packed CPU matmul) is not available: missing "
+                + "; and ".join(missing)
+                + ". Set JAXLLM_CPU_KERNELS=xla to use XLA's own ops."
+            )
+        path = build.build_library()
+        try:
+            lib = ctypes.cdll.LoadLibrary(str(path))
+        except OSError as e:
+            raise RuntimeError(f"cpu_ext: could not load {path}: {e}") from e
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(
+                target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
+            )
+        _library = lib
+        return lib

@@ -1,0 +1,109 @@
+"""The CPU parameter layout of `cpu_ext`'s packed matmul: every dense kernel in 16-column strips.
+
+`pack_dense_kernels(params)` re-lays each `kernel` leaf [in, out] as `cpu_ext.packed_matmul.
+pack_kernel` strips [S, in, 16] (S = ceil(out / 16)), which `jaxllm.layers.linear.Linear` runs
+through the packed matmul:
+- per-layer params (`layers_0/...`) and the top-level `lm_head`: packed in place;
+- stacked params (`layers/...` [L, in, out]): the kernels move out of `layers` into
+  `packed_layers/<module path>` [L, S, in, 16] (e.g. `packed_layers/mlp/up_proj`), which the layer
+  scan broadcasts whole; each layer's matmul reads its own kernel in place through the layer index
+  (a scanned kernel would be copied out of the stack on every step: SmolLM2-135M, batch-16 decode
+  step on 2 cores 65 -> 53 ms, bench/RESULTS.md).
+A model with tied word embeddings (no `lm_head`) gets a packed `lm_head/kernel` made from the
+embedding table, which stays for the token lookup: the LM head then costs one more copy of the
+table (SmolLM2-135M: 113 MB) and runs ~3x faster than XLA:CPU's dot at 16 rows (cpu_ext/README.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+# "ext": cpu_ext's C++ kernels (packed matmul, decode attention); "xla": XLA's own ops only; unset:
+# the kernels wherever cpu_ext can run (x86-64 with AVX2/FMA and a C++ compiler).
+CPU_KERNELS_ENV = "JAXLLM_CPU_KERNELS"
+
+
+def cpu_kernels_from_env() -> str:
+    """`JAXLLM_CPU_KERNELS`: "ext", "xla", or "" (unset)."""
+    value = os.environ.get(CPU_KERNELS_ENV, "").strip().lower()
+    if value not in ("", "ext", "xla"):
+        raise ValueError(
+            f"{CPU_KERNELS_ENV}={value!r}: use 'ext' (cpu_ext's C++ kernels) or 'xla' (XLA's ops)"
+        )
+    return value
+
+
+def use_cpu_ext() -> bool:
+    """Run cpu_ext's kernels on the CPU? `JAXLLM_CPU_KERNELS` decides; unset: where they can run.
+    "ext" on a machine that cannot run them raises ValueError naming what is missing."""
+    choice = cpu_kernels_from_env()
+    if choice == "xla":
+        return False
+    from cpu_ext import registry
+
+    missing = registry.missing_requirements()
+    if choice == "ext" and missing:
+        raise ValueError(f"{CPU_KERNELS_ENV}=ext: cpu_ext cannot run here: {'; '.join(missing)}")
+    return not missing
+
+
+def use_packed_matmul(params: dict) -> bool:
+    """Pack this model's kernels on the CPU? When `use_cpu_ext()` and every kernel is float32."""
+    return use_cpu_ext() and all(
+        leaf.dtype == jnp.float32
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if _is_kernel(path)
+    )
+
+
+PACKED_LAYERS = "packed_layers"  # stacked packed kernels, by module path within a layer
+
+
+def is_packed(params: dict) -> bool:
+    """In this layout? (`packed_layers`, or a 3-D kernel outside the stacked `layers`.)"""
+    return PACKED_LAYERS in params or any(
+        _is_kernel(path) and leaf.ndim == 3
+        for path, leaf in jax.tree_util.tree_leaves_with_path(
+            {k: v for k, v in params.items() if k != "layers"}
+        )
+    )
+
+
+def pack_dense_kernels(params: dict) -> dict:
+    """`params` in the packed layout above (a new dict; the unpacked kernels are not kept)."""
+    from cpu_ext.packed_matmul import pack_kernel
+
+    pack = jax.jit(pack_kernel)
+    pack_stacked = jax.jit(jax.vmap(pack_kernel))
+    out = {k: v for k, v in params.items() if k != "layers"}
+    out = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: pack(leaf) if _is_kernel(path) else leaf, out
+    )
+    if "layers" in params:  # stacked: kernels -> packed_layers/<module path>, the rest stays
+        rest: dict = {}
+        packed: dict = {}
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params["layers"]):
+            keys = [p.key for p in path]
+            if _is_kernel(path):
+                _insert(packed, keys[:-1], pack_stacked(leaf))
+            else:
+                _insert(rest, keys, leaf)
+        out["layers"] = rest
+        out[PACKED_LAYERS] = packed
+    if "lm_head" not in out and "embed_tokens" in out:
+        table = out["embed_tokens"]["embedding"]  # [V, D]
+        out["lm_head"] = {"kernel": pack(table.T)}
+    return out
+
+
+def _insert(tree: dict, keys: list, leaf) -> None:
+    for k in keys[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[keys[-1]] = leaf
+
+
+def _is_kernel(path) -> bool:
+    return bool(path) and getattr(path[-1], "key", None) == "kernel"

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("packed_matmul.cc", "paged_decode_attention.cc")
+SOURCES = ("packed_matmul.cc", "paged_attention.cc")
 HEADERS = ("ffi_cpu_utils.h",)
 LIB_PREFIX = "libjaxllm_cpu_ext"
 CACHE_ENV = "JAXLLM_CPU_EXT_CACHE"

@@ -18,7 +18,7 @@ from . import build
 # FFI target name -> exported handler symbol.
 TARGETS = {
     "jaxllm_packed_matmul": "JaxllmPackedMatmul",
-    "jaxllm_paged_decode_attention": "JaxllmPagedDecodeAttention",
+    "jaxllm_paged_attention": "JaxllmPagedAttention",
 }
 REQUIRED_CPU_FLAGS = ("avx2", "fma")
 

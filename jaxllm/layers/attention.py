@@ -9,8 +9,8 @@ Every backend has the ragged paged-attention signature of
 (`decode_only` is a static promise that every sequence has exactly one query row.)
 
 Backends: `reference` (pure jnp, runs anywhere, the oracle), `cpu` (the default on the CPU: float32
-decode batches run `cpu_ext`'s C++ kernel where it can run, see `JAXLLM_CPU_KERNELS`; everything
-else jnp laid out for XLA:CPU, `pallas_kernels.cpu_paged_attention`), `pallas` (Pallas GPU kernels),
+batches run `cpu_ext`'s C++ kernel where it can run, see `JAXLLM_CPU_KERNELS`; other dtypes jnp
+laid out for XLA:CPU, `pallas_kernels.cpu_paged_attention`), `pallas` (Pallas GPU kernels),
 `cuda` (XLA FFI custom call from `cuda_ext/`). The environment variable
 `JAXLLM_ATTENTION_BACKEND` overrides the automatic choice.
 
@@ -81,7 +81,7 @@ def _attention_fn(name: str, cpu_ext: bool) -> AttentionFn:
 
         return ragged_paged_attention_reference
     if name == "cpu":
-        if cpu_ext:  # the C++ decode kernel for float32 decode batches, jnp for the rest
+        if cpu_ext:  # the C++ kernel for float32 batches, jnp for other dtypes
             from cpu_ext.attention import ragged_paged_attention_cpu_ext
 
             return ragged_paged_attention_cpu_ext

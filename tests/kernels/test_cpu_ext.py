@@ -3,10 +3,11 @@
 - The packed matmul (`cpu_ext.packed_matmul`) against a float64 numpy product: row counts around
   its 4-row tiles and 64-row blocks, column counts off the 16-column strips, leading batch dims,
   inside jit and a scan, and bad input.
-- The decode attention kernel (`cpu_ext.attention`) against the pure-jnp reference on the poisoned
-  random batches of `ragged_batches` (every GQA ratio 1..8, head dims 64/128, block sizes 16/32,
-  sliding windows, sequences without rows, NaN in every slot no sequence owns), engine-style
-  padding, a traced layer, and bad input.
+- The ragged attention kernel (`cpu_ext.attention`) against the pure-jnp reference on the poisoned
+  random batches of `ragged_batches` (decode batches and mixed prefill chunks, every GQA ratio
+  1..8, head dims 64/128, block sizes 16/32, sliding windows, sequences without rows, NaN in every
+  slot no sequence owns and in padding rows), engine-style padding, a traced layer, bad input, and
+  the jnp fallback for bf16.
 - The model: packed params give the unpacked params' logits; the engine packs on the CPU.
 Greedy SmolLM2 tokens through these kernels equal HF's in tests/engine/test_llm_vs_hf.py (the
 engine's CPU default).
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.skipif(
     reason=f"cpu_ext cannot run here: {registry.missing_requirements()}",
 )
 
-from cpu_ext.attention import paged_decode_attention, ragged_paged_attention_cpu_ext  # noqa: E402
+from cpu_ext.attention import paged_attention, ragged_paged_attention_cpu_ext  # noqa: E402
 from cpu_ext.packed_matmul import (  # noqa: E402
     pack_kernel,
     packed_matmul,
@@ -142,9 +143,9 @@ def test_pack_kernel_needs_a_matrix():
         pack_kernel(np.zeros((2, 3, 4), np.float32))
 
 
-# ------------------------------------------------------------------------------ decode attention
+# ----------------------------------------------------------------------------------- attention
 
-DECODE_CASES = [
+ATTENTION_CASES = [
     Case("ext-g1-d64-bs16", 1, 64, 16, "float32", True, T=8),
     Case("ext-g2-d128-bs32", 2, 128, 32, "float32", True, layer=0, T=5),
     Case("ext-g3-d64-bs16-window", 3, 64, 16, "float32", True, window=20, T=8),
@@ -153,19 +154,28 @@ DECODE_CASES = [
     Case("ext-g6-d128-bs16-window", 6, 128, 16, "float32", True, Hkv=1, window=33, T=8),
     Case("ext-g7-d64-bs32", 7, 64, 32, "float32", True, Hkv=1, T=8),
     Case("ext-g8-d128-bs16", 8, 128, 16, "float32", True, Hkv=1, T=5),
+    Case("ext-gen-g1-d64-bs16", 1, 64, 16, "float32", False),
+    Case("ext-gen-g3-d64-bs16", 3, 64, 16, "float32", False, S=6, T=64, P=6),
+    Case("ext-gen-g4-d128-bs32", 4, 128, 32, "float32", False),
+    Case("ext-gen-g6-d64-bs32-window", 6, 64, 32, "float32", False, Hkv=1, window=13, P=3),
+    Case("ext-gen-g7-d64-bs16", 7, 64, 16, "float32", False, Hkv=1, T=24),
+    Case("ext-gen-g8-d128-bs16-window", 8, 128, 16, "float32", False, Hkv=1, window=40),
+    Case("ext-gen-g2-d64-bs16-bf16", 2, 64, 16, "bfloat16", False),  # the jnp path
 ]
 
 
 @functools.cache
-def _attention(window):
+def _attention(window, decode_only):
     return jax.jit(
-        functools.partial(ragged_paged_attention_cpu_ext, sliding_window=window, decode_only=True)
+        functools.partial(
+            ragged_paged_attention_cpu_ext, sliding_window=window, decode_only=decode_only
+        )
     )
 
 
-@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: c.id)
-def test_decode_attention_matches_reference(case):
-    fn = _attention(case.window)
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: c.id)
+def test_attention_matches_reference(case):
+    fn = _attention(case.window, case.decode)
     for seed in range(3):
         kernel_args, ref_args, n_valid = make_batch(case, seed)
         expected = reference(*ref_args, case.layer, sliding_window=case.window)
@@ -178,13 +188,18 @@ def test_decode_attention_matches_reference(case):
         np.testing.assert_array_equal(got[n_valid:], 0.0, err_msg=msg)
 
 
-def test_decode_attention_engine_padding_and_traced_layer():
-    """Sequences with kv_len 0 and no row (null block 0 in their tables, holding stale data), a
-    sequence without a row between two with rows, and the layer traced under a scan."""
-    rng = rng_for("ext-engine-padding")
-    S, P, bs, Hkv, G, D, N, T = 8, 4, 16, 3, 3, 64, 40, 8
-    q_lens = np.array([1, 1, 0, 1, 1, 0, 0, 0])
-    kv_lens = np.array([41, 1, 7, 3, 64, 0, 0, 0])
+@pytest.mark.parametrize("decode", [True, False])
+def test_attention_engine_padding_and_traced_layer(decode):
+    """As the engine pads a batch: sequences with kv_len 0 and no rows (null block 0 in their
+    tables, holding stale data), a sequence without rows between two with rows, padding rows; and
+    the layer traced under a scan."""
+    rng = rng_for("ext-engine-padding", decode)
+    S, P, bs, Hkv, G, D, N = 8, 4, 16, 3, 3, 64, 40
+    q_lens = np.array([1, 1, 0, 1, 1, 0, 0, 0]) if decode else np.array([1, 9, 0, 30, 1, 0, 0, 0])
+    kv_lens = np.array([41, 1, 7, 3, 64, 0, 0, 0]) + (
+        0 if decode else np.array([0, 9, 0, 30, 0, 0, 0, 0])
+    )
+    T = 8 if decode else 48
     qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
     tables = np.zeros((S, P), np.int32)
     ids = iter(rng.permutation(np.arange(1, N)))
@@ -198,7 +213,7 @@ def test_decode_attention_engine_padding_and_traced_layer():
 
     @jax.jit
     def all_layers(*args):
-        step = lambda c, li: (c, paged_decode_attention(*args, li))
+        step = lambda c, li: (c, paged_attention(*args, li))
         return jax.lax.scan(step, 0, jnp.arange(L, dtype=jnp.int32))[1]
 
     got = np.asarray(all_layers(*args))
@@ -209,14 +224,14 @@ def test_decode_attention_engine_padding_and_traced_layer():
         np.testing.assert_array_equal(got[layer, n:], 0.0)
 
 
-def test_decode_attention_bad_input():
+def test_attention_bad_input():
     q = jnp.zeros((4, 6, 64), jnp.float32)
     pages = jnp.zeros((2, 10, 2, 16, 64), jnp.float32)
     tables = jnp.zeros((4, 2), jnp.int32)
     lens = jnp.ones((4,), jnp.int32)
     qsl = jnp.arange(5, dtype=jnp.int32)
     with pytest.raises(ValueError, match="q must be float32"):
-        paged_decode_attention(q.astype(jnp.bfloat16), pages, pages, tables, lens, qsl, 0)
+        paged_attention(q.astype(jnp.bfloat16), pages, pages, tables, lens, qsl, 0)
     with pytest.raises(ValueError, match="at most one query row"):  # concrete rows checked
         ragged_paged_attention_cpu_ext(
             q,
@@ -230,16 +245,12 @@ def test_decode_attention_bad_input():
         )
     # what only the kernel sees (inside jit): a page id outside the cache, an unsupported group
     with pytest.raises(Exception, match=r"block_tables\[1, 0\]=10 outside \[0, 10\)"):
-        jax.jit(paged_decode_attention)(q, pages, pages, tables.at[1, 0].set(10), lens, qsl, 0)
+        jax.jit(paged_attention)(q, pages, pages, tables.at[1, 0].set(10), lens, qsl, 0)
     with pytest.raises(Exception, match="Hq / Hkv <= 16"):
         big = jnp.zeros((4, 34, 64), jnp.float32)
-        jax.jit(paged_decode_attention)(big, pages, pages, tables, lens, qsl, 0)
-
-
-def test_general_batches_use_the_jnp_path():
-    """Prefill chunks (and bf16) go to pallas_kernels.cpu_paged_attention unchanged."""
-    case = Case("ext-general", 3, 64, 16, "float32", False, S=5, T=40, P=4)
-    kernel_args, ref_args, n_valid = make_batch(case, 0)
-    got = np.asarray(jax.jit(ragged_paged_attention_cpu_ext)(*kernel_args, case.layer))
-    expected = reference(*ref_args, case.layer)
-    np.testing.assert_allclose(got[:n_valid], expected[:n_valid], rtol=1e-5, atol=1e-5)
+        jax.jit(paged_attention)(big, pages, pages, tables, lens, qsl, 0)
+    two_rows = jnp.array([0, 2, 3, 4, 4], jnp.int32)  # sequence 0: 2 rows but 1 key
+    with pytest.raises(Exception, match=r"kv_lens\[0\]=1 is shorter than its 2 query rows"):
+        jax.jit(paged_attention)(q, pages, pages, tables, lens, two_rows, 0)
+    with pytest.raises(Exception, match="query_start_loc must rise"):
+        jax.jit(paged_attention)(q, pages, pages, tables, lens, qsl.at[2].set(9), 0)

@@ -190,7 +190,11 @@ def section_smollm2(res: dict, tmp: str) -> None:
     for tp in (3, 1):
         llm = LLM(loaded, tensor_parallel_size=tp, **ENGINE)
         res["smollm2_tokens"][f"tp{tp}"] = greedy(llm, prompts, 5)
-        p = llm.llm_engine.runner.params["layers"]["self_attn"]["q_proj"]["kernel"]
+        params = llm.llm_engine.runner.params  # tp=1 on the CPU: cpu_ext's packed layout
+        if "packed_layers" in params:
+            p = params["packed_layers"]["self_attn"]["q_proj"]
+        else:
+            p = params["layers"]["self_attn"]["q_proj"]["kernel"]
         res[f"smollm2_q_spec_tp{tp}"] = [str(p.sharding.spec), len(p.sharding.device_set)]
         del llm
     try:

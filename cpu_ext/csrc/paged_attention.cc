@@ -1,20 +1,23 @@
-// XLA FFI handler for XLA:CPU: paged attention of decode rows (one query row per sequence), f32.
+// XLA FFI handler for XLA:CPU: ragged paged attention (prefill chunks and decodes mixed), float32.
 //
 // Exported symbol (registered with jax.ffi.register_ffi_target(..., platform="cpu")):
-//   JaxllmPagedDecodeAttention  operands q [T, Hq, D], k_pages [L, N, Hkv, bs, D], v_pages (same),
-//                               block_tables [S, P] s32, kv_lens [S] s32, query_start_loc [S + 1]
-//                               s32, layer [] s32; result out [T, Hq, D]; attributes sm_scale
-//                               (f32), sliding_window (i32, 0 = none). Sequence s has at most one
-//                               query row, query_start_loc[s] (none when query_start_loc[s + 1] ==
-//                               query_start_loc[s]); every other row of out is 0.
+//   JaxllmPagedAttention  operands q [T, Hq, D], k_pages [L, N, Hkv, bs, D], v_pages (same),
+//                         block_tables [S, P] s32, kv_lens [S] s32, query_start_loc [S + 1] s32,
+//                         layer [] s32; result out [T, Hq, D]; attributes sm_scale (f32),
+//                         sliding_window (i32, 0 = none).
+// The contract of pallas_kernels/reference.py: sequence s owns rows query_start_loc[s] ..
+// query_start_loc[s + 1] - 1, the last of them at position kv_lens[s] - 1, and row i attends
+// causally to the positions up to its own (within the window). Rows no sequence owns are 0.
 // Grouped query heads: query head h reads KV head h / G, G = Hq / Hkv.
 //
-// One work unit is one (sequence, KV head): its G query heads walk the sequence's pages once, a
-// page of bs tokens at a time (K and V of one KV head in a page are bs x D contiguous floats), with
-// an online softmax in float32: scores of the page, the new running max, rescale, add exp * V.
-// Units run through `run_units` (ffi_cpu_utils.h): the caller and helpers of XLA's intra-op pool.
-// Keys past kv_lens[s] (and, with a window, before kv_lens[s] - sliding_window) are never read, so
-// stale cache slots cannot leak in.
+// One work unit is one (query row, KV head): its G query heads walk the row's visible pages once,
+// a page of bs tokens at a time (K and V of one KV head in a page are bs x D contiguous floats),
+// with an online softmax in float32: scores of the page, the new running max, rescale, add
+// exp * V. A decode row is one unit per KV head; the rows of a prefill chunk re-read their
+// sequence's pages from the caches (SmolLM2: 3 KV heads x 250 tokens x 512 B = 375 KiB, within
+// L2). Units run through `run_units` (ffi_cpu_utils.h): the caller and helpers of XLA's intra-op
+// pool. Keys past a row's position (and before its window) are never read, so stale cache slots
+// cannot leak in.
 
 #include <immintrin.h>
 
@@ -24,6 +27,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ffi_cpu_utils.h"
 #include "xla/ffi/api/ffi.h"
@@ -72,9 +76,10 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-struct DecodeJob {
+struct AttentionJob {
   const float *q, *k, *v;
   const int32_t *tables, *lens, *qsl;
+  std::vector<int32_t> row_seq;  // [T]: the sequence owning each row, -1 for none
   float* out;
   int64_t T, Hq, D, N, Hkv, bs, S, P, G;
   int64_t layer, window;
@@ -129,10 +134,11 @@ struct DecodeJob {
   }
 
   void run_unit(int64_t u) const {
-    const int64_t s = u / Hkv, h = u % Hkv, nv = D / 8, row = qsl[s];
-    const int64_t len = lens[s];
+    const int64_t row = u / Hkv, h = u % Hkv, nv = D / 8, s = row_seq[row];
+    if (s < 0) return;  // no sequence owns the row: stays 0
+    // the row's position + 1: the keys it sees
+    const int64_t len = lens[s] - (qsl[s + 1] - qsl[s]) + (row - qsl[s]) + 1;
     const int64_t start = window > 0 ? std::max<int64_t>(0, len - window) : 0;
-    if (qsl[s + 1] == row || len <= 0 || start >= len) return;  // no row, or no keys: stays 0
     float* o = out + (row * Hq + h * G) * D;  // [G, D]
     const float* qs = q + (row * Hq + h * G) * D;  // [G, D]
     alignas(32) float acc[kMaxGroup][kMaxHeadDim];
@@ -187,11 +193,12 @@ struct DecodeJob {
   }
 };
 
-ffi::Error paged_decode_attention_impl(
-    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-    ffi::Buffer<ffi::S32> block_tables, ffi::Buffer<ffi::S32> kv_lens,
-    ffi::Buffer<ffi::S32> query_start_loc, ffi::Buffer<ffi::S32> layer,
-    ffi::Result<ffi::Buffer<ffi::F32>> out, float sm_scale, int32_t sliding_window) {
+ffi::Error paged_attention_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                                ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                                ffi::Buffer<ffi::S32> block_tables, ffi::Buffer<ffi::S32> kv_lens,
+                                ffi::Buffer<ffi::S32> query_start_loc, ffi::Buffer<ffi::S32> layer,
+                                ffi::Result<ffi::Buffer<ffi::F32>> out, float sm_scale,
+                                int32_t sliding_window) {
   const auto qd = q.dimensions(), kd = k.dimensions(), bt = block_tables.dimensions();
   if (qd.size() != 3)
     return ffi::Error::InvalidArgument("q must be [T, Hq, D], got " + dims_str(qd));
@@ -219,7 +226,7 @@ ffi::Error paged_decode_attention_impl(
   if (layer_index < 0 || layer_index >= kd[0])
     return ffi::Error::InvalidArgument("layer " + std::to_string(layer_index) + " outside [0, " +
                                        std::to_string(kd[0]) + ")");
-  auto job = std::make_shared<DecodeJob>();
+  auto job = std::make_shared<AttentionJob>();
   job->q = q.typed_data();
   job->k = k.typed_data();
   job->v = v.typed_data();
@@ -240,15 +247,21 @@ ffi::Error paged_decode_attention_impl(
   job->window = sliding_window;
   job->scale = sm_scale;
   const int64_t S = job->S, P = job->P, N = job->N;
-  for (int64_t s = 0; s < S; ++s) {  // rows in order, at most one each; its pages exist
-    const int64_t a = job->qsl[s], b = job->qsl[s + 1];
-    if (a < 0 || b < a || b - a > 1 || b > job->T)
+  job->row_seq.assign(job->T, -1);
+  for (int64_t s = 0; s < S; ++s) {  // rows in order within T, each at a position >= 0; pages exist
+    const int64_t a = job->qsl[s], b = job->qsl[s + 1], len = job->lens[s];
+    if (a < 0 || b < a || b > job->T || (s > 0 && a < job->qsl[s - 1]))
       return ffi::Error::InvalidArgument(
-          "decode attention needs at most one query row per sequence within T=" +
-          std::to_string(job->T) + ": query_start_loc[" + std::to_string(s) + ":" +
-          std::to_string(s + 2) + "] = " + std::to_string(a) + ", " + std::to_string(b));
-    const int64_t len = job->lens[s], pages = (len + bs - 1) / bs;
-    if (len < 0 || pages > P)
+          "query_start_loc must rise from 0 to at most T=" + std::to_string(job->T) +
+          ": query_start_loc[" + std::to_string(s) + ":" + std::to_string(s + 2) +
+          "] = " + std::to_string(a) + ", " + std::to_string(b));
+    if (b > a && len < b - a)
+      return ffi::Error::InvalidArgument("kv_lens[" + std::to_string(s) +
+                                         "]=" + std::to_string(len) + " is shorter than its " +
+                                         std::to_string(b - a) + " query rows");
+    for (int64_t r = a; r < b; ++r) job->row_seq[r] = static_cast<int32_t>(s);
+    const int64_t pages = b > a ? (len + bs - 1) / bs : 0;  // a sequence without rows reads none
+    if (pages > P)
       return ffi::Error::InvalidArgument(
           "kv_lens[" + std::to_string(s) + "]=" + std::to_string(len) +
           " needs more than P=" + std::to_string(P) + " pages of " + std::to_string(bs));
@@ -261,7 +274,7 @@ ffi::Error paged_decode_attention_impl(
     }
   }
   std::fill_n(job->out, job->T * Hq * D, 0.0f);  // rows no unit writes stay 0
-  job->units.count = S * job->Hkv;
+  job->units.count = job->T * job->Hkv;
   run_units(pool, job);
   return ffi::Error::Success();
 }
@@ -269,7 +282,7 @@ ffi::Error paged_decode_attention_impl(
 }  // namespace
 }  // namespace jaxllm
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmPagedDecodeAttention, jaxllm::paged_decode_attention_impl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmPagedAttention, jaxllm::paged_attention_impl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // q [T, Hq, D]

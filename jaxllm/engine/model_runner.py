@@ -55,8 +55,8 @@ DEFAULT_CPU_KV_SPACE_GIB = 4.0
 # XLA's dots (JAXLLM_CPU_KERNELS=xla) their dots read each layer's weights in place instead of
 # copying them out of the stacked arrays every step (SmolLM2-135M f32, batch-16 decode step 170 ->
 # 134 ms on 2 cores). cpu_ext's packed matmul (the CPU default where it runs) reads the stacked
-# kernels in place itself, so there per-layer gains nothing (53-60 ms a step either way) and only
-# compiles slower (~2.5 s more a step shape; bench/RESULTS.md). Off by default.
+# kernels in place itself, so there per-layer gains nothing (53-65 ms a step either way) and only
+# compiles slower (0.5 -> 2.1 s a step shape; bench/RESULTS.md). Off by default.
 PER_LAYER_PARAMS_ENV = "JAXLLM_PER_LAYER_PARAMS"
 
 

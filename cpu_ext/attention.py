@@ -75,41 +75,11 @@ def ragged_paged_attention_cpu_ext(
     from pallas_kernels.cpu_paged_attention import ragged_paged_attention_cpu
     from pallas_kernels.ragged_inputs import check_decode_only, validate_inputs
 
-    if not all(a.dtype == jnp.float32 for a in (q, k_pages, v_pages)):
-        return ragged_paged_attention_cpu(
-            q,
-            k_pages,
-            v_pages,
-            block_tables,
-            kv_lens,
-            query_start_loc,
-            layer,
-            sm_scale=sm_scale,
-            sliding_window=sliding_window,
-            decode_only=decode_only,
-        )
-    validate_inputs(
-        q,
-        k_pages,
-        v_pages,
-        block_tables,
-        kv_lens,
-        query_start_loc,
-        layer,
-        sm_scale=sm_scale,
-        sliding_window=sliding_window,
-        backend="cpu",
-    )
+    args = (q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer)
+    static = dict(sm_scale=sm_scale, sliding_window=sliding_window)
+    if not all(a.dtype == jnp.float32 for a in args[:3]):
+        return ragged_paged_attention_cpu(*args, **static, decode_only=decode_only)
+    validate_inputs(*args, **static, backend="cpu")
     if decode_only:
         check_decode_only(query_start_loc)
-    return paged_attention(
-        q,
-        k_pages,
-        v_pages,
-        block_tables,
-        kv_lens,
-        query_start_loc,
-        layer,
-        sm_scale=sm_scale,
-        sliding_window=sliding_window,
-    )
+    return paged_attention(*args, **static)

@@ -12,14 +12,11 @@ matmul of a process calls.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
+
+import ffi_library
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("packed_matmul.cc", "paged_attention.cc")
@@ -58,22 +55,8 @@ def require_cxx() -> str:
     return cxx
 
 
-def compiler_version(cxx: str) -> str:
-    try:
-        res = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
-    except OSError as e:
-        raise RuntimeError(f"cpu_ext: could not run {cxx} --version: {e}") from e
-    if res.returncode != 0:
-        raise RuntimeError(f"cpu_ext: {cxx} --version failed: {res.stderr.strip()}")
-    return res.stdout.strip()
-
-
 def cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxllm" / "cpu_ext"
+    return ffi_library.cache_dir(CACHE_ENV, "cpu_ext")
 
 
 def library_path(cxx: str | None = None) -> Path:
@@ -81,12 +64,10 @@ def library_path(cxx: str | None = None) -> Path:
     import jax
 
     cxx = cxx or require_cxx()
-    h = hashlib.sha256()
-    for name in SOURCES + HEADERS:
-        h.update(name.encode() + b"\0" + (CSRC / name).read_bytes() + b"\0")
-    for part in (compiler_version(cxx), jax.__version__, " ".join(CXX_FLAGS)):
-        h.update(part.encode() + b"\0")
-    return cache_dir() / f"{LIB_PREFIX}-{h.hexdigest()[:24]}.so"
+    sources = {name: (CSRC / name).read_bytes() for name in SOURCES + HEADERS}
+    version = ffi_library.tool_version(cxx, "cpu_ext")
+    key = ffi_library.cache_key(sources, version, jax.__version__, " ".join(CXX_FLAGS))
+    return cache_dir() / f"{LIB_PREFIX}-{key}.so"
 
 
 def build_library(force: bool = False, verbose: bool = False) -> Path:
@@ -97,42 +78,18 @@ def build_library(force: bool = False, verbose: bool = False) -> Path:
     out = library_path(cxx)
     if out.exists() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
-        tmp_lib = Path(tmp) / out.name
-        cmd = [cxx, *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{CSRC}", "-o", str(tmp_lib)]
-        cmd += [str(CSRC / name) for name in SOURCES]
-        if verbose:
-            print(" ".join(cmd), file=sys.stderr)
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:
-            raise RuntimeError(f"cpu_ext: could not run {cxx}: {e}") from e
-        if verbose and res.stderr:
-            print(res.stderr, file=sys.stderr)
-        if res.returncode != 0:
-            raise RuntimeError(
-                f"cpu_ext: {cxx} failed (exit {res.returncode}) building {out.name}:\n"
-                f"{' '.join(cmd)}\n{res.stderr[-6000:]}"
-            )
-        os.replace(tmp_lib, out)  # atomic: concurrent builders never see a partial file
-    return out
+    include = [f"-I{jax.ffi.include_dir()}", f"-I{CSRC}"]
+    sources = [str(CSRC / name) for name in SOURCES]
+    return ffi_library.compile_library(
+        out,
+        lambda tmp: [cxx, *CXX_FLAGS, *include, "-o", str(tmp), *sources],
+        who="cpu_ext",
+        verbose=verbose,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--force", action="store_true", help="rebuild even if the cache holds it")
-    ap.add_argument("--verbose", action="store_true", help="print the command and its messages")
-    args = ap.parse_args(argv)
-    try:
-        path = build_library(force=args.force, verbose=args.verbose)
-    except RuntimeError as e:
-        print(e, file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return ffi_library.build_main(__doc__ or "", build_library, argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import ctypes
 import platform
 import threading
 
-import jax
+import ffi_library
 
 from . import build
 
@@ -70,14 +70,6 @@ def ensure_registered() -> ctypes.CDLL:
                 + "; and ".join(missing)
                 + ". Set JAXLLM_CPU_KERNELS=xla to use XLA's own ops."
             )
-        path = build.build_library()
-        try:
-            lib = ctypes.cdll.LoadLibrary(str(path))
-        except OSError as e:
-            raise RuntimeError(f"cpu_ext: could not load {path}: {e}") from e
-        for target, symbol in TARGETS.items():
-            jax.ffi.register_ffi_target(
-                target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
-            )
+        lib = ffi_library.load_and_register(build.build_library(), TARGETS, "cpu", "cpu_ext")
         _library = lib
         return lib

@@ -12,14 +12,11 @@ the sources, the nvcc version, the JAX version and the flags: a change of any of
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
+
+import ffi_library
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 MAIN_SOURCE = "ragged_paged_attention.cu"
@@ -71,13 +68,7 @@ def require_nvcc() -> str:
 
 
 def nvcc_version(nvcc: str) -> str:
-    try:
-        res = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60)
-    except OSError as e:
-        raise RuntimeError(f"cuda_ext: could not run {nvcc} --version: {e}") from e
-    if res.returncode != 0:
-        raise RuntimeError(f"cuda_ext: {nvcc} --version failed: {res.stderr.strip()}")
-    return res.stdout.strip()
+    return ffi_library.tool_version(nvcc, "cuda_ext")
 
 
 def source_files() -> list[Path]:
@@ -88,20 +79,11 @@ def cache_key(
     sources: dict[str, bytes], nvcc_version_text: str, jax_version: str, flags=NVCC_FLAGS
 ) -> str:
     """Hex digest over the sources (name and bytes), the nvcc version, the JAX version and flags."""
-    h = hashlib.sha256()
-    for name in sorted(sources):
-        h.update(name.encode() + b"\0" + sources[name] + b"\0")
-    for part in (nvcc_version_text, jax_version, " ".join(flags)):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()[:24]
+    return ffi_library.cache_key(sources, nvcc_version_text, jax_version, " ".join(flags))
 
 
 def cache_dir() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxllm" / "cuda_ext"
+    return ffi_library.cache_dir(CACHE_ENV, "cuda_ext")
 
 
 def library_path(nvcc: str | None = None) -> Path:
@@ -122,53 +104,17 @@ def build_library(force: bool = False, verbose: bool = False) -> Path:
     out = library_path(nvcc)
     if out.exists() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
-        tmp_lib = Path(tmp) / out.name
-        cmd = [
-            nvcc,
-            *NVCC_FLAGS,
-            f"-I{jax.ffi.include_dir()}",
-            f"-I{CSRC}",
-            "-o",
-            str(tmp_lib),
-            str(CSRC / MAIN_SOURCE),
-        ]
-        if verbose:
-            print(" ".join(cmd), file=sys.stderr)
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:
-            raise RuntimeError(f"cuda_ext: could not run nvcc ({nvcc}): {e}") from e
-        if verbose and res.stderr:
-            print(res.stderr, file=sys.stderr)
-        if res.returncode != 0:
-            raise RuntimeError(
-                f"cuda_ext: nvcc failed (exit {res.returncode}) building {out.name}:\n"
-                f"{' '.join(cmd)}\n{res.stderr[-6000:]}"
-            )
-        os.replace(tmp_lib, out)  # atomic: concurrent builders never see a partial file
-    return out
+    include = [f"-I{jax.ffi.include_dir()}", f"-I{CSRC}"]
+    return ffi_library.compile_library(
+        out,
+        lambda tmp: [nvcc, *NVCC_FLAGS, *include, "-o", str(tmp), str(CSRC / MAIN_SOURCE)],
+        who="cuda_ext",
+        verbose=verbose,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument(
-        "--force", action="store_true", help="rebuild even if the cache holds the library"
-    )
-    ap.add_argument(
-        "--verbose", action="store_true", help="print the nvcc command and its messages"
-    )
-    args = ap.parse_args(argv)
-    try:
-        path = build_library(force=args.force, verbose=args.verbose)
-    except RuntimeError as e:
-        print(e, file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return ffi_library.build_main(__doc__ or "", build_library, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import threading
 
 import jax
 
+import ffi_library
+
 from . import build
 
 # FFI target name -> exported handler symbol.
@@ -64,14 +66,6 @@ def ensure_registered() -> ctypes.CDLL:
                 + ". "
                 "Use the 'pallas' or 'reference' backend."
             )
-        path = build.build_library()
-        try:
-            lib = ctypes.cdll.LoadLibrary(str(path))
-        except OSError as e:
-            raise RuntimeError(f"cuda_ext: could not load {path}: {e}") from e
-        for target, symbol in TARGETS.items():
-            jax.ffi.register_ffi_target(
-                target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="CUDA"
-            )
+        lib = ffi_library.load_and_register(build.build_library(), TARGETS, "CUDA", "cuda_ext")
         _library = lib
         return lib

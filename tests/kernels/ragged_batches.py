@@ -144,6 +144,26 @@ def make_batch(case: Case, seed: int):
     return kernel_args, ref_args, int(qsl[-1])
 
 
+def engine_padding_batch(rng: np.random.Generator, q_lens, kv_lens, T: int):
+    """A batch padded as the engine pads one: sequences with kv_len 0 and no query rows keep a
+    table of null block 0 (whose slots hold another sequence's data), padding rows past the last
+    sequence's. 3 KV heads x 3 grouped query heads, D 64, pages of 16, 4 pages a table, 40 blocks.
+    Returns (args (q, k_pages, v_pages, block_tables, kv_lens, query_start_loc) as jnp arrays,
+    the number of rows sequences own)."""
+    S, P, bs, Hkv, G, D, N = len(q_lens), 4, 16, 3, 3, 64, 40
+    qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    tables = np.zeros((S, P), np.int32)
+    ids = iter(rng.permutation(np.arange(1, N)))
+    for s in range(S):
+        for j in range(-(-int(kv_lens[s]) // bs)):
+            tables[s, j] = next(ids)
+    k = rng.standard_normal((L, N, Hkv, bs, D)).astype(np.float32)
+    v = rng.standard_normal((L, N, Hkv, bs, D)).astype(np.float32)
+    q = rng.standard_normal((T, Hkv * G, D)).astype(np.float32)
+    args = (q, k, v, tables, np.asarray(kv_lens, np.int32), qsl)
+    return tuple(jnp.asarray(a) for a in args), int(qsl[-1])
+
+
 _reference_jit = jax.jit(
     ragged_paged_attention_reference, static_argnames=("sm_scale", "sliding_window")
 )

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ragged_batches import Case, L, make_batch, reference, rng_for, tolerance
+from ragged_batches import Case, L, engine_padding_batch, make_batch, reference, rng_for, tolerance
 
 from cpu_ext import registry
 
@@ -193,23 +193,10 @@ def test_attention_engine_padding_and_traced_layer(decode):
     """As the engine pads a batch: sequences with kv_len 0 and no rows (null block 0 in their
     tables, holding stale data), a sequence without rows between two with rows, padding rows; and
     the layer traced under a scan."""
-    rng = rng_for("ext-engine-padding", decode)
-    S, P, bs, Hkv, G, D, N = 8, 4, 16, 3, 3, 64, 40
     q_lens = np.array([1, 1, 0, 1, 1, 0, 0, 0]) if decode else np.array([1, 9, 0, 30, 1, 0, 0, 0])
-    kv_lens = np.array([41, 1, 7, 3, 64, 0, 0, 0]) + (
-        0 if decode else np.array([0, 9, 0, 30, 0, 0, 0, 0])
-    )
-    T = 8 if decode else 48
-    qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-    tables = np.zeros((S, P), np.int32)
-    ids = iter(rng.permutation(np.arange(1, N)))
-    for s in range(S):
-        for j in range(-(-int(kv_lens[s]) // bs)):
-            tables[s, j] = next(ids)
-    k = rng.standard_normal((L, N, Hkv, bs, D)).astype(np.float32)
-    v = rng.standard_normal((L, N, Hkv, bs, D)).astype(np.float32)
-    q = rng.standard_normal((T, Hkv * G, D)).astype(np.float32)
-    args = tuple(jnp.asarray(a) for a in (q, k, v, tables, kv_lens.astype(np.int32), qsl))
+    kv_lens = np.array([41, 1, 7, 3, 64, 0, 0, 0]) + (0 if decode else q_lens - (q_lens > 0))
+    rng = rng_for("ext-engine-padding", decode)
+    args, n = engine_padding_batch(rng, q_lens, kv_lens, T=8 if decode else 48)
 
     @jax.jit
     def all_layers(*args):
@@ -217,7 +204,6 @@ def test_attention_engine_padding_and_traced_layer(decode):
         return jax.lax.scan(step, 0, jnp.arange(L, dtype=jnp.int32))[1]
 
     got = np.asarray(all_layers(*args))
-    n = int(qsl[-1])
     for layer in range(L):
         expected = reference(*args, layer)
         np.testing.assert_allclose(got[layer, :n], expected[:n], rtol=1e-5, atol=1e-5)

@@ -22,7 +22,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ragged_batches import GOOD_SHAPES, Case, L, make_batch, reference, rng_for, sds, tolerance
+from ragged_batches import (
+    GOOD_SHAPES,
+    Case,
+    L,
+    engine_padding_batch,
+    make_batch,
+    reference,
+    rng_for,
+    sds,
+    tolerance,
+)
 
 from jaxllm.layers import attention
 from pallas_kernels.cpu_paged_attention import default_query_block, ragged_paged_attention_cpu
@@ -80,27 +90,14 @@ def test_matches_reference(case):
 def test_engine_padding_sequences(decode_only):
     """As the engine pads a batch: sequences with kv_len 0, no query rows and a table of null
     block 0 (whose slots hold another sequence's stale data), and padding query rows."""
-    rng = rng_for("engine-padding", decode_only)
-    S, P, bs, Hkv, G, D, N = 8, 4, 16, 3, 3, 64, 40
     q_lens = (
         np.array([1, 1, 1, 1, 1, 0, 0, 0]) if decode_only else np.array([1, 9, 1, 30, 1, 0, 0, 0])
     )
     kv_lens = q_lens + np.array([40, 0, 15, 2, 63, 0, 0, 0])
-    qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-    T = 8 if decode_only else 48
-    tables = np.zeros((S, P), np.int32)
-    ids = iter(rng.permutation(np.arange(1, N)))
-    for s in range(S):
-        for j in range(-(-int(kv_lens[s]) // bs)):
-            tables[s, j] = next(ids)
-    k = rng.standard_normal((L, N, Hkv, bs, D)).astype(np.float32)
-    v = rng.standard_normal((L, N, Hkv, bs, D)).astype(np.float32)
-    q = rng.standard_normal((T, Hkv * G, D)).astype(np.float32)
-    args = (q, k, v, tables, kv_lens.astype(np.int32), qsl)
-    args = tuple(jnp.asarray(a) for a in args)
+    rng = rng_for("engine-padding", decode_only)
+    args, n = engine_padding_batch(rng, q_lens, kv_lens, T=8 if decode_only else 48)
     got = np.asarray(_jitted(None, None, decode_only)(*args, 1))
     expected = reference(*args, 1)
-    n = int(qsl[-1])
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got[:n], expected[:n], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got[n:], 0.0)

@@ -18,9 +18,11 @@ leading L axis dropped (`unstack_layer_params`): the layers are then a Python lo
 each layer's kernels where they lie. A rolled scan (and an unrolled one) instead copies every
 layer's kernel slices out of the stacked arrays on each step; on XLA:CPU those copies are ~25% of
 a SmolLM2 batch-16 decode step (bench/cpu_step_profile.py). `jaxllm.models.step.step_params`
-picks the layout for a platform; on the CPU it also packs every dense kernel into 16-column strips
-for `cpu_ext`'s matmul (`jaxllm.layers.linear.Linear` runs a 3-D kernel that way) and gives a
-tied-embedding model a packed `lm_head/kernel` of its own.
+picks the layout for a platform. On the CPU it packs every dense kernel into 16-column strips for
+`cpu_ext`'s matmul (`jaxllm.models.packed_params`): stacked kernels then leave `layers` for
+`packed_layers`, which the scan broadcasts whole and each layer's matmul reads in place at its
+layer index, so the rolled scan copies no weights either; a tied-embedding model gets a packed
+`lm_head/kernel` of its own.
 """
 
 from __future__ import annotations

@@ -53,10 +53,6 @@ def missing_requirements() -> list[str]:
     return missing
 
 
-def available() -> bool:
-    return not missing_requirements()
-
-
 def ensure_registered() -> ctypes.CDLL:
     """Build (or take from the cache) the library, load it and register its targets for the CPU."""
     global _library
@@ -66,7 +62,7 @@ def ensure_registered() -> ctypes.CDLL:
         missing = missing_requirements()
         if missing:
             raise RuntimeError(
-                "cpu_ext (the packed CPU matmul) is not available: missing "
+                "cpu_ext (the C++ CPU kernels) is not available: missing "
                 + "; and ".join(missing)
                 + ". Set JAXLLM_CPU_KERNELS=xla to use XLA's own ops."
             )

@@ -16,6 +16,7 @@ table (SmolLM2-135M: 113 MB) and runs ~3x faster than XLA:CPU's dot at 16 rows (
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 # "ext": cpu_ext's C++ kernels (packed matmul, decode attention); "xla": XLA's own ops only; unset:
 # the kernels wherever cpu_ext can run (x86-64 with AVX2/FMA and a C++ compiler).
 CPU_KERNELS_ENV = "JAXLLM_CPU_KERNELS"
+logger = logging.getLogger(__name__)
 
 
 def cpu_kernels_from_env() -> str:
@@ -38,7 +40,11 @@ def cpu_kernels_from_env() -> str:
 
 def use_cpu_ext() -> bool:
     """Run cpu_ext's kernels on the CPU? `JAXLLM_CPU_KERNELS` decides; unset: where they can run.
-    "ext" on a machine that cannot run them raises ValueError naming what is missing."""
+
+    "Can run" means the machine has what they need and the library builds and loads (built on the
+    first call of a process, ~3 s, then cached on disk). Unset, a failed build logs a warning and
+    XLA's ops are used; with "ext", a machine that lacks something or a failed build raises
+    ValueError naming it."""
     choice = cpu_kernels_from_env()
     if choice == "xla":
         return False
@@ -47,7 +53,21 @@ def use_cpu_ext() -> bool:
     missing = registry.missing_requirements()
     if choice == "ext" and missing:
         raise ValueError(f"{CPU_KERNELS_ENV}=ext: cpu_ext cannot run here: {'; '.join(missing)}")
-    return not missing
+    if missing:
+        return False
+    try:
+        registry.ensure_registered()
+    except RuntimeError as e:
+        if choice == "ext":
+            raise ValueError(f"{CPU_KERNELS_ENV}=ext: {e}") from e
+        if not _warned:
+            _warned.append(True)
+            logger.warning("cpu_ext is not used (XLA's ops are): %s", e)
+        return False
+    return True
+
+
+_warned: list[bool] = []  # the failed-build warning is logged once a process
 
 
 def use_packed_matmul(params: dict) -> bool:

@@ -240,3 +240,22 @@ def test_attention_bad_input():
         jax.jit(paged_attention)(q, pages, pages, tables, lens, two_rows, 0)
     with pytest.raises(Exception, match="query_start_loc must rise"):
         jax.jit(paged_attention)(q, pages, pages, tables, lens, qsl.at[2].set(9), 0)
+
+
+def test_a_failed_build_falls_back_to_xla_with_a_warning(monkeypatch, caplog, tmp_path):
+    """Unset JAXLLM_CPU_KERNELS: a compiler that fails means XLA's ops and one warning; "ext"
+    means a ValueError naming the failure."""
+    from jaxllm.models import packed_params
+
+    monkeypatch.setattr(registry, "_library", None)  # as in a fresh process
+    monkeypatch.setattr(packed_params, "_warned", [])
+    monkeypatch.setenv("JAXLLM_CPU_EXT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # on PATH, fails every call
+    monkeypatch.delenv("JAXLLM_CPU_KERNELS", raising=False)
+    with caplog.at_level("WARNING", logger="jaxllm.models.packed_params"):
+        assert packed_params.use_cpu_ext() is False
+        assert packed_params.use_cpu_ext() is False
+    assert caplog.text.count("cpu_ext is not used") == 1 and "--version failed" in caplog.text
+    monkeypatch.setenv("JAXLLM_CPU_KERNELS", "ext")
+    with pytest.raises(ValueError, match="JAXLLM_CPU_KERNELS=ext: cpu_ext: .*false --version"):
+        packed_params.use_cpu_ext()

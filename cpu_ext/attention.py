@@ -30,6 +30,8 @@ def paged_attention(
 ) -> jax.Array:  # [T, Hq, D] float32
     """Ragged paged attention (rows no sequence owns are 0). Shapes and dtypes are checked here;
     what depends on values (block ids, lengths) by the kernel, as an error naming the entry."""
+    from pallas_kernels.ragged_inputs import int32_metadata
+
     from .registry import ensure_registered
 
     for name, a in (("q", q), ("k_pages", k_pages), ("v_pages", v_pages)):
@@ -47,10 +49,7 @@ def paged_attention(
         q,
         k_pages,
         v_pages,
-        block_tables.astype(jnp.int32),
-        kv_lens.astype(jnp.int32),
-        query_start_loc.astype(jnp.int32),
-        jnp.asarray(layer, jnp.int32),
+        *int32_metadata(block_tables, kv_lens, query_start_loc, layer),
         sm_scale=np.float32(D**-0.5 if sm_scale is None else sm_scale),
         sliding_window=np.int32(sliding_window or 0),
     )

@@ -75,15 +75,13 @@ def build_library(force: bool = False, verbose: bool = False) -> Path:
     import jax
 
     cxx = require_cxx()
-    out = library_path(cxx)
-    if out.exists() and not force:
-        return out
     include = [f"-I{jax.ffi.include_dir()}", f"-I{CSRC}"]
     sources = [str(CSRC / name) for name in SOURCES]
     return ffi_library.compile_library(
-        out,
+        library_path(cxx),
         lambda tmp: [cxx, *CXX_FLAGS, *include, "-o", str(tmp), *sources],
         who="cpu_ext",
+        force=force,
         verbose=verbose,
     )
 

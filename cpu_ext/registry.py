@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import platform
-import threading
 
 import ffi_library
 
@@ -21,9 +20,6 @@ TARGETS = {
     "jaxllm_paged_attention": "JaxllmPagedAttention",
 }
 REQUIRED_CPU_FLAGS = ("avx2", "fma")
-
-_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
 
 
 def cpu_flags() -> set[str]:
@@ -53,19 +49,17 @@ def missing_requirements() -> list[str]:
     return missing
 
 
+_registration = ffi_library.Registration(
+    who="cpu_ext",
+    what="cpu_ext (the C++ CPU kernels)",
+    hint="Set JAXLLM_CPU_KERNELS=xla to use XLA's own ops.",
+    targets=TARGETS,
+    platform="cpu",
+    build=lambda: build.build_library(),
+    missing=lambda: missing_requirements(),
+)
+
+
 def ensure_registered() -> ctypes.CDLL:
     """Build (or take from the cache) the library, load it and register its targets for the CPU."""
-    global _library
-    with _lock:
-        if _library is not None:
-            return _library
-        missing = missing_requirements()
-        if missing:
-            raise RuntimeError(
-                "cpu_ext (the C++ CPU kernels) is not available: missing "
-                + "; and ".join(missing)
-                + ". Set JAXLLM_CPU_KERNELS=xla to use XLA's own ops."
-            )
-        lib = ffi_library.load_and_register(build.build_library(), TARGETS, "cpu", "cpu_ext")
-        _library = lib
-        return lib
+    return _registration.ensure()

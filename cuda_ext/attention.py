@@ -29,7 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels import ragged_inputs
-from pallas_kernels.ragged_inputs import check_decode_only, num_query_tiles, query_tiles
+from pallas_kernels.ragged_inputs import (
+    check_decode_only,
+    int32_metadata,
+    num_query_tiles,
+    query_tiles,
+)
 
 from . import registry
 
@@ -321,10 +326,7 @@ def ragged_paged_attention_cuda(
         q,
         k_pages,
         v_pages,
-        block_tables.astype(jnp.int32),
-        kv_lens.astype(jnp.int32),
-        query_start_loc.astype(jnp.int32),
-        jnp.asarray(layer, jnp.int32).reshape(()),
+        *int32_metadata(block_tables, kv_lens, query_start_loc, layer),
         _out_init,
         plan=plan,
         sm_scale=scale,

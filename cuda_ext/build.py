@@ -101,14 +101,12 @@ def build_library(force: bool = False, verbose: bool = False) -> Path:
     import jax
 
     nvcc = require_nvcc()
-    out = library_path(nvcc)
-    if out.exists() and not force:
-        return out
     include = [f"-I{jax.ffi.include_dir()}", f"-I{CSRC}"]
     return ffi_library.compile_library(
-        out,
+        library_path(nvcc),
         lambda tmp: [nvcc, *NVCC_FLAGS, *include, "-o", str(tmp), str(CSRC / MAIN_SOURCE)],
         who="cuda_ext",
+        force=force,
         verbose=verbose,
     )
 

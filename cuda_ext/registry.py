@@ -7,7 +7,6 @@ before it builds anything, so asking for the `cuda` backend on a machine without
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import jax
 
@@ -20,9 +19,6 @@ TARGETS = {
     "jaxllm_ragged_paged_attention": "JaxllmRaggedPagedAttention",
     "jaxllm_ragged_paged_attention_init": "JaxllmRaggedPagedAttentionInit",
 }
-
-_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
 
 
 def cuda_devices() -> list:
@@ -52,20 +48,17 @@ def missing_requirements() -> list[str]:
     return missing
 
 
+_registration = ffi_library.Registration(
+    who="cuda_ext",
+    what="attention backend 'cuda'",
+    hint="Use the 'pallas' or 'reference' backend.",
+    targets=TARGETS,
+    platform="CUDA",
+    build=lambda: build.build_library(),
+    missing=lambda: missing_requirements(),
+)
+
+
 def ensure_registered() -> ctypes.CDLL:
     """Build (or take from the cache) the library, load it and register its targets for CUDA."""
-    global _library
-    with _lock:
-        if _library is not None:
-            return _library
-        missing = missing_requirements()
-        if missing:
-            raise RuntimeError(
-                "attention backend 'cuda' is not available: missing "
-                + "; and ".join(missing)
-                + ". "
-                "Use the 'pallas' or 'reference' backend."
-            )
-        lib = ffi_library.load_and_register(build.build_library(), TARGETS, "CUDA", "cuda_ext")
-        _library = lib
-        return lib
+    return _registration.ensure()

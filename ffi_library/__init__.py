@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -47,11 +48,18 @@ def tool_version(tool: str, who: str) -> str:
 
 
 def compile_library(
-    out: Path, command: Callable[[Path], list[str]], *, who: str, verbose: bool = False
+    out: Path,
+    command: Callable[[Path], list[str]],
+    *,
+    who: str,
+    force: bool = False,
+    verbose: bool = False,
 ) -> Path:
-    """Run `command(tmp_path)` (a compiler writing the library to tmp_path) and move the result to
-    `out` atomically, so concurrent builders never see a partial file. RuntimeError with the
-    compiler's messages on failure."""
+    """`out` when the cache holds it (unless `force`); else run `command(tmp_path)` (a compiler
+    writing the library to tmp_path) and move the result to `out` atomically, so concurrent
+    builders never see a partial file. RuntimeError with the compiler's messages on failure."""
+    if out.exists() and not force:
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
         tmp_lib = Path(tmp) / out.name
@@ -87,6 +95,46 @@ def load_and_register(path: Path, targets: Mapping[str, str], platform: str, who
             target, jax.ffi.pycapsule(getattr(lib, symbol)), platform=platform
         )
     return lib
+
+
+class Registration:
+    """A native library loaded and registered at most once a process (thread-safe).
+
+    `ensure()` returns the loaded library; on its first call it checks `missing()` (what the
+    machine lacks, in words) and raises RuntimeError "<what> is not available: missing A; and B.
+    <hint>" before building anything, else builds (`build()` -> the library's path), loads and
+    registers `targets` (FFI target name -> exported symbol) for `platform`."""
+
+    def __init__(
+        self,
+        *,
+        who: str,
+        what: str,
+        hint: str,
+        targets: Mapping[str, str],
+        platform: str,
+        build: Callable[[], Path],
+        missing: Callable[[], list[str]],
+    ) -> None:
+        self.who, self.what, self.hint = who, what, hint
+        self.targets, self.platform = dict(targets), platform
+        self.build, self.missing = build, missing
+        self.library: ctypes.CDLL | None = None
+        self._lock = threading.Lock()
+
+    def ensure(self) -> ctypes.CDLL:
+        with self._lock:
+            if self.library is None:
+                missing = self.missing()
+                if missing:
+                    raise RuntimeError(
+                        f"{self.what} is not available: missing {'; and '.join(missing)}. "
+                        f"{self.hint}"
+                    )
+                self.library = load_and_register(
+                    self.build(), self.targets, self.platform, self.who
+                )
+            return self.library
 
 
 def build_main(description: str, build: Callable[..., Path], argv: list[str] | None) -> int:

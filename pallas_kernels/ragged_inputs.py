@@ -161,6 +161,16 @@ def validate_inputs(
         raise ValueError(f"sliding_window must be a positive int or None, got {sliding_window!r}")
 
 
+def int32_metadata(block_tables, kv_lens, query_start_loc, layer) -> tuple:
+    """The batch metadata as the FFI kernels take it: int32 arrays, the layer a 0-d array."""
+    return (
+        block_tables.astype(jnp.int32),  # [S, P]
+        kv_lens.astype(jnp.int32),  # [S]
+        query_start_loc.astype(jnp.int32),  # [S + 1]
+        jnp.asarray(layer, jnp.int32).reshape(()),
+    )
+
+
 def concrete_query_lens(query_start_loc) -> np.ndarray | None:
     """Per-sequence query counts [S] when `query_start_loc` is concrete, else None (traced)."""
     try:

@@ -247,7 +247,7 @@ def test_a_failed_build_falls_back_to_xla_with_a_warning(monkeypatch, caplog, tm
     means a ValueError naming the failure."""
     from jaxllm.models import packed_params
 
-    monkeypatch.setattr(registry, "_library", None)  # as in a fresh process
+    monkeypatch.setattr(registry._registration, "library", None)  # as in a fresh process
     monkeypatch.setattr(packed_params, "_warned", [])
     monkeypatch.setenv("JAXLLM_CPU_EXT_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # on PATH, fails every call

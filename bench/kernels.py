@@ -9,6 +9,8 @@ in the same run:
                 batch <= 16 only (XC_MAX_BATCH: the variant is for latency-bound small grids).
                 `--xc-variants NS:PAGES[:STAGES],...` adds rows `pallas-xc nsNS pPAGES` (explicit
                 split count, pages per compute block and stages; same combine; batch <= 16 too);
+  pallas-fu  -- the same layout with the fused combine (`decode_combine="fused"`: one kernel, the
+                last split of each (sequence, KV head) merges); variants `NS:PAGES[:STAGES]:f`;
   jax-paged  -- JAX's own `jax.experimental.pallas.ops.gpu.paged_attention` (its cache layout
                 [Hkv, pages, page_size, D] is a transposed copy of ours);
   cuda       -- our CUDA kernels through XLA FFI (`cuda_ext.attention.ragged_paged_attention_cuda`,
@@ -19,11 +21,12 @@ replaces the grid.
 
 Per row: median time per call (N calls after warm-up, each `block_until_ready`), the time per call
 inside one jitted loop (reps per loop chosen per row so one loop runs ~10 ms: the loop call's own
-dispatch stays under 1 us per call), achieved bytes/s (KV actually needed + queries read once +
-output written, over the in-loop time) and its fraction of the card's copy bandwidth, measured in
-the same run with a timed jitted `x + 1` over a 2 GiB bf16 array (bytes read + written). Also a
-max-abs-error column against the reference (or against `pallas` where the reference is skipped),
-the loop floor per batch (the same loop with a one-fusion body), and a small prefill table (general
+dispatch stays under 1 us per call; every loop body runs as a CUDA graph, see XLA_FLAGS below),
+achieved bytes/s (KV actually needed + queries read once + output written, over the in-loop
+time) and its fraction of the card's copy bandwidth, measured in the same run with a timed jitted
+`x + 1` over a 2 GiB bf16 array (bytes read + written). Also a max-abs-error column against the
+reference (or against `pallas` where the reference is skipped), the loop floor per batch (the same
+loop with a one-fusion body), and a small prefill table (general
 path, causal) in TFLOP/s.
 
   PYTHONPATH=. python bench/kernels.py            # full grid (GPU)
@@ -45,16 +48,28 @@ import argparse
 import dataclasses
 import functools
 import itertools
+import os
 import statistics
 import sys
 import time
 import warnings
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# Every timing loop's body runs as a CUDA graph (XLA command buffer), whatever its kernel count.
+# XLA's default (`xla_gpu_graph_min_graph_size` 5) captures only bodies of >= 5 kernels: JAX's op
+# (its pad, kernel and combine fusions: 6) was replayed as a graph while a one-kernel body was
+# launched kernel by kernel from the host, which cost a 1 x 512 row ~6-12 us (H200, 2026-11-28,
+# bench/gpu_runs/2026-11-28_h200_session7_fused.md). Set before jax starts; an explicit value in
+# XLA_FLAGS wins.
+if "xla_gpu_graph_min_graph_size" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_gpu_graph_min_graph_size=1"
+    ).strip()
 
-from pallas_kernels import (
+import jax  # noqa: E402 -- after XLA_FLAGS
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pallas_kernels import (  # noqa: E402
     ragged_paged_attention,
     ragged_paged_attention_reference,
     tuned_block_sizes,
@@ -137,8 +152,8 @@ def jax_paged_attention_kwargs(pages_per_seq: int) -> dict:
     return dict(k_splits=k_splits, pages_per_compute_block=min(8, pages_per_seq // k_splits))
 
 
-BACKENDS = ("pallas", "pallas-xc", "jax-paged", "cuda", "reference")
-XC_MAX_BATCH = 16  # pallas-xc (and --xc-variants) rows only up to this batch
+BACKENDS = ("pallas", "pallas-xc", "pallas-fu", "jax-paged", "cuda", "reference")
+XC_MAX_BATCH = 16  # pallas-xc / pallas-fu (and --xc-variants) rows only up to this batch
 
 
 def xc_plan(ctx: int, block_size: int) -> tuple[int, int]:
@@ -215,14 +230,16 @@ def decode_table(
             )
         xc = []
         if B <= XC_MAX_BATCH:
-            if "pallas-xc" in backends_wanted:
-                xc.append(("pallas-xc", *xc_plan(ctx, bs), None))
-            for n, pp, st in xc_variants:
-                xc.append((f"pallas-xc ns{n} p{pp}" + (f" st{st}" if st else ""), n, pp, st))
-        for label, n, pp, st in xc:
+            for name, combine in (("pallas-xc", "xla"), ("pallas-fu", "fused")):
+                if name in backends_wanted:
+                    xc.append((name, *xc_plan(ctx, bs), None, combine))
+            for n, pp, st, combine in xc_variants:
+                label = "pallas-" + ("fu" if combine == "fused" else "xc")
+                xc.append((f"{label} ns{n} p{pp}" + (f" st{st}" if st else ""), n, pp, st, combine))
+        for label, n, pp, st, combine in xc:
             fn = functools.partial(
                 ours, num_kv_splits=n, pages_per_compute_block=pp, num_stages=st,
-                decode_combine="xla",
+                decode_combine=combine,
             )  # fmt: skip
             backends[label] = (
                 lambda q, k, v, bt, kl, qsl, fn=fn: fn(q, k, v, bt, kl, qsl, 0),
@@ -262,7 +279,7 @@ def decode_table(
         outs = {}
         for name, (fn, args) in backends.items():
             row = dict(batch=B, ctx=ctx, backend=name, note="")
-            if name == "pallas-xc":
+            if name in ("pallas-xc", "pallas-fu"):
                 row["note"] = "ns{} p{}".format(*xc_plan(ctx, bs))
             try:
                 jfn = jax.jit(fn)
@@ -358,23 +375,31 @@ def _parse_points(text: str):
     return tuple(tuple(int(x) for x in p.split("x")) for p in text.split(",") if p)
 
 
-def _parse_xc_variants(text: str) -> tuple[tuple[int, int, int | None], ...]:
-    """Parse "16:2,8:4:1" -> ((16, 2, None), (8, 4, 1)): splits, pages per block, stages (None:
-    the table's)."""
+def _parse_xc_variants(text: str) -> tuple[tuple[int, int, int | None, str], ...]:
+    """Parse "16:2,8:4:1,16:2:f" -> ((16, 2, None, "xla"), (8, 4, 1, "xla"), (16, 2, None,
+    "fused")): splits, pages per block, stages (None: the table's), how the splits merge (a
+    trailing ":f": the fused combine, else the XLA one)."""
     out = []
     for item in (x.strip() for x in text.split(",")):
         if item:
-            parts = [int(x) for x in item.split(":")]
-            if len(parts) not in (2, 3):
-                raise ValueError(f"--xc-variants item {item!r} must be NS:PAGES or NS:PAGES:STAGES")
-            out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None))
+            fields = item.split(":")
+            combine = "fused" if fields[-1] == "f" else "xla"
+            if combine == "fused":
+                fields = fields[:-1]
+            if len(fields) not in (2, 3) or not all(f.isdigit() for f in fields):
+                raise ValueError(
+                    f"--xc-variants item {item!r} must be NS:PAGES[:STAGES], optionally + ':f'"
+                )
+            parts = [int(x) for x in fields]
+            out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else None, combine))
     return tuple(out)
 
 
 def _parse_profile_split(text: str) -> tuple[int, int, str]:
-    """ "16:2x" -> (16, 2, "xla"); "8" -> (8, 0, "kernel") (0 pages: the table's)."""
-    combine = "xla" if text.endswith("x") else "kernel"
-    n, _, pp = text.rstrip("x").partition(":")
+    """ "16:2x" -> (16, 2, "xla"); "16:2f" -> (16, 2, "fused"); "8" -> (8, 0, "kernel") (0 pages:
+    the table's)."""
+    combine = {"x": "xla", "f": "fused"}.get(text[-1:], "kernel")
+    n, _, pp = text.rstrip("xf").partition(":")
     return int(n), int(pp or 0), combine
 
 
@@ -383,7 +408,8 @@ def _decode_markdown(rows, copy_bw, floors) -> str:
     out = [
         f"Decode, copy bandwidth {copy_bw / 1e9:.4g} GB/s (x + 1 in a jitted loop, read + write).",
         "In-loop time: median over loop calls of (loop time / reps), reps per row so that one loop",
-        "runs ~10 ms (the loop call's own dispatch is then < 1 us per call). Loop floor (the same",
+        "runs ~10 ms (the loop call's own dispatch is then < 1 us per call; XLA_FLAGS "
+        f"`{os.environ.get('XLA_FLAGS', '')}`). Loop floor (the same",
         f"loop with a one-fusion body instead of attention): {floor_text}.",
         "",
         "| batch | ctx | backend | us/call (median) | us/call in jit loop | GB/s | frac of copy BW "
@@ -414,7 +440,7 @@ def _summary_markdown(rows) -> str:
     names = [b for b in BACKENDS if any(b in p for p in points.values())]
     names += sorted({b for p in points.values() for b in p} - set(BACKENDS))  # --xc-variants rows
     head = " | ".join(f"{b} us (frac)" for b in names)
-    ratio_of = ("pallas", "pallas-xc", "cuda")
+    ratio_of = ("pallas", "pallas-xc", "pallas-fu", "cuda")
     out = [
         "Summary (in-loop us per call, in brackets the fraction of copy bandwidth; ratio = time "
         "over jax-paged's).",
@@ -467,15 +493,15 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--backends",
         default=",".join(BACKENDS),
-        help=f"comma-separated subset of {','.join(BACKENDS)} (decode table; pallas-xc runs at "
-        f"batch <= {XC_MAX_BATCH} only)",
+        help=f"comma-separated subset of {','.join(BACKENDS)} (decode table; pallas-xc and "
+        f"pallas-fu run at batch <= {XC_MAX_BATCH} only)",
     )
     ap.add_argument(
         "--xc-variants",
         default="",
-        help="NS:PAGES[:STAGES],...: extra pallas-xc rows (decode_combine='xla') with these split "
-        "counts, pages per compute block (and num_stages), labelled 'pallas-xc nsNS pPAGES "
-        f"[stSTAGES]' (batch <= {XC_MAX_BATCH})",
+        help="NS:PAGES[:STAGES][:f],...: extra pallas-xc rows (decode_combine='xla'; with ':f' "
+        "pallas-fu rows, decode_combine='fused') with these split counts, pages per compute block "
+        f"(and num_stages), labelled 'pallas-xc nsNS pPAGES [stSTAGES]' (batch <= {XC_MAX_BATCH})",
     )
     ap.add_argument(
         "--points",
@@ -495,8 +521,8 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--profile-splits",
         default="1,2,4,8",
-        help="our split counts, NS or NS:PAGES_PER_BLOCK, a trailing x for decode_combine='xla' "
-        "(--profile)",
+        help="our split counts, NS or NS:PAGES_PER_BLOCK, a trailing x for decode_combine='xla', "
+        "f for 'fused' (--profile)",
     )
     ap.add_argument(
         "--summarize-ncu", default=None, help="print per-kernel medians of an ncu CSV, exit"

@@ -65,11 +65,14 @@ def _decode_kernel(
     q_ref,  # [T, Hq, D]
     k_ref,  # [L, N, Hkv, bs, D]
     v_ref,  # [L, N, Hkv, bs, D]
-    # splits == 1: ([out_init,] out [T, Hq, D]); else (o [S, Hkv, NS, M, D], m, l [S, Hkv, NS, M])
+    # splits == 1: ([out_init,] out [T, Hq, D]); combine "fused": (counter_init, [out_init,] out,
+    # o, m, l, counter [S, Hkv]); else (o [S, Hkv, NS, M, D], m, l [S, Hkv, NS, M])
     *refs,
     G: int,
     M: int,
     num_splits: int,
+    fused_combine: bool,
+    interpret: bool,
     block_size: int,
     block_k: int,
     scale_log2: float,
@@ -79,7 +82,8 @@ def _decode_kernel(
     T, Hq, D = q_ref.shape
     layer = jnp.clip(layer_ref[0], 0, k_ref.shape[0] - 1)
     q_start, q_end = qsl_ref[s], qsl_ref[s + 1]
-    q_total = qsl_ref[qsl_ref.shape[0] - 1] if num_splits == 1 else None  # for the zero rows
+    writes_out = num_splits == 1 or fused_combine
+    q_total = qsl_ref[qsl_ref.shape[0] - 1] if writes_out else None  # for the zero rows
     q_len = q_end - q_start
     kv_len = jnp.where(q_len > 0, kv_lens_ref[s], 0)
     row = jnp.clip(q_end - 1, 0, T - 1)  # the sequence's (last) query row
@@ -106,6 +110,15 @@ def _decode_kernel(
     n_blocks = (jnp.maximum(kv_len - base, 0) + block_k - 1) >> log2(block_k)
     n_steps = jnp.maximum(n_blocks - split + num_splits - 1, 0) >> log2(num_splits)
     row_pos = jnp.broadcast_to(kv_len - 1, (M,))
+    # Static bound on the blocks a sequence spans (the table width; with a window, at most
+    # window + block_size - 1 tokens from `base`): when no split has more than one, skip the loop.
+    P = bt_ref.shape[1]
+    span = (
+        P * block_size
+        if sliding_window is None
+        else min(P * block_size, sliding_window + block_size - 1)
+    )
+    max_blocks = -(-span // block_k)
     acc, m, l = attend(
         q,
         row_pos,
@@ -124,6 +137,7 @@ def _decode_kernel(
         block_k=block_k,
         scale_log2=scale_log2,
         sliding_window=sliding_window,
+        at_most_one_step=max_blocks <= num_splits,
     )
 
     if num_splits == 1:
@@ -137,38 +151,59 @@ def _decode_kernel(
         )
         _zero_unowned_rows(out_ref, s, kvh, q_start, q_end, q_total, bt_ref.shape[0], G=G, R=M)
     else:
-        o_ref, m_ref, l_ref = refs
+        o_ref, m_ref, l_ref = refs[-4:-1] if fused_combine else refs
         plgpu.store(o_ref.at[s, kvh, split, r[:, None], d[None, :]], acc, mask=ok_md)
         plgpu.store(m_ref.at[s, kvh, split, r], m, mask=head_ok)
         plgpu.store(l_ref.at[s, kvh, split, r], l, mask=head_ok)
+        if fused_combine:
+            # The last split of (s, kvh) to finish merges all of them. The barrier orders every
+            # thread's partial stores before the ticket (a scalar acq_rel atomic at GPU scope), so
+            # the program that draws ticket NS - 1 sees all NS partials (read volatile, past L1).
+            out_ref, counter_ref = refs[-5], refs[-1]
+            if not interpret:  # the interpreter runs programs one by one (and has no barrier)
+                plgpu.debug_barrier()
+            ticket = plgpu.atomic_add(counter_ref, (s, kvh), jnp.int32(1))
+
+            @pl.when(ticket == num_splits - 1)
+            def _merge():
+                _merge_splits(
+                    o_ref, m_ref, l_ref, out_ref, s, kvh, q_start, q_end, q_total,
+                    G=G, R=max(2, next_pow2(G)), num_splits=num_splits, volatile=True,
+                )  # fmt: skip
 
 
-def _combine_kernel(
-    qsl_ref,  # [S + 1] int32
+def _merge_splits(
     o_ref,  # [S, Hkv, NS, M, D] f32 unnormalised partial outputs
     m_ref,  # [S, Hkv, NS, M] f32 running max (log2 units)
     l_ref,  # [S, Hkv, NS, M] f32 running sum
-    *refs,  # ([out_init,] out [T, Hq, D])
+    out_ref,  # [T, Hq, D]
+    s,
+    kvh,
+    q_start,
+    q_end,
+    q_total,
+    *,
     G: int,
     R: int,
     num_splits: int,
+    volatile: bool = False,
 ):
-    """One program per (sequence, KV head): merge the splits' partials, write the G output heads of
-    the sequence's row and zero its share of the unowned rows. The split loop is unrolled so all
-    loads are in flight at once (they are independent)."""
-    out_ref = refs[-1]
-    s, kvh = pl.program_id(0), pl.program_id(1)
+    """Merge the splits' partials of (sequence `s`, KV head `kvh`), write the G output heads of the
+    sequence's row and zero its share of the unowned rows. The split loop is unrolled so all loads
+    are in flight at once (they are independent). `q_start, q_end, q_total` are
+    query_start_loc[s], [s + 1] and [S]. `volatile`: load the partials past L1 (other programs of
+    the same kernel wrote them; this jax's Pallas rejects the ".cg" cache modifier)."""
     T, Hq, D = out_ref.shape
     g = jnp.arange(R, dtype=jnp.int32)
     d = jnp.arange(D, dtype=jnp.int32)
     ok = g < G
     ok_rd = jnp.broadcast_to(ok[:, None], (R, D))
-    S = qsl_ref.shape[0] - 1
-    q_start, q_end, q_total = qsl_ref[s], qsl_ref[s + 1], qsl_ref[S]
-    ms = [plgpu.load(m_ref.at[s, kvh, j, g], mask=ok, other=NEG) for j in range(num_splits)]
-    ls = [plgpu.load(l_ref.at[s, kvh, j, g], mask=ok, other=0.0) for j in range(num_splits)]
+    S = o_ref.shape[0]
+    cm = dict(volatile=volatile)
+    ms = [plgpu.load(m_ref.at[s, kvh, j, g], mask=ok, other=NEG, **cm) for j in range(num_splits)]
+    ls = [plgpu.load(l_ref.at[s, kvh, j, g], mask=ok, other=0.0, **cm) for j in range(num_splits)]
     os_ = [
-        plgpu.load(o_ref.at[s, kvh, j, g[:, None], d[None, :]], mask=ok_rd, other=0.0)
+        plgpu.load(o_ref.at[s, kvh, j, g[:, None], d[None, :]], mask=ok_rd, other=0.0, **cm)
         for j in range(num_splits)
     ]
     m_all = functools.reduce(jnp.maximum, ms)  # [R]
@@ -189,6 +224,26 @@ def _combine_kernel(
         mask=jnp.broadcast_to(store_ok[:, None], (R, D)),
     )
     _zero_unowned_rows(out_ref, s, kvh, q_start, q_end, q_total, S, G=G, R=R)
+
+
+def _combine_kernel(
+    qsl_ref,  # [S + 1] int32
+    o_ref,  # [S, Hkv, NS, M, D] f32 unnormalised partial outputs
+    m_ref,  # [S, Hkv, NS, M] f32 running max (log2 units)
+    l_ref,  # [S, Hkv, NS, M] f32 running sum
+    *refs,  # ([out_init,] out [T, Hq, D])
+    G: int,
+    R: int,
+    num_splits: int,
+):
+    """One program per (sequence, KV head): `_merge_splits`."""
+    s, kvh = pl.program_id(0), pl.program_id(1)
+    S = qsl_ref.shape[0] - 1
+    q_start, q_end, q_total = qsl_ref[s], qsl_ref[s + 1], qsl_ref[S]
+    _merge_splits(
+        o_ref, m_ref, l_ref, refs[-1], s, kvh, q_start, q_end, q_total,
+        G=G, R=R, num_splits=num_splits,
+    )  # fmt: skip
 
 
 def _row_owner(qsl, T: int):
@@ -241,21 +296,25 @@ def xla_combine(
 
 def decode_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_init, *, st):
     """Decode path: one kernel (no split), or the split kernel plus the combine kernel, or the
-    split kernel plus `xla_combine` (`st["decode_combine"] == "xla"`). The final step writes every
-    output row (zeros where no sequence owns it), so no zero-filled buffer is needed; `out_init`
-    (tests only) is aliased to the kernel's output when given (the XLA combine builds its output
-    fresh and ignores it)."""
+    split kernel plus `xla_combine` (`st["decode_combine"] == "xla"`), or one split kernel whose
+    last-arriving split per (sequence, KV head) merges (`"fused"`; plus the zeroed counters). The
+    final step writes every output row (zeros where no sequence owns it), so no zero-filled buffer
+    is needed; `out_init` (tests only) is aliased to the kernel's output when given (the XLA
+    combine builds its output fresh and ignores it)."""
     T, Hq, D = q.shape
     Hkv = k_pages.shape[2]
     S = block_tables.shape[0]
     G = Hq // Hkv
     M = max(16, next_pow2(G))
     ns = st["num_kv_splits"]
+    fused = ns > 1 and st["decode_combine"] == "fused"
     kernel = functools.partial(
         _decode_kernel,
         G=G,
         M=M,
         num_splits=ns,
+        fused_combine=fused,
+        interpret=st["interpret"],
         block_size=st["block_size"],
         block_k=st["decode_block_k"],
         scale_log2=st["scale_log2"],
@@ -276,14 +335,31 @@ def decode_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_init
             interpret=st["interpret"],
             name=name,
         )(*args, *extra)
+    partials = [
+        jax.ShapeDtypeStruct((S, Hkv, ns, M, D), jnp.float32),
+        jax.ShapeDtypeStruct((S, Hkv, ns, M), jnp.float32),
+        jax.ShapeDtypeStruct((S, Hkv, ns, M), jnp.float32),
+    ]
+    if fused:
+        # One kernel: the last split of each (sequence, KV head) merges (its arrival counters start
+        # at zero; the partials are scratch outputs the caller drops).
+        counter = jnp.zeros((S, Hkv), jnp.int32)
+        extra = (counter,) if out_init is None else (counter, out_init)
+        aliases = {len(args): 4} if out_init is None else {len(args): 4, len(args) + 1: 0}
+        out, *_ = pl.pallas_call(
+            kernel,
+            grid=(S, Hkv, ns),
+            out_shape=[out_shape, *partials, jax.ShapeDtypeStruct((S, Hkv), jnp.int32)],
+            input_output_aliases=aliases,
+            compiler_params=params,
+            interpret=st["interpret"],
+            name=name + "_fused",
+        )(*args, *extra)
+        return out
     o, m, l = pl.pallas_call(
         kernel,
         grid=(S, Hkv, ns),
-        out_shape=[
-            jax.ShapeDtypeStruct((S, Hkv, ns, M, D), jnp.float32),
-            jax.ShapeDtypeStruct((S, Hkv, ns, M), jnp.float32),
-            jax.ShapeDtypeStruct((S, Hkv, ns, M), jnp.float32),
-        ],
+        out_shape=partials,
         compiler_params=params,
         interpret=st["interpret"],
         name=name,

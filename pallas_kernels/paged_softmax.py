@@ -57,11 +57,15 @@ def attend(
     block_k: int,
     scale_log2: float,
     sliding_window: int | None,
+    at_most_one_step: bool = False,
 ):
     """Online softmax over the KV tokens in [kv_lo, kv_hi) of `seq` that lie in the compute blocks
     starting at `start + i * block_stride`, i < n_steps; returns (acc [M, D] f32, m [M], l [M]).
 
     `acc` is unnormalised, `m` is the running max in log2 units, `l` the running sum of exp2.
+    `at_most_one_step` (static; the caller guarantees n_steps <= 1): no loop, one step whose masks
+    do the bounds (a block past `kv_hi` reads no K/V and leaves the initial state), so its
+    block-table load is issued without waiting for `n_steps` (for latency-bound small grids).
     """
     M, D = q.shape
     P = bt_ref.shape[1]
@@ -111,6 +115,8 @@ def attend(
         jnp.full((M,), NEG, jnp.float32),
         jnp.zeros((M,), jnp.float32),
     )
+    if at_most_one_step:
+        return body(0, init)
     return lax.fori_loop(0, n_steps, body, init)
 
 

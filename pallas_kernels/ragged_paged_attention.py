@@ -5,7 +5,8 @@ or general path, tuned block sizes, KV split count) and calls one jitted functio
 
 - `decode_attention.decode_call` (one query row per sequence: one kernel, or split kernel + combine
   kernel -- or + jnp combine fused by XLA, `decode_combine="xla"` -- for long contexts with few
-  sequences), or
+  sequences, or one split kernel that merges its own splits, `decode_combine="fused"`, on small
+  grids), or
 - `general_attention.general_call` (prefill chunks and decodes mixed).
 
 Same contract as `reference.ragged_paged_attention_reference` (read its docstring): packed queries
@@ -82,7 +83,9 @@ def validate_inputs(
     ragged_inputs.check_power_of_two("pages_per_compute_block", pages_per_compute_block)
     ragged_inputs.check_power_of_two("block_q", block_q)
     if decode_combine is not None and decode_combine not in DECODE_COMBINES:
-        raise ValueError(f"decode_combine must be None, 'kernel' or 'xla', got {decode_combine!r}")
+        raise ValueError(
+            f"decode_combine must be None, 'kernel', 'xla' or 'fused', got {decode_combine!r}"
+        )
 
 
 @functools.cache
@@ -113,53 +116,61 @@ def resolve_decode_only(decode_only: bool | None, query_start_loc) -> bool:
 
 def decode_plan(
     S: int, Hkv: int, max_kv: int, block_size: int, cfg, *, num_kv_splits=None,
-    pages_per_compute_block=None, num_stages=None, num_sms: int | None = None,
-) -> tuple[int, int, int]:  # fmt: skip
-    """(num_kv_splits, pages per compute block, num_stages) of the decode kernel.
+    pages_per_compute_block=None, num_stages=None, decode_combine=None, num_sms: int | None = None,
+) -> tuple[int, int, int, str]:  # fmt: skip
+    """(num_kv_splits, pages per compute block, num_stages, decode_combine) of the decode kernel.
 
-    The split count comes from `tuned_block_sizes.choose_num_kv_splits` unless given. When that is
-    one split (a single kernel writes the output) and the grid is small (`S * Hkv` at most
-    `cfg.single_pass_small_grid_programs`: the kernel is latency-bound), the config's single-pass
-    knobs replace the decode ones (fewer, larger loop steps), unless the caller set them.
-    Before all that: on a grid of at most `cfg.one_block_max_programs` (sequence, KV head) pairs,
-    when the caller gave neither the split count nor the pages per block, both come from
-    `tuned_block_sizes.one_block_split_plan` (one compute block per split, like JAX's op)."""
+    When the caller gave neither the split count nor the pages per block:
+    1. on a grid of at most `cfg.one_block_max_programs` (sequence, KV head) pairs, both come from
+       `tuned_block_sizes.one_block_split_plan` (one compute block per split, like JAX's op);
+    2. else, where `tuned_block_sizes.fused_split_plan` applies (small grids whose table fits in
+       one block per split), its plan, merged inside the kernel ("fused") unless the caller chose
+       the combine.
+    Otherwise the split count comes from `tuned_block_sizes.choose_num_kv_splits` unless given.
+    When that is one split (a single kernel writes the output) and the grid is small (`S * Hkv` at
+    most `cfg.single_pass_small_grid_programs`: the kernel is latency-bound), the config's
+    single-pass knobs replace the decode ones (fewer, larger loop steps), unless the caller set
+    them. The combine is `resolve_decode_combine`'s for the chosen split count."""
+    num_sms = num_sms or _device_num_sms()
     min_pages = max(
         1, 16 // block_size
     )  # a compute block must hold >= 16 tokens (tensor-core tile)
-    if (
-        num_kv_splits is None
-        and pages_per_compute_block is None
-        and S * Hkv <= cfg.one_block_max_programs
-    ):
-        ns, ppcb = tuned_block_sizes.one_block_split_plan(
-            max_kv, block_size, min_pages, cfg.one_block_max_splits, cfg.one_block_max_pages
-        )
-        stages = int(num_stages or cfg.one_block_num_stages or cfg.decode_num_stages)
-        return ns, ppcb, stages
     ppcb = int(max(pages_per_compute_block or cfg.decode_pages_per_compute_block, min_pages))
     stages = int(num_stages or cfg.decode_num_stages)
+    if num_kv_splits is None and pages_per_compute_block is None:
+        if S * Hkv <= cfg.one_block_max_programs:
+            ns, ppcb1 = tuned_block_sizes.one_block_split_plan(
+                max_kv, block_size, min_pages, cfg.one_block_max_splits, cfg.one_block_max_pages
+            )
+            stages = int(num_stages or cfg.one_block_num_stages or cfg.decode_num_stages)
+            return ns, ppcb1, stages, resolve_decode_combine(decode_combine, S, Hkv, ns, cfg)
+        fused = tuned_block_sizes.fused_split_plan(S, Hkv, max_kv, block_size, ppcb, cfg, num_sms)
+        if fused is not None:
+            ns, ppcb1 = fused
+            return ns, ppcb1, stages, decode_combine or "fused"
     if num_kv_splits is None:
         num_kv_splits = tuned_block_sizes.choose_num_kv_splits(
-            S, Hkv, max_kv, ppcb * block_size, cfg, num_sms=num_sms or _device_num_sms()
+            S, Hkv, max_kv, ppcb * block_size, cfg, num_sms=num_sms
         )
     if num_kv_splits == 1 and S * Hkv <= cfg.single_pass_small_grid_programs:
         if pages_per_compute_block is None and cfg.single_pass_pages_per_compute_block:
             ppcb = int(max(cfg.single_pass_pages_per_compute_block, min_pages))
         if num_stages is None and cfg.single_pass_num_stages:
             stages = int(cfg.single_pass_num_stages)
-    return int(num_kv_splits), ppcb, stages
+    ns = int(num_kv_splits)
+    return ns, ppcb, stages, resolve_decode_combine(decode_combine, S, Hkv, ns, cfg)
 
 
-DECODE_COMBINES = ("kernel", "xla")
+DECODE_COMBINES = ("kernel", "xla", "fused")
 
 
 def resolve_decode_combine(
     decode_combine: str | None, S: int, Hkv: int, num_kv_splits: int, cfg
 ) -> str:
-    """The static merge of the decode splits: "xla" (jnp ops in the same jit, fused by XLA) or
-    "kernel" (the Pallas combine kernel). None: `tuned_block_sizes.choose_decode_combine`. With one
-    split nothing is merged (the decode kernel writes the output), so the answer is "kernel"."""
+    """The static merge of the decode splits: "xla" (jnp ops in the same jit, fused by XLA),
+    "kernel" (the Pallas combine kernel) or "fused" (the last split to finish merges, inside the
+    decode kernel). None: `tuned_block_sizes.choose_decode_combine`. With one split nothing is
+    merged (the decode kernel writes the output), so the answer is "kernel"."""
     if num_kv_splits == 1:
         return "kernel"
     if decode_combine is None:
@@ -202,8 +213,10 @@ def ragged_paged_attention(
         shape and the card's SM count).
     pages_per_compute_block: KV pages per loop step (both kernels).
     decode_combine: how the decode path merges its KV splits: "kernel" (a second Pallas kernel),
-        "xla" (jnp ops that XLA fuses into the caller's jit), None (`tuned_block_sizes` rule:
-        "xla" on small grids where the table enables it). Ignored with one split.
+        "xla" (jnp ops that XLA fuses into the caller's jit), "fused" (inside the decode kernel:
+        the last split of each (sequence, KV head) to finish merges; plus a zeroed counter array),
+        None (`decode_plan`'s rule: "fused" with the fused small-grid plan, else "kernel", or "xla"
+        on small grids where the table enables it). Ignored with one split.
     block_q: query tokens per general-kernel program (power of two).
     num_warps / num_stages: Triton launch parameters (both kernels).
     interpret: run the kernels in the Pallas interpreter (any backend, slow).
@@ -238,11 +251,11 @@ def ragged_paged_attention(
         block_q = max(1, cfg.block_q_rows // Gp)
     block_q = max(block_q, max(1, 16 // Gp))  # >= 16 tile rows
     max_kv = P * bs if sliding_window is None else min(P * bs, sliding_window + bs)
-    num_kv_splits, dec_ppcb, dec_stages = decode_plan(
+    num_kv_splits, dec_ppcb, dec_stages, combine = decode_plan(
         S, Hkv, max_kv, bs, cfg, num_kv_splits=num_kv_splits,
         pages_per_compute_block=pages_per_compute_block, num_stages=num_stages,
+        decode_combine=decode_combine,
     )  # fmt: skip
-    combine = resolve_decode_combine(decode_combine, S, Hkv, num_kv_splits, cfg)
     if sm_scale is None:
         sm_scale = D**-0.5
 

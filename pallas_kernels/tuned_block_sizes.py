@@ -7,7 +7,9 @@ alternative split layout for small grids (JAX's op's: one compute block per spli
 `choose_decode_combine()` picks how the splits are merged (Pallas kernel or XLA-fused jnp). The
 fields that switch the last two on (`one_block_max_programs`, `xla_combine_max_programs`) are 0
 (off) everywhere: on an H200 (bench/gpu_runs/2026-11-28_h200x2_kernels.md) no such variant beat the
-default kernel at batch 1 or 16.
+default kernel at batch 1 or 16. `fused_split_plan()` is the small-grid plan whose splits merge
+inside the kernel (`fused_max_waves`, on for the Llama-3-8B key: measured on an H200 in
+bench/gpu_runs/2026-11-28_h200_session7_fused.md).
 
 STATUS: the decode knobs of `(128, 16, "bfloat16", 4)` (Llama-3-8B attention), its single-pass
 knobs (batch 1 x 512 only) and the split rule
@@ -27,7 +29,8 @@ import dataclasses
 
 MEASURED_ON = (
     "H100 80GB HBM3, jax 0.11.2, 2026-11-28: decode knobs of (128, 16, bfloat16, 4) and the split "
-    "rule; all other values are rule-of-thumb"
+    "rule; H200, jax 0.11.2, 2026-11-28: its fused small-grid plan (fused_max_waves); all other "
+    "values are rule-of-thumb"
 )
 
 # H100 SXM has 132 SMs; used only to size the flash-decoding split count.
@@ -63,6 +66,10 @@ class KernelConfig:
         `paged_attention` layout: up to `one_block_max_splits` splits, each ideally one compute
         block of at most `one_block_max_pages` pages) instead of the split rule (0: never).
     one_block_num_stages: decode pipelining depth under that plan (0: keep the decode knob).
+    fused_max_waves: the fused small-grid plan (`fused_split_plan`: one compute block of at least
+        the decode pages per split, merged inside the kernel by the last split to finish) applies
+        when its grid (sequences x KV heads x splits) is at most this many waves of the card's SMs
+        (0: never).
     """
 
     decode_pages_per_compute_block: int
@@ -85,6 +92,7 @@ class KernelConfig:
     one_block_max_splits: int = 16
     one_block_max_pages: int = 8
     one_block_num_stages: int = 0
+    fused_max_waves: float = 0.0
 
 
 def _tokens_per_step(head_dim: int, itemsize: int) -> int:
@@ -122,8 +130,23 @@ TUNED: dict[tuple[int, int, str, int], KernelConfig] = {
     # at batch 1 and 16 (1 x 2048: 8 splits 17.9 us, 1 split 43.8-46.7 us). With one split and at
     # most 16 programs, (8 pages, 1 stage): the best knobs at batch 1 x 512 in both runs (14.4 and
     # 14.5 us vs 17.6 and 15.0 for (4 pages, 2 stages)); measured at that point only.
+    # Fused small-grid plan (one block of >= 4 pages per split, merged inside the kernel) up to 2
+    # waves of programs: H200, 2026-11-28 (bench/gpu_runs/2026-11-28_h200_session7_fused.md), every
+    # loop body a CUDA graph, us per call default -> fused: 1 x 512 15.9 -> 8.5 (8 splits of 4
+    # pages), 1 x 2048 12.6 -> 10.5 (16 of 8), 4 x 512 16.4 -> 11.5, 2 x 2048 13.8 vs 13.9 (tie);
+    # fused lost where the grid is larger (4 x 2048: 21.7 vs 15.6; 16 x 2048 ...) or the table
+    # needs several blocks per split (1 x 8192: 20.0 vs 17.2), which the rule leaves out.
     (128, 16, "bfloat16", 4): KernelConfig(
-        4, 4, 2, 4, 64, 4, 2, single_pass_pages_per_compute_block=8, single_pass_num_stages=1
+        4,
+        4,
+        2,
+        4,
+        64,
+        4,
+        2,
+        single_pass_pages_per_compute_block=8,
+        single_pass_num_stages=1,
+        fused_max_waves=2.0,
     ),
     # Not measured (rule of thumb) from here on.
     (128, 32, "bfloat16", 4): KernelConfig(2, 4, 2, 2, 64, 4, 2),
@@ -190,6 +213,36 @@ def one_block_split_plan(
     pages = max(1, -(-int(max_kv_len) // int(block_size)))
     ppcb = max(int(min_pages), min(int(max_pages), _next_pow2(-(-pages // max(1, max_splits)))))
     return int(max(1, min(max_splits, _next_pow2(-(-pages // ppcb))))), int(ppcb)
+
+
+def fused_split_plan(
+    num_seqs: int,
+    num_kv_heads: int,
+    max_kv_len: int,
+    block_size: int,
+    min_pages: int,
+    cfg: KernelConfig,
+    num_sms: int = DEFAULT_NUM_SMS,
+) -> tuple[int, int] | None:
+    """(num_kv_splits, pages per compute block) of the fused small-grid plan, or None where it does
+    not apply. The plan is `one_block_split_plan` with at least `min_pages` pages per block; it
+    applies when `cfg.fused_max_waves` is set, it has more than one split, every split gets one
+    compute block (the table fits in `one_block_max_splits` blocks of at most `one_block_max_pages`
+    pages), and its grid `num_seqs * num_kv_heads * splits` is at most `cfg.fused_max_waves *
+    num_sms` programs. The caller merges its splits inside the kernel (`decode_combine="fused"`):
+    one launch whose programs each read one block, where the default plan would loop serially in
+    few programs or launch a second kernel.
+    """
+    if cfg.fused_max_waves <= 0:
+        return None
+    ns, ppcb = one_block_split_plan(
+        max_kv_len, block_size, min_pages, cfg.one_block_max_splits, cfg.one_block_max_pages
+    )
+    one_block_each = ns * ppcb * block_size >= max_kv_len
+    programs = num_seqs * num_kv_heads * ns
+    if ns > 1 and one_block_each and programs <= cfg.fused_max_waves * num_sms:
+        return ns, ppcb
+    return None
 
 
 def choose_decode_combine(

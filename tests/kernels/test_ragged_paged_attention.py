@@ -5,8 +5,9 @@ CPU: the kernels run with `interpret=True`. GPU (`-m gpu`): the same sweep, comp
 Every batch is drawn fresh and poisoned by `ragged_batches.make_batch` (read its docstring); the
 output buffer starts as NaN too, so a row the kernel fails to write stays NaN. The decode path is
 covered with one KV split (a single kernel writes the output) and with several (split kernel plus
-combine kernel), forced and automatic, and with the splits merged by jnp ops that XLA fuses
-(`decode_combine="xla"`, the `XcCase`s).
+combine kernel), forced and automatic, with the splits merged by jnp ops that XLA fuses
+(`decode_combine="xla"`) and merged inside the split kernel by the last split to finish
+(`decode_combine="fused"`, also the automatic plan on small grids of the Llama-3-8B key).
 """
 
 from __future__ import annotations
@@ -92,8 +93,23 @@ XC_CASES = [
     ),
 ]  # fmt: skip
 
+# The fused combine (one split kernel whose last split per (sequence, KV head) merges): G 1, 4, 8;
+# empty splits; a window; a NaN output buffer. The interpreter runs the programs in grid order, so
+# there the highest split merges; the GPU runs cover arbitrary arrival orders.
+FUSED_CASES = [
+    XcCase(
+        "dec-fu-g1-d64-bs16-f32-ns4", 1, 64, 16, "float32", True, splits=4, ppcb=1,
+        combine="fused", nan_buffer=True,
+    ),
+    XcCase("dec-fu-g4-d64-bs32-bf16-ns2", 4, 64, 32, "bfloat16", True, splits=2, combine="fused"),
+    XcCase(
+        "dec-fu-g8-d64-bs16-f32-window-ns16", 8, 64, 16, "float32", True, Hkv=1, splits=16,
+        ppcb=1, window=20, combine="fused", layer=0,
+    ),
+]  # fmt: skip
+
 # On the GPU compiles are cheap: the CPU set, then longer contexts, auto splits, bigger batches.
-GPU_CASES = CPU_CASES + XC_CASES + [
+GPU_CASES = CPU_CASES + XC_CASES + FUSED_CASES + [
     Case("gpu-dec-g4-d128-bs16-bf16-long", 4, 128, 16, "bfloat16", True, Hkv=8, S=3, T=8, P=96),
     Case("gpu-dec-g8-d128-bs32-f32-long", 8, 128, 32, "float32", True, S=4, T=8, P=40, splits=8),
     Case("gpu-dec-g1-d64-bs16-bf16-many", 1, 64, 16, "bfloat16", True, Hkv=4, S=64, T=80, P=8),
@@ -107,8 +123,14 @@ GPU_CASES = CPU_CASES + XC_CASES + [
     ),
     Case("gpu-gen-g4-d256-bs16-bf16", 4, 256, 16, "bfloat16", False, Hkv=1, S=4, T=128, P=16),
     Case("gpu-dec-g4-d256-bs16-bf16", 4, 256, 16, "bfloat16", True, Hkv=1, S=4, T=8, P=32),
-    # Llama-3-8B key, automatic: 1 split on a grid of 8 programs -> the single-pass knobs (8, 1)
-    Case("gpu-dec-g4-d128-bs16-bf16-single-pass", 4, 128, 16, "bfloat16", True, S=4, T=8, P=32),
+    # Llama-3-8B key, one split given on a grid of 8 programs -> the single-pass knobs (8, 1)
+    Case(
+        "gpu-dec-g4-d128-bs16-bf16-single-pass", 4, 128, 16, "bfloat16", True, S=4, T=8, P=32,
+        splits=1,
+    ),
+    # Llama-3-8B key, automatic: the fused small-grid plans (8 splits of 4 pages; 16 of 8)
+    Case("gpu-dec-g4-d128-bs16-bf16-auto-fused", 4, 128, 16, "bfloat16", True, S=4, T=8, P=32),
+    Case("gpu-dec-g4-d128-bs16-bf16-auto-fused2", 4, 128, 16, "bfloat16", True, S=1, T=4, P=128),
     # The XLA combine at the Llama-3-8B shape: JAX's op's layouts (16 splits of one compute block,
     # contexts 512 and 2048), a batch of 16 and a window.
     XcCase(
@@ -126,6 +148,24 @@ GPU_CASES = CPU_CASES + XC_CASES + [
     XcCase(
         "gpu-dec-xc-g8-d128-bs16-f32-window-ns8", 8, 128, 16, "float32", True, S=4, T=8, P=64,
         splits=8, window=200, combine="xla",
+    ),
+    # The fused combine at the Llama-3-8B shape (1 x 512 and 1 x 2048 layouts; 16 sequences; 32
+    # splits), and with f32 and a window.
+    XcCase(
+        "gpu-dec-fu-g4-d128-bs16-bf16-ns16-p2", 4, 128, 16, "bfloat16", True, Hkv=8, S=2, T=4,
+        P=32, splits=16, ppcb=2, combine="fused",
+    ),
+    XcCase(
+        "gpu-dec-fu-g4-d128-bs16-bf16-ns16-p8", 4, 128, 16, "bfloat16", True, Hkv=8, S=2, T=4,
+        P=128, splits=16, ppcb=8, combine="fused",
+    ),
+    XcCase(
+        "gpu-dec-fu-g4-d128-bs16-bf16-s16-ns32", 4, 128, 16, "bfloat16", True, Hkv=8, S=16, T=24,
+        P=128, splits=32, ppcb=1, combine="fused",
+    ),
+    XcCase(
+        "gpu-dec-fu-g8-d128-bs16-f32-window-ns8", 8, 128, 16, "float32", True, S=4, T=8, P=64,
+        splits=8, window=200, combine="fused",
     ),
 ]  # fmt: skip
 
@@ -181,6 +221,11 @@ def test_matches_reference_interpret(case):
 
 @pytest.mark.parametrize("case", XC_CASES, ids=lambda c: c.id)
 def test_xla_combine_matches_reference_interpret(case):
+    check_case(case, interpret=True, num_batches=3)
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: c.id)
+def test_fused_combine_matches_reference_interpret(case):
     check_case(case, interpret=True, num_batches=3)
 
 
@@ -326,7 +371,11 @@ GOOD = GOOD_SHAPES
         ({}, dict(num_kv_splits=3), r"num_kv_splits must be a power of two"),
         ({}, dict(pages_per_compute_block=6), r"pages_per_compute_block must be a power of two"),
         ({}, dict(block_q=0), r"block_q must be a power of two"),
-        ({}, dict(decode_combine="triton"), r"decode_combine must be None, 'kernel' or 'xla'"),
+        (
+            {},
+            dict(decode_combine="triton"),
+            r"decode_combine must be None, 'kernel', 'xla' or 'fused'",
+        ),
     ],
 )
 def test_validation_errors_pallas(change, kwargs, message):
@@ -344,7 +393,7 @@ def test_public_entry_validates():
             q, k, k, bt, jnp.ones(2, jnp.int32), jnp.array([0, 1, 2], jnp.int32), interpret=True
         )
     q = jnp.zeros((4, 8, 64))
-    with pytest.raises(ValueError, match=r"decode_combine must be None, 'kernel' or 'xla', got 'X"):
+    with pytest.raises(ValueError, match=r"decode_combine must be None, .* or 'fused', got 'X"):
         ragged_paged_attention(
             q, k, k, bt, jnp.ones(2, jnp.int32), jnp.array([0, 1, 2], jnp.int32),
             decode_only=True, decode_combine="X", interpret=True,
@@ -381,30 +430,56 @@ def test_tuned_lookup_and_splits():
 
 
 def test_decode_plan_single_pass_and_split():
-    """The decode plan: one kernel (its single-pass knobs on a small grid) for short contexts,
-    splits for long ones; knobs the caller sets are kept."""
+    """The decode plan without the fused small-grid plan: one kernel (its single-pass knobs on a
+    small grid) for short contexts, splits for long ones; knobs the caller sets are kept."""
     plan = rpa_module.decode_plan
-    cfg = tuned_block_sizes.lookup(128, 16, "bfloat16", 4)
-    # (splits, pages per compute block, stages); Llama-3-8B shape, 8 KV heads, 132 SMs.
-    assert plan(1, 8, 512, 16, cfg, num_sms=132) == (1, 8, 1)  # batch 1: latency-bound single pass
-    assert plan(16, 8, 512, 16, cfg, num_sms=132) == (1, 4, 2)  # 128 programs: decode knobs
-    assert plan(1, 8, 2048, 16, cfg, num_sms=132) == (8, 4, 2)  # long context: split + combine
-    assert plan(16, 8, 8192, 16, cfg, num_sms=132) == (4, 4, 2)
-    assert plan(1, 8, 512, 16, cfg, num_sms=132, pages_per_compute_block=8, num_stages=3) == (
-        1,
-        8,
-        3,
-    )
-    assert (
-        plan(1, 8, 512, 16, cfg, num_sms=132, pages_per_compute_block=2)[0] == 4
-    )  # 16 blocks: split
-    assert plan(1, 8, 512, 16, cfg, num_sms=132, num_kv_splits=2) == (2, 4, 2)
+    cfg = dataclasses.replace(tuned_block_sizes.lookup(128, 16, "bfloat16", 4), fused_max_waves=0)
+    # (splits, pages per compute block, stages, combine); Llama-3-8B shape, 8 KV heads, 132 SMs.
+    assert plan(1, 8, 512, 16, cfg, num_sms=132) == (1, 8, 1, "kernel")  # latency-bound one pass
+    assert plan(16, 8, 512, 16, cfg, num_sms=132) == (1, 4, 2, "kernel")  # 128 programs
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132) == (8, 4, 2, "kernel")  # split + combine
+    assert plan(16, 8, 8192, 16, cfg, num_sms=132) == (4, 4, 2, "kernel")
+    given = dict(pages_per_compute_block=8, num_stages=3)
+    assert plan(1, 8, 512, 16, cfg, num_sms=132, **given) == (1, 8, 3, "kernel")
+    assert plan(1, 8, 512, 16, cfg, num_sms=132, pages_per_compute_block=2)[0] == 4  # 16 blocks
+    assert plan(1, 8, 512, 16, cfg, num_sms=132, num_kv_splits=2) == (2, 4, 2, "kernel")
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132, decode_combine="fused") == (8, 4, 2, "fused")
     untuned = tuned_block_sizes.lookup(64, 16, "float32", 3)  # no single-pass knobs: decode knobs
+    assert untuned.fused_max_waves == 0
     assert plan(1, 3, 64, 16, untuned, num_sms=132) == (
         1,
         untuned.decode_pages_per_compute_block,
         2,
+        "kernel",
     )
+
+
+def test_fused_split_plan():
+    """The fused small-grid plan of the Llama-3-8B key (2 waves): one block of >= 4 pages per
+    split, up to 16 splits of <= 8 pages, grids of <= 2 * 132 programs; else the rules above."""
+    cfg = tuned_block_sizes.lookup(128, 16, "bfloat16", 4)
+    assert cfg.fused_max_waves == 2.0
+    fused = tuned_block_sizes.fused_split_plan
+    assert fused(1, 8, 512, 16, 4, cfg) == (8, 4)  # 32 pages: 8 splits of 4
+    assert fused(4, 8, 512, 16, 4, cfg) == (8, 4)  # 256 programs
+    assert fused(1, 8, 1024, 16, 4, cfg) == (16, 4)
+    assert fused(1, 8, 2048, 16, 4, cfg) == (16, 8)
+    assert fused(2, 8, 2048, 16, 4, cfg) == (16, 8)  # 256 programs
+    assert fused(4, 8, 2048, 16, 4, cfg) is None  # 512 programs > 264
+    assert fused(16, 8, 512, 16, 4, cfg) is None
+    assert fused(1, 8, 8192, 16, 4, cfg) is None  # 16 blocks of 8 pages do not cover 512 pages
+    assert fused(1, 8, 64, 16, 4, cfg) is None  # one block in all: nothing to split
+    assert fused(1, 8, 2048, 16, 4, cfg, num_sms=32) is None  # 128 programs > 2 * 32
+    plan = rpa_module.decode_plan
+    assert plan(1, 8, 512, 16, cfg, num_sms=132) == (8, 4, 2, "fused")
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132) == (16, 8, 2, "fused")
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132, decode_combine="xla") == (16, 8, 2, "xla")
+    assert plan(4, 8, 2048, 16, cfg, num_sms=132) == (8, 4, 2, "kernel")  # the split rule
+    assert plan(1, 8, 8192, 16, cfg, num_sms=132) == (32, 4, 2, "kernel")
+    assert plan(16, 8, 512, 16, cfg, num_sms=132) == (1, 4, 2, "kernel")
+    # The caller's split count or pages per block switch the fused plan off.
+    assert plan(1, 8, 512, 16, cfg, num_sms=132, num_kv_splits=1) == (1, 8, 1, "kernel")
+    assert plan(1, 8, 512, 16, cfg, num_sms=132, pages_per_compute_block=4)[3] == "kernel"
 
 
 def test_one_block_plan_and_decode_combine_rule():
@@ -423,18 +498,18 @@ def test_one_block_plan_and_decode_combine_rule():
 
     plan = rpa_module.decode_plan
     resolve = rpa_module.resolve_decode_combine
-    base = tuned_block_sizes.lookup(128, 16, "bfloat16", 4)
+    base = dataclasses.replace(tuned_block_sizes.lookup(128, 16, "bfloat16", 4), fused_max_waves=0)
     assert base.xla_combine_max_programs == 0 and base.one_block_max_programs == 0
     assert tuned_block_sizes.choose_decode_combine(1, 8, 16, base) == "kernel"
     assert resolve(None, 1, 8, 8, base) == "kernel"
     cfg = dataclasses.replace(base, xla_combine_max_programs=8, one_block_max_programs=8)
-    assert plan(1, 8, 512, 16, cfg, num_sms=132) == (16, 2, 2)
-    assert plan(1, 8, 2048, 16, cfg, num_sms=132) == (16, 8, 2)
-    assert plan(1, 8, 2048, 16, cfg, num_sms=132, num_stages=3) == (16, 8, 3)
+    assert plan(1, 8, 512, 16, cfg, num_sms=132) == (16, 2, 2, "xla")
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132) == (16, 8, 2, "xla")
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132, num_stages=3) == (16, 8, 3, "xla")
     staged = dataclasses.replace(cfg, one_block_num_stages=1)
-    assert plan(1, 8, 2048, 16, staged, num_sms=132) == (16, 8, 1)
-    assert plan(2, 8, 2048, 16, cfg, num_sms=132) == (8, 4, 2)  # 16 programs: the split rule
-    assert plan(1, 8, 2048, 16, cfg, num_sms=132, num_kv_splits=4) == (4, 4, 2)  # caller's
+    assert plan(1, 8, 2048, 16, staged, num_sms=132) == (16, 8, 1, "xla")
+    assert plan(2, 8, 2048, 16, cfg, num_sms=132) == (8, 4, 2, "kernel")  # 16 programs: the rule
+    assert plan(1, 8, 2048, 16, cfg, num_sms=132, num_kv_splits=4) == (4, 4, 2, "xla")  # caller's
     assert plan(1, 8, 2048, 16, cfg, num_sms=132, pages_per_compute_block=2)[1] == 2
     choose = tuned_block_sizes.choose_decode_combine
     assert choose(1, 8, 16, cfg) == "xla"
@@ -444,6 +519,7 @@ def test_one_block_plan_and_decode_combine_rule():
     assert resolve("kernel", 1, 8, 16, cfg) == "kernel"
     assert resolve("xla", 64, 8, 2, base) == "xla"
     assert resolve("xla", 1, 8, 1, base) == "kernel"
+    assert resolve("fused", 1, 8, 1, base) == "kernel"
 
 
 def _can_lower_for_cuda() -> bool:
@@ -479,9 +555,11 @@ def _abstract_args(T, Hkv, G, D, L_, N, bs, S, P, dtype):
         (8, 128, 32, "float32", False, None, 64, 2, 64, 64, 4, 8),
         (3, 64, 16, "float16", False, None, None, 2, 64, 64, 4, 8),
         (4, 256, 16, "bfloat16", True, None, 512, 2, 64, 8, 4, 8),
-        # automatic split count: short table -> one kernel; long table, few sequences -> two
+        # automatic split count: short table, few sequences -> the fused plan (one kernel); long
+        # table -> split + combine kernel; short table, more sequences -> one pass (one kernel)
         (4, 128, 16, "bfloat16", True, None, None, 2, 64, 16, 1, 32),
-        (4, 128, 16, "bfloat16", True, None, None, 2, 4096, 16, 1, 128),
+        (4, 128, 16, "bfloat16", True, None, None, 2, 4096, 16, 1, 1024),
+        (4, 128, 16, "bfloat16", True, None, None, 2, 4096, 128, 96, 32),
         # > 4 GiB stacked cache: 64-bit offsets in the gathers.
         (4, 128, 16, "bfloat16", True, 1, None, 4, 65536, 64, 64, 64),
         (4, 128, 16, "bfloat16", False, None, None, 4, 65536, 512, 8, 64),
@@ -502,17 +580,19 @@ def test_lowers_to_triton_for_cuda(G, D, bs, dtype, decode, splits, window, L_, 
     if not decode:
         assert kernels == 1
         return
-    # Decode: the split kernel plus the combine kernel when split, and nothing else that could
-    # launch a kernel of its own (no zero-fill, no scatter, no jnp combine).
-    if splits is None and window is None:
-        splits = rpa_module.decode_plan(
-            S, Hkv, P * bs, bs, tuned_block_sizes.lookup(D, bs, dtype, G)
-        )[0]
-    if splits is not None:
-        assert kernels == (2 if splits > 1 else 1)
-    assert kernels in (1, 2)
+    # Decode: the split kernel plus the combine kernel when split (one kernel with the fused
+    # combine, plus its zeroed counters), and nothing else that could launch a kernel of its own
+    # (no zero-fill, no scatter, no jnp combine).
+    max_kv = P * bs if window is None else min(P * bs, window + bs)
+    cfg = tuned_block_sizes.lookup(D, bs, dtype, G)
+    planned, _, _, combine = rpa_module.decode_plan(S, Hkv, max_kv, bs, cfg, num_kv_splits=splits)
+    assert splits is None or planned == splits
+    assert kernels == (2 if planned > 1 and combine == "kernel" else 1)
     ops = set(re.findall(r"= \"?(stablehlo\.\w+)", text))
-    assert ops <= {"stablehlo.custom_call", "stablehlo.reshape"}, ops
+    allowed = {"stablehlo.custom_call", "stablehlo.reshape"}
+    if combine == "fused":
+        allowed |= {"stablehlo.constant", "stablehlo.broadcast_in_dim"}
+    assert ops <= allowed, ops
 
 
 @pytest.mark.skipif(ON_GPU, reason="the GPU class compiles for real")
@@ -534,6 +614,28 @@ def test_xla_combine_lowers_for_cuda(S, P, splits, ppcb, window):
     assert text.count("__gpu$xla.gpu.triton") == 1
     ops = set(re.findall(r"= \"?(stablehlo\.\w+)", text))
     assert not ops & {"stablehlo.scatter", "stablehlo.while", "stablehlo.reduce"}, ops
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU class compiles for real")
+@pytest.mark.parametrize("S, P, splits, ppcb, window", [(1, 32, 16, 2, None), (4, 16, 4, None, 40)])
+def test_fused_combine_lowers_for_cuda(S, P, splits, ppcb, window):
+    """decode_combine="fused": one Triton kernel and, around it, only the zeroed arrival counters
+    (a broadcast constant) and reshapes: no combine kernel, no jnp merge."""
+    if not _can_lower_for_cuda():
+        pytest.skip("this jaxlib cannot lower Pallas kernels for CUDA")
+    G, D, bs, Hkv, T = 4, 128, 16, 8, 2 * S
+    args = _abstract_args(T, Hkv, G, D, 2, 64, bs, S, P, "bfloat16")
+    f = jax.jit(
+        lambda *a: ragged_paged_attention(
+            *a, decode_only=True, num_kv_splits=splits, pages_per_compute_block=ppcb,
+            sliding_window=window, decode_combine="fused",
+        )
+    )  # fmt: skip
+    text = f.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 1
+    ops = set(re.findall(r"= \"?(stablehlo\.\w+)", text))
+    allowed = {"stablehlo.custom_call", "stablehlo.reshape", "stablehlo.constant"}
+    assert ops <= allowed | {"stablehlo.broadcast_in_dim"}, ops
 
 
 # --------------------------------------------------------------------------------------------------

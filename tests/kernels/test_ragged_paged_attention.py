@@ -596,10 +596,13 @@ def test_lowers_to_triton_for_cuda(G, D, bs, dtype, decode, splits, window, L_, 
 
 
 @pytest.mark.skipif(ON_GPU, reason="the GPU class compiles for real")
+@pytest.mark.parametrize("combine", ["xla", "fused"])
 @pytest.mark.parametrize("S, P, splits, ppcb, window", [(1, 32, 16, 2, None), (4, 16, 4, None, 40)])
-def test_xla_combine_lowers_for_cuda(S, P, splits, ppcb, window):
-    """decode_combine="xla": one Triton kernel (the split kernel), then plain XLA ops: no scatter,
-    no loop, no reduction (the split and sequence loops are unrolled into elementwise ops)."""
+def test_split_combines_lower_for_cuda(S, P, splits, ppcb, window, combine):
+    """One Triton kernel (the split kernel) for both merges. decode_combine="xla": then plain XLA
+    ops, no scatter, no loop, no reduction (the split and sequence loops are unrolled into
+    elementwise ops). "fused": around it only the zeroed arrival counters (a broadcast constant)
+    and reshapes, no jnp merge."""
     if not _can_lower_for_cuda():
         pytest.skip("this jaxlib cannot lower Pallas kernels for CUDA")
     G, D, bs, Hkv, T = 4, 128, 16, 8, 2 * S
@@ -607,35 +610,17 @@ def test_xla_combine_lowers_for_cuda(S, P, splits, ppcb, window):
     f = jax.jit(
         lambda *a: ragged_paged_attention(
             *a, decode_only=True, num_kv_splits=splits, pages_per_compute_block=ppcb,
-            sliding_window=window, decode_combine="xla",
+            sliding_window=window, decode_combine=combine,
         )
     )  # fmt: skip
     text = f.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 1
     ops = set(re.findall(r"= \"?(stablehlo\.\w+)", text))
-    assert not ops & {"stablehlo.scatter", "stablehlo.while", "stablehlo.reduce"}, ops
-
-
-@pytest.mark.skipif(ON_GPU, reason="the GPU class compiles for real")
-@pytest.mark.parametrize("S, P, splits, ppcb, window", [(1, 32, 16, 2, None), (4, 16, 4, None, 40)])
-def test_fused_combine_lowers_for_cuda(S, P, splits, ppcb, window):
-    """decode_combine="fused": one Triton kernel and, around it, only the zeroed arrival counters
-    (a broadcast constant) and reshapes: no combine kernel, no jnp merge."""
-    if not _can_lower_for_cuda():
-        pytest.skip("this jaxlib cannot lower Pallas kernels for CUDA")
-    G, D, bs, Hkv, T = 4, 128, 16, 8, 2 * S
-    args = _abstract_args(T, Hkv, G, D, 2, 64, bs, S, P, "bfloat16")
-    f = jax.jit(
-        lambda *a: ragged_paged_attention(
-            *a, decode_only=True, num_kv_splits=splits, pages_per_compute_block=ppcb,
-            sliding_window=window, decode_combine="fused",
-        )
-    )  # fmt: skip
-    text = f.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("__gpu$xla.gpu.triton") == 1
-    ops = set(re.findall(r"= \"?(stablehlo\.\w+)", text))
-    allowed = {"stablehlo.custom_call", "stablehlo.reshape", "stablehlo.constant"}
-    assert ops <= allowed | {"stablehlo.broadcast_in_dim"}, ops
+    if combine == "xla":
+        assert not ops & {"stablehlo.scatter", "stablehlo.while", "stablehlo.reduce"}, ops
+    else:
+        allowed = {"stablehlo.custom_call", "stablehlo.reshape", "stablehlo.constant"}
+        assert ops <= allowed | {"stablehlo.broadcast_in_dim"}, ops
 
 
 # --------------------------------------------------------------------------------------------------

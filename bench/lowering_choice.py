@@ -75,6 +75,23 @@ def _best(candidates, args, iters):
     return best
 
 
+def _ours_configs(text: str):
+    """ "tuned,16:4:4:2,32:4:8:3:u" -> [(label, ragged_paged_attention kwargs)]: block_q tokens,
+    pages per compute block, warps, stages, and a trailing ":u" for the unmasked prefix."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if item == "tuned":
+            out.append(("tuned defaults", {}))
+        elif item:
+            fields = item.split(":")
+            prefix = fields[-1] == "u"
+            bq, pp, w, st = (int(x) for x in fields[:4])
+            kw = dict(block_q=bq, pages_per_compute_block=pp, num_warps=w, num_stages=st)
+            out.append((f"bq{bq} p{pp} w{w} st{st}" + (" unmasked prefix" if prefix else ""),
+                        dict(kw, unmasked_prefix=prefix)))  # fmt: skip
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,6 +104,13 @@ def main(argv=None) -> int:
         choices=("float16", "bfloat16"),
         help="float16 (default): JAX's Mosaic GPU attention in jax 0.11.2 fails on bfloat16 "
         "inputs ('src had type bfloat16 and dst had type float16')",
+    )
+    ap.add_argument(
+        "--ours-configs",
+        default="tuned",
+        help="our general kernel's configurations, one row each: 'tuned' and/or "
+        "BQ:PAGES:WARPS:STAGES[:u] (block_q tokens, pages per compute block, warps, stages; ':u' "
+        "visits the KV blocks before each tile without masks)",
     )
     ap.add_argument(
         "--no-causal",
@@ -153,13 +177,13 @@ def main(argv=None) -> int:
             )
             for bq, bkv, st in ((64, 128, 2), (64, 64, 2), (64, 256, 2), (64, 128, 4))
         ]
-        ours_fn = [("tuned defaults", jax.jit(ragged_paged_attention))]
         rows = [
             ("jax-triton", "Triton", *_best(tri, (q, k_rep, v_rep), args.iters)),
             ("jax-mosaic", "Mosaic GPU", *_best(mos, (q_scaled, k, v), args.iters)),
         ]
-        if causal:
-            rows.append(("pallas (ours)", "Triton", *_best(ours_fn, ours, args.iters)))
+        for label, kw in _ours_configs(args.ours_configs) if causal else ():
+            fn = jax.jit(functools.partial(ragged_paged_attention, **kw))
+            rows.append(("pallas (ours)", "Triton", *_best([(label, fn)], ours, args.iters)))
         base = None
         for name, lowering, us, label, out in rows:
             if out is not None:

@@ -39,6 +39,7 @@ def _general_kernel(
     block_k: int,
     scale_log2: float,
     sliding_window: int | None,
+    unmasked_prefix: bool,
 ):
     del out_init_ref  # only there to zero the rows no program writes
     w, kvh = pl.program_id(0), pl.program_id(1)
@@ -73,13 +74,7 @@ def _general_kernel(
     kv_lo = 0 if sliding_window is None else jnp.maximum(pos0 - sliding_window + 1, 0)
     start = (kv_lo >> log2(block_size)) << log2(block_size)  # page-aligned first token
     n_steps = (jnp.maximum(kv_hi - start, 0) + block_k - 1) >> log2(block_k)
-    acc, _, l = attend(
-        q,
-        row_pos,
-        kv_lo,
-        kv_hi,
-        start,
-        n_steps,
+    common = dict(
         block_stride=block_k,
         k_ref=k_ref,
         v_ref=v_ref,
@@ -92,6 +87,14 @@ def _general_kernel(
         scale_log2=scale_log2,
         sliding_window=sliding_window,
     )
+    carry = None
+    if unmasked_prefix and sliding_window is None:
+        # Blocks wholly at or before the tile's first row position are live and visible to every
+        # row: visit them without masks, then the rest (the diagonal and the tail) with them.
+        n_free = jnp.clip((pos0 + 1 - start) >> log2(block_k), 0, n_steps)
+        carry = attend(q, row_pos, kv_lo, kv_hi, start, n_free, masked=False, **common)
+        start, n_steps = start + n_free * block_k, n_steps - n_free
+    acc, _, l = attend(q, row_pos, kv_lo, kv_hi, start, n_steps, carry=carry, **common)
     dst = jnp.where(ok, tok_row, T)  # masked rows point past the array: never collide
     plgpu.store(
         out_ref.at[dst[:, None], head[:, None], d[None, :]],
@@ -118,6 +121,7 @@ def general_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_ini
         block_size=st["block_size"],
         block_k=st["block_k"],
         scale_log2=st["scale_log2"],
+        unmasked_prefix=st["unmasked_prefix"],
         sliding_window=st["sliding_window"],
     )
     args = (layer, qsl, kv_lens, block_tables, work, q, k_pages, v_pages)

@@ -58,6 +58,8 @@ def attend(
     scale_log2: float,
     sliding_window: int | None,
     at_most_one_step: bool = False,
+    masked: bool = True,
+    carry=None,
 ):
     """Online softmax over the KV tokens in [kv_lo, kv_hi) of `seq` that lie in the compute blocks
     starting at `start + i * block_stride`, i < n_steps; returns (acc [M, D] f32, m [M], l [M]).
@@ -66,6 +68,10 @@ def attend(
     `at_most_one_step` (static; the caller guarantees n_steps <= 1): no loop, one step whose masks
     do the bounds (a block past `kv_hi` reads no K/V and leaves the initial state), so its
     block-table load is issued without waiting for `n_steps` (for latency-bound small grids).
+    `masked=False` (static; the caller guarantees every visited token is in [kv_lo, kv_hi) and
+    visible to every row that matters): no masks on the loads and the scores, for the blocks of a
+    prefill tile that lie wholly before its first row. `carry`: the (acc, m, l) to continue from
+    (another `attend` over earlier blocks), instead of the empty state.
     """
     M, D = q.shape
     P = bt_ref.shape[1]
@@ -85,21 +91,28 @@ def attend(
         page = plgpu.load(bt_ref.at[seq, page_slot])  # [BK]
         page = jnp.clip(page, 0, num_blocks - 1)  # memory-safe even for a corrupt table
         slot = tok & (block_size - 1)
-        live_kd = jnp.broadcast_to(live[:, None], (block_k, D))
         idx = (layer, page[:, None], kvh, slot[:, None], d[None, :])
-        k = plgpu.load(k_ref.at[idx], mask=live_kd, other=zero)  # [BK, D]
-        v = plgpu.load(v_ref.at[idx], mask=live_kd, other=zero)  # [BK, D]
+        if masked:
+            live_kd = jnp.broadcast_to(live[:, None], (block_k, D))
+            k = plgpu.load(k_ref.at[idx], mask=live_kd, other=zero)  # [BK, D]
+            v = plgpu.load(v_ref.at[idx], mask=live_kd, other=zero)  # [BK, D]
+        else:
+            k = plgpu.load(k_ref.at[idx])  # [BK, D]
+            v = plgpu.load(v_ref.at[idx])  # [BK, D]
         s = lax.dot_general(
             q, k, (((1,), (1,)), ((), ())), precision=_HIGHEST, preferred_element_type=jnp.float32
         )  # [M, BK]
         s = s * scale_log2
-        visible = (tok[None, :] <= row_pos[:, None]) & live[None, :]
-        if sliding_window is not None:
-            visible = visible & (tok[None, :] > row_pos[:, None] - sliding_window)
-        s = jnp.where(visible, s, NEG)
+        if masked:
+            visible = (tok[None, :] <= row_pos[:, None]) & live[None, :]
+            if sliding_window is not None:
+                visible = visible & (tok[None, :] > row_pos[:, None] - sliding_window)
+            s = jnp.where(visible, s, NEG)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
         alpha = jnp.exp2(m - m_new)
-        p = jnp.where(visible, jnp.exp2(s - m_new[:, None]), 0.0)
+        p = jnp.exp2(s - m_new[:, None])
+        if masked:
+            p = jnp.where(visible, p, 0.0)
         l_new = l * alpha + jnp.sum(p, axis=1)
         pv = lax.dot_general(
             p.astype(v.dtype),
@@ -111,9 +124,13 @@ def attend(
         return acc * alpha[:, None] + pv, m_new, l_new
 
     init = (
-        jnp.zeros((M, D), jnp.float32),
-        jnp.full((M,), NEG, jnp.float32),
-        jnp.zeros((M,), jnp.float32),
+        carry
+        if carry is not None
+        else (
+            jnp.zeros((M, D), jnp.float32),
+            jnp.full((M,), NEG, jnp.float32),
+            jnp.zeros((M,), jnp.float32),
+        )
     )
     if at_most_one_step:
         return body(0, init)

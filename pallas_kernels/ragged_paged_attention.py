@@ -197,6 +197,7 @@ def ragged_paged_attention(
     num_stages: int | None = None,
     interpret: bool = False,
     decode_combine: str | None = None,
+    unmasked_prefix: bool | None = None,
     _out_init: jax.Array | None = None,  # private (tests): [T, Hq, D] buffer instead of zeros
 ) -> jax.Array:  # [T, Hq, D], q.dtype; rows past query_start_loc[S] are zeros
     """Ragged paged attention (Pallas/Triton); same results as `ragged_paged_attention_reference`.
@@ -218,6 +219,8 @@ def ragged_paged_attention(
         None (`decode_plan`'s rule: "fused" with the fused small-grid plan, else "kernel", or "xla"
         on small grids where the table enables it). Ignored with one split.
     block_q: query tokens per general-kernel program (power of two).
+    unmasked_prefix: general kernel: visit the KV blocks wholly before each tile's first row
+        without masks (None: the table's; ignored with a sliding window).
     num_warps / num_stages: Triton launch parameters (both kernels).
     interpret: run the kernels in the Pallas interpreter (any backend, slow).
     """
@@ -274,6 +277,10 @@ def ragged_paged_attention(
         ("block_q", int(block_q)),
         ("num_warps", int(num_warps or cfg.num_warps)),
         ("num_stages", int(num_stages or cfg.num_stages)),
+        (
+            "unmasked_prefix",
+            bool(cfg.unmasked_prefix if unmasked_prefix is None else unmasked_prefix),
+        ),
         ("interpret", bool(interpret)),
     )
     return _rpa_jit(

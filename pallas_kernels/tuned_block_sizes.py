@@ -29,8 +29,8 @@ import dataclasses
 
 MEASURED_ON = (
     "H100 80GB HBM3, jax 0.11.2, 2026-11-28: decode knobs of (128, 16, bfloat16, 4) and the split "
-    "rule; H200, jax 0.11.2, 2026-11-28: its fused small-grid plan (fused_max_waves); all other "
-    "values are rule-of-thumb"
+    "rule; H200, jax 0.11.2, 2026-11-28: its fused small-grid plan (fused_max_waves) and its "
+    "unmasked prefix; all other values are rule-of-thumb"
 )
 
 # H100 SXM has 132 SMs; used only to size the flash-decoding split count.
@@ -66,6 +66,8 @@ class KernelConfig:
         `paged_attention` layout: up to `one_block_max_splits` splits, each ideally one compute
         block of at most `one_block_max_pages` pages) instead of the split rule (0: never).
     one_block_num_stages: decode pipelining depth under that plan (0: keep the decode knob).
+    unmasked_prefix: general kernel: visit the KV blocks that lie wholly before a tile's first
+        row without masks, then the diagonal and the tail with them (no sliding window only).
     fused_max_waves: the fused small-grid plan (`fused_split_plan`: one compute block of at least
         the decode pages per split, merged inside the kernel by the last split to finish) applies
         when its grid (sequences x KV heads x splits) is at most this many waves of the card's SMs
@@ -93,6 +95,7 @@ class KernelConfig:
     one_block_max_pages: int = 8
     one_block_num_stages: int = 0
     fused_max_waves: float = 0.0
+    unmasked_prefix: bool = False
 
 
 def _tokens_per_step(head_dim: int, itemsize: int) -> int:
@@ -134,8 +137,13 @@ TUNED: dict[tuple[int, int, str, int], KernelConfig] = {
     # waves of programs: H200, 2026-11-28 (bench/gpu_runs/2026-11-28_h200_session7_fused.md), every
     # loop body a CUDA graph, us per call default -> fused: 1 x 512 15.9 -> 8.5 (8 splits of 4
     # pages), 1 x 2048 12.6 -> 10.5 (16 of 8), 4 x 512 16.4 -> 11.5, 2 x 2048 13.8 vs 13.9 (tie);
-    # fused lost where the grid is larger (4 x 2048: 21.7 vs 15.6; 16 x 2048 ...) or the table
-    # needs several blocks per split (1 x 8192: 20.0 vs 17.2), which the rule leaves out.
+    # fused lost where the grid is larger (4 x 2048: 21.7 vs 15.6; 16 x 2048: 61.4 vs 44.9) or
+    # the table needs several blocks per split (1 x 8192: 20.0 vs 17.2): the rule leaves them out.
+    # General path: the unmasked prefix (blocks before a tile's first row without masks), H200,
+    # bf16 causal prefill, same record, 10 calls each: 1 x 2048 407.9 -> 371.9 us, 4 x 1024
+    # 440.8 -> 347.5 (JAX's own Triton flash attention: 230.6 and 206.6). Its other general knobs
+    # (16 tokens x 4 heads, 4 pages, 4 warps, 2 stages) stay: of 8 variants only 32 tokens per
+    # tile was close (342.0 and 358.0 us).
     (128, 16, "bfloat16", 4): KernelConfig(
         4,
         4,
@@ -147,6 +155,7 @@ TUNED: dict[tuple[int, int, str, int], KernelConfig] = {
         single_pass_pages_per_compute_block=8,
         single_pass_num_stages=1,
         fused_max_waves=2.0,
+        unmasked_prefix=True,
     ),
     # Not measured (rule of thumb) from here on.
     (128, 32, "bfloat16", 4): KernelConfig(2, 4, 2, 2, 64, 4, 2),

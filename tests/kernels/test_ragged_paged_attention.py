@@ -49,6 +49,7 @@ class XcCase(Case):
 
     combine: str | None = None
     nan_buffer: bool = False
+    unmasked_prefix: bool | None = None
 
 
 # Covering set (every GQA ratio, both head dims, both block sizes, both dtypes, both paths, splits,
@@ -108,8 +109,25 @@ FUSED_CASES = [
     ),
 ]  # fmt: skip
 
+# The general kernel with its unmasked prefix (blocks before a tile's first row): GQA 1, 3, 8,
+# both block sizes, a window (where it is off), more query tokens per tile than a block holds.
+PREFIX_CASES = [
+    XcCase(
+        "gen-up-g1-d64-bs16-f32-bk16-bq16", 1, 64, 16, "float32", False, P=8, ppcb=1, block_q=16,
+        unmasked_prefix=True,
+    ),
+    XcCase(
+        "gen-up-g3-d64-bs32-bf16-bk32-bq4", 3, 64, 32, "bfloat16", False, P=4, ppcb=1, block_q=4,
+        unmasked_prefix=True,
+    ),
+    XcCase(
+        "gen-up-g8-d128-bs16-f32-window", 8, 128, 16, "float32", False, Hkv=1, P=5, window=19,
+        unmasked_prefix=True,
+    ),
+]  # fmt: skip
+
 # On the GPU compiles are cheap: the CPU set, then longer contexts, auto splits, bigger batches.
-GPU_CASES = CPU_CASES + XC_CASES + FUSED_CASES + [
+GPU_CASES = CPU_CASES + XC_CASES + FUSED_CASES + PREFIX_CASES + [
     Case("gpu-dec-g4-d128-bs16-bf16-long", 4, 128, 16, "bfloat16", True, Hkv=8, S=3, T=8, P=96),
     Case("gpu-dec-g8-d128-bs32-f32-long", 8, 128, 32, "float32", True, S=4, T=8, P=40, splits=8),
     Case("gpu-dec-g1-d64-bs16-bf16-many", 1, 64, 16, "bfloat16", True, Hkv=4, S=64, T=80, P=8),
@@ -179,6 +197,7 @@ def _kernel_kwargs(case: Case, interpret: bool) -> dict:
         block_q=case.block_q,
         interpret=interpret,
         decode_combine=getattr(case, "combine", None),
+        unmasked_prefix=getattr(case, "unmasked_prefix", None),
     )
 
 
@@ -226,6 +245,11 @@ def test_xla_combine_matches_reference_interpret(case):
 
 @pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: c.id)
 def test_fused_combine_matches_reference_interpret(case):
+    check_case(case, interpret=True, num_batches=3)
+
+
+@pytest.mark.parametrize("case", PREFIX_CASES, ids=lambda c: c.id)
+def test_unmasked_prefix_matches_reference_interpret(case):
     check_case(case, interpret=True, num_batches=3)
 
 
@@ -593,6 +617,16 @@ def test_lowers_to_triton_for_cuda(G, D, bs, dtype, decode, splits, window, L_, 
     if combine == "fused":
         allowed |= {"stablehlo.constant", "stablehlo.broadcast_in_dim"}
     assert ops <= allowed, ops
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU class compiles for real")
+def test_unmasked_prefix_lowers_for_cuda():
+    """The general kernel with its unmasked prefix loop lowers to one Triton kernel."""
+    if not _can_lower_for_cuda():
+        pytest.skip("this jaxlib cannot lower Pallas kernels for CUDA")
+    args = _abstract_args(512, 2, 4, 128, 2, 64, 16, 8, 64, "bfloat16")
+    f = jax.jit(lambda *a: ragged_paged_attention(*a, unmasked_prefix=True))
+    assert f.trace(*args).lower(lowering_platforms=("cuda",)).as_text().count("xla.gpu.triton") == 1
 
 
 @pytest.mark.skipif(ON_GPU, reason="the GPU class compiles for real")

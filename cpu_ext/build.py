@@ -72,17 +72,10 @@ def library_path(cxx: str | None = None) -> Path:
 
 def build_library(force: bool = False, verbose: bool = False) -> Path:
     """Compile the library unless the cache already holds it; return its path."""
-    import jax
-
     cxx = require_cxx()
-    include = [f"-I{jax.ffi.include_dir()}", f"-I{CSRC}"]
-    sources = [str(CSRC / name) for name in SOURCES]
-    return ffi_library.compile_library(
-        library_path(cxx),
-        lambda tmp: [cxx, *CXX_FLAGS, *include, "-o", str(tmp), *sources],
-        who="cpu_ext",
-        force=force,
-        verbose=verbose,
+    out = library_path(cxx)
+    return ffi_library.compile_sources(
+        out, cxx, CXX_FLAGS, CSRC, SOURCES, who="cpu_ext", force=force, verbose=verbose
     )
 
 

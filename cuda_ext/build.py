@@ -98,16 +98,10 @@ def library_path(nvcc: str | None = None) -> Path:
 
 def build_library(force: bool = False, verbose: bool = False) -> Path:
     """Compile the library unless the cache already holds it; return its path."""
-    import jax
-
     nvcc = require_nvcc()
-    include = [f"-I{jax.ffi.include_dir()}", f"-I{CSRC}"]
-    return ffi_library.compile_library(
-        library_path(nvcc),
-        lambda tmp: [nvcc, *NVCC_FLAGS, *include, "-o", str(tmp), str(CSRC / MAIN_SOURCE)],
-        who="cuda_ext",
-        force=force,
-        verbose=verbose,
+    out = library_path(nvcc)
+    return ffi_library.compile_sources(
+        out, nvcc, NVCC_FLAGS, CSRC, (MAIN_SOURCE,), who="cuda_ext", force=force, verbose=verbose
     )
 
 

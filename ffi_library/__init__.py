@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -79,6 +79,32 @@ def compile_library(
             )
         os.replace(tmp_lib, out)
     return out
+
+
+def compile_sources(
+    out: Path,
+    compiler: str,
+    flags: Sequence[str],
+    csrc: Path,
+    sources: Sequence[str],
+    *,
+    who: str,
+    force: bool = False,
+    verbose: bool = False,
+) -> Path:
+    """`compile_library` of `sources` (names in `csrc`) with `compiler flags -I<XLA FFI headers>
+    -I<csrc> -o <out> sources...`: the command both packages build their library with."""
+    import jax
+
+    include = [f"-I{jax.ffi.include_dir()}", f"-I{csrc}"]
+    paths = [str(csrc / name) for name in sources]
+    return compile_library(
+        out,
+        lambda tmp: [compiler, *flags, *include, "-o", str(tmp), *paths],
+        who=who,
+        force=force,
+        verbose=verbose,
+    )
 
 
 def load_and_register(path: Path, targets: Mapping[str, str], platform: str, who: str):

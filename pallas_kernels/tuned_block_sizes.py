@@ -14,11 +14,12 @@ bench/gpu_runs/2026-11-28_h200_session7_fused.md).
 STATUS: the decode knobs of `(128, 16, "bfloat16", 4)` (Llama-3-8B attention), its single-pass
 knobs (batch 1 x 512 only) and the split rule
 (`choose_num_kv_splits` with the `KernelConfig` defaults) were measured on an H100 80GB HBM3
-(`bench/kernels.py --tune`, in-jit-loop time, runs in `bench/gpu_runs/2026-11-28_h100_*`): pages per
-compute block 4, 4 warps, 2 stages was best or within ~3% of best at batch 16-256 x context
-512-8192 (exceptions: batch 256 x 2048 liked (8 pages, 8 warps) by 2%, batch 1 x 512 liked
-(8 pages, 1 stage) by ~2-3 us). Everything else in the table (all general-path knobs, other keys)
-is still the rule of thumb, entered by hand before any measurement.
+(`python -m jaxllm.benchmarks.kernels --tune`, in-jit-loop time, runs in
+`bench/gpu_runs/2026-11-28_h100_*`): pages per compute block 4, 4 warps, 2 stages was best or
+within ~3% of best at batch 16-256 x context 512-8192 (exceptions: batch 256 x 2048 liked
+(8 pages, 8 warps) by 2%, batch 1 x 512 liked (8 pages, 1 stage) by ~2-3 us). Everything else in
+the table (all general-path knobs, other keys) is still the rule of thumb, entered by hand before
+any measurement.
 
 This file imports nothing from JAX: values only.
 """

@@ -9,7 +9,7 @@ export PYTHONPATH="${PYTHONPATH:+${PYTHONPATH}:}." PYTHONUNBUFFERED=1 JAX_LOG_CO
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 D="${OUT:-out/autotune_probe}"; mkdir -p "$D"
 export XLA_FLAGS="--xla_gpu_autotune_level=0"
-timeout 150 "$PY" bench/latency.py --model dummy:llama-3-8b --dtype bfloat16 --input-len 128 \
+timeout 150 "$PY" -m jaxllm.benchmarks.latency --model dummy:llama-3-8b --dtype bfloat16 --input-len 128 \
   --output-len 64 --num-iters 2 --json "$D/latency_autotune0.json" > "$D/latency_autotune0.log" 2>&1
 echo "latency rc=$?"
 grep "^| jaxllm" "$D/latency_autotune0.log"

@@ -12,7 +12,7 @@ D="${OUT:-out/compile_probe}"; mkdir -p "$D"
 run() {  # name, unroll, extra XLA flags
   echo "== $1 (JAXLLM_UNROLL_LAYERS=$2 XLA_FLAGS=$3)"
   local t0=$SECONDS
-  JAXLLM_UNROLL_LAYERS=$2 XLA_FLAGS="$3" timeout 200 "$PY" bench/latency.py --model dummy:llama-3-8b \
+  JAXLLM_UNROLL_LAYERS=$2 XLA_FLAGS="$3" timeout 200 "$PY" -m jaxllm.benchmarks.latency --model dummy:llama-3-8b \
     --dtype bfloat16 --input-len 128 --output-len 64 --num-iters 2 --json "$D/$1.json" \
     > "$D/$1.log" 2>&1
   echo "rc=$? wall=$((SECONDS - t0)) s"

@@ -8,7 +8,8 @@
 # 3. runs a small case (python -m cuda_ext.memcheck_case) under compute-sanitizer --tool memcheck
 #    (XLA's platform allocator, so every buffer is its own allocation and an out-of-bounds access is
 #    caught), under `timeout 120`;
-# 4. the decode benchmark of bench/kernels.py with the cuda and pallas rows (Llama-3-8B shapes).
+# 4. the decode benchmark of jaxllm.benchmarks.kernels with the cuda and pallas rows (Llama-3-8B
+#    shapes).
 # Logs go to $OUT if set, else ./out/gpu_cuda_check. Each part has a time limit (build 180 s,
 # tests 200 s, memcheck 120 s, bench 150 s), so give the whole script 600 s. It exits non-zero if
 # the build, tests or memcheck failed. scripts/gpu_kernels_check.sh runs all of this for both
@@ -51,7 +52,7 @@ XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
 memcheck_rc=${PIPESTATUS[0]}
 
 echo "== decode benchmark (limit 150 s) =="
-timeout -k 10 150 "$PY" bench/kernels.py --quick --backends cuda,pallas --no-prefill \
+timeout -k 10 150 "$PY" -m jaxllm.benchmarks.kernels --quick --backends cuda,pallas --no-prefill \
   --out "$LOG_DIR/bench.md" 2>&1 | grep -v "Pallas Triton backend is deprecated" | tee "$LOG_DIR/bench.log"
 bench_rc=${PIPESTATUS[0]}
 

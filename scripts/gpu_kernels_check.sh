@@ -8,10 +8,11 @@
 #    cuda sweep; 8 pytest-xdist workers when xdist is installed);
 # 3. compute-sanitizer --tool memcheck on a small cuda case (python -m cuda_ext.memcheck_case:
 #    single-row kernel with 1 and 2 splits + combine, multi-row kernel), under `timeout 120`;
-# 4. bench/kernels.py: decode, Llama-3-8B attention (Hq 32, Hkv 8, D 128, bf16, block 16), batch
-#    1, 16, 64, 256 x context 512, 2048, 8192, rows pallas / jax-paged / cuda, bytes/s and fraction
-#    of the copy bandwidth measured in the same run, then a summary table. The Markdown file is
-#    rewritten after every (batch, context) point, so a time limit still leaves the finished rows.
+# 4. python -m jaxllm.benchmarks.kernels: decode, Llama-3-8B attention (Hq 32, Hkv 8, D 128, bf16,
+#    block 16), batch 1, 16, 64, 256 x context 512, 2048, 8192, rows pallas / jax-paged / cuda,
+#    bytes/s and fraction of the copy bandwidth measured in the same run, then a summary table. The
+#    Markdown file is rewritten after every (batch, context) point, so a time limit still leaves
+#    the finished rows.
 #
 # 5. if >= 40 s are left: python -m cuda_ext.benchmark's split-count sweep (cuda, 16/64 x 2048/8192;
 #    data for the split rule, not pass/fail).
@@ -76,7 +77,7 @@ sweep_reserve=0
 bench_limit=$(( $(left) - 5 - sweep_reserve ))
 echo "== 4. kernel benchmark: pallas, jax-paged, cuda (limit ${bench_limit} s) =="
 if [ "$bench_limit" -gt 30 ]; then
-  timeout -k 5 "$bench_limit" "$PY" bench/kernels.py --backends pallas,jax-paged,cuda --no-prefill \
+  timeout -k 5 "$bench_limit" "$PY" -m jaxllm.benchmarks.kernels --backends pallas,jax-paged,cuda --no-prefill \
     --out "$LOG_DIR/bench_kernels.md" 2>&1 | grep -v "Pallas Triton backend is deprecated" \
     | tee "$LOG_DIR/bench_kernels.log"
   bench_rc=${PIPESTATUS[0]}

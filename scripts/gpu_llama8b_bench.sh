@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Issue 9's GPU run (run by the lead on one H100/H200): Llama-3-8B dummy weights, bf16.
 #   bw:         the card's copy bandwidth and the batch-1 decode floor (weight bytes / copy BW);
-#   latency:    bench/latency.py, batch-1 decode ms/token (128-token prompt, 128 new tokens);
-#   throughput: bench/throughput.py, N prompts of 512 random tokens, 256 new tokens each, with a
-#               prefill budget of 8192 tokens a step; every step shape is compiled before the timed
-#               run (--precompile, parallel threads: as vLLM compiles and captures at start-up);
-#               with PEER=hf, HF transformers (torch) on the same card and weights in the same
-#               process afterwards (JAX then keeps 60% of the card so the peer fits beside it).
+#   latency:    jaxllm.benchmarks.latency, batch-1 decode ms/token (128-token prompt, 128 new
+#               tokens);
+#   throughput: jaxllm.benchmarks.throughput, N prompts of 512 random tokens, 256 new tokens each,
+#               with a prefill budget of 8192 tokens a step; every step shape is compiled before
+#               the timed run (--precompile, parallel threads: as vLLM compiles and captures at
+#               start-up); with PEER=hf, HF transformers (torch) on the same card and weights in
+#               the same process afterwards (JAX then keeps 60% of the card so the peer fits
+#               beside it).
 # Logs and JSON go to $OUT (else ./out/gpu_llama8b). Measured 2026-11-28 with
 # XLA_FLAGS=--xla_gpu_autotune_level=0 (JAXLLM_COMPILER_OPTIONS=xla_gpu_autotune_level=0 applies
 # the same option to the step executables only); with autotuning on, precompiling takes ~10 min.
@@ -47,7 +49,7 @@ print(f"copy_bw_GBps={bw / 1e9:.1f} weight_bytes={params * 2:.3e} floor_ms={para
 PY
     ;;
   latency)
-    timeout 200 "$PY" bench/latency.py --model dummy:llama-3-8b --dtype bfloat16 --input-len 128 \
+    timeout 200 "$PY" -m jaxllm.benchmarks.latency --model dummy:llama-3-8b --dtype bfloat16 --input-len 128 \
       --output-len 128 --num-iters 3 "${prof[@]}" "${extra[@]}" --json "$D/latency$T.json" \
       > "$D/latency$T.log" 2>&1
     echo "latency$T rc=$?"; grep -v "^WARNING\|Finished\|Compiling\|tracing" "$D/latency$T.log" | tail -30
@@ -56,7 +58,7 @@ PY
   throughput)
     peer=(); mem=()
     if [ "$PEER" = hf ]; then peer=(--peer hf --hf-batch-size 64); mem=(XLA_PYTHON_CLIENT_MEM_FRACTION=0.6); fi
-    env "${mem[@]}" timeout "${THROUGHPUT_TIMEOUT:-540}" "$PY" bench/throughput.py --model dummy:llama-3-8b \
+    env "${mem[@]}" timeout "${THROUGHPUT_TIMEOUT:-540}" "$PY" -m jaxllm.benchmarks.throughput --model dummy:llama-3-8b \
       --dtype bfloat16 --num-prompts "$N" --input-len 512 --output-len 256 \
       --max-num-batched-tokens 8192 --precompile "${prof[@]}" "${extra[@]}" "${peer[@]}" \
       --json "$D/throughput$T.json" > "$D/throughput$T.log" 2>&1

@@ -19,12 +19,12 @@ nvidia-smi topo -m 2>&1 | head -5 | tee -a "$D/env.txt"
 show() { grep -v "^WARNING\|Finished XLA\|Compiling \|tracing\|^I0000\|^W0000" "$1" | tail -"${2:-25}"; }
 for tp in $TPS; do
   if [ "${LATENCY:-1}" != 0 ]; then
-    timeout 150 "$PY" bench/latency.py --model dummy:llama-3-8b --dtype bfloat16 -tp "$tp" \
+    timeout 150 "$PY" -m jaxllm.benchmarks.latency --model dummy:llama-3-8b --dtype bfloat16 -tp "$tp" \
       --input-len 128 --output-len 128 --num-iters 3 --json "$D/latency_tp$tp.json" \
       > "$D/latency_tp$tp.log" 2>&1
     echo "latency tp=$tp rc=$?"; show "$D/latency_tp$tp.log" 12
   fi
-  timeout "${THROUGHPUT_TIMEOUT:-240}" "$PY" bench/throughput.py --model dummy:llama-3-8b \
+  timeout "${THROUGHPUT_TIMEOUT:-240}" "$PY" -m jaxllm.benchmarks.throughput --model dummy:llama-3-8b \
     --dtype bfloat16 -tp "$tp" --num-prompts "$N" --input-len 512 --output-len 256 \
     --max-num-batched-tokens 8192 --precompile --json "$D/throughput_tp$tp.json" \
     > "$D/throughput_tp$tp.log" 2>&1

@@ -8,5 +8,13 @@
 - `profiler`: per-phase step timers (`--profile`); `common`: machine, device, packages, tables;
 - `cli`: the `jaxllm bench` subcommands.
 
-Modules import JAX only when a benchmark runs, so the CLI parses its flags cheaply.
+Standalone benchmarks and probes, each run as `python -m jaxllm.benchmarks.NAME` (see `--help`):
+`kernels` (the paged-attention kernels; `kernel_tuning` holds its --tune/--profile modes),
+`lowering_choice` (Triton vs Mosaic GPU on one prefill), `prefix` (prefix caching on vs off),
+`tp_hlo_probe` (what a tensor-parallel step compiles to; `hlo_analysis` reads the HLO),
+`cpu_step_profile` (where a CPU step's time goes), `scan_unroll_probe` and `scan_unroll_cpu_probe`
+(rolled vs unrolled layers).
+
+The modules behind `jaxllm bench` import JAX only when a benchmark runs, so the CLI parses its flags
+cheaply. This file imports nothing: `kernels` sets XLA_FLAGS before JAX is first imported.
 """

@@ -34,6 +34,7 @@ def add_bench_subcommand(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "bench",
         help="benchmark the engine (throughput, latency, serve)",
         description="Benchmark the engine; see `jaxllm bench NAME --help`.",
+        allow_abbrev=False,
     )
     bsubs = bench.add_subparsers(dest="bench_command", metavar="BENCH")
     helps = {
@@ -48,6 +49,7 @@ def add_bench_subcommand(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
             help=helps[name],
             description=mod.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
         )
         mod.add_args(sp)
     return bench

@@ -65,7 +65,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_args(p)
     args = p.parse_args(argv)
@@ -315,3 +317,7 @@ def print_report(rec: dict) -> None:
         "HF decode timing: timing streamer"
     )
     print(common.machine_line(rec))
+
+
+if __name__ == "__main__":
+    main()

@@ -259,7 +259,7 @@ def format_results(res: dict) -> str:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    """The options of `jaxllm bench serve` / bench/serving.py."""
+    """The options of `jaxllm bench serve` / `python -m jaxllm.benchmarks.serving`."""
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root (no /v1)")
     p.add_argument("--model", help="model name (default: the server's first)")
     p.add_argument("--api-key", help="Bearer key, if the server wants one")
@@ -310,7 +310,9 @@ def config_from_args(a: argparse.Namespace) -> BenchConfig:
 def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchConfig, str | None]:
     """The benchmark config and the --json path."""
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_args(p)
     a = p.parse_args(argv)
@@ -340,3 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg, path = parse_args(argv)
     res = run(cfg, path)
     return 0 if res["failed"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -101,7 +101,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_args(p)
     args = p.parse_args(argv)
@@ -380,3 +382,7 @@ def print_report(rec: dict) -> None:
         f"attention {e['attention_backend']}"
     )
     print(common.machine_line(rec))
+
+
+if __name__ == "__main__":
+    main()

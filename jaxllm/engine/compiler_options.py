@@ -44,15 +44,16 @@ def parse_compiler_options(text: str | None) -> dict[str, str | int | float | bo
 
 # The step's options when JAXLLM_COMPILER_OPTIONS is not set, by JAX backend.
 # CPU: YNNPACK off (XLA:CPU then runs its dots through Eigen, and its reductions and elementwise
-# ops as its own loop fusions). SmolLM2-135M f32 on a 2-core Zen 3 (bench/cpu_step_profile.py,
-# load ~1.3): batch-16 decode step 197 -> 170 ms (stacked params) and 163 -> 134 ms (per-layer,
-# `jaxllm.models.step.step_params`); the 30-layer projection chain at 16 rows 78 -> 46 ms; a
-# 2048-token prefill step not slower. Greedy outputs still equal HF's (tests/engine/
-# test_llm_vs_hf.py); SmolLM2's logits move closer to HF's (position 0: 1.3e-4 -> 3e-5).
+# ops as its own loop fusions). SmolLM2-135M f32 on a 2-core Zen 3
+# (`jaxllm.benchmarks.cpu_step_profile`, load ~1.3): batch-16 decode step 197 -> 170 ms (stacked
+# params) and 163 -> 134 ms (per-layer, `jaxllm.models.step.step_params`); the 30-layer
+# projection chain at 16 rows 78 -> 46 ms; a 2048-token prefill step not slower. Greedy outputs
+# still equal HF's (tests/engine/test_llm_vs_hf.py); SmolLM2's logits move closer to HF's
+# (position 0: 1.3e-4 -> 3e-5).
 # GPU: XLA's dot merger off. Under tensor parallelism it merged the gate and up projections of each
 # layer by copying their weight slices every step (3.5 GiB a step at tp = 2 in the HLO of
-# bench/tp_hlo_probe.py). H200, Llama-3-8B bf16, async batch-1 decode: tp = 2 6.98 -> 5.65
-# ms/token, tp = 1 5.44 -> 5.45 (bench/gpu_runs/2026-11-28_h200x4_async.md); the 1,000-prompt
+# `jaxllm.benchmarks.tp_hlo_probe`). H200, Llama-3-8B bf16, async batch-1 decode: tp = 2 6.98 ->
+# 5.65 ms/token, tp = 1 5.44 -> 5.45 (bench/gpu_runs/2026-11-28_h200x4_async.md); the 1,000-prompt
 # throughput runs of bench/gpu_runs/2026-11-28_h200x2_tp_throughput.md ran with it off.
 DEFAULT_OPTIONS: dict[str, dict[str, str | int | float | bool]] = {
     "cpu": {"xla_cpu_experimental_ynn_fusion_type": ""},

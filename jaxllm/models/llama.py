@@ -17,12 +17,12 @@ The model also runs the same parameters unstacked, `layers_0/...` to `layers_{L-
 leading L axis dropped (`unstack_layer_params`): the layers are then a Python loop whose dots read
 each layer's kernels where they lie. A rolled scan (and an unrolled one) instead copies every
 layer's kernel slices out of the stacked arrays on each step; on XLA:CPU those copies are ~25% of
-a SmolLM2 batch-16 decode step (bench/cpu_step_profile.py). `jaxllm.models.step.step_params`
-picks the layout for a platform. On the CPU it packs every dense kernel into 16-column strips for
-`cpu_ext`'s matmul (`jaxllm.models.packed_params`): stacked kernels then leave `layers` for
-`packed_layers`, which the scan broadcasts whole and each layer's matmul reads in place at its
-layer index, so the rolled scan copies no weights either; a tied-embedding model gets a packed
-`lm_head/kernel` of its own.
+a SmolLM2 batch-16 decode step (`jaxllm.benchmarks.cpu_step_profile`).
+`jaxllm.models.step.step_params` picks the layout for a platform. On the CPU it packs every dense
+kernel into 16-column strips for `cpu_ext`'s matmul (`jaxllm.models.packed_params`): stacked
+kernels then leave `layers` for `packed_layers`, which the scan broadcasts whole and each layer's
+matmul reads in place at its layer index, so the rolled scan copies no weights either; a
+tied-embedding model gets a packed `lm_head/kernel` of its own.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def step_params(
     - `per_layer`: unstacked per layer (`llama.unstack_layer_params`), so the step reads each
       layer's kernels in place instead of copying them out of the stacked arrays on every step
       (SmolLM2-135M f32, batch-16 decode on 2 cores: 170 -> 134 ms a step with XLA's dots;
-      bench/cpu_step_profile.py). Each step shape compiles slower (bench/RESULTS.md).
+      `jaxllm.benchmarks.cpu_step_profile`). Each step shape compiles slower (bench/RESULTS.md).
     - `packed` (None: `jaxllm.models.packed_params.use_packed_matmul`, i.e. float32 kernels,
       `cpu_ext` available, `JAXLLM_CPU_KERNELS` not "xla"): dense kernels packed into 16-column
       strips for `cpu_ext`'s AVX2 matmul (`packed_params.pack_dense_kernels`).

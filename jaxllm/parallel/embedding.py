@@ -4,10 +4,10 @@ The embedding table [V, D] is split by vocabulary over 'model' (sharding_rules.p
 partitioner, a plain `jnp.take(table, ids)` is not always partitioned in place: on the GPU a
 one-token step (batch-1 decode) turns the gather into a dynamic-slice, which the partitioner
 serves by all-gathering the whole table (Llama-3-8B at tp = 2: a 1 GiB all-gather every decode
-step, seen in the H100 HLO of bench/tp_hlo_probe.py). Here the lookup runs under `shard_map`:
-device d owns rows [d * V/tp, (d+1) * V/tp), looks up the ids that fall there (zeros for the
-others) and a psum over 'model' adds the tp partial rows (exactly one non-zero each), so only
-[T, D] crosses the link, whatever T is.
+step, seen in the H100 HLO of `jaxllm.benchmarks.tp_hlo_probe`). Here the lookup runs under
+`shard_map`: device d owns rows [d * V/tp, (d+1) * V/tp), looks up the ids that fall there (zeros
+for the others) and a psum over 'model' adds the tp partial rows (exactly one non-zero each), so
+only [T, D] crosses the link, whatever T is.
 """
 
 from __future__ import annotations

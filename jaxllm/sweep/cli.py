@@ -23,6 +23,7 @@ def add_sweep_subcommand(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="run a grid of benchmark settings from a YAML file",
         description="Run every point of a sweep file in its own process; write "
         "results.jsonl, results.csv, summary.md and plots/*.png.",
+        allow_abbrev=False,
     )
     sp.add_argument(
         "sweep_file", metavar="FILE.yaml", help="the sweep file (configs/sweeps/*.yaml)"

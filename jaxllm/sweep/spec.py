@@ -119,7 +119,7 @@ def bench_parser(bench: str) -> argparse.ArgumentParser:
             from jaxllm.benchmarks.throughput import add_args
         else:
             from jaxllm.benchmarks.latency import add_args
-        p = argparse.ArgumentParser(prog=f"jaxllm bench {bench}")
+        p = argparse.ArgumentParser(allow_abbrev=False, prog=f"jaxllm bench {bench}")
         add_args(p)
         _PARSERS[bench] = p
     return _PARSERS[bench]

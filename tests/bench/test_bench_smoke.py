@@ -1,7 +1,7 @@
-"""bench/throughput.py and bench/latency.py (thin scripts over jaxllm.benchmarks) run end to end
-on `dummy:tiny` (tiny sizes), with the flags they always had.
+"""`python -m jaxllm.benchmarks.throughput` and `python -m jaxllm.benchmarks.latency` run end to
+end on `dummy:tiny` (tiny sizes), with the flags they always had.
 
-Each script runs as a subprocess, as a user would run it; the test checks the printed Markdown
+Each module runs as a subprocess, as a user would run it; the test checks the printed Markdown
 table and the `--json` record: fields present, rates consistent with the workload, compilations
 few and none in the timed run after a warm-up. (`jaxllm bench ...` without warm-up, random
 lengths and the HF peer: test_bench_cli.py.)
@@ -17,21 +17,24 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BENCH = os.path.join(ROOT, "bench")
 
 
-def _run(script: str, args: list[str], tmp_path) -> str:
-    env = dict(
+def _env() -> dict:
+    """The caller's environment on the CPU, importing jaxllm from this checkout."""
+    return dict(
         os.environ,
         JAX_PLATFORMS="cpu",
         PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
+
+
+def _run(bench: str, args: list[str], tmp_path) -> str:
     proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, script), *args],
+        [sys.executable, "-m", f"jaxllm.benchmarks.{bench}", *args],
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
+        env=_env(),
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -74,7 +77,7 @@ def test_throughput_smoke(tmp_path):
         + "\n"
     )
     stdout = _run(
-        "throughput.py",
+        "throughput",
         [
             "--model",
             "dummy:tiny",
@@ -126,11 +129,11 @@ def test_throughput_smoke(tmp_path):
 
 
 def test_throughput_rejects_bad_lengths(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [
             sys.executable,
-            os.path.join(BENCH, "throughput.py"),
+            "-m",
+            "jaxllm.benchmarks.throughput",
             "--model",
             "dummy:tiny",
             "--lengths",
@@ -139,7 +142,7 @@ def test_throughput_rejects_bad_lengths(tmp_path):
         capture_output=True,
         text=True,
         timeout=60,
-        env=env,
+        env=_env(),
         cwd=tmp_path,
     )
     assert proc.returncode != 0
@@ -151,7 +154,7 @@ def test_latency_smoke(tmp_path):
     them, and each of the output_len - 1 later steps is one timed decode token."""
     out_json = tmp_path / "lat.json"
     stdout = _run(
-        "latency.py",
+        "latency",
         [
             "--model",
             "dummy:tiny",

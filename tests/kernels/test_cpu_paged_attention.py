@@ -182,12 +182,11 @@ def test_backend_registered_and_default_on_cpu(monkeypatch):
 
 _TP_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh
     from jaxllm.layers.attention import sharded_attention_fn
     from pallas_kernels.reference import ragged_paged_attention_reference as ref
-    sys.path.insert(0, "tests/kernels")
     from ragged_batches import Case, make_batch, reference
     mesh = Mesh(np.array(jax.devices()).reshape(1, 4), ("data", "model"))
     errs = []
@@ -211,7 +210,9 @@ def test_tensor_parallel_shard_map():
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # the checkout and this folder (the script imports ragged_batches), then the caller's path
+    here = os.path.join(ROOT, "tests", "kernels")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, here, env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-c", _TP_SCRIPT],
         cwd=ROOT,

@@ -3,7 +3,7 @@
 `jaxllm serve` arguments below, asked before the server starts), streaming, n, logprobs, stop
 strings, usage, a 64-stream load test, client disconnects (no request left running, no KV block
 leaked, checked through /metrics), bad input of each kind while other streams go on, the queue
-bound (503 + Retry-After), API keys, bench/serving.py, and a failing engine step.
+bound (503 + Retry-After), API keys, `jaxllm.benchmarks.serving`, and a failing engine step.
 
 One server per module. CPU time goes mostly to compiling step shapes, so the engine flags keep
 their number small (64-token blocks: every sequence here fits one or two; a 64-token step budget)
@@ -17,9 +17,7 @@ import contextlib
 import json
 import math
 import re
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -28,12 +26,6 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from jaxllm import SamplingParams  # noqa: E402
-from jaxllm.entrypoints.openai.api_server import Server, build_app, build_llm  # noqa: E402
-from jaxllm.entrypoints.openai.serve_args import resolve_serve_args, serve_parser  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
-import serving as bench_serving  # noqa: E402
 from live_server import (  # noqa: E402
     CHAT,
     KEY,
@@ -47,6 +39,11 @@ from live_server import (  # noqa: E402
     metric,
     metric_key,
 )
+
+from jaxllm import SamplingParams  # noqa: E402
+from jaxllm.benchmarks import serving as bench_serving  # noqa: E402
+from jaxllm.entrypoints.openai.api_server import Server, build_app, build_llm  # noqa: E402
+from jaxllm.entrypoints.openai.serve_args import resolve_serve_args, serve_parser  # noqa: E402
 
 
 @pytest.fixture(scope="module")

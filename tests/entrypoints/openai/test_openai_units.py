@@ -1,17 +1,16 @@
 """Model-free parts of the server: `jaxllm serve` options (flags, YAML config, errors), merging of
-delta outputs, OpenAI error mapping of FastAPI validation errors, and bench/serving.py's statistics.
+delta outputs, OpenAI error mapping of FastAPI validation errors, and the statistics of
+`jaxllm.benchmarks.serving`.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
 
+from jaxllm.benchmarks import serving as bench_serving  # noqa: E402
 from jaxllm.engine.async_engine import merge_delta_outputs  # noqa: E402
 from jaxllm.entrypoints import cli  # noqa: E402
 from jaxllm.entrypoints.cli_args import CLIError, build_parser  # noqa: E402
@@ -21,9 +20,6 @@ from jaxllm.entrypoints.openai.serve_args import (  # noqa: E402
     resolve_serve_args,
 )
 from jaxllm.outputs import CompletionOutput, Logprob, RequestOutput  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
-import serving as bench_serving  # noqa: E402
 
 
 def serve(argv):

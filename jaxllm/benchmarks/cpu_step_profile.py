@@ -10,10 +10,10 @@ few calls with XLA:CPU's per-thunk trace events (`xla_cpu_enable_xprof_traceme`)
 - the same summed per source op over all layers (`layers/mlp/up_proj/dot_general`, ...);
 - the same summed per kind (dots, weight-slice copies, KV gathers, reductions, ...).
 
-    .venv/bin/python bench/cpu_step_profile.py                      # 16 decode rows, context 208
-    .venv/bin/python bench/cpu_step_profile.py --params stacked --xla-defaults   # as before
-    .venv/bin/python bench/cpu_step_profile.py --seqs 16 --query-len 128 --context 128 --iters 3
-    .venv/bin/python bench/cpu_step_profile.py --compare "" "xla_cpu_enable_fast_math=true" \
+    python -m jaxllm.benchmarks.cpu_step_profile                  # 16 decode rows, context 208
+    python -m jaxllm.benchmarks.cpu_step_profile --params stacked --xla-defaults   # as before
+    python -m jaxllm.benchmarks.cpu_step_profile --seqs 16 --query-len 128 --context 128 --iters 3
+    python -m jaxllm.benchmarks.cpu_step_profile --compare "" "xla_cpu_enable_fast_math=true" \
         "model.per_layer_params=0"
 
 Option sets (`--options`, each `--compare` entry) are `JAXLLM_COMPILER_OPTIONS`-style lists
@@ -39,25 +39,22 @@ import glob
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxllm.engine.compiler_options import (  # noqa: E402
+from jaxllm.engine.compiler_options import (
     compiler_options_from_env,
     parse_compiler_options,
 )
-from jaxllm.layers.sampler import sample  # noqa: E402
-from jaxllm.models.batch import KVCache, StepBatch, make_kv_cache  # noqa: E402
-from jaxllm.models.step import build_model, step_params  # noqa: E402
-from jaxllm.sampling_metadata import SamplingRow, build_sampling_metadata  # noqa: E402
-from jaxllm.sampling_params import SamplingParams  # noqa: E402
+from jaxllm.layers.sampler import sample
+from jaxllm.models.batch import KVCache, StepBatch, make_kv_cache
+from jaxllm.models.step import build_model, step_params
+from jaxllm.sampling_metadata import SamplingRow, build_sampling_metadata
+from jaxllm.sampling_params import SamplingParams
 
 NOTABLE = (
     "dot",
@@ -326,7 +323,7 @@ def exclusive_times(evs: list[tuple[float, float, str]]) -> list[tuple[str, floa
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="a jaxllm.models.dummy preset")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--backend", default=None, help="attention backend (default: the CPU's)")

@@ -5,8 +5,9 @@ distinct tokens (random token ids of the model's vocabulary, seeded), and makes 
 `--output-len` tokens (greedy, `ignore_eos`). The same workload runs through two engines, prefix
 caching on and off, each timed over one `LLM.generate` of all the requests:
 
-    python bench/prefix.py                                   # 200 requests, 1,000-token prefix
-    python bench/prefix.py --num-requests 32 --prefix-len 256 --output-len 8 --json prefix.json
+    python -m jaxllm.benchmarks.prefix            # 200 requests, 1,000-token prefix
+    python -m jaxllm.benchmarks.prefix --num-requests 32 --prefix-len 256 --output-len 8 \\
+        --json prefix.json
 
 Prints, per mode: elapsed seconds, output and total tokens/s, the prompt tokens actually
 computed (the rest came from the cache), the prefix-cache hit rate (hit tokens / looked-up prompt
@@ -18,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import common  # noqa: E402  (bench/common.py)
-
-from jaxllm.benchmarks.engine_setup import (  # noqa: E402
+from jaxllm.benchmarks import common
+from jaxllm.benchmarks.datasets import random_token_prompts
+from jaxllm.benchmarks.engine_setup import (
+    add_bench_engine_args,
     engine_settings,
     load_model_once,
     make_llm,
@@ -35,7 +33,9 @@ from jaxllm.benchmarks.engine_setup import (  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     w = p.add_argument_group("workload")
     w.add_argument("--num-requests", type=int, default=200)
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--suffix-len", type=int, default=16, help="distinct tokens after it, per request"
     )
     w.add_argument("--output-len", type=int, default=16, help="new tokens per request")
-    common.add_engine_args(p)
+    add_bench_engine_args(p)
     r = p.add_argument_group("run")
     r.add_argument(
         "--modes", default="on,off", help="prefix caching modes to run: on,off / on / off"
@@ -68,8 +68,8 @@ def build_prompts(
     n: int, prefix_len: int, suffix_len: int, vocab: int, seed: int
 ) -> list[list[int]]:
     """One shared prefix + n distinct suffixes (random token ids, seeded)."""
-    prefix = common.random_token_prompts([prefix_len], vocab, seed)[0]
-    suffixes = common.random_token_prompts([suffix_len] * n, vocab, seed + 1)
+    prefix = random_token_prompts([prefix_len], vocab, seed)[0]
+    suffixes = random_token_prompts([suffix_len] * n, vocab, seed + 1)
     return [prefix + s for s in suffixes]
 
 

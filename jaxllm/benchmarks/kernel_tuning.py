@@ -1,6 +1,7 @@
-"""The tuning and profiling modes of bench/kernels.py: `tune` (coordinate descent over the decode
-kernel's knobs, `--tune`), `profile_runs` (a few calls per split count for ncu / nsys,
-`--profile`) and `summarize_ncu_csv` (`--summarize-ncu`). Run them through bench/kernels.py.
+"""The tuning and profiling modes of `jaxllm.benchmarks.kernels`: `tune` (coordinate descent over
+the decode kernel's knobs, `--tune`), `profile_runs` (a few calls per split count for ncu / nsys,
+`--profile`) and `summarize_ncu_csv` (`--summarize-ncu`). Run them through
+`python -m jaxllm.benchmarks.kernels`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import sys
 import time
 
 import jax
-from kernels import (  # bench/kernels.py (bench/ is on sys.path when run as a script)
+
+from jaxllm.benchmarks.kernels import (
     Shape,
     auto_reps,
     decode_inputs,
     in_jit_s,
     jax_paged_attention_kwargs,
 )
-
 from pallas_kernels import ragged_paged_attention
 
 # Tuning points, most important first (the issue's targets: batch >= 16 at context >= 2048, and
@@ -179,9 +180,9 @@ def tune(
 
 def profile_runs(shape: Shape, points, splits, *, calls: int, interpret: bool) -> None:
     """Run each backend `calls` times per point, untimed, for an external profiler (e.g. Nsight
-    Compute: `ncu --metrics gpu__time_duration.sum python bench/kernels.py --profile 1x512`), which
-    then reports each kernel's device time: ours per split count (main + combine kernel) and JAX's
-    op (its kernel + the XLA fusions of its combine)."""
+    Compute: `ncu --metrics gpu__time_duration.sum python -m jaxllm.benchmarks.kernels --profile
+    1x512`), which then reports each kernel's device time: ours per split count (main + combine
+    kernel) and JAX's op (its kernel + the XLA fusions of its combine)."""
     try:
         from jax.experimental.pallas.ops.gpu import paged_attention as jax_pa
     except Exception:  # noqa: BLE001

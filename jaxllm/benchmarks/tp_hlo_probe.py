@@ -22,11 +22,11 @@ CPU (virtual devices; `JAXLLM_UNROLL_LAYERS=1` is the GPU's unrolled program str
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
     JAXLLM_UNROLL_LAYERS=1 JAXLLM_ATTENTION_BACKEND=reference \\
-    .venv/bin/python bench/tp_hlo_probe.py --tp 1 2 --half 2 --time 3
+    .venv/bin/python -m jaxllm.benchmarks.tp_hlo_probe --tp 1 2 --half 2 --time 3
 
 GPU (2 cards, JAX_PLATFORMS unset, the pallas backend; ~16 GB of weights per run):
 
-    PYTHONPATH=. XLA_FLAGS=--xla_gpu_autotune_level=0 python bench/tp_hlo_probe.py \\
+    XLA_FLAGS=--xla_gpu_autotune_level=0 python -m jaxllm.benchmarks.tp_hlo_probe \\
         --model dummy:llama-3-8b --tp 1 2 --half 2 --time 20 --allreduce \\
         --shapes decode1 decode256 prefill128 --dump out/tp_hlo --profile out/tp_prof
 
@@ -37,7 +37,7 @@ jaxlib's version and be importable, e.g. outside the venv:
 
     pip install --no-deps --target /tmp/cudaplug jax-cuda13-pjrt==0.10.2 jax-cuda13-plugin==0.10.2
     PYTHONPATH=/tmp/cudaplug:. JAX_PLATFORMS=cpu .venv/bin/python \\
-        bench/tp_hlo_probe.py --deviceless h100 --model dummy:llama-3-8b --tp 1 2
+        -m jaxllm.benchmarks.tp_hlo_probe --deviceless h100 --model dummy:llama-3-8b --tp 1 2
 
 (no autotuning there: GEMM tilings are XLA's untuned defaults; the program structure, fusions,
 collectives and copies are the GPU compiler's own.)
@@ -59,7 +59,8 @@ import time
 import types
 
 import numpy as np
-from hlo_analysis import (  # bench/hlo_analysis.py (bench/ is on sys.path when run as a script)
+
+from jaxllm.benchmarks.hlo_analysis import (
     analyze,
     fmt_bytes,
     report_compiled,
@@ -510,7 +511,7 @@ def allreduce_bench(model: str, tp: int, args) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny", help="'tiny' or a model LLM accepts (dummy:NAME)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--tp", type=int, nargs="+", default=[1, 2])

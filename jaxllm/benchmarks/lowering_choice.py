@@ -13,10 +13,11 @@ with JAX's own kernels, beside ours:
 Per row: median us per call (block_until_ready, after warm-up) and TFLOP/s of the causal half
 (4 * n(n+1)/2 * Hq * D per sequence; with --no-causal, full attention, 4 * n^2 * Hq * D, JAX's two
 kernels only), and the max abs error against the first kernel that ran. The decode side of the
-question is answered by bench/kernels.py: the Triton decode kernel already moves more bytes per
-second than the card's copy (bench/RESULTS.md), so a lowering change cannot make it faster there.
+question is answered by `jaxllm.benchmarks.kernels`: the Triton decode kernel already moves more
+bytes per second than the card's copy (bench/RESULTS.md), so a lowering change cannot make it
+faster there.
 
-  PYTHONPATH=. python bench/lowering_choice.py [--points 1x2048,4x1024,1x8192] [--iters 20]
+  python -m jaxllm.benchmarks.lowering_choice [--points 1x2048,4x1024,1x8192] [--iters 20]
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from kernels import LLAMA3_8B, median_call_s  # bench/kernels.py; sets XLA_FLAGS before jax starts
 
+# jaxllm.benchmarks.kernels sets XLA_FLAGS at import, before jax starts its backend
+from jaxllm.benchmarks.kernels import LLAMA3_8B, median_call_s
 from pallas_kernels import ragged_paged_attention
 
 
@@ -94,7 +96,9 @@ def _ours_configs(text: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--points", default="1x2048,4x1024,1x8192", help="BxPROMPT,...")
     ap.add_argument("--iters", type=int, default=20)

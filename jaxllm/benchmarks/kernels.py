@@ -29,17 +29,18 @@ reference (or against `pallas` where the reference is skipped), the loop floor p
 loop with a one-fusion body), and a small prefill table (general
 path, causal) in TFLOP/s.
 
-  PYTHONPATH=. python bench/kernels.py            # full grid (GPU)
-  PYTHONPATH=. python bench/kernels.py --quick    # reduced grid
-  PYTHONPATH=. python bench/kernels.py --tune [--tune-points 1x512,16x2048] [--tune-json F]
+  python -m jaxllm.benchmarks.kernels             # full grid (GPU)
+  python -m jaxllm.benchmarks.kernels --quick     # reduced grid
+  python -m jaxllm.benchmarks.kernels --tune [--tune-points 1x512,16x2048] [--tune-json F]
                                                   # coordinate descent over our decode knobs
-  PYTHONPATH=. python bench/kernels.py --profile 1x512 --profile-splits 1,8,16:2,16:2x
+  python -m jaxllm.benchmarks.kernels --profile 1x512 --profile-splits 1,8,16:2,16:2x
                                                   # untimed calls, to run under ncu (a trailing
                                                   # x: decode_combine="xla")
-  PYTHONPATH=. python bench/kernels.py --summarize-ncu F.csv  # per-kernel device time from ncu
-  PYTHONPATH=. python bench/kernels.py --cpu-smoke  # tiny sizes, interpret=True (checks the script)
+  python -m jaxllm.benchmarks.kernels --summarize-ncu F.csv  # per-kernel device time from ncu
+  python -m jaxllm.benchmarks.kernels --cpu-smoke  # tiny sizes, interpret=True (checks the script)
 
-The --tune, --profile and --summarize-ncu modes live in bench/kernel_tuning.py.
+Run it from the checkout root or with jaxllm installed (it imports `pallas_kernels`). The --tune,
+--profile and --summarize-ncu modes live in `jaxllm.benchmarks.kernel_tuning`.
 """
 
 from __future__ import annotations
@@ -480,7 +481,9 @@ def _prefill_markdown(rows) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--quick", action="store_true", help="reduced grid")
     ap.add_argument(
@@ -530,7 +533,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.summarize_ncu:
-        from kernel_tuning import summarize_ncu_csv
+        from jaxllm.benchmarks.kernel_tuning import summarize_ncu_csv
 
         print(summarize_ncu_csv(args.summarize_ncu))
         return 0
@@ -545,7 +548,7 @@ def main(argv=None) -> int:
     iters = args.iters or (2 if smoke else 20)
     reps = args.reps or (1 if smoke else None)  # None: auto_reps per row
     if args.profile:
-        from kernel_tuning import profile_runs
+        from jaxllm.benchmarks.kernel_tuning import profile_runs
 
         profile_runs(
             shape,
@@ -565,7 +568,7 @@ def main(argv=None) -> int:
     print(f"copy bandwidth: {copy_bw / 1e9:.4g} GB/s", flush=True)
 
     if args.tune:
-        from kernel_tuning import tune
+        from jaxllm.benchmarks.kernel_tuning import tune
 
         text = tune(
             shape,

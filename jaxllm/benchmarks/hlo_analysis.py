@@ -1,6 +1,6 @@
 """Reading XLA's optimized HLO text: instructions, the computations that run (and how often),
 collectives, large data movement, the KV cache's aliasing, and a compiled executable's memory and
-cost analysis. Used by bench/tp_hlo_probe.py; imports no JAX.
+cost analysis. Used by `jaxllm.benchmarks.tp_hlo_probe`; imports no JAX.
 """
 
 from __future__ import annotations

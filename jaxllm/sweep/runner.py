@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxllm.process_lifetime import kill_with_parent
 from jaxllm.sweep.spec import SweepPoint, SweepSpec
 
 __all__ = ["SweepRun", "run_sweep", "point_command", "error_summary"]
@@ -113,7 +114,12 @@ def _run_point(
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=kill_with_parent,  # a stopped sweep does not leave its point running
         )
         try:
             rc = proc.wait(timeout=timeout_s)

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from jaxllm.entrypoints.cli import main as cli_main
+from jaxllm.process_lifetime import kill_with_parent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,13 +48,14 @@ def sweep_run(tmp_path_factory):
     out = tmp / "out"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "jaxllm", "sweep", str(path), "--out", str(out)]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
+    run = dict(capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
+    first = subprocess.run(cmd, **run, preexec_fn=kill_with_parent)
     mtimes = {
         p: os.path.getmtime(out / "points" / p)
         for p in os.listdir(out / "points")
         if p.endswith(".json") and not p.endswith(".failed.json")
     }
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp)
+    second = subprocess.run(cmd, **run, preexec_fn=kill_with_parent)
     return {"out": out, "first": first, "second": second, "mtimes": mtimes}
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxllm.process_lifetime import kill_with_parent
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
@@ -316,6 +318,7 @@ def test_mkdocs_build_strict(tmp_path):
         text=True,
         timeout=300,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        preexec_fn=kill_with_parent,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = (site / "benchmarks" / "RESULTS" / "index.html").read_text(encoding="utf-8")

@@ -16,6 +16,7 @@ from jaxllm.kv_cache import (
     hash_block_tokens,
     hash_request_blocks,
 )
+from jaxllm.process_lifetime import kill_with_parent
 
 
 def ids(blocks):
@@ -185,7 +186,13 @@ def test_block_hashes_are_the_same_in_another_process():
     env = dict(os.environ, PYTHONHASHSEED="12345")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=root
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        preexec_fn=kill_with_parent,
     )
     expected = hash_request_blocks([1, 2, 3, 4, 5], 2, cache_salt="salt")[-1].hex()
     assert out.stdout.strip() == expected

@@ -19,6 +19,7 @@ from loader_helpers import write_gguf
 from transformers import AutoTokenizer
 
 from jaxllm.models.gguf_tokenizer import load_gguf_tokenizer
+from jaxllm.process_lifetime import kill_with_parent
 
 TEXTS = [
     "Hello world",
@@ -192,6 +193,7 @@ def test_loads_without_torch(smollm2_path, smol_ref):
         env=env,
         timeout=300,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        preexec_fn=kill_with_parent,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

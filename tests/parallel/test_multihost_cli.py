@@ -25,6 +25,7 @@ from jaxllm.entrypoints.cli_args import (
     resolve_generate_args,
     resolve_multihost,
 )
+from jaxllm.process_lifetime import kill_with_parent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MH_ENV = ("JAXLLM_COORDINATOR_ADDRESS", "JAXLLM_NUM_PROCESSES", "JAXLLM_PROCESS_ID")
@@ -74,6 +75,7 @@ def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=kill_with_parent,
     )
 
 

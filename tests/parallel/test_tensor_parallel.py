@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from jaxllm.process_lifetime import kill_with_parent
+
 WORKER = os.path.join(os.path.dirname(__file__), "tp_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -55,6 +57,7 @@ def observed(tmp_path_factory, smollm2_path, llama_dir):
         capture_output=True,
         text=True,
         timeout=900,
+        preexec_fn=kill_with_parent,
     )
     if proc.returncode != 0:
         pytest.fail(f"tp_worker failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}")
@@ -161,6 +164,7 @@ def test_two_process_multihost_matches_one_process(observed, llama_dir, tmp_path
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=kill_with_parent,
         )
         for i in range(2)
     ]

@@ -20,6 +20,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from jaxllm import LLM, SamplingParams  # noqa: E402
+from jaxllm.process_lifetime import kill_with_parent  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "Water boils at"]
@@ -49,7 +50,12 @@ def dp_server(smollm2_path):
         "--num-gpu-blocks", str(BLOCKS), "--no-access-log", "--async-scheduling",
     ]  # fmt: skip
     proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=kill_with_parent,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 240

@@ -303,3 +303,29 @@ class SamplingParams:
 
     def clone(self) -> SamplingParams:
         return copy.deepcopy(self)
+
+
+# HF generation_config key -> SamplingParams keyword: the sampling settings a checkpoint
+# recommends, which `LLM.get_default_sampling_params()` and `jaxllm generate` start from (vLLM's
+# `--generation-config auto`).
+GENERATION_CONFIG_SAMPLING_KEYS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_tokens",
+}
+
+
+def sampling_defaults_from_generation_config(generation_config: dict[str, Any]) -> dict[str, Any]:
+    """The SamplingParams keywords that a model's generation_config sets (unset keys are left out).
+
+    `{"temperature": 0.6, "top_p": 0.9, "max_new_tokens": 256}` ->
+    `{"temperature": 0.6, "top_p": 0.9, "max_tokens": 256}`.
+    """
+    return {
+        keyword: generation_config[key]
+        for key, keyword in GENERATION_CONFIG_SAMPLING_KEYS.items()
+        if generation_config.get(key) is not None
+    }

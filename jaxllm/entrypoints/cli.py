@@ -2,8 +2,9 @@
 `jaxllm bench throughput|latency|serve ...` (jaxllm.benchmarks) and `jaxllm sweep FILE.yaml`
 (jaxllm.sweep).
 
-`generate` completes prompts (PROMPT arguments and/or `--prompts-file`) and writes one JSON object
-per prompt, in input order, to `--output` (default stdout):
+`generate` completes prompts (PROMPT arguments and/or `--prompts-file`) and prints each
+completion's generated text, in input order, a blank line between completions. With `--json` it
+prints, and with `--output FILE` it writes, one JSON object per prompt instead (JSONL):
 
     {"index": 0, "prompt": "...", ["messages": [...],] ["prompt_token_ids": [...],]
      "num_prompt_tokens": 7,
@@ -256,15 +257,16 @@ def request_output_to_json(
 _BEAM_SAMPLING_KEYS = ("max_tokens", "ignore_eos", "temperature")
 
 
-def _beam_search_params(opts: GenerateOptions) -> Any:
-    """`--beam-width N` (+ --length-penalty, --max-tokens, --ignore-eos) -> BeamSearchParams."""
+def _beam_search_params(opts: GenerateOptions, default_max_tokens: int | None = None) -> Any:
+    """`--beam-width N` (+ --length-penalty, --max-tokens, --ignore-eos) -> BeamSearchParams;
+    without --max-tokens, `default_max_tokens` (the model's max_new_tokens), else 16."""
     from jaxllm.beam_search import BeamSearchParams
 
     other = sorted(k for k in opts.sampling_kwargs if k not in _BEAM_SAMPLING_KEYS)
     if other:
         raise CLIError(f"--beam-width does not combine with sampling option(s): {', '.join(other)}")
     kw = {k: v for k, v in opts.sampling_kwargs.items() if v is not None}
-    kw.setdefault("max_tokens", 16)
+    kw.setdefault("max_tokens", default_max_tokens or 16)
     if opts.length_penalty is not None:
         kw["length_penalty"] = opts.length_penalty
     try:
@@ -358,6 +360,19 @@ def _generate_all(
     return results
 
 
+def _completion_texts(results: list[Any], beam: bool) -> list[str]:
+    """Every completion's generated text (beam search: every beam's), in input order."""
+    if beam:
+        return [s.text for out in results for s in out.sequences]
+    return [c.text for out in results for c in out.outputs]
+
+
+def _sampling_kwargs(opts: GenerateOptions, llm: Any) -> dict[str, Any]:
+    """The model's generation_config defaults (`LLM.default_sampling_kwargs`, empty under
+    `--generation-config vllm`) overridden by the sampling flags given."""
+    return {**getattr(llm, "default_sampling_kwargs", {}), **opts.sampling_kwargs}
+
+
 def run_generate(args: argparse.Namespace, llm_factory: Callable[..., Any] | None = None) -> int:
     """`jaxllm generate`. `llm_factory(**engine_kwargs)` builds the LLM (default: jaxllm's LLM).
 
@@ -378,8 +393,8 @@ def run_generate(args: argparse.Namespace, llm_factory: Callable[..., Any] | Non
 
     from jaxllm.sampling_params import SamplingParams
 
-    try:
-        sampling_params = SamplingParams(**opts.sampling_kwargs)
+    try:  # the flags alone, checked before the model loads
+        SamplingParams(**opts.sampling_kwargs)
     except ValueError as e:
         raise CLIError(f"bad sampling option: {e}") from None
     beam_params = _beam_search_params(opts) if opts.beam_width is not None else None
@@ -396,6 +411,12 @@ def run_generate(args: argparse.Namespace, llm_factory: Callable[..., Any] | Non
         multihost.follow(llm.llm_engine)  # returns when process 0 is done
         return 0
     try:
+        sampling_params = SamplingParams(**_sampling_kwargs(opts, llm))
+    except ValueError as e:
+        raise CLIError(f"bad sampling option with the model's generation_config: {e}") from None
+    if beam_params is not None and "max_tokens" not in opts.sampling_kwargs:
+        beam_params = _beam_search_params(opts, _sampling_kwargs(opts, llm).get("max_tokens"))
+    try:
         results = _generate_all(llm, items, sampling_params, beam_params, opts.progress)
     finally:
         if mh is not None:  # release the followers, also when process 0 failed between steps
@@ -403,6 +424,11 @@ def run_generate(args: argparse.Namespace, llm_factory: Callable[..., Any] | Non
 
             multihost.stop_followers()
 
+    if to_stdout and not opts.json_output:
+        texts = _completion_texts(results, beam_params is not None)
+        sys.stdout.write("\n".join(text + "\n" for text in texts))
+        sys.stdout.flush()
+        return 0
     with_lp = opts.sampling_kwargs.get("logprobs") is not None
     with_plp = opts.sampling_kwargs.get("prompt_logprobs") is not None
     lines = [
@@ -439,6 +465,8 @@ def main(
     argv: Sequence[str] | None = None, *, llm_factory: Callable[..., Any] | None = None
 ) -> int:
     """Entry point of the `jaxllm` script; returns the exit status."""
+    # transformers' advice that PyTorch is missing: jaxllm uses only its tokenizers.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     parser = build_parser()
     add_serve_subcommand(parser)
     add_bench_subcommand(parser)

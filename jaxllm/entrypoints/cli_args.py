@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxllm.entrypoints.strict_parser import StrictArgumentParser
+
 __all__ = [
     "CLIError",
     "DEFAULT_MODEL",
@@ -75,6 +77,7 @@ ENGINE_ARGS = {
     "max_logprobs": "max_logprobs",
     "attention_backend": "attention_backend",
     "precompile": "precompile",
+    "generation_config": "generation_config",
 }
 
 # argparse dest -> SamplingParams keyword.
@@ -105,6 +108,7 @@ _GENERATE_DEFAULTS = {
     "output": None,
     "chat": False,
     "no_progress": False,
+    "json": False,
     "beam_width": None,
     "length_penalty": None,
     "coordinator_address": None,
@@ -213,8 +217,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    """Sampling options; each maps to a `SamplingParams(...)` keyword (see SAMPLING_ARGS)."""
+def add_sampling_args(parser: argparse.ArgumentParser) -> Any:
+    """Sampling options; each maps to a `SamplingParams(...)` keyword (see SAMPLING_ARGS). Returns
+    the argument group."""
     g = parser.add_argument_group("sampling")
     g.add_argument("--temperature", type=float, help="0 means greedy")
     g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
@@ -249,6 +254,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--prompt-logprobs", type=int, help="return this many top logprobs per prompt token"
     )
+    return g
 
 
 def add_generate_args(parser: argparse.ArgumentParser) -> None:
@@ -262,7 +268,16 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
         '{"prompt": ...} or {"messages": [...]} per line',
     )
     io.add_argument(
-        "--output", "-o", metavar="FILE", help="write JSONL results here (default: stdout)"
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="write one JSON record per prompt to FILE (JSONL; see `jaxllm generate` in the "
+        "docs) instead of printing the generated text",
+    )
+    io.add_argument(
+        "--json",
+        action="store_true",
+        help="print the JSON records (JSONL) on stdout instead of the generated text",
     )
     io.add_argument(
         "--chat",
@@ -276,7 +291,14 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
         help="YAML file of these options (flags given here override it)",
     )
     add_engine_args(parser)
-    add_sampling_args(parser)
+    add_sampling_args(parser).add_argument(
+        "--generation-config",
+        choices=("auto", "vllm"),
+        help="auto (default): the sampling settings of the model's generation_config "
+        "(temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens) are the "
+        "defaults that the flags above override; vllm: ignore them (SamplingParams' defaults: "
+        "temperature 1, max_tokens 16)",
+    )
     bs = parser.add_argument_group("beam search")
     bs.add_argument(
         "--beam-width",
@@ -334,13 +356,13 @@ def add_convert_args(parser: argparse.ArgumentParser) -> None:
 
 def generate_parser(prog: str = "jaxllm generate") -> argparse.ArgumentParser:
     """A standalone parser of `generate`'s options (unset options stay out of the namespace)."""
-    parser = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS)
+    parser = StrictArgumentParser(prog=prog, argument_default=argparse.SUPPRESS)
     add_generate_args(parser)
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = StrictArgumentParser(
         prog="jaxllm", description="jaxllm: LLM inference on JAX/XLA with vLLM's API."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -498,6 +520,7 @@ class GenerateOptions:
     prompts: list[str] = field(default_factory=list)
     prompts_file: str | None = None
     output: str | None = None  # None or "-": stdout
+    json_output: bool = False  # JSONL records on stdout instead of the generated text
     chat: bool = False
     progress: bool = True
     beam_width: int | None = None  # set: beam search instead of sampling
@@ -601,6 +624,7 @@ def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
         prompts=list(rest["prompts"]),
         prompts_file=rest["prompts_file"],
         output=rest["output"],
+        json_output=bool(rest["json"]),
         chat=bool(rest["chat"]),
         progress=not rest["no_progress"],
         beam_width=rest["beam_width"],

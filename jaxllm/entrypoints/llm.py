@@ -8,7 +8,7 @@ from typing import Any
 from jaxllm.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 from jaxllm.engine.llm_engine import LLMEngine
 from jaxllm.outputs import RequestOutput
-from jaxllm.sampling_params import SamplingParams
+from jaxllm.sampling_params import SamplingParams, sampling_defaults_from_generation_config
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -31,7 +31,10 @@ class LLM:
     ("reference", "cpu", "pallas", "cuda"; default: automatic), compilation_cache_dir ("off"
     disables the persistent cache), precompile (compile every padded step shape now, in parallel
     threads, for greedy and for plain random sampling, instead of on first use: on a GPU each
-    unrolled shape takes seconds to tens of seconds to compile; see `LLMEngine.precompile`).
+    unrolled shape takes seconds to tens of seconds to compile; see `LLMEngine.precompile`),
+    generation_config ("auto": the sampling settings of the model's generation_config, such as
+    temperature, top_p and max_new_tokens, are the defaults of `get_default_sampling_params()` and
+    of `generate(prompts)` without sampling params; "vllm": SamplingParams' own defaults).
 
     Parallelism: `tensor_parallel_size` (tp) shards the model over tp devices; with
     `data_parallel_size` (dp) > 1, dp engine replicas run on disjoint groups of tp devices and
@@ -66,7 +69,13 @@ class LLM:
         attention_backend: str | None = None,
         compilation_cache_dir: str | None = None,
         precompile: bool = False,
+        generation_config: str = "auto",
     ) -> None:
+        if generation_config not in ("auto", "vllm"):
+            raise ValueError(
+                f"generation_config must be 'auto' (the model's sampling defaults) or 'vllm' "
+                f"(SamplingParams' defaults), got {generation_config!r}"
+            )
         from jaxllm.models.loader import LoadedModel, load_model
         from jaxllm.parallel import replica_meshes, resolve_mesh
 
@@ -114,6 +123,11 @@ class LLM:
         self.tokenizer = tokenizer if tokenizer is not None else loaded.tokenizer
         self.chat_template = loaded.chat_template
         self.model_source = loaded.source
+        self.default_sampling_kwargs = (
+            sampling_defaults_from_generation_config(loaded.generation_config)
+            if generation_config == "auto"
+            else {}
+        )
         engine_kwargs = dict(
             attention_backend=attention_backend,
             compilation_cache_dir=compilation_cache_dir,
@@ -140,6 +154,11 @@ class LLM:
     def get_tokenizer(self) -> Any:
         return self.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams with the model's generation_config settings (generation_config="auto")
+        over SamplingParams' defaults; what `generate` uses when given no sampling params."""
+        return SamplingParams(**self.default_sampling_kwargs)
+
     def generate(
         self,
         prompts: PromptType | Sequence[PromptType],
@@ -156,7 +175,7 @@ class LLM:
         """
         prompt_list = _as_prompt_list(prompts)
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
             params_list = [sampling_params] * len(prompt_list)
         else:
@@ -236,11 +255,7 @@ class LLM:
         except ValueError:
             engine.abort_request(ids)  # all-or-nothing: a bad prompt queues none of the batch
             raise
-        bar = None
-        if use_tqdm and len(ids) > 1:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True)
+        bar = _ProgressBar(len(ids)) if use_tqdm else None
         done: dict[str, RequestOutput] = {}
         wanted = set(ids)
         try:
@@ -251,7 +266,7 @@ class LLM:
                     if out.request_id in wanted and out.finished:
                         done[out.request_id] = out
                         if bar is not None:
-                            bar.update(1)
+                            bar.finished(out)
         except BaseException:
             engine.abort_request([i for i in ids if i not in done])
             raise
@@ -259,6 +274,36 @@ class LLM:
             if bar is not None:
                 bar.close()
         return [done[i] for i in ids]
+
+
+class _ProgressBar:
+    """vLLM's "Processed prompts" bar: finished requests, with the input and output tokens per
+    second of the finished requests since the bar started."""
+
+    def __init__(self, total: int) -> None:
+        import time
+
+        from tqdm.auto import tqdm
+
+        self._clock = time.perf_counter
+        self._start = self._clock()
+        self._input_tokens = 0
+        self._output_tokens = 0
+        self._bar = tqdm(total=total, desc="Processed prompts", dynamic_ncols=True)
+
+    def finished(self, out: RequestOutput) -> None:
+        self._input_tokens += len(out.prompt_token_ids or ())
+        self._output_tokens += sum(len(c.token_ids) for c in out.outputs)
+        elapsed = max(self._clock() - self._start, 1e-9)
+        self._bar.set_postfix_str(
+            f"est. speed input: {self._input_tokens / elapsed:.2f} toks/s, "
+            f"output: {self._output_tokens / elapsed:.2f} toks/s",
+            refresh=False,
+        )
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def _as_prompt_list(prompts: PromptType | Sequence[PromptType]) -> list[PromptType]:

@@ -164,3 +164,27 @@ def test_stop_strings_and_stop_token_ids(llm):
     )[0].outputs[0]
     assert out.finish_reason == "stop" and out.stop_reason == tid
     assert out.token_ids == base.token_ids[: base.token_ids.index(tid) + 1]
+
+
+def test_generation_config_gives_the_default_sampling_params(llm, smollm2):
+    """generation_config="auto": the model's recommended settings are the defaults of
+    `get_default_sampling_params()` and of `generate` without sampling params (vLLM's
+    `--generation-config auto`); "vllm" ignores them."""
+    import dataclasses
+
+    recommended = {"temperature": 0.0, "top_k": 20, "max_new_tokens": 5, "repetition_penalty": 1}
+    loaded = dataclasses.replace(
+        smollm2, generation_config={**smollm2.generation_config, **recommended}
+    )
+    tuned = LLM(loaded, max_model_len=256, max_num_seqs=8, num_gpu_blocks_override=32)
+    sp = tuned.get_default_sampling_params()
+    assert (sp.temperature, sp.max_tokens, sp.repetition_penalty) == (0.0, 5, 1)
+    (out,) = tuned.generate("The capital of France is", use_tqdm=False)
+    greedy = SamplingParams(temperature=0.0, max_tokens=5)
+    want = llm.generate("The capital of France is", greedy, use_tqdm=False)[0].outputs[0]
+    assert out.outputs[0].token_ids == want.token_ids
+    plain = LLM(loaded, max_model_len=256, num_gpu_blocks_override=32, generation_config="vllm")
+    assert plain.get_default_sampling_params().max_tokens == SamplingParams().max_tokens == 16
+    assert plain.get_default_sampling_params().temperature == 1.0
+    with pytest.raises(ValueError, match="generation_config must be 'auto'"):
+        LLM(loaded, generation_config="model")

@@ -21,6 +21,7 @@ from jaxllm.entrypoints.cli_args import (
     resolve_generate_args,
 )
 from jaxllm.outputs import CompletionOutput, Logprob, RequestOutput
+from jaxllm.process_lifetime import kill_with_parent
 from jaxllm.sampling_params import SamplingParams
 
 
@@ -95,7 +96,11 @@ def _reset_fake():
 
 
 def run_cli(argv, capsys):
-    rc = cli.main(argv, llm_factory=FakeLLM)
+    return run_cli_with(FakeLLM, argv, capsys)
+
+
+def run_cli_with(factory, argv, capsys):
+    rc = cli.main(argv, llm_factory=factory)
     cap = capsys.readouterr()
     return rc, cap.out, cap.err
 
@@ -384,7 +389,9 @@ def test_prompt_file_formats_and_jsonl_output(tmp_path, capsys):
         assert "prompt_logprobs" not in rec
 
     # .jsonl: plain prompts go through generate, conversations through chat; order is kept.
-    rc, stdout, err = run_cli(["generate", "--prompts-file", jsonl, "--max-tokens", "40"], capsys)
+    rc, stdout, err = run_cli(
+        ["generate", "--prompts-file", jsonl, "--max-tokens", "40", "--json"], capsys
+    )
     assert rc == 0
     llm = FakeLLM.instances[-1]
     assert [c[0] for c in llm.calls] == ["generate", "chat"]
@@ -402,7 +409,8 @@ def test_prompt_file_formats_and_jsonl_output(tmp_path, capsys):
 
 def test_chat_flag_sends_plain_prompts_as_user_messages(capsys):
     rc, stdout, _ = run_cli(
-        ["generate", "what is 2+2?", "--chat", "--n", "2", "--temperature", "1"], capsys
+        ["generate", "what is 2+2?", "--chat", "--n", "2", "--temperature", "1", "--json"],
+        capsys,
     )
     assert rc == 0
     ((kind, convs, sp, _),) = FakeLLM.instances[0].calls
@@ -417,7 +425,17 @@ def test_chat_flag_sends_plain_prompts_as_user_messages(capsys):
 
 def test_logprobs_are_written_when_asked(capsys):
     rc, stdout, _ = run_cli(
-        ["generate", "abc", "--logprobs", "1", "--prompt-logprobs", "0", "--max-tokens", "3"],
+        [
+            "generate",
+            "abc",
+            "--logprobs",
+            "1",
+            "--prompt-logprobs",
+            "0",
+            "--max-tokens",
+            "3",
+            "--json",
+        ],
         capsys,
     )
     assert rc == 0
@@ -434,6 +452,54 @@ def test_logprobs_are_written_when_asked(capsys):
     assert rec["prompt_logprobs"] == [None] + [
         [{"token_id": ord(c), "logprob": -1.0, "rank": 3, "token": c}] for c in "bc"
     ]
+
+
+def test_generated_text_is_printed_without_json(capsys):
+    """Without --json or --output: each completion's text, in input order, a blank line apart."""
+    rc, stdout, _ = run_cli(["generate", "abc", "hello", "--n", "2", "--temperature", "1"], capsys)
+    assert rc == 0
+    ((_, _, sp, _),) = FakeLLM.instances[0].calls
+    texts = [fake_completion(p, sp, i) for p in ("abc", "hello") for i in (0, 1)]
+    assert stdout == "\n".join(t + "\n" for t in texts)
+    rc, stdout, _ = run_cli(["generate", "abc"], capsys)
+    assert rc == 0 and stdout == fake_completion("abc", SamplingParams(), 0) + "\n"
+
+
+class FakeLLMWithGenerationConfig(FakeLLM):
+    """A model whose generation_config recommends sampling settings (default_sampling_kwargs)."""
+
+    default_sampling_kwargs = {"temperature": 0.3, "top_p": 0.5, "max_tokens": 7}
+
+
+def test_sampling_defaults_come_from_the_generation_config(capsys):
+    """`--generation-config auto` (the default): the model's settings, overridden by flags."""
+    rc, _, _ = run_cli_with(FakeLLMWithGenerationConfig, ["generate", "hi"], capsys)
+    sp = FakeLLM.instances[-1].calls[0][2]
+    assert rc == 0 and (sp.temperature, sp.top_p, sp.max_tokens) == (0.3, 0.5, 7)
+    rc, _, _ = run_cli_with(
+        FakeLLMWithGenerationConfig, ["generate", "hi", "--max-tokens", "3", "--top-p", "1"], capsys
+    )
+    sp = FakeLLM.instances[-1].calls[0][2]
+    assert rc == 0 and (sp.temperature, sp.top_p, sp.max_tokens) == (0.3, 1.0, 3)
+    assert resolve(["hi", "--generation-config", "vllm"]).engine_kwargs["generation_config"] == (
+        "vllm"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, usage",
+    [
+        (["generate", "hi", "--max-token", "5"], "usage: jaxllm generate"),  # no abbreviations
+        (["generate", "hi", "--temp", "0"], "usage: jaxllm generate"),
+        (["serve", "--max-model", "64"], "usage: jaxllm serve"),
+        (["bench", "latency", "--no-such-flag"], "usage: jaxllm bench latency"),
+        (["sweep", "f.yaml", "--outt", "x"], "usage: jaxllm sweep"),
+    ],
+)
+def test_unknown_or_abbreviated_flags_print_the_subcommands_usage(capsys, argv, usage):
+    rc, stdout, err = run_cli(argv, capsys)
+    assert rc == 2 and stdout == "" and not FakeLLM.instances
+    assert err.startswith(usage) and "error: unrecognized arguments: " in err
 
 
 @pytest.mark.parametrize(
@@ -518,6 +584,7 @@ def test_python_dash_m_entry_point(tmp_path):
         capture_output=True,
         text=True,
         timeout=60,
+        preexec_fn=kill_with_parent,
     )
     assert proc.returncode == 2
     assert "bad.jsonl:2: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr

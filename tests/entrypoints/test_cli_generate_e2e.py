@@ -1,8 +1,11 @@
-"""`jaxllm generate` end to end on SmolLM2: JSONL in, JSONL out, greedy text equals LLM.generate."""
+"""`jaxllm generate` end to end on SmolLM2: JSONL in, JSONL out, greedy text equals LLM.generate;
+the README's first command prints a right answer."""
 
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 from jaxllm import LLM, SamplingParams
 from jaxllm.entrypoints.cli import main
@@ -61,3 +64,27 @@ def test_generate_bad_prompts_file_exits_2(tmp_path, capsys):
     bad.write_text('{"prompt": "ok"}\n{not json\n')
     assert main(["generate", "--prompts-file", str(bad)]) == 2
     assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def _readme_first_command() -> list[str]:
+    """The `jaxllm generate` arguments of the README's first command (after `setup.sh &&`)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    line = next(ln for ln in readme.splitlines() if ln.startswith("bash scripts/setup.sh && "))
+    argv = shlex.split(line.split("&&", 1)[1])
+    assert argv[:2] == [".venv/bin/jaxllm", "generate"], argv
+    return argv[1:]
+
+
+def test_the_readme_first_command_prints_a_good_answer(smollm2, capsys):
+    """What a new user sees first: the generated text only (no JSON), and a right answer."""
+    argv = _readme_first_command()
+    assert "--json" not in argv and "--output" not in argv
+
+    def factory(**kwargs):
+        assert kwargs.pop("model") == "smollm2-135m"
+        return LLM(smollm2, **kwargs, max_model_len=512, num_gpu_blocks_override=64)
+
+    assert main([*argv, "--no-progress"], llm_factory=factory) == 0
+    answers = capsys.readouterr().out.split("\n\n")
+    assert answers[0] == "The capital of France is Paris."
+    assert len(answers) == 2 and "1." in answers[1] and len(answers[1]) > 100

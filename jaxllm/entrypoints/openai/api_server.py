@@ -252,6 +252,10 @@ def run_serve(args: Any) -> int:
 
     opts = resolve_serve_args(args)
     logging.basicConfig(level=opts.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if opts.log_level.lower() != "debug":
+        # JAX logs each platform it probes and lacks ("Unable to initialize backend 'tpu'") at
+        # INFO, which is not news to the operator of a CPU or GPU machine.
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     mh = opts.multihost
     if mh is not None:
         from jaxllm.entrypoints.cli import start_multihost

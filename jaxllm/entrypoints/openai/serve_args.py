@@ -28,6 +28,7 @@ from jaxllm.entrypoints.cli_args import (
     resolve_multihost,
     split_kwargs,
 )
+from jaxllm.entrypoints.strict_parser import StrictArgumentParser
 
 __all__ = [
     "API_KEY_ENV",
@@ -99,7 +100,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 def serve_parser(prog: str = "jaxllm serve") -> argparse.ArgumentParser:
     """A standalone parser of `serve`'s options (unset options stay absent from the namespace)."""
-    parser = argparse.ArgumentParser(prog=prog, argument_default=argparse.SUPPRESS)
+    parser = StrictArgumentParser(prog=prog, argument_default=argparse.SUPPRESS)
     add_serve_args(parser)
     return parser
 

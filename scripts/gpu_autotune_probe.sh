@@ -13,7 +13,7 @@ timeout 150 "$PY" -m jaxllm.benchmarks.latency --model dummy:llama-3-8b --dtype 
   --output-len 64 --num-iters 2 --json "$D/latency_autotune0.json" > "$D/latency_autotune0.log" 2>&1
 echo "latency rc=$?"
 grep "^| jaxllm" "$D/latency_autotune0.log"
-times=$(grep -o "Finished XLA compilation of jit(_step_impl) in [0-9.]* sec" "$D/latency_autotune0.log" | awk '{print $(NF-1)}')
+times=$(grep -o "Finished XLA compilation of jit(device_step) in [0-9.]* sec" "$D/latency_autotune0.log" | awk '{print $(NF-1)}')
 echo "step compile seconds: $times"
 longest=$(printf '%s\n' $times | sort -g | tail -1)
 if awk "BEGIN {exit !(${longest:-999} < 10)}"; then

@@ -28,7 +28,7 @@ PEER="${PEER:-}"
 read -r -a extra <<< "${EXTRA:-}"
 T="${TAG:-}"
 prof=(--profile); [[ " ${EXTRA:-} " == *" --async-scheduling "* ]] && prof=()
-compiles() { grep -o "Finished XLA compilation of jit(_step_impl) in [0-9.]* sec" "$1" | awk '{n++; s+=$(NF-1); if ($(NF-1)>m) m=$(NF-1)} END {printf "step compilations: %d, %.0f s summed, longest %.1f s\n", n, s, m}'; }
+compiles() { grep -o "Finished XLA compilation of jit(device_step) in [0-9.]* sec" "$1" | awk '{n++; s+=$(NF-1); if ($(NF-1)>m) m=$(NF-1)} END {printf "step compilations: %d, %.0f s summed, longest %.1f s\n", n, s, m}'; }
 for phase in $PHASES; do
   case $phase in
   bw)

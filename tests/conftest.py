@@ -7,6 +7,21 @@ import os
 
 import pytest
 
+# The KV cache of every CPU engine the tests build (and the subprocesses they start, which inherit
+# the variable) takes 1 GiB instead of the 4 GiB default: the largest test needs a few hundred
+# blocks, and several engines are alive at once within the CI machine's memory.
+os.environ.setdefault("JAXLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_garbage_after_each_module():
+    """Engines hold reference cycles; collecting them when a module's fixtures are released frees
+    their KV caches and weights before the next module builds its own."""
+    yield
+    import gc
+
+    gc.collect()
+
 
 def pytest_configure(config):
     """SIGTERM and SIGHUP end the run as Ctrl-C does, so fixtures' finalizers stop the servers and

@@ -56,7 +56,6 @@ import os
 import statistics
 import sys
 import time
-import types
 
 import numpy as np
 
@@ -335,26 +334,16 @@ def run_engines(model: str, args) -> None:
 
 
 def runner_step_jit(model, kv_sharding, replicated):
-    """The runner's jitted step (`ModelRunner._step_impl` with its donation and output
+    """The runner's jitted step (`model_runner.device_step` with its donation and output
     shardings) around `model`, without a runner (no arrays behind it)."""
+    import functools
+
     import jax
 
-    from jaxllm.engine.model_runner import ModelRunner
+    from jaxllm.engine.model_runner import device_step
     from jaxllm.models.batch import KVCache
 
-    shim = types.SimpleNamespace(model=model)
-
-    def step(params, kv_cache, last_tokens, buffers, *, layout, flags, num_prompt_logprobs):
-        return ModelRunner._step_impl(
-            shim,
-            params,
-            kv_cache,
-            last_tokens,
-            buffers,
-            layout=layout,
-            flags=flags,
-            num_prompt_logprobs=num_prompt_logprobs,
-        )
+    step = functools.partial(device_step, model)
 
     return jax.jit(
         step,

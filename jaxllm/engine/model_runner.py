@@ -18,6 +18,7 @@ know yet (`HostBatch.prev_rows`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -185,7 +186,7 @@ class ModelRunner:
         # rules table, step inputs device_put replicated; jit refuses in_shardings with the
         # static keyword arguments); outputs are pinned so the donated cache keeps its layout.
         self._step_jit = jax.jit(
-            self._step_impl,
+            functools.partial(device_step, self.model),
             donate_argnums=(1,),
             static_argnames=("layout", "flags", "num_prompt_logprobs"),
             out_shardings=(kv, self._replicated, self._replicated, self._replicated),
@@ -320,32 +321,6 @@ class ModelRunner:
             targets = np.zeros(hb.num_prompt_logprob_rows, np.int32)
         return batch, md, targets, hb.prev_rows
 
-    def _step_impl(
-        self,
-        params: dict,
-        kv_cache,
-        last_tokens: jax.Array,  # [S_cap] int32: the previous step's sampled tokens
-        # packed (StepBatch, SamplingMetadata, targets [Rp], prev_rows [T])
-        buffers: tuple[jax.Array, ...],
-        *,
-        layout: PackedLayout,
-        flags: SamplerFlags,
-        num_prompt_logprobs: int,
-    ):
-        batch, md, prompt_targets, prev_rows = unpack(buffers, layout)
-        # tokens still in flight when the host built the batch come from the previous step
-        in_flight = last_tokens[jnp.maximum(prev_rows, 0)]  # [T]
-        token_ids = jnp.where(prev_rows >= 0, in_flight, batch.token_ids)
-        batch = dataclasses.replace(batch, token_ids=token_ids)
-        kv_cache, logits = self.model.apply({"params": params}, kv_cache, batch)  # [S + Rp, V]
-        S = md.temperature.shape[0]
-        out = sample(logits[:S], md, flags)
-        prompt = None
-        if num_prompt_logprobs >= 0:
-            prompt = compute_logprobs(logits[S:], prompt_targets, num_prompt_logprobs)
-        sampled = jnp.zeros_like(last_tokens).at[:S].set(out.token_ids.astype(jnp.int32))
-        return kv_cache, out, prompt, sampled
-
     def execute(
         self,
         sched: SchedulerOutput,
@@ -446,6 +421,37 @@ class ModelRunner:
                     p_lps[sl, 1 : 1 + k],
                 )
         return result
+
+
+def device_step(
+    model: Any,
+    params: dict,
+    kv_cache,
+    last_tokens: jax.Array,  # [S_cap] int32: the previous step's sampled tokens
+    # packed (StepBatch, SamplingMetadata, targets [Rp], prev_rows [T])
+    buffers: tuple[jax.Array, ...],
+    *,
+    layout: PackedLayout,
+    flags: SamplerFlags,
+    num_prompt_logprobs: int,
+):
+    """The runner's device step (jitted with `model` bound by ModelRunner): model forward,
+    sampling, prompt logprobs. A function rather than a method so that the jitted step holds the
+    model and not the runner: a bound method would tie the runner (its KV cache, its weights) into
+    a reference cycle that only the garbage collector frees, long after `del llm`."""
+    batch, md, prompt_targets, prev_rows = unpack(buffers, layout)
+    # tokens still in flight when the host built the batch come from the previous step
+    in_flight = last_tokens[jnp.maximum(prev_rows, 0)]  # [T]
+    token_ids = jnp.where(prev_rows >= 0, in_flight, batch.token_ids)
+    batch = dataclasses.replace(batch, token_ids=token_ids)
+    kv_cache, logits = model.apply({"params": params}, kv_cache, batch)  # [S + Rp, V]
+    S = md.temperature.shape[0]
+    out = sample(logits[:S], md, flags)
+    prompt = None
+    if num_prompt_logprobs >= 0:
+        prompt = compute_logprobs(logits[S:], prompt_targets, num_prompt_logprobs)
+    sampled = jnp.zeros_like(last_tokens).at[:S].set(out.token_ids.astype(jnp.int32))
+    return kv_cache, out, prompt, sampled
 
 
 def _empty_host_batch(T: int, S: int, P: int, decode_only: bool) -> HostBatch:

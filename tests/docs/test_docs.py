@@ -2,7 +2,7 @@
 
 Pages never hold Python code of their own: they include files of `docs/examples/` with
 pymdownx.snippets (`--8<-- "docs/examples/NAME"`), so the page shows exactly the file these tests
-run. Each example runs in this process with `runpy` (its globals come back for the checks), with
+run. Each example runs in this process with `exec` (its globals come back for the checks), with
 two test-only settings that the examples do not see: a small CPU KV cache
 (`JAXLLM_CPU_KVCACHE_SPACE`) and `load_model` memoized, so the examples that load SmolLM2 share
 one load. Results are checked against independent references: the real model's answer, HF
@@ -16,7 +16,6 @@ import importlib.util
 import io
 import os
 import re
-import runpy
 import shutil
 import subprocess
 import sys
@@ -36,8 +35,13 @@ SNIPPET = re.compile(r'^-{1,3}8<-{1,3}\s+"([^"]+)"', re.MULTILINE)
 
 
 def run_example(name: str) -> dict:
-    """Run docs/examples/NAME as a script; its module globals."""
-    return runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    """Run docs/examples/NAME as a script (`__name__ == "__main__"`); its globals. They live in a
+    dict of the caller's (runpy's would stay reachable from a module it keeps, and with them the
+    example's engine and its KV cache for the rest of the session)."""
+    path = EXAMPLES / name
+    namespace = {"__name__": "__main__", "__file__": str(path)}
+    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
+    return namespace
 
 
 def included_files() -> dict[str, list[str]]:
@@ -209,6 +213,7 @@ def offline():
         mp.setattr(loader, "load_model", memo_load)
         g = run_example("offline_inference.py")
         yield g
+        g.clear()  # the example's functions hold g as their globals: free its engine now
 
 
 def test_offline_inference_example(offline):

@@ -115,11 +115,12 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async_engine.start()
+        engine_loop = app.state.ctx.engine
+        engine_loop.start()
         try:
             yield
         finally:
-            await asyncio.to_thread(async_engine.shutdown)
+            await asyncio.to_thread(engine_loop.shutdown)
 
     app = FastAPI(
         title="jaxllm OpenAI-compatible server", lifespan=lifespan, docs_url=None, redoc_url=None
@@ -128,9 +129,12 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
     app.state.ctx = ctx
     app.state.metrics = metrics
 
+    # The endpoints reach the engine through `raw.app.state`, never through a closure: FastAPI keeps
+    # each endpoint function in a module-level cache, so a closure over the engine would keep its
+    # KV cache and weights alive after the app shut down (an app built in a test or a notebook).
     @app.get("/health")
-    async def health() -> Response:
-        if not async_engine.is_running:
+    async def health(raw: Request) -> Response:
+        if not raw.app.state.ctx.engine.is_running:
             return OpenAIError(
                 503, "the engine is not running", type="server_error", code="engine_dead"
             ).response()
@@ -143,11 +147,12 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
         return {"version": __version__}
 
     @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    async def metrics_endpoint(raw: Request) -> Response:
+        return Response(raw.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def models() -> dict:
+    async def models(raw: Request) -> dict:
+        ctx = raw.app.state.ctx
         cards = [
             ModelCard(id=n, root=ctx.model_source or None, max_model_len=ctx.max_model_len)
             for n in ctx.served_model_names
@@ -156,14 +161,15 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, raw: Request) -> Response:
-        return await create_completion(ctx, body, raw)
+        return await create_completion(raw.app.state.ctx, body, raw)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
-        return await create_chat_completion(ctx, body, raw)
+        return await create_chat_completion(raw.app.state.ctx, body, raw)
 
     @app.post("/tokenize")
-    async def tokenize(body: TokenizeRequest) -> Response:
+    async def tokenize(body: TokenizeRequest, raw: Request) -> Response:
+        ctx = raw.app.state.ctx
         ctx.check_model(body.model)
         tok = ctx.require_tokenizer("prompt")
         if (body.prompt is None) == (body.messages is None):
@@ -189,7 +195,8 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
         )
 
     @app.post("/detokenize")
-    async def detokenize(body: DetokenizeRequest) -> Response:
+    async def detokenize(body: DetokenizeRequest, raw: Request) -> Response:
+        ctx = raw.app.state.ctx
         ctx.check_model(body.model)
         tok = ctx.require_tokenizer("tokens")
         ids = check_token_ids(ctx, body.tokens, "tokens") if body.tokens else []

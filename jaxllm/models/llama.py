@@ -36,12 +36,12 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.layers.attention import sharded_attention_fn, sharded_kv_write_fn
+from jaxllm.layers.embedding import vocab_parallel_embed
 from jaxllm.layers.linear import Linear
 from jaxllm.layers.norms import RMSNorm
 from jaxllm.layers.rotary import apply_rotary, rope_cos_sin, rope_inv_freq
 from jaxllm.models.batch import KVCache, StepBatch
 from jaxllm.models.packed_params import PACKED_LAYERS
-from jaxllm.parallel.embedding import vocab_parallel_embed
 
 UNROLL_ENV = "JAXLLM_UNROLL_LAYERS"
 # Accelerator steps with at least this many (padded) tokens keep the layer scan rolled.

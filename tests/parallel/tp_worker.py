@@ -211,8 +211,8 @@ def section_embedding(res: dict, tmp: str) -> None:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
+    from jaxllm.layers.embedding import vocab_parallel_embed
     from jaxllm.parallel import resolve_mesh
-    from jaxllm.parallel.embedding import vocab_parallel_embed
 
     rng = np.random.default_rng(0)
     diffs = {}

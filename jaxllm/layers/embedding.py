@@ -1,13 +1,13 @@
 """Vocabulary-parallel embedding lookup: each device reads its own rows, one all-reduce sums them.
 
-The embedding table [V, D] is split by vocabulary over 'model' (sharding_rules.py). Left to XLA's
-partitioner, a plain `jnp.take(table, ids)` is not always partitioned in place: on the GPU a
-one-token step (batch-1 decode) turns the gather into a dynamic-slice, which the partitioner
-serves by all-gathering the whole table (Llama-3-8B at tp = 2: a 1 GiB all-gather every decode
-step, seen in the H100 HLO of `jaxllm.benchmarks.tp_hlo_probe`). Here the lookup runs under
-`shard_map`: device d owns rows [d * V/tp, (d+1) * V/tp), looks up the ids that fall there (zeros
-for the others) and a psum over 'model' adds the tp partial rows (exactly one non-zero each), so
-only [T, D] crosses the link, whatever T is.
+The embedding table [V, D] is split by vocabulary over 'model' (jaxllm.parallel.sharding_rules).
+Left to XLA's partitioner, a plain `jnp.take(table, ids)` is not always partitioned in place: on the
+GPU a one-token step (batch-1 decode) turns the gather into a dynamic-slice, which the partitioner
+serves by all-gathering the whole table (Llama-3-8B at tp = 2: a 1 GiB all-gather every decode step,
+seen in the H100 HLO of `jaxllm.benchmarks.tp_hlo_probe`). Here the lookup runs under `shard_map`:
+device d owns rows [d * V/tp, (d+1) * V/tp), looks up the ids that fall there (zeros for the others)
+and a psum over 'model' adds the tp partial rows (exactly one non-zero each), so only [T, D] crosses
+the link, whatever T is.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxllm.parallel.mesh import MODEL_AXIS
+# the mesh axis name from attention.py, so that models (which use this layer) need not import
+# jaxllm.parallel, which reads their parameter layouts
+from jaxllm.layers.attention import MODEL_AXIS
 
 
 def _local_lookup(table: jax.Array, ids: jax.Array) -> jax.Array:

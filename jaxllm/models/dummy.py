@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.hf_loader import param_shapes
+from jaxllm.models.layout import param_shapes
 
 # HF config.json fields of the real checkpoints (weights are random).
 PRESETS: dict[str, dict[str, Any]] = {

@@ -1,7 +1,8 @@
 """Load a GGUF file (llama.cpp's format) into jaxllm's parameter pytree.
 
 Metadata becomes an HF-style config dict (then `ModelConfig`); tensors are dequantized with the
-`gguf` package, renamed to HF names and handed to the shared assembler in `hf_loader`.
+`gguf` package, renamed to HF names and handed to the shared assembler in `hf_loader`. The GGUF
+architecture and tensor names are the model's (its layout, `jaxllm.models.layout`).
 
 Two things differ from an HF checkpoint:
 - GGUF lists shapes fastest-dimension first (ne[0] is the input width); numpy order is the reverse,
@@ -16,21 +17,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from typing import Any
 
 import numpy as np
 
 from jaxllm.models.gguf_tokenizer import load_gguf_tokenizer
 from jaxllm.models.hf_loader import ModelNotFoundError, assemble_params, config_from_hf
+from jaxllm.models.layout import gguf_architectures, layout_of
 
 logger = logging.getLogger(__name__)
-
-# GGUF `general.architecture` -> (HF architecture, q/k rows permuted by llama.cpp's converter)
-_ARCHS: dict[str, tuple[str, bool]] = {
-    "llama": ("LlamaForCausalLM", True),
-    "qwen2": ("Qwen2ForCausalLM", False),
-}
 
 SUPPORTED_TYPES = (
     "F32",
@@ -48,36 +43,7 @@ SUPPORTED_TYPES = (
     "Q6_K",
 )
 
-# HF name (suffix after "model.layers.{i}.") -> GGUF name (suffix after "blk.{i}.")
-_LAYER_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-_GLOBAL_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
 _ROPE_FREQS = "rope_freqs.weight"  # llama 3.x rope scaling factors, one per frequency
-
-
-def hf_to_gguf_name(hf_name: str) -> str:
-    if hf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[hf_name]
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
-    if m is None or m.group(2) not in _LAYER_NAMES:
-        raise KeyError(hf_name)
-    return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -178,11 +144,12 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
     """An HF `config.json`-style dict from GGUF metadata (llama and qwen2 architectures)."""
     from jaxllm.models.registry import check_architecture
 
+    archs = gguf_architectures()
     arch = _field(reader, "general.architecture")
-    if arch not in _ARCHS:
+    if arch not in archs:
         check_architecture(str(arch), path)  # raises, naming the supported architectures
         raise ValueError(
-            f"{path}: GGUF architecture {arch!r} is not supported; supported: {sorted(_ARCHS)}"
+            f"{path}: GGUF architecture {arch!r} is not supported; supported: {sorted(archs)}"
         )
     tensors = {t.name: t for t in reader.tensors}
 
@@ -224,7 +191,7 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
     ]
     eos = list(dict.fromkeys(eos))
     hf: dict[str, Any] = {
-        "architectures": [_ARCHS[arch][0]],
+        "architectures": [archs[arch][0]],
         "model_type": arch,
         "vocab_size": int(vocab),
         "hidden_size": hidden,
@@ -270,13 +237,10 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, place
     config = config_from_hf(hf, dtype or hf["torch_dtype"], path)
     tensors = {t.name: t for t in reader.tensors}
     _check_types(tensors, path)
-    permuted = _ARCHS[hf["model_type"]][1]
+    permuted = gguf_architectures()[hf["model_type"]][1]
+    layout = layout_of(config)
 
-    known = (
-        {_ROPE_FREQS}
-        | set(_GLOBAL_NAMES.values())
-        | {f"blk.{i}.{s}" for i in range(config.num_hidden_layers) for s in _LAYER_NAMES.values()}
-    )
+    known = {_ROPE_FREQS} | layout.gguf_tensor_names(config)
     unexpected = sorted(set(tensors) - known)
     if unexpected:
         raise ValueError(
@@ -285,7 +249,7 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, place
         )
 
     def get_tensor(hf_name: str) -> np.ndarray:
-        name = hf_to_gguf_name(hf_name)
+        name = layout.hf_to_gguf_name(hf_name)
         t = tensors.get(name)
         if t is None:
             raise ValueError(f"{path}: GGUF file is missing tensor {name!r}")

@@ -3,9 +3,8 @@
 The folder holds `config.json`, the weights as one `model.safetensors` or shards listed in
 `model.safetensors.index.json`, optionally `generation_config.json` and tokenizer files.
 
-This module also owns the parameter layout shared by every loader: `param_layout(config)` names
-each leaf, its HF tensor name and its shape. Layers are stacked along a leading axis L and linear
-kernels are stored [in, out], the transpose of HF's `nn.Linear.weight` [out, in].
+The parameter layout (each leaf's path, HF tensor name and shape) is the model's own, read through
+`jaxllm.models.layout`; `assemble_params` fills it from HF-named tensors for every loader.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import os
 import struct
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -24,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import ModelConfig
+from jaxllm.models.layout import param_layout
+from jaxllm.models.param_spec import ParamSpec, set_path
 from jaxllm.models.registry import check_architecture
 
 logger = logging.getLogger(__name__)
@@ -41,82 +41,6 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 class ModelNotFoundError(FileNotFoundError, ValueError):
     """A model file or folder is missing (caught as either FileNotFoundError or ValueError)."""
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One leaf of the parameter pytree and where it comes from in an HF checkpoint."""
-
-    path: tuple[str, ...]  # keys into the params dict
-    hf_name: str  # HF tensor name; contains "{i}" for per-layer tensors
-    shape: tuple[int, ...]  # jaxllm shape (with the leading L for per-layer tensors)
-    transpose: bool  # True for linear kernels: jaxllm [in, out] = HF [out, in].T
-
-    @property
-    def stacked(self) -> bool:
-        return "{i}" in self.hf_name
-
-    @property
-    def hf_shape(self) -> tuple[int, ...]:
-        """Shape of one HF tensor (one layer for stacked leaves)."""
-        shape = self.shape[1:] if self.stacked else self.shape
-        return tuple(reversed(shape)) if self.transpose else shape
-
-
-def param_layout(config: ModelConfig) -> list[ParamSpec]:
-    """Every parameter leaf of the Llama-family model for `config`, in a fixed order."""
-    if config.mlp_bias:
-        raise ValueError("mlp_bias=True is not supported by jaxllm's Llama-family model")
-    L, D, V, F = (
-        config.num_hidden_layers,
-        config.hidden_size,
-        config.vocab_size,
-        config.intermediate_size,
-    )
-    Q = config.num_attention_heads * config.head_dim
-    K = config.num_key_value_heads * config.head_dim
-
-    def layer(path: tuple[str, ...], hf: str, shape: tuple[int, ...], transpose: bool) -> ParamSpec:
-        return ParamSpec(("layers",) + path, "model.layers.{i}." + hf, (L,) + shape, transpose)
-
-    specs = [
-        ParamSpec(("embed_tokens", "embedding"), "model.embed_tokens.weight", (V, D), False),
-        layer(("input_layernorm", "scale"), "input_layernorm.weight", (D,), False),
-        layer(("self_attn", "q_proj", "kernel"), "self_attn.q_proj.weight", (D, Q), True),
-        layer(("self_attn", "k_proj", "kernel"), "self_attn.k_proj.weight", (D, K), True),
-        layer(("self_attn", "v_proj", "kernel"), "self_attn.v_proj.weight", (D, K), True),
-        layer(("self_attn", "o_proj", "kernel"), "self_attn.o_proj.weight", (Q, D), True),
-        layer(
-            ("post_attention_layernorm", "scale"), "post_attention_layernorm.weight", (D,), False
-        ),
-        layer(("mlp", "gate_proj", "kernel"), "mlp.gate_proj.weight", (D, F), True),
-        layer(("mlp", "up_proj", "kernel"), "mlp.up_proj.weight", (D, F), True),
-        layer(("mlp", "down_proj", "kernel"), "mlp.down_proj.weight", (F, D), True),
-        ParamSpec(("norm", "scale"), "model.norm.weight", (D,), False),
-    ]
-    if config.attention_bias:
-        for proj, width in (("q_proj", Q), ("k_proj", K), ("v_proj", K)):
-            specs.append(
-                layer(("self_attn", proj, "bias"), f"self_attn.{proj}.bias", (width,), False)
-            )
-    if not config.tie_word_embeddings:
-        specs.append(ParamSpec(("lm_head", "kernel"), "lm_head.weight", (D, V), True))
-    return specs
-
-
-def set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def param_shapes(config: ModelConfig, dtype: str | None = None) -> dict:
-    """The parameter pytree as `jax.ShapeDtypeStruct` leaves (dtype defaults to config.dtype)."""
-    dt = jnp.dtype(dtype or config.dtype)
-    tree: dict = {}
-    for spec in param_layout(config):
-        set_path(tree, spec.path, jax.ShapeDtypeStruct(spec.shape, dt))
-    return tree
 
 
 def assemble_params(

@@ -2,7 +2,8 @@
 
 The layers are one `nn.scan` over a stacked parameter tree: rolled on the CPU (a 30-layer model
 compiles like a 1-layer one), unrolled on accelerators (see `unroll_layers`). Parameter layout
-(the loaders produce exactly this; kernels are [in, out]):
+(declared in llama_layout.py, which the loaders fill and jaxllm.parallel shards; kernels are
+[in, out]):
 
     embed_tokens/embedding [V, D]
     layers/input_layernorm/scale [L, D]
@@ -41,6 +42,14 @@ from jaxllm.layers.linear import Linear
 from jaxllm.layers.norms import RMSNorm
 from jaxllm.layers.rotary import apply_rotary, rope_cos_sin, rope_inv_freq
 from jaxllm.models.batch import KVCache, StepBatch
+
+# The parameter layout this module's class reads, re-exported (`as`) for the registry's readers
+# (jaxllm.models.layout: the loaders and jaxllm.parallel).
+from jaxllm.models.llama_layout import GGUF_ARCHITECTURES as GGUF_ARCHITECTURES
+from jaxllm.models.llama_layout import PARAM_LOGICAL_AXES as PARAM_LOGICAL_AXES
+from jaxllm.models.llama_layout import gguf_tensor_names as gguf_tensor_names
+from jaxllm.models.llama_layout import hf_to_gguf_name as hf_to_gguf_name
+from jaxllm.models.llama_layout import param_layout as param_layout
 from jaxllm.models.packed_params import PACKED_LAYERS
 
 UNROLL_ENV = "JAXLLM_UNROLL_LAYERS"

@@ -54,7 +54,7 @@ _DTYPE_ALIASES = {
 @dataclass
 class LoadedModel:
     config: ModelConfig
-    params: dict  # the stacked parameter pytree (see hf_loader.param_layout), on the device
+    params: dict  # the stacked parameter pytree (see jaxllm.models.layout), on the device
     tokenizer: Any  # a transformers tokenizer, or None (dummy models, folders without one)
     generation_config: dict = field(default_factory=dict)
     source: str = ""  # what was loaded: resolved file/folder path or "dummy:NAME"
@@ -137,7 +137,7 @@ def resolve_model_path(model: str) -> str:
 
 def check_params(params: dict, config: ModelConfig, source: str) -> None:
     """Raise a ValueError unless `params` has exactly the layout and dtype `config` implies."""
-    from jaxllm.models.hf_loader import param_shapes
+    from jaxllm.models.layout import param_shapes
 
     want = param_shapes(config)
     if jax.tree.structure(params) != jax.tree.structure(want):

@@ -130,10 +130,10 @@ def load_converted(
     from jaxllm.models.hf_loader import (
         config_from_hf,
         load_tokenizer,
-        param_shapes,
         read_generation_config,
         read_hf_config,
     )
+    from jaxllm.models.layout import param_shapes
     from jaxllm.models.loader import LoadedModel
 
     folder = os.path.abspath(folder)

@@ -1,7 +1,13 @@
-"""Which HF `architectures` names jaxllm can run, and the Flax model class for each."""
+"""Which HF `architectures` names jaxllm can run, and the model module for each.
+
+A model module (e.g. jaxllm/models/llama.py) holds the Flax class and owns the parameter layout
+its class reads (see jaxllm/models/layout.py for the names it provides).
+"""
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any
 
 # HF architecture name -> (module under jaxllm.models, class name)
@@ -16,6 +22,11 @@ def supported_architectures() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_module_names() -> list[str]:
+    """The registered model modules' full names, each once, in registry order."""
+    return list(dict.fromkeys(f"jaxllm.models.{module}" for module, _ in _MODELS.values()))
+
+
 def check_architecture(architecture: str, source: str = "") -> None:
     """Raise a ValueError naming the supported architectures if `architecture` is not one."""
     if architecture not in _MODELS:
@@ -26,10 +37,12 @@ def check_architecture(architecture: str, source: str = "") -> None:
         )
 
 
-def get_model_class(architecture: str) -> Any:
+def model_module(architecture: str) -> ModuleType:
+    """The module implementing `architecture` (imported on first use: host-side code that only
+    checks names does not pay for Flax)."""
     check_architecture(architecture)
-    import importlib
+    return importlib.import_module(f"jaxllm.models.{_MODELS[architecture][0]}")
 
-    module_name, class_name = _MODELS[architecture]
-    module = importlib.import_module(f"jaxllm.models.{module_name}")
-    return getattr(module, class_name)
+
+def get_model_class(architecture: str) -> Any:
+    return getattr(model_module(architecture), _MODELS[architecture][1])

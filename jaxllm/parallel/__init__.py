@@ -1,6 +1,7 @@
 """Tensor and data parallelism over JAX device meshes (see DESIGN.md and README, multi-GPU).
 
-mesh.py: the ('data', 'model') mesh; sharding_rules.py: the one table of logical axes -> mesh axes;
+mesh.py: the ('data', 'model') mesh; sharding_rules.py: the one table of logical axes -> mesh axes
+(each model declares its parameters' logical axes in its layout, jaxllm.models.layout);
 heads.py: how heads split and KV heads are replicated; sharding.py: NamedSharding pytrees and
 placing weights into them; multihost.py (import it explicitly): jax.distributed runs in lockstep.
 """
@@ -30,7 +31,6 @@ from jaxllm.parallel.sharding import (
 )
 from jaxllm.parallel.sharding_rules import (
     LOGICAL_AXIS_RULES,
-    PARAM_LOGICAL_AXES,
     logical_to_spec,
     param_logical_axes,
     param_partition_specs,
@@ -41,7 +41,6 @@ __all__ = [
     "DATA_AXIS",
     "MODEL_AXIS",
     "LOGICAL_AXIS_RULES",
-    "PARAM_LOGICAL_AXES",
     "check_mesh",
     "check_tensor_parallel",
     "expand_kv_heads",

@@ -80,7 +80,7 @@ def shard_params(params: dict, config: ModelConfig, mesh: Mesh) -> tuple[dict, M
 
 
 def host_placer(config: ModelConfig, mesh: Mesh) -> Callable[[Any, np.ndarray], jax.Array]:
-    """`place(spec, buf)` for `hf_loader.assemble_params`: the host buffer `buf` (one whole
+    """`place(spec, buf)` for the loaders' `assemble_params`: the host buffer `buf` (one whole
     leaf of `config`'s layout, e.g. [L, D, Hkv*Dh]) becomes a jax.Array in its sharding on
     `mesh`, built shard by shard with `jax.make_array_from_callback`. k/v projections are
     repeated per KV head on the fly (only the columns each device needs are gathered)."""

@@ -1,15 +1,10 @@
 """The one sharding table: logical axis names -> mesh axes, and each parameter's logical axes.
 
-Every parameter leaf of `hf_loader.param_layout` has a tuple of logical axis names, one per
-dimension (`PARAM_LOGICAL_AXES`); `LOGICAL_AXIS_RULES` maps each logical name to a mesh axis
-(`'model'` splits it over the tensor-parallel devices) or None (replicated). So:
-
-- q/k/v projections are split by output columns (heads), o_proj by input rows (heads): each
-  device computes attention for its own heads and XLA all-reduces o_proj's partial sums;
-- the MLP's gate/up are split by columns, down by rows (one all-reduce per MLP);
-- the embedding table and the LM head are split by vocabulary;
-- norms are replicated;
-- the KV cache [L, N, Hkv, bs, Dh] is split by KV heads (see heads.py for Hkv < tp).
+Every parameter leaf of a model's layout has a tuple of logical axis names, one per dimension,
+which the model declares (`PARAM_LOGICAL_AXES` of its model module, e.g.
+jaxllm/models/llama_layout.py, read through `jaxllm.models.layout`); `LOGICAL_AXIS_RULES` maps
+each logical name to a mesh axis (`'model'` splits it over the tensor-parallel devices) or None
+(replicated). The KV cache [L, N, Hkv, bs, Dh] is split by KV heads (see heads.py for Hkv < tp).
 
 A logical axis whose dimension the mesh axis does not divide is an error, except the vocabulary
 (`REPLICATE_IF_UNEVEN`), which is then replicated (e.g. a vocabulary of 32001).
@@ -22,6 +17,7 @@ from collections.abc import Mapping
 from jax.sharding import PartitionSpec
 
 from jaxllm.config import ModelConfig
+from jaxllm.models.layout import logical_axes_table, param_layout
 from jaxllm.parallel.mesh import MODEL_AXIS
 
 # logical axis -> mesh axis (None: replicated)
@@ -38,25 +34,6 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
 }
 
 REPLICATE_IF_UNEVEN = frozenset({"vocab"})
-
-# parameter path (as in hf_loader.param_layout) -> logical axes, one per dimension
-PARAM_LOGICAL_AXES: dict[tuple[str, ...], tuple[str, ...]] = {
-    ("embed_tokens", "embedding"): ("vocab", "embed"),
-    ("layers", "input_layernorm", "scale"): ("layers", "embed"),
-    ("layers", "self_attn", "q_proj", "kernel"): ("layers", "embed", "q_heads"),
-    ("layers", "self_attn", "k_proj", "kernel"): ("layers", "embed", "kv_heads"),
-    ("layers", "self_attn", "v_proj", "kernel"): ("layers", "embed", "kv_heads"),
-    ("layers", "self_attn", "o_proj", "kernel"): ("layers", "q_heads", "embed"),
-    ("layers", "self_attn", "q_proj", "bias"): ("layers", "q_heads"),
-    ("layers", "self_attn", "k_proj", "bias"): ("layers", "kv_heads"),
-    ("layers", "self_attn", "v_proj", "bias"): ("layers", "kv_heads"),
-    ("layers", "post_attention_layernorm", "scale"): ("layers", "embed"),
-    ("layers", "mlp", "gate_proj", "kernel"): ("layers", "embed", "mlp"),
-    ("layers", "mlp", "up_proj", "kernel"): ("layers", "embed", "mlp"),
-    ("layers", "mlp", "down_proj", "kernel"): ("layers", "mlp", "embed"),
-    ("norm", "scale"): ("embed",),
-    ("lm_head", "kernel"): ("embed", "vocab"),
-}
 
 KV_CACHE_LOGICAL_AXES = ("layers", "kv_blocks", "kv_heads", "block_slots", "head_dim")
 
@@ -100,13 +77,12 @@ def logical_to_spec(
 
 def param_logical_axes(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, ...]]:
     """path -> logical axes of every leaf of `param_layout(config)`; raises if one has no rule."""
-    from jaxllm.models.hf_loader import param_layout
-
+    table = logical_axes_table(config)
     out = {}
     for spec in param_layout(config):
-        if spec.path not in PARAM_LOGICAL_AXES:
+        if spec.path not in table:
             raise ValueError(f"parameter {'/'.join(spec.path)} has no entry in PARAM_LOGICAL_AXES")
-        axes = PARAM_LOGICAL_AXES[spec.path]
+        axes = table[spec.path]
         if len(axes) != len(spec.shape):
             raise ValueError(
                 f"parameter {'/'.join(spec.path)}: logical axes {axes} do not match "
@@ -121,8 +97,6 @@ def param_partition_specs(
 ) -> dict[tuple[str, ...], PartitionSpec]:
     """path -> PartitionSpec of every parameter (`replicate_kv`: k/v projections replicated,
     the layout loaders use before repeating KV heads)."""
-    from jaxllm.models.hf_loader import param_layout
-
     shapes = {s.path: s.shape for s in param_layout(config)}
     rules = dict(LOGICAL_AXIS_RULES)
     out = {}

@@ -13,9 +13,9 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jaxllm.models.dummy import dummy_config
-from jaxllm.models.hf_loader import param_layout
+from jaxllm.models.layout import param_layout
+from jaxllm.models.llama_layout import PARAM_LOGICAL_AXES
 from jaxllm.parallel import (
-    PARAM_LOGICAL_AXES,
     check_mesh,
     check_tensor_parallel,
     expand_kv_heads,

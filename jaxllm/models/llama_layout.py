@@ -1,0 +1,128 @@
+"""The Llama family's parameter layout: leaf names, shapes, logical sharding axes, and the HF and
+GGUF tensor names each leaf is read from.
+
+Layers are stacked along a leading axis L and linear kernels are stored [in, out], the transpose
+of HF's `nn.Linear.weight` [out, in] (the module that reads this layout is llama.py). The loaders
+(jaxllm.model_loader) and jaxllm.parallel read it through `jaxllm.models.layout`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from jaxllm.config import ModelConfig
+from jaxllm.models.param_spec import ParamSpec
+
+
+def param_layout(config: ModelConfig) -> list[ParamSpec]:
+    """Every parameter leaf of the Llama-family model for `config`, in a fixed order."""
+    if config.mlp_bias:
+        raise ValueError("mlp_bias=True is not supported by jaxllm's Llama-family model")
+    L, D, V, F = (
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.vocab_size,
+        config.intermediate_size,
+    )
+    Q = config.num_attention_heads * config.head_dim
+    K = config.num_key_value_heads * config.head_dim
+
+    def layer(path: tuple[str, ...], hf: str, shape: tuple[int, ...], transpose: bool) -> ParamSpec:
+        return ParamSpec(("layers",) + path, "model.layers.{i}." + hf, (L,) + shape, transpose)
+
+    specs = [
+        ParamSpec(("embed_tokens", "embedding"), "model.embed_tokens.weight", (V, D), False),
+        layer(("input_layernorm", "scale"), "input_layernorm.weight", (D,), False),
+        layer(("self_attn", "q_proj", "kernel"), "self_attn.q_proj.weight", (D, Q), True),
+        layer(("self_attn", "k_proj", "kernel"), "self_attn.k_proj.weight", (D, K), True),
+        layer(("self_attn", "v_proj", "kernel"), "self_attn.v_proj.weight", (D, K), True),
+        layer(("self_attn", "o_proj", "kernel"), "self_attn.o_proj.weight", (Q, D), True),
+        layer(
+            ("post_attention_layernorm", "scale"), "post_attention_layernorm.weight", (D,), False
+        ),
+        layer(("mlp", "gate_proj", "kernel"), "mlp.gate_proj.weight", (D, F), True),
+        layer(("mlp", "up_proj", "kernel"), "mlp.up_proj.weight", (D, F), True),
+        layer(("mlp", "down_proj", "kernel"), "mlp.down_proj.weight", (F, D), True),
+        ParamSpec(("norm", "scale"), "model.norm.weight", (D,), False),
+    ]
+    if config.attention_bias:
+        for proj, width in (("q_proj", Q), ("k_proj", K), ("v_proj", K)):
+            specs.append(
+                layer(("self_attn", proj, "bias"), f"self_attn.{proj}.bias", (width,), False)
+            )
+    if not config.tie_word_embeddings:
+        specs.append(ParamSpec(("lm_head", "kernel"), "lm_head.weight", (D, V), True))
+    return specs
+
+
+# parameter path -> logical axes, one per dimension; jaxllm.parallel.sharding_rules maps each
+# logical name to a mesh axis:
+# - q/k/v projections are split by output columns (heads), o_proj by input rows (heads): each
+#   device computes attention for its own heads and XLA all-reduces o_proj's partial sums;
+# - the MLP's gate/up are split by columns, down by rows (one all-reduce per MLP);
+# - the embedding table and the LM head are split by vocabulary;
+# - norms are replicated.
+PARAM_LOGICAL_AXES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("embed_tokens", "embedding"): ("vocab", "embed"),
+    ("layers", "input_layernorm", "scale"): ("layers", "embed"),
+    ("layers", "self_attn", "q_proj", "kernel"): ("layers", "embed", "q_heads"),
+    ("layers", "self_attn", "k_proj", "kernel"): ("layers", "embed", "kv_heads"),
+    ("layers", "self_attn", "v_proj", "kernel"): ("layers", "embed", "kv_heads"),
+    ("layers", "self_attn", "o_proj", "kernel"): ("layers", "q_heads", "embed"),
+    ("layers", "self_attn", "q_proj", "bias"): ("layers", "q_heads"),
+    ("layers", "self_attn", "k_proj", "bias"): ("layers", "kv_heads"),
+    ("layers", "self_attn", "v_proj", "bias"): ("layers", "kv_heads"),
+    ("layers", "post_attention_layernorm", "scale"): ("layers", "embed"),
+    ("layers", "mlp", "gate_proj", "kernel"): ("layers", "embed", "mlp"),
+    ("layers", "mlp", "up_proj", "kernel"): ("layers", "embed", "mlp"),
+    ("layers", "mlp", "down_proj", "kernel"): ("layers", "mlp", "embed"),
+    ("norm", "scale"): ("embed",),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+}
+
+# GGUF `general.architecture` -> (HF architecture, q/k rows permuted by llama.cpp's converter:
+# it permutes `llama` models' q/k rows to match its interleaved RoPE; `qwen2` uses NeoX RoPE there)
+GGUF_ARCHITECTURES: dict[str, tuple[str, bool]] = {
+    "llama": ("LlamaForCausalLM", True),
+    "qwen2": ("Qwen2ForCausalLM", False),
+}
+
+# HF name (suffix after "model.layers.{i}.") -> GGUF name (suffix after "blk.{i}.")
+GGUF_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+GGUF_GLOBAL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def hf_to_gguf_name(hf_name: str) -> str:
+    """The GGUF tensor name of HF tensor `hf_name` (a KeyError for names GGUF does not have)."""
+    if hf_name in GGUF_GLOBAL_NAMES:
+        return GGUF_GLOBAL_NAMES[hf_name]
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
+    if m is None or m.group(2) not in GGUF_LAYER_NAMES:
+        raise KeyError(hf_name)
+    return f"blk.{m.group(1)}.{GGUF_LAYER_NAMES[m.group(2)]}"
+
+
+def gguf_tensor_names(config: ModelConfig) -> set[str]:
+    """Every GGUF tensor name a file of this family may hold for `config` (optional ones, such as
+    biases and the untied output, included)."""
+    layers = {
+        f"blk.{i}.{s}" for i in range(config.num_hidden_layers) for s in GGUF_LAYER_NAMES.values()
+    }
+    return set(GGUF_GLOBAL_NAMES.values()) | layers

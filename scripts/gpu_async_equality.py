@@ -8,7 +8,7 @@ requests are token-equal. Usage: PYTHONPATH=. python scripts/gpu_async_equality.
 import numpy as np
 
 from jaxllm import LLM, SamplingParams
-from jaxllm.models.loader import load_model
+from jaxllm.model_loader import load_model
 
 m = load_model("dummy:llama-3.2-1b", dtype="bfloat16")
 rng = np.random.default_rng(0)

@@ -67,7 +67,7 @@ def smollm2_path() -> str:
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
     """jaxllm's LoadedModel of SmolLM2-135M-Instruct (float32)."""
-    from jaxllm.models.loader import load_model
+    from jaxllm.model_loader import load_model
 
     return load_model("smollm2-135m", dtype="float32")
 

@@ -1,6 +1,6 @@
 """What a model provides: a registered architecture and its parameters in the shared layout."""
 
-from jaxllm.models.dummy import dummy_config
+from jaxllm.model_loader.dummy import dummy_config
 from jaxllm.models.layout import param_layout
 from jaxllm.models.registry import get_model_class, supported_architectures
 

@@ -2,8 +2,8 @@
 
 import jax.numpy as jnp
 
+from jaxllm.model_loader import load_model
 from jaxllm.models.batch import make_kv_cache
-from jaxllm.models.loader import load_model
 from jaxllm.models.step import make_step, prefill_batch
 
 m = load_model("smollm2-135m", dtype="float32")

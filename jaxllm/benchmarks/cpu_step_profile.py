@@ -132,7 +132,7 @@ _LOADED: dict = {}
 def build(args, options: dict, attrs: dict | None = None):
     """(compiled step, params, kv cache, batch, md) for the requested shape and options; `attrs`
     replace attributes of the model module (e.g. unroll_layers)."""
-    from jaxllm.models.dummy import load_dummy
+    from jaxllm.model_loader.dummy import load_dummy
 
     key = (args.model, args.dtype)
     if key not in _LOADED:
@@ -324,7 +324,7 @@ def exclusive_times(evs: list[tuple[float, float, str]]) -> list[tuple[str, floa
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2-135m", help="a jaxllm.models.dummy preset")
+    ap.add_argument("--model", default="smollm2-135m", help="a jaxllm.model_loader.dummy preset")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--backend", default=None, help="attention backend (default: the CPU's)")
     ap.add_argument("--seqs", type=int, default=16, help="sequences S")

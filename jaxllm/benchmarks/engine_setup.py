@@ -56,7 +56,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_model_once(args: argparse.Namespace):
     """jaxllm's LoadedModel for `--model` (loaded once, shared by the engine)."""
-    from jaxllm.models.loader import load_model
+    from jaxllm.model_loader import load_model
 
     kw = engine_kwargs(args)
     tp = kw.get("tensor_parallel_size") or 1

@@ -33,7 +33,7 @@ def load_hf_peer(model: str, dtype: str, threads: int, jax_backend: str):
     an HF folder: `from_pretrained(folder)`; `dummy:NAME`: on a CUDA GPU only, an HF model of the
     preset's config with random weights (speed only).
     """
-    from jaxllm.models.loader import resolve_model
+    from jaxllm.model_loader import resolve_model
 
     fmt, path = resolve_model(model)
     if fmt == "dummy" and jax_backend != "gpu":
@@ -72,7 +72,7 @@ def load_hf_peer(model: str, dtype: str, threads: int, jax_backend: str):
                 f"{model}: the HF peer of a dummy model runs only on a CUDA GPU (random weights, "
                 "speed only); skipped on the CPU"
             )
-        from jaxllm.models.dummy import PRESETS
+        from jaxllm.model_loader.dummy import PRESETS
 
         fields = {k: v for k, v in PRESETS[model[len("dummy:") :]].items() if k != "architectures"}
         cfg = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.model_loader.dummy import load_dummy
 from jaxllm.models.batch import KVCache, StepBatch
-from jaxllm.models.dummy import load_dummy
 from jaxllm.models.registry import get_model_class
 
 

@@ -361,8 +361,8 @@ def run_deviceless(model: str, args) -> None:
 
     from jaxllm.engine.buckets import accelerator_policy
     from jaxllm.engine.compiler_options import compiler_options_from_env
+    from jaxllm.model_loader.dummy import dummy_config, dummy_param_shapes
     from jaxllm.models.batch import KVCache, kv_cache_shape
-    from jaxllm.models.dummy import dummy_config, dummy_param_shapes
     from jaxllm.models.llama import UNROLL_ENV, UNROLL_MAX_TOKENS
     from jaxllm.models.step import build_model
     from jaxllm.parallel import kv_cache_sharding, param_shardings, tp_model_config
@@ -441,7 +441,7 @@ def run_deviceless(model: str, args) -> None:
 def half_preset(model: str, n: int) -> str:
     """A dummy preset with 1/n of `model`'s query heads, KV heads, MLP width and vocabulary (the
     same head_dim): what one device of tp = n computes. Returns its `dummy:` name."""
-    from jaxllm.models import dummy
+    from jaxllm.model_loader import dummy
 
     if not model.startswith("dummy:"):
         raise ValueError(f"--half needs a dummy: model, got {model!r}")
@@ -465,7 +465,7 @@ def allreduce_bench(model: str, tp: int, args) -> None:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from jaxllm.models.dummy import dummy_config
+    from jaxllm.model_loader.dummy import dummy_config
     from jaxllm.parallel import make_mesh
 
     if tp < 2:
@@ -547,7 +547,7 @@ def main(argv=None) -> None:
 
     import jax
 
-    from jaxllm.models import dummy
+    from jaxllm.model_loader import dummy
 
     model = args.model
     if model == "tiny":

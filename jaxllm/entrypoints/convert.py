@@ -10,8 +10,8 @@ import jax
 
 def convert_main(model: str, out_dir: str, dtype: str = "auto", *, overwrite: bool = False) -> str:
     """Convert `model` (anything `load_model` accepts) into `out_dir`; returns the folder path."""
-    from jaxllm.models.loader import load_model
-    from jaxllm.models.orbax_checkpoint import save_converted
+    from jaxllm.model_loader import load_model
+    from jaxllm.model_loader.orbax import save_converted
 
     start = time.perf_counter()
     loaded = load_model(model, dtype=dtype, tokenizer=True)

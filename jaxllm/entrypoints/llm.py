@@ -19,7 +19,7 @@ class LLM:
     """An engine over one model; `generate` and `chat` run requests to completion.
 
     Args mirror vLLM's: model (an HF folder, a .gguf file, a converted jaxllm folder,
-    `dummy:NAME`, `smollm2-135m`, or an already loaded `jaxllm.models.loader.LoadedModel`), dtype
+    `dummy:NAME`, `smollm2-135m`, or an already loaded `jaxllm.model_loader.LoadedModel`), dtype
     ("auto", "float32", "bfloat16"), max_model_len (default: the model's), max_num_seqs,
     max_num_batched_tokens, block_size, gpu_memory_utilization, num_gpu_blocks_override,
     enable_prefix_caching, swap_space (GiB of host memory for preempted KV), preemption_mode
@@ -76,7 +76,7 @@ class LLM:
                 f"generation_config must be 'auto' (the model's sampling defaults) or 'vllm' "
                 f"(SamplingParams' defaults), got {generation_config!r}"
             )
-        from jaxllm.models.loader import LoadedModel, load_model
+        from jaxllm.model_loader import LoadedModel, load_model
         from jaxllm.parallel import replica_meshes, resolve_mesh
 
         mesh = resolve_mesh(mesh, tensor_parallel_size, data_parallel_size)

@@ -11,7 +11,6 @@ The loaders (jaxllm.model_loader) and jaxllm.parallel read these here, by `confi
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import jax
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.models.param_spec import ParamSpec, set_path
-from jaxllm.models.registry import model_module, model_module_names
+from jaxllm.models.registry import model_module, model_modules
 
 
 def layout_of(config: ModelConfig) -> ModuleType:
@@ -49,6 +48,6 @@ def logical_axes_table(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, 
 def gguf_architectures() -> dict[str, tuple[str, bool]]:
     """GGUF `general.architecture` -> (HF architecture, q/k rows permuted), over every model."""
     out: dict[str, tuple[str, bool]] = {}
-    for name in model_module_names():
-        out.update(getattr(importlib.import_module(name), "GGUF_ARCHITECTURES", {}))
+    for module in model_modules():
+        out.update(getattr(module, "GGUF_ARCHITECTURES", {}))
     return out

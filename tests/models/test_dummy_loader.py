@@ -11,8 +11,7 @@ import pytest
 import torch
 import transformers
 
-from jaxllm.models import dummy
-from jaxllm.models.loader import load_model
+from jaxllm.model_loader import dummy, load_model
 
 # ----------------------------------------------------------------------------- dummy
 

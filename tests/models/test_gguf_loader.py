@@ -24,8 +24,8 @@ from loader_helpers import (
     write_gguf,
 )
 
-from jaxllm.models.loader import LoadedModel, load_model, resolve_model_path, smollm2_gguf_path
-from jaxllm.models.orbax_checkpoint import save_converted
+from jaxllm.model_loader import LoadedModel, load_model, resolve_model_path, smollm2_gguf_path
+from jaxllm.model_loader.orbax import save_converted
 
 # ----------------------------------------------------------------------------- SmolLM2 GGUF
 

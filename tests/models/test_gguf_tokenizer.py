@@ -18,7 +18,7 @@ import pytest
 from loader_helpers import write_gguf
 from transformers import AutoTokenizer
 
-from jaxllm.models.gguf_tokenizer import load_gguf_tokenizer
+from jaxllm.model_loader.gguf_tokenizer import load_gguf_tokenizer
 from jaxllm.process_lifetime import kill_with_parent
 
 TEXTS = [
@@ -178,7 +178,7 @@ def test_smollm2_decode_id_sweep(smol, smol_ref):
 def test_loads_without_torch(smollm2_path, smol_ref):
     code = (
         "import sys, json; sys.modules['torch'] = None\n"
-        "from jaxllm.models.gguf_tokenizer import load_gguf_tokenizer\n"
+        "from jaxllm.model_loader.gguf_tokenizer import load_gguf_tokenizer\n"
         f"tok, template = load_gguf_tokenizer({smollm2_path!r})\n"
         "assert sys.modules['torch'] is None\n"
         "print(json.dumps({'ids': tok('Hello world')['input_ids'], 'template': template,"

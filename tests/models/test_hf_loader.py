@@ -22,9 +22,8 @@ from loader_helpers import (
 
 from jaxllm.config import ModelConfig
 from jaxllm.entrypoints.convert import convert_main
-from jaxllm.models import dummy
-from jaxllm.models.loader import LoadedModel, load_model
-from jaxllm.models.orbax_checkpoint import config_to_hf_dict
+from jaxllm.model_loader import LoadedModel, dummy, load_model
+from jaxllm.model_loader.orbax import config_to_hf_dict
 
 # ----------------------------------------------------------------------------- HF folders
 

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from jaxllm.models.loader import load_model  # noqa: E402
+from jaxllm.model_loader import load_model  # noqa: E402
 from jaxllm.models.step import full_logits  # noqa: E402
 
 SMALL = dict(
@@ -93,7 +93,7 @@ def test_smollm2_logits_match_hf(smollm2, smollm2_hf):
 
 
 def test_converted_orbax_checkpoint_reloads_to_identical_logits(hf_pair, tmp_path):
-    from jaxllm.models.orbax_checkpoint import save_converted
+    from jaxllm.model_loader.orbax import save_converted
 
     _, loaded = hf_pair
     out = save_converted(loaded, str(tmp_path / "converted"))

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxllm.models.dummy import dummy_config
+from jaxllm.model_loader.dummy import dummy_config
 from jaxllm.models.layout import param_layout
 from jaxllm.models.llama_layout import PARAM_LOGICAL_AXES
 from jaxllm.parallel import (
@@ -177,7 +177,7 @@ def test_mesh_construction_and_errors():
 
 
 def test_shard_params_on_one_device_keeps_arrays():
-    from jaxllm.models.dummy import init_dummy_params
+    from jaxllm.model_loader.dummy import init_dummy_params
 
     config = _config()
     params = init_dummy_params(config)

@@ -103,8 +103,8 @@ def collectives(text: str) -> dict:
 
 def section_llama(res: dict, tmp: str) -> None:
     from jaxllm import LLM
+    from jaxllm.model_loader import load_model
     from jaxllm.models.batch import make_kv_cache
-    from jaxllm.models.loader import load_model
     from jaxllm.models.step import make_step, prefill_batch
     from jaxllm.parallel import expand_kv_heads, kv_cache_sharding, kv_head_replicas, make_mesh
 
@@ -159,8 +159,8 @@ def section_llama(res: dict, tmp: str) -> None:
 
 
 def section_formats(res: dict, tmp: str) -> None:
-    from jaxllm.models.loader import load_model
-    from jaxllm.models.orbax_checkpoint import save_converted
+    from jaxllm.model_loader import load_model
+    from jaxllm.model_loader.orbax import save_converted
     from jaxllm.parallel import expand_kv_heads, kv_head_replicas, make_mesh
 
     folder = llama_folder(tmp)
@@ -180,7 +180,7 @@ def section_formats(res: dict, tmp: str) -> None:
 
 def section_smollm2(res: dict, tmp: str) -> None:
     from jaxllm import LLM
-    from jaxllm.models.loader import load_model
+    from jaxllm.model_loader import load_model
     from jaxllm.parallel import make_mesh
 
     prompts = [[1, 504, 3458, 314, 4649, 30], [1, 23, 1024, 77, 9, 5000, 12, 300]]

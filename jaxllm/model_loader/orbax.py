@@ -20,6 +20,14 @@ from typing import Any
 import jax
 
 from jaxllm.config import ModelConfig
+from jaxllm.model_loader.hf import (
+    config_from_hf,
+    load_tokenizer,
+    read_generation_config,
+    read_hf_config,
+)
+from jaxllm.model_loader.loaded_model import LoadedModel
+from jaxllm.models.layout import param_shapes
 
 MARKER = "jaxllm_converted.json"
 FORMAT = "jaxllm-orbax"
@@ -126,15 +134,6 @@ def load_converted(
     shards; by default they land on the default device.
     """
     import orbax.checkpoint as ocp
-
-    from jaxllm.models.hf_loader import (
-        config_from_hf,
-        load_tokenizer,
-        read_generation_config,
-        read_hf_config,
-    )
-    from jaxllm.models.layout import param_shapes
-    from jaxllm.models.loader import LoadedModel
 
     folder = os.path.abspath(folder)
     marker_path = os.path.join(folder, MARKER)

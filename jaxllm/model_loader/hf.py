@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.config import ModelConfig
+from jaxllm.model_loader.errors import ModelNotFoundError
+from jaxllm.model_loader.loaded_model import LoadedModel
 from jaxllm.models.layout import param_layout
 from jaxllm.models.param_spec import ParamSpec, set_path
 from jaxllm.models.registry import check_architecture
@@ -37,10 +39,6 @@ HOST_DTYPES: dict[str, Any] = {
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 # Tensors some checkpoints carry that hold nothing jaxllm needs.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-class ModelNotFoundError(FileNotFoundError, ValueError):
-    """A model file or folder is missing (caught as either FileNotFoundError or ValueError)."""
 
 
 def assemble_params(
@@ -241,8 +239,6 @@ def load_hf(folder: str, dtype: str | None = None, tokenizer: bool = True, place
     """Load an HF folder; dtype None means the checkpoint's own dtype. Returns a LoadedModel.
 
     `placer`: see `assemble_params` (None: each leaf to the default device)."""
-    from jaxllm.models.loader import LoadedModel
-
     folder = os.path.abspath(folder)
     hf = read_hf_config(folder)
     config = config_from_hf(hf, dtype or checkpoint_dtype(hf), os.path.join(folder, "config.json"))

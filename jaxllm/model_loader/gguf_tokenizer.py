@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from jaxllm.model_loader.gguf_reader import open_gguf
+
 # tokenizer.ggml.model values that are SentencePiece vocabularies for which llama.cpp adds BOS
 # unless the file says otherwise (transformers defaults `add_bos_token` to True for them).
 _SPM_DEFAULT_BOS = ("llama",)
@@ -131,8 +133,6 @@ def load_gguf_tokenizer(path: str, reader: Any = None) -> tuple[Any, str | None]
         return _load_with_auto_tokenizer(path, reader)
 
     if reader is None:
-        from jaxllm.models.gguf_loader import open_gguf  # (gguf_loader imports this module)
-
         reader = open_gguf(path)
     metadata = read_tokenizer_metadata(reader)
     arch, vocab_spec, init_kwargs = tokenizer_inputs(metadata, path)

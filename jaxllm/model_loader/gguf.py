@@ -1,7 +1,7 @@
 """Load a GGUF file (llama.cpp's format) into jaxllm's parameter pytree.
 
 Metadata becomes an HF-style config dict (then `ModelConfig`); tensors are dequantized with the
-`gguf` package, renamed to HF names and handed to the shared assembler in `hf_loader`. The GGUF
+`gguf` package, renamed to HF names and handed to the shared assembler in hf.py. The GGUF
 architecture and tensor names are the model's (its layout, `jaxllm.models.layout`).
 
 Two things differ from an HF checkpoint:
@@ -21,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxllm.models.gguf_tokenizer import load_gguf_tokenizer
-from jaxllm.models.hf_loader import ModelNotFoundError, assemble_params, config_from_hf
+from jaxllm.model_loader.gguf_reader import open_gguf
+from jaxllm.model_loader.gguf_tokenizer import load_gguf_tokenizer
+from jaxllm.model_loader.hf import assemble_params, config_from_hf
+from jaxllm.model_loader.loaded_model import LoadedModel
 from jaxllm.models.layout import gguf_architectures, layout_of
+from jaxllm.models.registry import check_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +53,6 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation. w: [n_heads * Dh, ...] (weight rows or bias)."""
     half = w.shape[0] // n_heads // 2
     return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def open_gguf(path: str) -> Any:
-    from gguf import GGUFReader
-
-    if not os.path.isfile(path):
-        raise ModelNotFoundError(f"{path}: GGUF file not found")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise ValueError(f"{path}: not a GGUF file (magic bytes {magic!r}, expected b'GGUF')")
-    try:
-        return GGUFReader(path)
-    except Exception as e:  # the reader fails with reshape/index errors on short files
-        raise ValueError(
-            f"{path}: not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: {e}"
-        ) from e
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:
@@ -142,8 +128,6 @@ def _rope_scaling(
 
 def gguf_to_hf_config(reader: Any, path: str) -> dict:
     """An HF `config.json`-style dict from GGUF metadata (llama and qwen2 architectures)."""
-    from jaxllm.models.registry import check_architecture
-
     archs = gguf_architectures()
     arch = _field(reader, "general.architecture")
     if arch not in archs:
@@ -226,10 +210,8 @@ def _check_types(tensors: dict[str, Any], path: str) -> None:
 def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, placer=None):
     """Load a GGUF file; dtype None means float32 (or F16/BF16 for unquantized files).
 
-    `placer`: see `hf_loader.assemble_params` (None: each leaf to the default device)."""
+    `placer`: see `hf.assemble_params` (None: each leaf to the default device)."""
     from gguf.quants import dequantize
-
-    from jaxllm.models.loader import LoadedModel
 
     path = os.path.abspath(path)
     reader = open_gguf(path)

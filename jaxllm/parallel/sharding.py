@@ -21,9 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxllm.config import ModelConfig
 from jaxllm.parallel.heads import (
-    KV_LEAVES,
     expand_kv_heads,
     kv_head_replicas,
+    kv_projections,
     replicated_kv_columns,
     tp_model_config,
 )
@@ -89,12 +89,13 @@ def host_placer(config: ModelConfig, mesh: Mesh) -> Callable[[Any, np.ndarray], 
     shardings = param_shardings(tp_config, mesh)
     r = kv_head_replicas(config, tp)
     cols = replicated_kv_columns(config.num_key_value_heads, config.head_dim, r) if r > 1 else None
+    kv = set(kv_projections(config))
 
     def place(spec: Any, buf: np.ndarray) -> jax.Array:
         sharding = shardings
         for key in spec.path:
             sharding = sharding[key]
-        if cols is not None and spec.path[:3] in KV_LEAVES:
+        if cols is not None and spec.path[:-1] in kv:
             shape = buf.shape[:-1] + (len(cols),)
 
             def slice_kv(index: tuple) -> np.ndarray:

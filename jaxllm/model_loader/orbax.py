@@ -27,17 +27,11 @@ from jaxllm.model_loader.hf import (
     read_hf_config,
 )
 from jaxllm.model_loader.loaded_model import LoadedModel
-from jaxllm.models.layout import param_shapes
+from jaxllm.models.layout import hf_model_type, param_shapes
 
 MARKER = "jaxllm_converted.json"
 FORMAT = "jaxllm-orbax"
 VERSION = 1
-
-_MODEL_TYPES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-}
 
 
 def is_converted_folder(folder: str) -> bool:
@@ -49,7 +43,7 @@ def config_to_hf_dict(config: ModelConfig) -> dict:
     eos = list(config.eos_token_ids)
     hf: dict[str, Any] = {
         "architectures": [config.architecture],
-        "model_type": _MODEL_TYPES.get(config.architecture, "llama"),
+        "model_type": hf_model_type(config.architecture),
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,

@@ -42,6 +42,7 @@ __all__ = [
     "add_engine_args",
     "add_sampling_args",
     "add_generate_args",
+    "add_generation_config_arg",
     "add_convert_args",
     "build_parser",
     "generate_parser",
@@ -257,6 +258,18 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> Any:
     return g
 
 
+def add_generation_config_arg(group: Any) -> None:
+    """`--generation-config auto|vllm` (`LLM(generation_config=...)`), for generate and serve."""
+    group.add_argument(
+        "--generation-config",
+        choices=("auto", "vllm"),
+        help="auto (default): the sampling settings of the model's generation_config "
+        "(temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens) are the "
+        "defaults of every request, which its own settings override; vllm: ignore them "
+        "(SamplingParams' defaults: temperature 1, max_tokens 16)",
+    )
+
+
 def add_generate_args(parser: argparse.ArgumentParser) -> None:
     """All options of `jaxllm generate`."""
     parser.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts to complete")
@@ -291,14 +304,7 @@ def add_generate_args(parser: argparse.ArgumentParser) -> None:
         help="YAML file of these options (flags given here override it)",
     )
     add_engine_args(parser)
-    add_sampling_args(parser).add_argument(
-        "--generation-config",
-        choices=("auto", "vllm"),
-        help="auto (default): the sampling settings of the model's generation_config "
-        "(temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens) are the "
-        "defaults that the flags above override; vllm: ignore them (SamplingParams' defaults: "
-        "temperature 1, max_tokens 16)",
-    )
+    add_generation_config_arg(add_sampling_args(parser))
     bs = parser.add_argument_group("beam search")
     bs.add_argument(
         "--beam-width",

@@ -111,6 +111,7 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
         model_source=str(getattr(llm, "model_source", "")),
         retry_after_s=opts.retry_after,
         scheduling_policy=engine.config.scheduler.policy,
+        default_sampling=dict(getattr(llm, "default_sampling_kwargs", {})),
     )
 
     @contextlib.asynccontextmanager

@@ -22,6 +22,7 @@ from jaxllm.entrypoints.cli_args import (
     CLIError,
     MultihostOptions,
     add_engine_args,
+    add_generation_config_arg,
     add_multihost_args,
     check_multihost_engine,
     merge_config,
@@ -95,6 +96,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="YAML file of these options (flags given here override it)",
     )
     add_engine_args(parser)
+    add_generation_config_arg(parser.add_argument_group("sampling defaults"))
     add_multihost_args(parser, "runs the HTTP server and the scheduler")
 
 

@@ -193,6 +193,7 @@ async def create_chat_completion(
         logprobs=logprobs,
         prompt_logprobs=req.prompt_logprobs,
         rename={"logprobs": "top_logprobs", "max_tokens": mt_param},
+        defaults=ctx.default_sampling,
     )
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     streams = await admit_all(

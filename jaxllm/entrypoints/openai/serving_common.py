@@ -8,7 +8,7 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -49,6 +49,9 @@ class ServerContext:
     model_source: str = ""
     retry_after_s: int = 1
     scheduling_policy: str = "fcfs"  # the engine's: "fcfs" or "priority"
+    # the model's generation_config sampling settings (LLM.default_sampling_kwargs): the values of
+    # the fields a request leaves unset, as vLLM's server applies them
+    default_sampling: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model_name(self) -> str:
@@ -111,6 +114,8 @@ def resolve_max_tokens(
             prompt_param,
         )
     room = limit - prompt_len
+    if not explicit and "max_tokens" in ctx.default_sampling:
+        requested = ctx.default_sampling["max_tokens"]  # the model's max_new_tokens
     if requested is None:
         return room
     if requested < 1:
@@ -158,22 +163,25 @@ def sampling_params(
     logprobs: int | None,
     prompt_logprobs: int | None,
     rename: dict[str, str] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> SamplingParams:
     """SamplingParams from a completion/chat request; a bad value is a 400 naming the field
-    (`rename` maps SamplingParams names to the request's, e.g. logprobs -> top_logprobs)."""
+    (`rename` maps SamplingParams names to the request's, e.g. logprobs -> top_logprobs).
+    `defaults` (the model's generation_config settings) fill the fields the request left unset."""
+    model = defaults or {}
 
-    def pick(value: Any, default: Any) -> Any:
-        return default if value is None else value
+    def pick(value: Any, name: str, default: Any) -> Any:
+        return model.get(name, default) if value is None else value
 
     kwargs = dict(
         n=req.n,
-        temperature=pick(req.temperature, 1.0),
-        top_p=pick(req.top_p, 1.0),
-        top_k=pick(req.top_k, 0),
-        min_p=pick(req.min_p, 0.0),
-        presence_penalty=pick(req.presence_penalty, 0.0),
-        frequency_penalty=pick(req.frequency_penalty, 0.0),
-        repetition_penalty=pick(req.repetition_penalty, 1.0),
+        temperature=pick(req.temperature, "temperature", 1.0),
+        top_p=pick(req.top_p, "top_p", 1.0),
+        top_k=pick(req.top_k, "top_k", 0),
+        min_p=pick(req.min_p, "min_p", 0.0),
+        presence_penalty=pick(req.presence_penalty, "presence_penalty", 0.0),
+        frequency_penalty=pick(req.frequency_penalty, "frequency_penalty", 0.0),
+        repetition_penalty=pick(req.repetition_penalty, "repetition_penalty", 1.0),
         seed=req.seed,
         stop=req.stop,
         stop_token_ids=req.stop_token_ids,

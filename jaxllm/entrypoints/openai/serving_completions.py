@@ -148,7 +148,11 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
             ctx, len(p.ids), req.max_tokens, explicit, prompt_param="prompt"
         )
         params = sampling_params(
-            req, max_tokens=max_tokens, logprobs=req.logprobs, prompt_logprobs=prompt_lp
+            req,
+            max_tokens=max_tokens,
+            logprobs=req.logprobs,
+            prompt_logprobs=prompt_lp,
+            defaults=ctx.default_sampling,
         )
         rid = base_id if len(prompts) == 1 else f"{base_id}-{i}"
         prompt = {"prompt_token_ids": p.ids}

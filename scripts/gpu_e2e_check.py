@@ -10,17 +10,14 @@ Prints a line per backend and exits non-zero on any mismatch; also times every b
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
+from jaxllm.entrypoints.strict_parser import script_parser
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        allow_abbrev=False,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = script_parser(__doc__)
     ap.add_argument("model", nargs="?", default="smollm2-135m")
     ap.add_argument(
         "--backend", action="append", choices=("pallas", "cuda"), help="backend(s) to check"

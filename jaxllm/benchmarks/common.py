@@ -69,6 +69,16 @@ def machine_info() -> dict:
     }
 
 
+def engine_line(e: dict, with_prefix_caching: bool = True) -> str:
+    """One line of what an engine of a result record ran with (`rec["engine"]` entries)."""
+    caching = f"prefix caching {e['enable_prefix_caching']}, " if with_prefix_caching else ""
+    return (
+        f"engine: max_num_seqs {e['max_num_seqs']}, max_num_batched_tokens "
+        f"{e['max_num_batched_tokens']}, max_model_len {e['max_model_len']}, KV blocks "
+        f"{e['num_blocks']} x {e['block_size']}, {caching}attention {e['attention_backend']}"
+    )
+
+
 def machine_line(rec: dict) -> str:
     """One line naming the machine, device, JAX version and load averages of a result record."""
     m, d = rec["machine"], rec["device"]

@@ -45,7 +45,6 @@ Run it from the checkout root or with jaxllm installed (it imports `pallas_kerne
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import itertools
@@ -70,6 +69,7 @@ import jax  # noqa: E402 -- after XLA_FLAGS
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxllm.entrypoints.strict_parser import script_parser  # noqa: E402
 from pallas_kernels import (  # noqa: E402
     ragged_paged_attention,
     ragged_paged_attention_reference,
@@ -480,11 +480,7 @@ def _prefill_markdown(rows) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        allow_abbrev=False,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = script_parser(__doc__)
     ap.add_argument("--quick", action="store_true", help="reduced grid")
     ap.add_argument(
         "--cpu-smoke", action="store_true", help="tiny sizes, interpret=True (any backend)"

@@ -22,7 +22,6 @@ faster there.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 
@@ -30,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# jaxllm.benchmarks.kernels sets XLA_FLAGS at import, before jax starts its backend
 from jaxllm.benchmarks.kernels import LLAMA3_8B, median_call_s
+
+# jaxllm.benchmarks.kernels sets XLA_FLAGS at import, before jax starts its backend
+from jaxllm.entrypoints.strict_parser import script_parser
 from pallas_kernels import ragged_paged_attention
 
 
@@ -95,11 +96,7 @@ def _ours_configs(text: str):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        allow_abbrev=False,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = script_parser(__doc__)
     ap.add_argument("--points", default="1x2048,4x1024,1x8192", help="BxPROMPT,...")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument(

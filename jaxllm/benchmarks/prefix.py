@@ -213,11 +213,7 @@ def print_report(rec: dict) -> None:
             f"greedy outputs identical: {rec['greedy_outputs_identical']}"
         )
     e = next(iter(rec["engine"].values()))
-    print(
-        f"\nengine: max_num_seqs {e['max_num_seqs']}, max_num_batched_tokens "
-        f"{e['max_num_batched_tokens']}, max_model_len {e['max_model_len']}, KV blocks "
-        f"{e['num_blocks']} x {e['block_size']}, attention {e['attention_backend']}"
-    )
+    print("\n" + common.engine_line(e, with_prefix_caching=False))  # the run compares on/off
     print(common.machine_line(rec))
 
 

@@ -5,24 +5,20 @@ the step median.
     JAX_PLATFORMS=cpu python -m jaxllm.benchmarks.scan_unroll_cpu_probe
 """
 
-import argparse
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.entrypoints.strict_parser import script_parser
 from jaxllm.model_loader.dummy import load_dummy
 from jaxllm.models.batch import KVCache, StepBatch
 from jaxllm.models.registry import get_model_class
 
 
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    ).parse_args(argv)  # no flags: --help only
+    script_parser(__doc__).parse_args(argv)  # no flags: --help only
     lm = load_dummy("smollm2-135m", "float32")
     c = lm.config
     S, ctx, bs = 16, 192, 16

@@ -6,12 +6,13 @@ vs unrolled, at batch 1 and 64:
     python -m jaxllm.benchmarks.scan_unroll_probe
 """
 
-import argparse
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+
+from jaxllm.entrypoints.strict_parser import script_parser
 
 L, H, F = 32, 4096, 14336
 dt = jnp.bfloat16
@@ -56,11 +57,7 @@ def t(f, *a):
 
 
 def main(argv: list[str] | None = None) -> None:
-    argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    ).parse_args(argv)  # no flags: --help only
+    script_parser(__doc__).parse_args(argv)  # no flags: --help only
     key = jax.random.PRNGKey(0)
     ks = jax.random.split(key, 4)
     Wqkv = jax.random.normal(ks[0], (L, H, 6144), dt) * 0.01

@@ -375,12 +375,7 @@ def print_report(rec: dict) -> None:
 
         print("\nStep-time split of the timed run (jaxllm):\n")
         print(profile_table(rec["profile"]))
-    print(
-        f"\nengine: max_num_seqs {e['max_num_seqs']}, max_num_batched_tokens "
-        f"{e['max_num_batched_tokens']}, max_model_len {e['max_model_len']}, KV blocks "
-        f"{e['num_blocks']} x {e['block_size']}, prefix caching {e['enable_prefix_caching']}, "
-        f"attention {e['attention_backend']}"
-    )
+    print("\n" + common.engine_line(e))
     print(common.machine_line(rec))
 
 

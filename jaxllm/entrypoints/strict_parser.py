@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["StrictArgumentParser"]
+__all__ = ["StrictArgumentParser", "script_parser"]
 
 
 class StrictArgumentParser(argparse.ArgumentParser):
@@ -33,3 +33,11 @@ class StrictArgumentParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
+
+
+def script_parser(doc: str | None) -> StrictArgumentParser:
+    """The parser of a script run as `python -m ...`: its module docstring, line breaks kept, is
+    the `--help` text."""
+    return StrictArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )

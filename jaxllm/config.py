@@ -1,6 +1,6 @@
 """Frozen configuration records shared by the whole engine.
 
-`ModelConfig` describes a Llama-family decoder (what the Flax model, the loaders and the KV cache
+`ModelConfig` describes a decoder-only model (what the Flax model, the loaders and the KV cache
 need). `CacheConfig`, `SchedulerConfig`, `ParallelConfig` and `EngineConfig` hold the engine's knobs
 with vLLM's names. None of these import JAX, so the host side can use them freely.
 """
@@ -11,23 +11,28 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# RopeScaling is re-exported (`as`): the rope record is part of the model config
+from jaxllm.rope_config import RopeScaling as RopeScaling
+from jaxllm.rope_config import rope_scaling_from_hf
+
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-@dataclass(frozen=True)
-class RopeScaling:
-    """Llama 3 style rope scaling ("llama3"), or linear scaling. No field applies to plain RoPE."""
-
-    rope_type: str = "default"  # "default" | "llama3" | "linear"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
+# HF activation names the MLP computes: silu; GELU exact (erf) or with the tanh approximation.
+HIDDEN_ACTS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new")
+SLIDING, FULL = "sliding_attention", "full_attention"  # HF `layer_types` entries
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape and numerics of a Llama-family decoder-only model."""
+    """Shape and numerics of a decoder-only model (the fields each architecture reads).
+
+    Per-layer attention: with `layer_types` empty every layer attends alike (within
+    `sliding_window` when set: Mistral). With `layer_types` (HF's list of "sliding_attention" /
+    "full_attention"), sliding layers attend within `sliding_window` and rotate with
+    `local_rope_theta` / `local_rope_scaling` where set (Gemma 3), full layers attend to the whole
+    context with `rope_theta` / `rope_scaling`.
+    """
 
     architecture: str  # HF `architectures[0]`, e.g. "LlamaForCausalLM"
     vocab_size: int
@@ -41,11 +46,18 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
+    partial_rotary_factor: float = 1.0  # the leading fraction of head_dim that rotates (Phi)
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # q/k/v projections carry a bias (Qwen2)
     mlp_bias: bool = False
-    hidden_act: str = "silu"
-    sliding_window: int | None = None  # Mistral; None means full attention
+    hidden_act: str = "silu"  # one of HIDDEN_ACTS
+    sliding_window: int | None = None  # None means full attention
+    layer_types: tuple[str, ...] = ()  # per layer SLIDING or FULL; empty: all layers alike
+    local_rope_theta: float | None = None  # sliding layers' rope base, when it differs
+    local_rope_scaling: RopeScaling | None = None
+    qk_norm: bool = False  # per-head RMSNorm of q and k before the rotation (Qwen3, Gemma 3)
+    query_pre_attn_scalar: float | None = None  # attention scale is this ** -0.5 (Gemma)
+    final_logit_softcapping: float | None = None  # logits = cap * tanh(logits / cap)
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     dtype: str = "float32"  # compute/parameter dtype
@@ -58,59 +70,93 @@ class ModelConfig:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        if self.hidden_act != "silu":
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (only 'silu')")
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not supported ({', '.join(HIDDEN_ACTS)})"
+            )
+        if self.layer_types:
+            if len(self.layer_types) != self.num_hidden_layers:
+                raise ValueError(
+                    f"layer_types has {len(self.layer_types)} entries for "
+                    f"{self.num_hidden_layers} layers"
+                )
+            bad = sorted(set(self.layer_types) - {SLIDING, FULL})
+            if bad:
+                raise ValueError(f"layer_types {bad} are not supported ({SLIDING}, {FULL})")
+        rotary = self.head_dim * self.partial_rotary_factor
+        if not 0 < self.partial_rotary_factor <= 1 or rotary != int(rotary) or int(rotary) % 2:
+            raise ValueError(
+                f"partial_rotary_factor {self.partial_rotary_factor} must give an even rotary "
+                f"width of at most head_dim ({self.head_dim})"
+            )
 
     @property
     def num_queries_per_kv(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many leading dims of each head rotate (head_dim unless partial_rotary_factor)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def sm_scale(self) -> float:
+        """The attention score scale: query_pre_attn_scalar ** -0.5 where set, else head_dim's."""
+        return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    def is_sliding_layer(self, layer: int) -> bool:
+        """Does `layer` attend within `sliding_window` (and rotate with the local rope)?"""
+        if self.sliding_window is None:
+            return False
+        return not self.layer_types or self.layer_types[layer] == SLIDING
+
+    def layer_window(self, layer: int) -> int | None:
+        """The attention window of `layer` (None: the whole context)."""
+        return self.sliding_window if self.is_sliding_layer(layer) else None
+
+    def layer_rope(self, layer: int) -> tuple[float, RopeScaling | None]:
+        """(rope base, scaling) of `layer`."""
+        if self.layer_types and self.is_sliding_layer(layer) and self.local_rope_theta:
+            return self.local_rope_theta, self.local_rope_scaling
+        return self.rope_theta, self.rope_scaling
+
+    @property
+    def uniform_layers(self) -> bool:
+        """Do all layers share one window and rope (so one scanned layer serves them all)?"""
+        kinds = {(self.layer_window(i), self.layer_rope(i)) for i in range(self.num_hidden_layers)}
+        return len(kinds) <= 1
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], dtype: str = "float32") -> ModelConfig:
-        """Build from a transformers `config.json` dictionary."""
+        """Build from a transformers `config.json` dictionary (its `architectures` names the
+        model; the loaders fill it from `model_type` where a config lacks it)."""
         archs = hf.get("architectures") or []
-        arch = (
-            archs[0]
-            if archs
-            else {
-                "llama": "LlamaForCausalLM",
-                "mistral": "MistralForCausalLM",
-                "qwen2": "Qwen2ForCausalLM",
-            }.get(hf.get("model_type", ""), hf.get("model_type", "unknown"))
-        )
+        arch = archs[0] if archs else str(hf.get("model_type", "unknown"))
         n_heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // n_heads
-        rs = hf.get("rope_scaling")
-        rope_theta = hf.get("rope_theta")
-        rp = hf.get("rope_parameters")  # transformers 5.x keeps theta and scaling here
-        if isinstance(rp, dict):
-            rope_theta = rp.get("rope_theta", rope_theta)
-            if rp.get("rope_type", "default") != "default":
-                rs = rp
-        rope_scaling = None
-        if rs:
-            rtype = rs.get("rope_type", rs.get("type", "default"))
-            if rtype not in ("default", "llama3", "linear"):
-                raise ValueError(f"rope scaling type {rtype!r} is not supported (llama3, linear)")
-            if rtype != "default":
-                rope_scaling = RopeScaling(
-                    rope_type=rtype,
-                    factor=float(rs.get("factor", 1.0)),
-                    low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
-                    high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
-                    original_max_position_embeddings=int(
-                        rs.get("original_max_position_embeddings", 8192)
-                    ),
-                )
+        rope = _RopeFields.from_hf(hf)
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         attention_bias = bool(hf.get("attention_bias", False)) or hf.get("model_type") == "qwen2"
         sliding = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
         if hf.get("model_type") == "qwen2" and not hf.get("use_sliding_window", False):
             sliding = None
+        layer_types = tuple(hf.get("layer_types") or ())
+        pattern = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern")
+        if not layer_types and pattern and sliding:  # older Gemma 3 configs: every Nth is full
+            n = int(pattern)
+            layer_types = tuple(
+                FULL if (i + 1) % n == 0 else SLIDING for i in range(hf["num_hidden_layers"])
+            )
+        if layer_types and SLIDING not in layer_types:
+            layer_types, sliding = (), None  # all layers full (Qwen3 saves this)
+        if hf.get("attn_logit_softcapping"):
+            raise ValueError(
+                f"attn_logit_softcapping={hf['attn_logit_softcapping']} is not supported"
+            )
         return cls(
             architecture=arch,
             vocab_size=hf["vocab_size"],
@@ -122,16 +168,66 @@ class ModelConfig:
             head_dim=head_dim,
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
             rms_norm_eps=hf.get("rms_norm_eps", 1e-5),
-            rope_theta=float(rope_theta if rope_theta is not None else 10000.0),
-            rope_scaling=rope_scaling,
+            rope_theta=rope.theta,
+            rope_scaling=rope.scaling,
+            partial_rotary_factor=rope.partial_rotary_factor,
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=attention_bias,
             mlp_bias=bool(hf.get("mlp_bias", False)),
-            hidden_act=hf.get("hidden_act", "silu"),
+            hidden_act=hf.get("hidden_activation") or hf.get("hidden_act") or "silu",
             sliding_window=sliding,
+            layer_types=layer_types,
+            local_rope_theta=rope.local_theta if layer_types else None,
+            local_rope_scaling=rope.local_scaling if layer_types else None,
+            qk_norm=hf.get("model_type") in _QK_NORM_MODEL_TYPES,
+            query_pre_attn_scalar=hf.get("query_pre_attn_scalar"),
+            final_logit_softcapping=hf.get("final_logit_softcapping"),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=eos_ids,
             dtype=dtype,
+        )
+
+
+# HF model types whose attention normalizes q and k per head (their configs carry no flag)
+_QK_NORM_MODEL_TYPES = ("qwen3", "gemma3_text", "gemma3")
+
+
+@dataclass(frozen=True)
+class _RopeFields:
+    """The rope settings of an HF config, in any of its spellings."""
+
+    theta: float
+    scaling: RopeScaling | None
+    local_theta: float | None
+    local_scaling: RopeScaling | None
+    partial_rotary_factor: float
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> _RopeFields:
+        theta = hf.get("rope_theta")
+        scaling_dict = hf.get("rope_scaling")
+        local_theta = hf.get("rope_local_base_freq")
+        local_dict: dict | None = None
+        partial = hf.get("partial_rotary_factor")
+        rp = hf.get("rope_parameters")  # transformers 5.x: theta and scaling live here
+        if isinstance(rp, dict) and (FULL in rp or SLIDING in rp):  # one entry per layer type
+            full, local = rp.get(FULL) or {}, rp.get(SLIDING) or {}
+            theta = full.get("rope_theta", theta)
+            scaling_dict = full
+            local_theta = local.get("rope_theta", local_theta)
+            local_dict = local
+            partial = full.get("partial_rotary_factor", partial)
+        elif isinstance(rp, dict):
+            theta = rp.get("rope_theta", theta)
+            if rp.get("rope_type", rp.get("type", "default")) != "default":
+                scaling_dict = rp
+            partial = rp.get("partial_rotary_factor", partial)
+        return cls(
+            theta=float(theta if theta is not None else 10000.0),
+            scaling=rope_scaling_from_hf(scaling_dict),
+            local_theta=None if local_theta is None else float(local_theta),
+            local_scaling=rope_scaling_from_hf(local_dict),
+            partial_rotary_factor=float(partial if partial is not None else 1.0),
         )
 
 

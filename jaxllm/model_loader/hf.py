@@ -26,7 +26,7 @@ from jaxllm.model_loader.errors import ModelNotFoundError
 from jaxllm.model_loader.loaded_model import LoadedModel
 from jaxllm.models.layout import param_layout
 from jaxllm.models.param_spec import ParamSpec, set_path
-from jaxllm.models.registry import check_architecture
+from jaxllm.models.registry import architecture_for_model_type, check_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,10 @@ def config_from_hf(hf: dict, dtype: str, source: str) -> ModelConfig:
     archs = hf.get("architectures") or []
     if archs:
         check_architecture(archs[0], source)
+    else:  # an old config without `architectures`: its model_type names the architecture
+        arch = architecture_for_model_type(str(hf.get("model_type", "")))
+        if arch is not None:
+            hf = {**hf, "architectures": [arch]}
     try:
         config = ModelConfig.from_hf_dict(hf, dtype)
     except KeyError as e:

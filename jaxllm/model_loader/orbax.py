@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from jaxllm.config import ModelConfig
+from jaxllm.config import FULL, SLIDING, ModelConfig
 from jaxllm.model_loader.hf import (
     config_from_hf,
     load_tokenizer,
@@ -27,7 +27,9 @@ from jaxllm.model_loader.hf import (
     read_hf_config,
 )
 from jaxllm.model_loader.loaded_model import LoadedModel
-from jaxllm.models.layout import hf_model_type, param_shapes
+from jaxllm.models.layout import param_shapes
+from jaxllm.models.registry import hf_model_type
+from jaxllm.rope_config import rope_scaling_to_hf
 
 MARKER = "jaxllm_converted.json"
 FORMAT = "jaxllm-orbax"
@@ -64,15 +66,22 @@ def config_to_hf_dict(config: ModelConfig) -> dict:
         "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
         "torch_dtype": config.dtype,
     }
-    rs = config.rope_scaling
-    if rs is not None:
-        hf["rope_scaling"] = {
-            "rope_type": rs.rope_type,
-            "factor": rs.factor,
-            "low_freq_factor": rs.low_freq_factor,
-            "high_freq_factor": rs.high_freq_factor,
-            "original_max_position_embeddings": rs.original_max_position_embeddings,
-        }
+    if config.rope_scaling is not None:
+        hf["rope_scaling"] = rope_scaling_to_hf(config.rope_scaling)
+    if config.partial_rotary_factor != 1.0:
+        hf["partial_rotary_factor"] = config.partial_rotary_factor
+    if config.layer_types:
+        hf["layer_types"] = list(config.layer_types)
+        full = {"rope_theta": config.rope_theta, "rope_type": "default"}
+        full.update(rope_scaling_to_hf(config.rope_scaling) if config.rope_scaling else {})
+        local = {"rope_theta": config.local_rope_theta or config.rope_theta, "rope_type": "default"}
+        local.update(
+            rope_scaling_to_hf(config.local_rope_scaling) if config.local_rope_scaling else {}
+        )
+        hf["rope_parameters"] = {FULL: full, SLIDING: local}
+    for name in ("query_pre_attn_scalar", "final_logit_softcapping"):
+        if getattr(config, name) is not None:
+            hf[name] = getattr(config, name)
     return hf
 
 

@@ -2,7 +2,6 @@
 
 Each model module owns its layout and provides:
 - `param_layout(config) -> list[ParamSpec]`: every leaf (path, HF tensor name, shape, transpose);
-- `HF_MODEL_TYPES`: HF architecture -> the `model_type` of its config.json;
 - `PARAM_LOGICAL_AXES`: leaf path -> logical axis names, one per dimension (jaxllm.parallel maps
   them to mesh axes);
 - `GGUF_ARCHITECTURES` (GGUF `general.architecture` -> (HF architecture, q/k rows permuted)),
@@ -44,11 +43,6 @@ def param_shapes(config: ModelConfig, dtype: str | None = None) -> dict:
 def logical_axes_table(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, ...]]:
     """The model's table: parameter path -> logical axes (a superset of the config's leaves)."""
     return dict(layout_of(config).PARAM_LOGICAL_AXES)
-
-
-def hf_model_type(architecture: str) -> str:
-    """The HF config.json `model_type` of `architecture` (e.g. "qwen2" for Qwen2ForCausalLM)."""
-    return str(model_module(architecture).HF_MODEL_TYPES[architecture])
 
 
 def gguf_architectures() -> dict[str, tuple[str, bool]]:

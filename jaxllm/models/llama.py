@@ -46,7 +46,6 @@ from jaxllm.models.batch import KVCache, StepBatch
 # The parameter layout this module's class reads, re-exported (`as`) for the registry's readers
 # (jaxllm.models.layout: the loaders and jaxllm.parallel).
 from jaxllm.models.llama_layout import GGUF_ARCHITECTURES as GGUF_ARCHITECTURES
-from jaxllm.models.llama_layout import HF_MODEL_TYPES as HF_MODEL_TYPES
 from jaxllm.models.llama_layout import PARAM_LOGICAL_AXES as PARAM_LOGICAL_AXES
 from jaxllm.models.llama_layout import gguf_tensor_names as gguf_tensor_names
 from jaxllm.models.llama_layout import hf_to_gguf_name as hf_to_gguf_name

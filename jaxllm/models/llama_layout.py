@@ -80,13 +80,6 @@ PARAM_LOGICAL_AXES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("lm_head", "kernel"): ("embed", "vocab"),
 }
 
-# HF architecture -> the `model_type` its config.json carries (written back by `jaxllm convert`)
-HF_MODEL_TYPES: dict[str, str] = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-}
-
 # GGUF `general.architecture` -> (HF architecture, q/k rows permuted by llama.cpp's converter:
 # it permutes `llama` models' q/k rows to match its interleaved RoPE; `qwen2` uses NeoX RoPE there)
 GGUF_ARCHITECTURES: dict[str, tuple[str, bool]] = {

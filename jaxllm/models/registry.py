@@ -10,11 +10,11 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-# HF architecture name -> (module under jaxllm.models, class name)
-_MODELS: dict[str, tuple[str, str]] = {
-    "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),
-    "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
-    "Qwen2ForCausalLM": ("llama", "LlamaForCausalLM"),
+# HF architecture name -> (module under jaxllm.models, class name, HF config.json `model_type`)
+_MODELS: dict[str, tuple[str, str, str]] = {
+    "LlamaForCausalLM": ("llama", "LlamaForCausalLM", "llama"),
+    "MistralForCausalLM": ("llama", "LlamaForCausalLM", "mistral"),
+    "Qwen2ForCausalLM": ("llama", "LlamaForCausalLM", "qwen2"),
 }
 
 
@@ -22,9 +22,23 @@ def supported_architectures() -> list[str]:
     return sorted(_MODELS)
 
 
+def hf_model_type(architecture: str) -> str:
+    """The HF config.json `model_type` of `architecture` (e.g. "qwen2" for Qwen2ForCausalLM)."""
+    check_architecture(architecture)
+    return _MODELS[architecture][2]
+
+
+def architecture_for_model_type(model_type: str) -> str | None:
+    """The architecture whose configs carry `model_type` (None when no registered one does)."""
+    for arch, (_, _, mtype) in _MODELS.items():
+        if mtype == model_type:
+            return arch
+    return None
+
+
 def model_module_names() -> list[str]:
     """The registered model modules' full names, each once, in registry order."""
-    return list(dict.fromkeys(f"jaxllm.models.{module}" for module, _ in _MODELS.values()))
+    return list(dict.fromkeys(f"jaxllm.models.{module}" for module, _, _ in _MODELS.values()))
 
 
 def model_modules() -> list[ModuleType]:

@@ -23,6 +23,7 @@ from loader_helpers import (
 from jaxllm.config import ModelConfig
 from jaxllm.entrypoints.convert import convert_main
 from jaxllm.model_loader import LoadedModel, dummy, load_model
+from jaxllm.model_loader.hf import config_from_hf
 from jaxllm.model_loader.orbax import config_to_hf_dict
 
 # ----------------------------------------------------------------------------- HF folders
@@ -115,9 +116,9 @@ def test_convert_main_hf_to_bf16(tmp_path, capsys):
 
 def test_config_round_trips_through_hf_dict():
     configs = [dummy.dummy_config(n) for n in dummy.PRESETS]
-    configs.append(
-        ModelConfig.from_hf_dict(
-            transformers.MistralConfig(**SMALL, sliding_window=32).to_dict(), "bfloat16"
+    configs.append(  # no `architectures` in the dict: the loader names it from model_type
+        config_from_hf(
+            transformers.MistralConfig(**SMALL, sliding_window=32).to_dict(), "bfloat16", "test"
         )
     )
     for c in configs:

@@ -1,4 +1,4 @@
-"""RMSNorm, computed in float32 and cast back before the scale, as HF's Llama does."""
+"""RMSNorm as HF computes it: Llama's (float32, cast back before the scale) and Gemma's (1 + w)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,19 @@ class RMSNorm(nn.Module):
         var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
         normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
         return scale * normed
+
+
+class GemmaRMSNorm(nn.Module):
+    """Gemma's RMSNorm: scaled by (1 + w), in float32, cast back after the scale (as HF's
+    Gemma3RMSNorm; checkpoints store w, which initializes to zero)."""
+
+    eps: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
+        scale = self.param("scale", nn.initializers.zeros, (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+        normed = x32 * jax.lax.rsqrt(var + self.eps)
+        return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)

@@ -221,6 +221,7 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, place
     _check_types(tensors, path)
     permuted = gguf_architectures()[hf["model_type"]][1]
     layout = layout_of(config)
+    from_gguf = getattr(layout, "from_gguf_tensor", None)
 
     known = {_ROPE_FREQS} | layout.gguf_tensor_names(config)
     unexpected = sorted(set(tensors) - known)
@@ -246,6 +247,8 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, place
             w = unpermute_qk(w, config.num_attention_heads)
         elif permuted and ".attn_k." in name:
             w = unpermute_qk(w, config.num_key_value_heads)
+        if from_gguf is not None:  # the model's own convention (Gemma's norms store 1 + w)
+            w = from_gguf(hf_name, w)
         return w
 
     params = assemble_params(config, get_tensor, path, placer)

@@ -66,6 +66,14 @@ def assemble_params(
         )
         for i, name in enumerate(names):
             t = get_tensor(name)
+            if spec.hf_rows is not None:  # this leaf's rows of a fused tensor
+                start, stop = spec.hf_rows
+                if t.ndim < 1 or t.shape[0] < stop:
+                    raise ValueError(
+                        f"{source}: tensor {name!r} has shape {tuple(t.shape)}, too few rows for "
+                        f"rows {start}:{stop} that the model config expects"
+                    )
+                t = t[start:stop]
             if tuple(t.shape) != spec.hf_shape:
                 raise ValueError(
                     f"{source}: tensor {name!r} has shape {tuple(t.shape)}, "

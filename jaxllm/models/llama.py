@@ -1,34 +1,25 @@
-"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2) as a Flax linen module.
+"""Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2; Qwen3 and Phi-3 build on it) as a
+Flax linen module.
 
-The layers are one `nn.scan` over a stacked parameter tree: rolled on the CPU (a 30-layer model
-compiles like a 1-layer one), unrolled on accelerators (see `unroll_layers`). Parameter layout
-(declared in llama_layout.py, which the loaders fill and jaxllm.parallel shards; kernels are
-[in, out]):
+Parameter layout (declared in llama_layout.py, which the loaders fill and jaxllm.parallel shards;
+kernels are [in, out]):
 
     embed_tokens/embedding [V, D]
     layers/input_layernorm/scale [L, D]
     layers/self_attn/{q,k,v}_proj/kernel [L, D, H*Dh] (+ bias [L, H*Dh] when attention_bias)
+    layers/self_attn/{q,k}_norm/scale [L, Dh] (when qk_norm: Qwen3)
     layers/self_attn/o_proj/kernel [L, Hq*Dh, D]
     layers/post_attention_layernorm/scale [L, D]
     layers/mlp/{gate,up}_proj/kernel [L, D, F], layers/mlp/down_proj/kernel [L, F, D]
     norm/scale [D]
-    lm_head/kernel [D, V] (absent when tie_word_embeddings, unless the CPU layout below adds it)
+    lm_head/kernel [D, V] (absent when tie_word_embeddings, unless the CPU layout adds it)
 
-The model also runs the same parameters unstacked, `layers_0/...` to `layers_{L-1}/...` with the
-leading L axis dropped (`unstack_layer_params`): the layers are then a Python loop whose dots read
-each layer's kernels where they lie. A rolled scan (and an unrolled one) instead copies every
-layer's kernel slices out of the stacked arrays on each step; on XLA:CPU those copies are ~25% of
-a SmolLM2 batch-16 decode step (`jaxllm.benchmarks.cpu_step_profile`).
-`jaxllm.models.step.step_params` picks the layout for a platform. On the CPU it packs every dense
-kernel into 16-column strips for `cpu_ext`'s matmul (`jaxllm.models.packed_params`): stacked
-kernels then leave `layers` for `packed_layers`, which the scan broadcasts whole and each layer's
-matmul reads in place at its layer index, so the rolled scan copies no weights either; a
-tied-embedding model gets a packed `lm_head/kernel` of its own.
+How the layers run (scan, per-layer loop) and the head are shared with the other families:
+jaxllm/models/decoder.py.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -37,11 +28,18 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
 from jaxllm.layers.attention import sharded_attention_fn, sharded_kv_write_fn
-from jaxllm.layers.embedding import vocab_parallel_embed
-from jaxllm.layers.linear import Linear
 from jaxllm.layers.norms import RMSNorm
-from jaxllm.layers.rotary import apply_rotary, rope_cos_sin, rope_inv_freq
-from jaxllm.models.batch import KVCache, StepBatch
+from jaxllm.layers.rotary import apply_rotary
+from jaxllm.models.batch import StepBatch
+
+# The shared decoder machinery, re-exported (`as`) under the names its users import from here.
+from jaxllm.models.decoder import PER_LAYER_PREFIX as PER_LAYER_PREFIX
+from jaxllm.models.decoder import UNROLL_ENV as UNROLL_ENV
+from jaxllm.models.decoder import UNROLL_MAX_TOKENS as UNROLL_MAX_TOKENS
+from jaxllm.models.decoder import DecoderForCausalLM, dense, packed_kernels
+from jaxllm.models.decoder import has_per_layer_params as has_per_layer_params
+from jaxllm.models.decoder import stack_layer_params as stack_layer_params
+from jaxllm.models.decoder import unstack_layer_params as unstack_layer_params
 
 # The parameter layout this module's class reads, re-exported (`as`) for the registry's readers
 # (jaxllm.models.layout: the loaders and jaxllm.parallel).
@@ -50,70 +48,52 @@ from jaxllm.models.llama_layout import PARAM_LOGICAL_AXES as PARAM_LOGICAL_AXES
 from jaxllm.models.llama_layout import gguf_tensor_names as gguf_tensor_names
 from jaxllm.models.llama_layout import hf_to_gguf_name as hf_to_gguf_name
 from jaxllm.models.llama_layout import param_layout as param_layout
-from jaxllm.models.packed_params import PACKED_LAYERS
-
-UNROLL_ENV = "JAXLLM_UNROLL_LAYERS"
-# Accelerator steps with at least this many (padded) tokens keep the layer scan rolled.
-UNROLL_MAX_TOKENS = 4096
-PER_LAYER_PREFIX = "layers_"  # unstacked parameters: layers_0, layers_1, ...
 
 
-def unstack_layer_params(params: dict) -> dict:
-    """Stacked `layers/...` [L, ...] -> per-layer trees `layers_0/...` ... `layers_{L-1}/...`
-    (every other entry unchanged). Each leaf is a new array: free the stacked tree afterwards."""
-    params = dict(params)
-    stacked = params.pop("layers")
-    L = jax.tree.leaves(stacked)[0].shape[0]
-    for i in range(L):
-        params[f"{PER_LAYER_PREFIX}{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
-    return params
-
-
-def stack_layer_params(params: dict) -> dict:
-    """The inverse of `unstack_layer_params`."""
-    params = dict(params)
-    names = [k for k in params if k.startswith(PER_LAYER_PREFIX)]
-    names.sort(key=lambda k: int(k[len(PER_LAYER_PREFIX) :]))
-    params["layers"] = jax.tree.map(lambda *a: jnp.stack(a), *[params.pop(k) for k in names])
-    return params
-
-
-def _packed_kernels(packed: dict | None, layer):
-    """name -> (stacked packed kernel or None, layer) for `Linear`'s extra arguments."""
-    return lambda name: (None, None) if not packed else (packed[name], layer)
-
-
-def has_per_layer_params(params: dict) -> bool:
-    return f"{PER_LAYER_PREFIX}0" in params
-
-
-def _dense(features: int, bias: bool, dtype, name: str) -> Linear:
-    return Linear(features, use_bias=bias, dtype=dtype, name=name)
+def activation(name: str):
+    """The MLP activation of HF's `hidden_act` name (ModelConfig.HIDDEN_ACTS)."""
+    if name == "silu":
+        return nn.silu
+    if name == "gelu":  # exact (erf)
+        return lambda x: nn.gelu(x, approximate=False)
+    return lambda x: nn.gelu(x, approximate=True)  # gelu_pytorch_tanh, gelu_new
 
 
 class Attention(nn.Module):
+    """q/k/v projections (q and k normalized per head when `config.qk_norm`), rotation, the paged
+    KV write, attention within `window` and the output projection."""
+
     config: ModelConfig
     backend: str
     mesh: Any = None  # tensor parallelism: attention runs under shard_map over 'model'
+    window: int | None = None  # this layer's attention window (None: the whole context)
+    norm_class: Any = RMSNorm  # of q_norm / k_norm
 
     @nn.compact
-    def __call__(self, x, cos, sin, k_pages, v_pages, layer, batch: StepBatch, packed=None):
+    def __call__(
+        self,
+        x: jax.Array,  # [T, D]
+        rope,  # (cos, sin) [T, rotary_dim // 2] float32
+        k_pages: jax.Array,  # [L, N, Hkv, bs, Dh]
+        v_pages: jax.Array,
+        layer,
+        batch: StepBatch,
+        packed=None,
+    ):
         c = self.config
         dt = jnp.dtype(c.dtype)
         T = x.shape[0]
-        pk = _packed_kernels(packed, layer)
-        q = _dense(c.num_attention_heads * c.head_dim, c.attention_bias, dt, "q_proj")(
-            x, *pk("q_proj")
-        )
-        k = _dense(c.num_key_value_heads * c.head_dim, c.attention_bias, dt, "k_proj")(
-            x, *pk("k_proj")
-        )
-        v = _dense(c.num_key_value_heads * c.head_dim, c.attention_bias, dt, "v_proj")(
-            x, *pk("v_proj")
-        )
-        q = apply_rotary(q.reshape(T, c.num_attention_heads, c.head_dim), cos, sin)
-        k = apply_rotary(k.reshape(T, c.num_key_value_heads, c.head_dim), cos, sin)
-        v = v.reshape(T, c.num_key_value_heads, c.head_dim)
+        pk = packed_kernels(packed, layer)
+        Hq, Hkv, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        q = dense(Hq * Dh, c.attention_bias, dt, "q_proj")(x, *pk("q_proj")).reshape(T, Hq, Dh)
+        k = dense(Hkv * Dh, c.attention_bias, dt, "k_proj")(x, *pk("k_proj")).reshape(T, Hkv, Dh)
+        v = dense(Hkv * Dh, c.attention_bias, dt, "v_proj")(x, *pk("v_proj")).reshape(T, Hkv, Dh)
+        if c.qk_norm:
+            q = self.norm_class(c.rms_norm_eps, dt, name="q_norm")(q)
+            k = self.norm_class(c.rms_norm_eps, dt, name="k_norm")(k)
+        cos, sin = rope
+        q = apply_rotary(q, cos, sin)
+        k = apply_rotary(k, cos, sin)
         k_pages, v_pages = sharded_kv_write_fn(self.mesh)(
             k_pages, v_pages, k, v, batch.slot_mapping, layer
         )
@@ -125,45 +105,49 @@ class Attention(nn.Module):
             batch.kv_lens,
             batch.query_start_loc,
             layer,
-            sm_scale=c.head_dim**-0.5,
-            sliding_window=c.sliding_window,
+            sm_scale=c.sm_scale,
+            sliding_window=self.window,
             decode_only=batch.decode_only,
         )
-        o = o.reshape(T, c.num_attention_heads * c.head_dim)
-        return _dense(c.hidden_size, False, dt, "o_proj")(o, *pk("o_proj")), k_pages, v_pages
+        o = o.reshape(T, Hq * Dh)
+        return dense(c.hidden_size, False, dt, "o_proj")(o, *pk("o_proj")), k_pages, v_pages
 
 
 class MLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU, or GeGLU with a GELU `hidden_act`."""
+
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer=None, packed=None):  # [T, D] -> [T, D]
+    def __call__(self, x: jax.Array, layer=None, packed=None) -> jax.Array:  # [T, D] -> [T, D]
         c = self.config
         dt = jnp.dtype(c.dtype)
-        pk = _packed_kernels(packed, layer)
-        gate = _dense(c.intermediate_size, c.mlp_bias, dt, "gate_proj")(x, *pk("gate_proj"))
-        up = _dense(c.intermediate_size, c.mlp_bias, dt, "up_proj")(x, *pk("up_proj"))
-        return _dense(c.hidden_size, c.mlp_bias, dt, "down_proj")(
-            nn.silu(gate) * up, *pk("down_proj")
+        pk = packed_kernels(packed, layer)
+        gate = dense(c.intermediate_size, c.mlp_bias, dt, "gate_proj")(x, *pk("gate_proj"))
+        up = dense(c.intermediate_size, c.mlp_bias, dt, "up_proj")(x, *pk("up_proj"))
+        return dense(c.hidden_size, c.mlp_bias, dt, "down_proj")(
+            activation(c.hidden_act)(gate) * up, *pk("down_proj")
         )
 
 
 class DecoderLayer(nn.Module):
-    """One layer; scanned over L with carry (hidden, k_pages, v_pages)."""
+    """One pre-norm layer: h + attn(norm(h)), then h + mlp(norm(h)); carry (hidden, k_pages,
+    v_pages). The interface of decoder.py's layers."""
 
     config: ModelConfig
     backend: str
     mesh: Any = None
+    window: int | None = None
 
     @nn.compact
-    def __call__(self, carry, layer, cos, sin, batch: StepBatch, packed=None):
+    def __call__(self, carry, layer, rope, batch: StepBatch, packed=None):
         h, k_pages, v_pages = carry
         c = self.config
         dt = jnp.dtype(c.dtype)
         packed = packed or {}  # stacked packed kernels of every layer (packed_params)
         x = RMSNorm(c.rms_norm_eps, dt, name="input_layernorm")(h)
-        a, k_pages, v_pages = Attention(c, self.backend, self.mesh, name="self_attn")(
-            x, cos, sin, k_pages, v_pages, layer, batch, packed.get("self_attn")
+        a, k_pages, v_pages = Attention(c, self.backend, self.mesh, self.window, name="self_attn")(
+            x, rope, k_pages, v_pages, layer, batch, packed.get("self_attn")
         )
         h = h + a
         x = RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(h)
@@ -171,70 +155,7 @@ class DecoderLayer(nn.Module):
         return (h, k_pages, v_pages), None
 
 
-class LlamaForCausalLM(nn.Module):
+class LlamaForCausalLM(DecoderForCausalLM):
     """`__call__(kv_cache, batch) -> (kv_cache, logits [R, V] float32)`."""
 
-    config: ModelConfig
-    backend: str = "reference"
-    mesh: Any = None  # a ('data', 'model') jax.sharding.Mesh for tensor parallelism, or None
-    # Unroll the layer scan? None: on the CPU never; on accelerators for steps of fewer than
-    # UNROLL_MAX_TOKENS tokens. A rolled scan slices each layer's weights out of the stacked arrays
-    # with a dynamic-slice that XLA materializes: a Llama-3-8B batch-1 decode step then copies the
-    # weights (H100: 15.0 ms vs 5.3 ms unrolled, bench/gpu_runs/2026-11-28_h100_llama8b.md;
-    # XLA's dynamic-slice fusion does not remove it: 14.4 vs 15.1 ms/token on an H200). But the
-    # unrolled step compiles 10-20x slower (H200: 18-32 s vs 1.5-2.7 s a shape,
-    # bench/gpu_runs/2026-11-28_h200x2_compile.md). Large steps are compute-bound, so there the
-    # copy is a small share and the fast rolled compile wins. On the CPU unrolling is slower
-    # outright: SmolLM2 f32, batch-16 decode at context 192, 243 ms rolled vs 370 ms unrolled.
-    unroll_layers: bool | None = None
-
-    @nn.compact
-    def __call__(self, kv_cache: KVCache, batch: StepBatch):
-        c = self.config
-        dt = jnp.dtype(c.dtype)
-        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dt, param_dtype=dt, name="embed_tokens")
-        # [T, D]; vocabulary-parallel under tp (a plain take all-gathers the table on the GPU)
-        h = vocab_parallel_embed(embed.embedding.astype(dt), batch.token_ids, self.mesh)
-        cos, sin = rope_cos_sin(
-            batch.positions, rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)
-        )
-        carry = (h, kv_cache.k, kv_cache.v)
-        if has_per_layer_params(self.variables.get("params", {})):
-            for i in range(c.num_hidden_layers):  # layer i's kernels read in place
-                layer = DecoderLayer(c, self.backend, self.mesh, name=f"{PER_LAYER_PREFIX}{i}")
-                carry, _ = layer(carry, i, cos, sin, batch)
-            return self._head(embed, *carry, batch)
-        unroll = self._unroll(batch.token_ids.shape[0])
-        layers = nn.scan(
-            DecoderLayer,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-            length=c.num_hidden_layers,
-            unroll=c.num_hidden_layers if unroll else 1,
-        )(c, self.backend, self.mesh, name="layers")
-        layer_ids = jnp.arange(c.num_hidden_layers, dtype=jnp.int32)
-        # cpu_ext's packed kernels [L, ...] (packed_params): broadcast whole, read at each layer
-        packed = self.variables.get("params", {}).get(PACKED_LAYERS)
-        carry, _ = layers(carry, layer_ids, cos, sin, batch, packed)
-        return self._head(embed, *carry, batch)
-
-    def _head(self, embed, h, k, v, batch: StepBatch):
-        c = self.config
-        dt = jnp.dtype(c.dtype)
-        h = RMSNorm(c.rms_norm_eps, dt, name="norm")(h[batch.logits_indices])  # [R, D]
-        if c.tie_word_embeddings and "lm_head" not in self.variables.get("params", {}):
-            logits = embed.attend(h)
-        else:
-            logits = _dense(c.vocab_size, False, dt, "lm_head")(h)
-        return KVCache(k, v), logits.astype(jnp.float32)
-
-    def _unroll(self, num_tokens: int) -> bool:
-        if self.unroll_layers is not None:
-            return self.unroll_layers
-        env = os.environ.get(UNROLL_ENV, "").strip().lower()
-        if env in ("0", "false", "no", "1", "true", "yes"):
-            return env in ("1", "true", "yes")
-        if env:
-            raise ValueError(f"{UNROLL_ENV}={env!r}: use 1 (unrolled) or 0 (rolled scan)")
-        return jax.default_backend() != "cpu" and num_tokens < UNROLL_MAX_TOKENS
+    layer_class = DecoderLayer

@@ -16,8 +16,33 @@ from jaxllm.models.param_spec import ParamSpec
 
 def param_layout(config: ModelConfig) -> list[ParamSpec]:
     """Every parameter leaf of the Llama-family model for `config`, in a fixed order."""
+    return decoder_param_layout(config)
+
+
+# HF tensor name (suffix after "model.layers.{i}.") of each linear kernel, unfused
+UNFUSED_LINEARS = {
+    "q_proj": "self_attn.q_proj.weight",
+    "k_proj": "self_attn.k_proj.weight",
+    "v_proj": "self_attn.v_proj.weight",
+    "gate_proj": "mlp.gate_proj.weight",
+    "up_proj": "mlp.up_proj.weight",
+}
+
+
+def decoder_param_layout(
+    config: ModelConfig,
+    *,
+    linears: dict[str, tuple[str, tuple[int, int] | None]] | None = None,
+    extra_layer_norms: tuple[str, ...] = (),
+) -> list[ParamSpec]:
+    """The layout of a Llama-style decoder, shared by the families built on it.
+
+    `linears`: q/k/v/gate/up projection -> (HF name suffix, rows of that tensor or None), for
+    checkpoints that fuse them (default `UNFUSED_LINEARS`). `extra_layer_norms`: more per-layer
+    norms, by module name (the HF name is `<name>.weight`; Gemma's sandwich norms).
+    """
     if config.mlp_bias:
-        raise ValueError("mlp_bias=True is not supported by jaxllm's Llama-family model")
+        raise ValueError(f"mlp_bias=True is not supported by jaxllm's {config.architecture} model")
     L, D, V, F = (
         config.num_hidden_layers,
         config.hidden_size,
@@ -26,25 +51,43 @@ def param_layout(config: ModelConfig) -> list[ParamSpec]:
     )
     Q = config.num_attention_heads * config.head_dim
     K = config.num_key_value_heads * config.head_dim
+    names = {k: (v, None) for k, v in UNFUSED_LINEARS.items()} if linears is None else linears
 
-    def layer(path: tuple[str, ...], hf: str, shape: tuple[int, ...], transpose: bool) -> ParamSpec:
-        return ParamSpec(("layers",) + path, "model.layers.{i}." + hf, (L,) + shape, transpose)
+    def layer(path, hf: str, shape, transpose: bool, rows=None) -> ParamSpec:
+        return ParamSpec(
+            ("layers",) + path, "model.layers.{i}." + hf, (L,) + shape, transpose, rows
+        )
+
+    def linear(module: str, proj: str, shape) -> ParamSpec:
+        hf, rows = names[proj]
+        return layer((module, proj, "kernel"), hf, shape, True, rows)
 
     specs = [
         ParamSpec(("embed_tokens", "embedding"), "model.embed_tokens.weight", (V, D), False),
         layer(("input_layernorm", "scale"), "input_layernorm.weight", (D,), False),
-        layer(("self_attn", "q_proj", "kernel"), "self_attn.q_proj.weight", (D, Q), True),
-        layer(("self_attn", "k_proj", "kernel"), "self_attn.k_proj.weight", (D, K), True),
-        layer(("self_attn", "v_proj", "kernel"), "self_attn.v_proj.weight", (D, K), True),
+        linear("self_attn", "q_proj", (D, Q)),
+        linear("self_attn", "k_proj", (D, K)),
+        linear("self_attn", "v_proj", (D, K)),
         layer(("self_attn", "o_proj", "kernel"), "self_attn.o_proj.weight", (Q, D), True),
         layer(
             ("post_attention_layernorm", "scale"), "post_attention_layernorm.weight", (D,), False
         ),
-        layer(("mlp", "gate_proj", "kernel"), "mlp.gate_proj.weight", (D, F), True),
-        layer(("mlp", "up_proj", "kernel"), "mlp.up_proj.weight", (D, F), True),
+        linear("mlp", "gate_proj", (D, F)),
+        linear("mlp", "up_proj", (D, F)),
         layer(("mlp", "down_proj", "kernel"), "mlp.down_proj.weight", (F, D), True),
         ParamSpec(("norm", "scale"), "model.norm.weight", (D,), False),
     ]
+    specs += [layer((n, "scale"), f"{n}.weight", (D,), False) for n in extra_layer_norms]
+    if config.qk_norm:  # one scale per head dim, shared by all heads
+        for norm in ("q_norm", "k_norm"):
+            specs.append(
+                layer(
+                    ("self_attn", norm, "scale"),
+                    f"self_attn.{norm}.weight",
+                    (config.head_dim,),
+                    False,
+                )
+            )
     if config.attention_bias:
         for proj, width in (("q_proj", Q), ("k_proj", K), ("v_proj", K)):
             specs.append(
@@ -73,6 +116,8 @@ PARAM_LOGICAL_AXES: dict[tuple[str, ...], tuple[str, ...]] = {
     ("layers", "self_attn", "k_proj", "bias"): ("layers", "kv_heads"),
     ("layers", "self_attn", "v_proj", "bias"): ("layers", "kv_heads"),
     ("layers", "post_attention_layernorm", "scale"): ("layers", "embed"),
+    ("layers", "self_attn", "q_norm", "scale"): ("layers", "head_dim"),
+    ("layers", "self_attn", "k_norm", "scale"): ("layers", "head_dim"),
     ("layers", "mlp", "gate_proj", "kernel"): ("layers", "embed", "mlp"),
     ("layers", "mlp", "up_proj", "kernel"): ("layers", "embed", "mlp"),
     ("layers", "mlp", "down_proj", "kernel"): ("layers", "mlp", "embed"),
@@ -97,6 +142,8 @@ GGUF_LAYER_NAMES = {
     "self_attn.q_proj.bias": "attn_q.bias",
     "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",

@@ -18,6 +18,8 @@ class ParamSpec:
     hf_name: str  # HF tensor name; contains "{i}" for per-layer tensors
     shape: tuple[int, ...]  # jaxllm shape (with the leading L for per-layer tensors)
     transpose: bool  # True for linear kernels: jaxllm [in, out] = HF [out, in].T
+    # rows [start, stop) of the HF tensor, for leaves cut from a fused tensor (Phi-3's qkv_proj)
+    hf_rows: tuple[int, int] | None = None
 
     @property
     def stacked(self) -> bool:
@@ -25,7 +27,7 @@ class ParamSpec:
 
     @property
     def hf_shape(self) -> tuple[int, ...]:
-        """Shape of one HF tensor (one layer for stacked leaves)."""
+        """Shape of the HF rows this leaf reads (one layer for stacked leaves)."""
         shape = self.shape[1:] if self.stacked else self.shape
         return tuple(reversed(shape)) if self.transpose else shape
 

@@ -15,6 +15,8 @@ _MODELS: dict[str, tuple[str, str, str]] = {
     "LlamaForCausalLM": ("llama", "LlamaForCausalLM", "llama"),
     "MistralForCausalLM": ("llama", "LlamaForCausalLM", "mistral"),
     "Qwen2ForCausalLM": ("llama", "LlamaForCausalLM", "qwen2"),
+    "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM", "qwen3"),
+    "Gemma3ForCausalLM": ("gemma3", "Gemma3ForCausalLM", "gemma3_text"),
 }
 
 

@@ -4,8 +4,10 @@ Each model module owns its layout and provides:
 - `param_layout(config) -> list[ParamSpec]`: every leaf (path, HF tensor name, shape, transpose);
 - `PARAM_LOGICAL_AXES`: leaf path -> logical axis names, one per dimension (jaxllm.parallel maps
   them to mesh axes);
-- `GGUF_ARCHITECTURES` (GGUF `general.architecture` -> (HF architecture, q/k rows permuted)),
-  `hf_to_gguf_name(hf_name)` and `gguf_tensor_names(config)`: its tensors' names in GGUF files.
+- for GGUF files (optional): `GGUF_ARCHITECTURES` (GGUF `general.architecture` -> (HF
+  architecture, q/k rows permuted)), `hf_to_gguf_name(hf_name)` and `gguf_tensor_names(config)`
+  (its tensors' names in GGUF files), and `from_gguf_tensor(hf_name, array)` where llama.cpp
+  stores a tensor differently from the HF checkpoint.
 The loaders (jaxllm.model_loader) and jaxllm.parallel read these here, by `config.architecture`.
 """
 

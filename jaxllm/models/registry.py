@@ -17,6 +17,7 @@ _MODELS: dict[str, tuple[str, str, str]] = {
     "Qwen2ForCausalLM": ("llama", "LlamaForCausalLM", "qwen2"),
     "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM", "qwen3"),
     "Gemma3ForCausalLM": ("gemma3", "Gemma3ForCausalLM", "gemma3_text"),
+    "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM", "phi3"),
 }
 
 

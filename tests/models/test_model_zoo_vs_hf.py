@@ -1,0 +1,185 @@
+"""Qwen3, Gemma 3 (text) and Phi-3 equal HF transformers (torch, float32) on the same weights.
+
+Tiny random models built from transformers configs (4 layers, GQA, a vocabulary of 300), saved
+with `save_pretrained` and loaded as HF folders: full-sequence logits within 1e-4 of HF on the
+reference and CPU attention backends, and greedy tokens through the engine (chunked prefill, a
+cache small enough to preempt, prefix caching) equal to HF `generate`. Gemma 3's window (16) is
+shorter than the prompts, so its sliding layers really slide. Tensor parallelism (tp 2 on virtual
+CPU devices) runs in a subprocess: zoo_tp_worker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from jaxllm import LLM, SamplingParams  # noqa: E402
+from jaxllm.model_loader import load_model  # noqa: E402
+from jaxllm.models.step import full_logits  # noqa: E402
+from jaxllm.process_lifetime import kill_with_parent  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKER = os.path.join(os.path.dirname(__file__), "zoo_tp_worker.py")
+
+SMALL = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    max_position_embeddings=512,
+    initializer_range=0.2,  # peaked logits: greedy choices are not float near-ties
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+WINDOW = 16
+CASES = {
+    "qwen3": (transformers.Qwen3Config, dict(tie_word_embeddings=False)),
+    "qwen3-tied": (transformers.Qwen3Config, dict(tie_word_embeddings=True)),
+    "gemma3": (
+        transformers.Gemma3TextConfig,
+        dict(
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"] * 1
+            + ["full_attention"],
+            query_pre_attn_scalar=24,  # not head_dim: a wrong score scale shows
+            final_logit_softcapping=30.0,
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            },
+        ),
+    ),
+    "phi3": (transformers.Phi3Config, dict(sliding_window=None)),
+}
+NEW = 10
+PROMPT_LENGTHS = (5, 23, 40, 61, 17, 48)
+
+
+def _make(name: str, folder) -> torch.nn.Module:
+    cls, extra = CASES[name]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(
+        cls(**SMALL, **extra), dtype=torch.float32
+    ).eval()
+    with torch.no_grad():  # non-trivial norms, so that a missed or misread norm shows
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """name -> (HF model, its folder)."""
+    base = tmp_path_factory.mktemp("zoo")
+    return {name: (_make(name, base / name), str(base / name)) for name in CASES}
+
+
+def _prompts() -> list[list[int]]:
+    rng = np.random.default_rng(1)
+    shared = rng.integers(3, 300, 32).tolist()  # two prompts share 32 tokens (2 blocks)
+    out = [rng.integers(3, 300, n).tolist() for n in PROMPT_LENGTHS]
+    out[3] = shared + out[3][:29]
+    out[5] = shared + out[5][:16]
+    return out
+
+
+def _hf_greedy(model, prompts) -> list[list[int]]:
+    outs = []
+    for p in prompts:
+        ids = torch.tensor([p])
+        with torch.no_grad():
+            g = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=NEW,
+                min_new_tokens=NEW,
+                do_sample=False,
+            )
+        outs.append(g[0, len(p) :].tolist())
+    return outs
+
+
+@pytest.fixture(scope="module")
+def hf_greedy(zoo):
+    prompts = _prompts()
+    return prompts, {name: _hf_greedy(model, prompts) for name, (model, _) in zoo.items()}
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_full_sequence_logits_match_hf(zoo, name, backend):
+    hf, folder = zoo[name]
+    loaded = load_model(folder, dtype="float32", tokenizer=False)
+    assert loaded.config.architecture == type(hf).__name__
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, SMALL["vocab_size"], n).tolist() for n in (1, 17, 70)]
+    ours = full_logits(loaded.params, loaded.config, seqs, block_size=16, backend=backend)
+    for seq, got in zip(seqs, ours):
+        ids = torch.tensor([seq])
+        with torch.no_grad():
+            ref = hf(ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_engine_greedy_equals_hf(zoo, hf_greedy, name):
+    """Chunked prefill (16-token budget), preemption (a 12-block cache for ~24 blocks of work)
+    and prefix caching (two prompts share 2 blocks), on the CPU's own layout and kernels."""
+    prompts, refs = hf_greedy
+    llm = LLM(
+        zoo[name][1],
+        dtype="float32",
+        max_model_len=96,
+        max_num_seqs=6,
+        max_num_batched_tokens=16,
+        num_gpu_blocks_override=12,
+        block_size=16,
+        enable_prefix_caching=True,
+    )
+    params = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == refs[name]
+    sched = llm.llm_engine.scheduler
+    assert sched.num_preemptions_total > 0
+    # a second wave hits the prefix cache and still gives HF's tokens
+    again = llm.generate([prompts[3]], params, use_tqdm=False)[0]
+    assert again.num_cached_tokens and again.num_cached_tokens >= 32
+    assert again.outputs[0].token_ids == refs[name][3]
+
+
+def test_tensor_parallel_2_greedy_equals_hf(zoo, hf_greedy, tmp_path):
+    prompts, refs = hf_greedy
+    out = tmp_path / "tp.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("XLA_FLAGS", None)
+    spec = {"prompts": prompts, "new": NEW, "models": {n: f for n, (_, f) in zoo.items()}}
+    proc = subprocess.run(
+        [sys.executable, WORKER, json.dumps(spec), str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        preexec_fn=kill_with_parent,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"zoo_tp_worker failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}")
+    got = json.loads(out.read_text())
+    for name in CASES:
+        assert got[name]["tp"] == 2
+        assert got[name]["tokens"] == refs[name], name

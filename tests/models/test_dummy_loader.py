@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from jaxllm.model_loader import dummy, load_model
+from jaxllm.models.layout import param_layout
 
 # ----------------------------------------------------------------------------- dummy
 
@@ -27,20 +28,15 @@ def test_dummy_preset_shapes_match_hf_models():
         sd = hf_model.state_dict()
         config = dummy.dummy_config(name, "bfloat16")
         got = dummy.dummy_param_shapes(config)  # abstract: allocates nothing
-        L = config.num_hidden_layers
-        for path in ("embed_tokens", "norm"):
-            hf_name = "model." + path + ".weight"
-            leaf = got[path]["embedding" if path == "embed_tokens" else "scale"]
-            assert leaf.shape == tuple(sd[hf_name].shape) and leaf.dtype == jnp.bfloat16, name
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            w = sd[f"model.layers.0.self_attn.{proj}.weight"]
-            assert got["layers"]["self_attn"][proj]["kernel"].shape == (L, w.shape[1], w.shape[0])
-            assert ("bias" in got["layers"]["self_attn"][proj]) == (
-                f"model.layers.0.self_attn.{proj}.bias" in sd
-            ), (name, proj)
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            w = sd[f"model.layers.0.mlp.{proj}.weight"]
-            assert got["layers"]["mlp"][proj]["kernel"].shape == (L, w.shape[1], w.shape[0])
+        for spec in param_layout(config):  # each leaf has its HF tensor's shape (or rows)
+            leaf = got
+            for key in spec.path:
+                leaf = leaf[key]
+            assert leaf.shape == spec.shape and leaf.dtype == jnp.bfloat16, (name, spec.path)
+            hf_shape = tuple(sd[spec.hf_name.format(i=0)].shape)
+            if spec.hf_rows is not None:
+                hf_shape = (spec.hf_rows[1] - spec.hf_rows[0],) + hf_shape[1:]
+            assert hf_shape == spec.hf_shape, (name, spec.path)
         assert ("lm_head" in got) == (not hf_cfg.tie_word_embeddings), name
         n_ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(got))
         n_hf = sum(p.numel() for p in hf_model.parameters())  # tied weights counted once

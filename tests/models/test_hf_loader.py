@@ -151,7 +151,7 @@ def test_hf_folder_errors(tmp_path):
     hf = json.loads((tmp_path / "config.json").read_text())
     hf["architectures"] = ["GPT2LMHeadModel"]
     (tmp_path / "config.json").write_text(json.dumps(hf))
-    with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*supported: LlamaForCausalLM"):
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*supported: Gemma3ForCausalLM, Llama"):
         load_model(str(tmp_path))
 
 

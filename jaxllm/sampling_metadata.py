@@ -92,10 +92,13 @@ def request_seed(params: SamplingParams) -> int:
     return params.seed if params.seed is not None else secrets.randbits(32)
 
 
-def min_tokens_banned_ids(params: SamplingParams, num_output_tokens: int) -> list[int]:
-    """eos and stop token ids while fewer than min_tokens tokens were generated, else []."""
+def min_tokens_banned_ids(
+    params: SamplingParams, num_output_tokens: int, eos_token_ids: Sequence[int] = ()
+) -> list[int]:
+    """The model's eos ids (`eos_token_ids`) and the request's stop token ids while fewer than
+    min_tokens tokens were generated, else []."""
     if num_output_tokens < params.min_tokens:
-        return sorted(params.all_stop_token_ids)
+        return sorted(set(params.all_stop_token_ids) | set(eos_token_ids))
     return []
 
 

@@ -316,7 +316,9 @@ class LLMEngine:
                     seq.seed,
                     req.prompt_token_ids,
                     req.output_token_ids,
-                    min_tokens_banned_ids(seq.params, req.num_output_tokens + pending),
+                    min_tokens_banned_ids(
+                        seq.params, req.num_output_tokens + pending, self.eos_token_ids
+                    ),
                     num_pending_tokens=pending,
                 )
             )

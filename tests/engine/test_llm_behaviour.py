@@ -188,3 +188,23 @@ def test_generation_config_gives_the_default_sampling_params(llm, smollm2):
     assert plain.get_default_sampling_params().temperature == 1.0
     with pytest.raises(ValueError, match="generation_config must be 'auto'"):
         LLM(loaded, generation_config="model")
+
+
+def test_min_tokens_holds_back_the_models_eos(llm):
+    """Greedy chat output that ends in eos within a few tokens runs on to min_tokens, with eos
+    banned until then (vLLM's min_tokens; HF's min_new_tokens)."""
+    prompt = llm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Reply with the single word: yes"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    short = llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=40), use_tqdm=False)
+    short = short[0].outputs[0]
+    eos = set(llm.llm_engine.eos_token_ids)
+    assert short.finish_reason == "stop" and short.token_ids[-1] in eos
+    n = len(short.token_ids) + 5
+    out = llm.generate(
+        prompt, SamplingParams(temperature=0.0, max_tokens=40, min_tokens=n), use_tqdm=False
+    )[0].outputs[0]
+    assert len(out.token_ids) >= n and not eos & set(out.token_ids[:n])
+    assert out.token_ids[: len(short.token_ids) - 1] == short.token_ids[:-1]

@@ -150,7 +150,7 @@ def test_engine_greedy_equals_hf(zoo, hf_greedy, name):
         block_size=16,
         enable_prefix_caching=True,
     )
-    params = SamplingParams(temperature=0.0, max_tokens=NEW, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=NEW, min_tokens=NEW)  # as HF's min_new
     outs = llm.generate(prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == refs[name]
     sched = llm.llm_engine.scheduler

@@ -24,7 +24,7 @@ def main(spec_json: str, out_path: str) -> None:
     from jaxllm import LLM, SamplingParams
 
     spec = json.loads(spec_json)
-    params = SamplingParams(temperature=0.0, max_tokens=spec["new"], ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=spec["new"], min_tokens=spec["new"])
     result = {}
     for name, folder in spec["models"].items():
         llm = LLM(

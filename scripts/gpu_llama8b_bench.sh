@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Issue 9's GPU run (run by the lead on one H100/H200): Llama-3-8B dummy weights, bf16.
-#   bw:         the card's copy bandwidth and the batch-1 decode floor (weight bytes / copy BW);
+# The one-card GPU run of a dummy model, bf16 (issue 9: Llama-3-8B; issue 20: Qwen3-8B and
+# Gemma-3-12B shapes). MODEL=dummy:NAME picks the preset (default dummy:llama-3-8b).
+#   bw:         the card's copy bandwidth and the batch-1 decode floor (weight bytes / copy BW;
+#               the bytes of every weight a decode step reads: all but an untied embedding
+#               table, of which it gathers only the token's row);
 #   latency:    jaxllm.benchmarks.latency, batch-1 decode ms/token (128-token prompt, 128 new
 #               tokens);
 #   throughput: jaxllm.benchmarks.throughput, N prompts of 512 random tokens, 256 new tokens each,
@@ -16,7 +19,7 @@
 # then left out, since it waits for every device step; without EXTRA the --profile runs are
 # synchronous, async scheduling's GPU default being turned off for them); TAG: suffix of the log
 # and JSON names.
-# Usage: [PEER=hf] [EXTRA=...] [TAG=...] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]
+# Usage: [MODEL=dummy:NAME] [PEER=hf] [EXTRA=...] [TAG=...] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+${PYTHONPATH}:}." PYTHONUNBUFFERED=1 JAX_LOG_COMPILES=1
@@ -25,6 +28,7 @@ D="${OUT:-out/gpu_llama8b}"; mkdir -p "$D"
 N="${1:-1000}"; shift || true
 PHASES="${*:-bw latency throughput}"
 PEER="${PEER:-}"
+MODEL="${MODEL:-dummy:llama-3-8b}"; export MODEL
 read -r -a extra <<< "${EXTRA:-}"
 T="${TAG:-}"
 prof=(--profile); [[ " ${EXTRA:-} " == *" --async-scheduling "* ]] && prof=()
@@ -43,13 +47,19 @@ ts = []
 for _ in range(10):
     t = time.perf_counter(); loop(x).block_until_ready(); ts.append((time.perf_counter() - t) / 10)
 bw = 2 * n / sorted(ts)[len(ts) // 2]
-# Llama-3-8B bf16 weights read per decode step: every parameter once (8.03e9 params, untied).
-params = 8.03e9 - 128256 * 4096  # the embedding is gathered, not read whole
-print(f"copy_bw_GBps={bw / 1e9:.1f} weight_bytes={params * 2:.3e} floor_ms={params * 2 / bw * 1e3:.2f}")
+import math, os
+from jaxllm.model_loader.dummy import dummy_config
+from jaxllm.models.layout import param_shapes
+c = dummy_config(os.environ["MODEL"].removeprefix("dummy:"), "bfloat16")
+params = sum(math.prod(x.shape) for x in jax.tree.leaves(param_shapes(c)))
+if not c.tie_word_embeddings:
+    params -= c.vocab_size * c.hidden_size  # the embedding is gathered, not read whole
+print(f"model={os.environ['MODEL']} copy_bw_GBps={bw / 1e9:.1f} weight_bytes={params * 2:.3e} "
+      f"floor_ms={params * 2 / bw * 1e3:.2f}")
 PY
     ;;
   latency)
-    timeout 200 "$PY" -m jaxllm.benchmarks.latency --model dummy:llama-3-8b --dtype bfloat16 --input-len 128 \
+    timeout 200 "$PY" -m jaxllm.benchmarks.latency --model "$MODEL" --dtype bfloat16 --input-len 128 \
       --output-len 128 --num-iters 3 "${prof[@]}" "${extra[@]}" --json "$D/latency$T.json" \
       > "$D/latency$T.log" 2>&1
     echo "latency$T rc=$?"; grep -v "^WARNING\|Finished\|Compiling\|tracing" "$D/latency$T.log" | tail -30
@@ -58,7 +68,7 @@ PY
   throughput)
     peer=(); mem=()
     if [ "$PEER" = hf ]; then peer=(--peer hf --hf-batch-size 64); mem=(XLA_PYTHON_CLIENT_MEM_FRACTION=0.6); fi
-    env "${mem[@]}" timeout "${THROUGHPUT_TIMEOUT:-540}" "$PY" -m jaxllm.benchmarks.throughput --model dummy:llama-3-8b \
+    env "${mem[@]}" timeout "${THROUGHPUT_TIMEOUT:-540}" "$PY" -m jaxllm.benchmarks.throughput --model "$MODEL" \
       --dtype bfloat16 --num-prompts "$N" --input-len 512 --output-len 256 \
       --max-num-batched-tokens 8192 --precompile "${prof[@]}" "${extra[@]}" "${peer[@]}" \
       --json "$D/throughput$T.json" > "$D/throughput$T.log" 2>&1

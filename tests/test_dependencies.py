@@ -22,8 +22,10 @@ def _dependencies() -> set[str]:
 
 def test_lazily_imported_runtime_dependencies_are_declared():
     deps = _dependencies()
-    # chat templates (transformers.apply_chat_template); the server (FastAPI app and uvicorn)
-    for name in ("jinja2", "transformers", "fastapi", "uvicorn", "numpy", "gguf", "safetensors"):
+    # chat templates (transformers.apply_chat_template); the server (FastAPI app and uvicorn);
+    # hub ids as models (huggingface_hub)
+    names = ("jinja2", "transformers", "fastapi", "uvicorn", "numpy", "gguf", "safetensors")
+    for name in (*names, "huggingface-hub"):
         assert name in deps, f"{name} is imported at run time but not in [project].dependencies"
 
 

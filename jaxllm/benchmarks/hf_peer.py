@@ -25,17 +25,19 @@ def is_out_of_memory(err: BaseException) -> bool:
     return type(err).__name__ == "OutOfMemoryError" or "out of memory" in str(err).lower()
 
 
-def load_hf_peer(model: str, dtype: str, threads: int, jax_backend: str):
+def load_hf_peer(
+    model: str, dtype: str, threads: int, jax_backend: str, revision: str | None = None
+):
     """The same weights as jaxllm's `model` in HF transformers (torch), eval mode, on the device
     kind jaxllm ran on (`jax_backend`: "gpu" -> cuda, else the CPU with `threads` threads).
 
     smollm2-135m / .gguf: `from_pretrained(folder, gguf_file=...)` (dequantized);
-    an HF folder: `from_pretrained(folder)`; `dummy:NAME`: on a CUDA GPU only, an HF model of the
-    preset's config with random weights (speed only).
+    an HF folder (or a hub id's snapshot at `revision`): `from_pretrained(folder)`; `dummy:NAME`:
+    on a CUDA GPU only, an HF model of the preset's config with random weights (speed only).
     """
     from jaxllm.model_loader import resolve_model
 
-    fmt, path = resolve_model(model)
+    fmt, path = resolve_model(model, revision)
     if fmt == "dummy" and jax_backend != "gpu":
         raise PeerUnavailable(
             f"{model}: the HF peer of a dummy model runs only on a CUDA GPU (random weights, "

@@ -174,7 +174,9 @@ def run_peer(
     from jaxllm.benchmarks import hf_peer
 
     try:
-        hf = hf_peer.load_hf_peer(args.model, args.dtype, args.hf_threads, jax_backend)
+        hf = hf_peer.load_hf_peer(
+            args.model, args.dtype, args.hf_threads, jax_backend, getattr(args, "revision", None)
+        )
     except hf_peer.PeerUnavailable as e:
         return None, str(e)
     if args.warmup:

@@ -451,11 +451,11 @@ def run_generate(args: argparse.Namespace, llm_factory: Callable[..., Any] | Non
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """`jaxllm convert MODEL OUT_DIR [--dtype D]`."""
+    """`jaxllm convert MODEL OUT_DIR [--dtype D] [--revision R]`."""
     from jaxllm.entrypoints.convert import convert_main
 
     try:
-        rc = convert_main(args.model, args.out_dir, args.dtype)
+        rc = convert_main(args.model, args.out_dir, args.dtype, revision=args.revision)
     except (ValueError, FileNotFoundError) as e:
         raise CLIError(str(e)) from None
     return rc if isinstance(rc, int) else 0

@@ -60,6 +60,7 @@ DEFAULT_MODEL = "smollm2-135m"
 # argparse dest -> LLM keyword (vLLM names).
 ENGINE_ARGS = {
     "model": "model",
+    "revision": "revision",
     "dtype": "dtype",
     "max_model_len": "max_model_len",
     "max_num_seqs": "max_num_seqs",
@@ -145,8 +146,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     g.add_argument(
         "--model",
-        help=f"model: a preset name, an HF folder, a .gguf file or a "
-        f"converted jaxllm folder (default: {DEFAULT_MODEL})",
+        help=f"model: a preset name, an HF folder, a .gguf file, a converted jaxllm folder, "
+        f"dummy:NAME, or a Hugging Face hub id (org/name: the local HF cache first, else a "
+        f"download unless HF_HUB_OFFLINE=1) (default: {DEFAULT_MODEL})",
+    )
+    g.add_argument(
+        "--revision",
+        help="branch, tag or commit hash of a Hugging Face hub model (default: main)",
     )
     g.add_argument("--dtype", help="weights/compute dtype: auto, float32, bfloat16 (default: auto)")
     g.add_argument("--max-model-len", type=int, help="longest prompt + output, in tokens")
@@ -353,7 +359,12 @@ def add_multihost_args(
 
 def add_convert_args(parser: argparse.ArgumentParser) -> None:
     """Options of `jaxllm convert MODEL OUT_DIR`."""
-    parser.add_argument("model", help="model to convert (HF folder, .gguf file or preset name)")
+    parser.add_argument(
+        "model", help="model to convert (HF folder, .gguf file, preset name or hub id)"
+    )
+    parser.add_argument(
+        "--revision", help="branch, tag or commit hash of a Hugging Face hub model (default: main)"
+    )
     parser.add_argument("out_dir", help="folder to write the converted checkpoint to")
     parser.add_argument(
         "--dtype", default="auto", help="dtype of the saved weights (default: auto)"

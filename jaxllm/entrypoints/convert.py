@@ -8,13 +8,21 @@ import time
 import jax
 
 
-def convert_main(model: str, out_dir: str, dtype: str = "auto", *, overwrite: bool = False) -> str:
-    """Convert `model` (anything `load_model` accepts) into `out_dir`; returns the folder path."""
+def convert_main(
+    model: str,
+    out_dir: str,
+    dtype: str = "auto",
+    *,
+    overwrite: bool = False,
+    revision: str | None = None,
+) -> str:
+    """Convert `model` (anything `load_model` accepts, a hub id at `revision`) into `out_dir`;
+    returns the folder path."""
     from jaxllm.model_loader import load_model
     from jaxllm.model_loader.orbax import save_converted
 
     start = time.perf_counter()
-    loaded = load_model(model, dtype=dtype, tokenizer=True)
+    loaded = load_model(model, dtype=dtype, tokenizer=True, revision=revision)
     path = save_converted(loaded, out_dir, overwrite=overwrite)
     n_params = sum(x.size for x in jax.tree.leaves(loaded.params))
     print(

@@ -19,7 +19,10 @@ class LLM:
     """An engine over one model; `generate` and `chat` run requests to completion.
 
     Args mirror vLLM's: model (an HF folder, a .gguf file, a converted jaxllm folder,
-    `dummy:NAME`, `smollm2-135m`, or an already loaded `jaxllm.model_loader.LoadedModel`), dtype
+    `dummy:NAME`, `smollm2-135m`, a Hugging Face hub id such as "Qwen/Qwen2.5-0.5B-Instruct"
+    (the local HF cache first, else a download of the files jaxllm reads unless HF_HUB_OFFLINE is
+    set), or an already loaded `jaxllm.model_loader.LoadedModel`), revision (a hub id's branch,
+    tag or commit hash; default main; the tokenizer comes from the same snapshot), dtype
     ("auto", "float32", "bfloat16"), max_model_len (default: the model's), max_num_seqs,
     max_num_batched_tokens, block_size, gpu_memory_utilization, num_gpu_blocks_override,
     enable_prefix_caching, swap_space (GiB of host memory for preempted KV), preemption_mode
@@ -48,6 +51,7 @@ class LLM:
         model: Any = DEFAULT_MODEL,
         *,
         tokenizer: Any = None,
+        revision: str | None = None,
         dtype: str = "auto",
         max_model_len: int | None = None,
         max_num_seqs: int = 256,
@@ -84,7 +88,7 @@ class LLM:
         loaded = (
             model
             if isinstance(model, LoadedModel)
-            else load_model(model, dtype=dtype, mesh=meshes[0])
+            else load_model(model, dtype=dtype, mesh=meshes[0], revision=revision)
         )
         mc = loaded.config
         if max_model_len is None:

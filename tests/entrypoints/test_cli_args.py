@@ -563,11 +563,18 @@ def test_engine_errors_are_reported_cleanly(capsys):
 def test_convert_calls_convert_main(monkeypatch):
     calls = []
     fake = types.ModuleType("jaxllm.entrypoints.convert")
-    fake.convert_main = lambda model, out_dir, dtype: calls.append((model, out_dir, dtype))
+    fake.convert_main = lambda model, out_dir, dtype, revision: calls.append(
+        (model, out_dir, dtype, revision)
+    )
     monkeypatch.setitem(sys.modules, "jaxllm.entrypoints.convert", fake)
     assert cli.main(["convert", "smollm2-135m", "/tmp/out", "--dtype", "bfloat16"]) == 0
     assert cli.main(["convert", "a.gguf", "dir"]) == 0
-    assert calls == [("smollm2-135m", "/tmp/out", "bfloat16"), ("a.gguf", "dir", "auto")]
+    assert cli.main(["convert", "org/name", "dir", "--revision", "v1"]) == 0
+    assert calls == [
+        ("smollm2-135m", "/tmp/out", "bfloat16", None),
+        ("a.gguf", "dir", "auto", None),
+        ("org/name", "dir", "auto", "v1"),
+    ]
 
 
 def test_help_and_missing_command(capsys):

@@ -63,7 +63,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         "model",
         nargs="?",
         metavar="MODEL",
-        help=f"model to serve (same forms as --model; default {DEFAULT_MODEL})",
+        help=f"model to serve (same forms as --model, a Hugging Face hub id included; "
+        f"default {DEFAULT_MODEL})",
     )
     g = parser.add_argument_group("server")
     g.add_argument("--host", help="address to bind (default 127.0.0.1)")

@@ -265,9 +265,9 @@ def test_gguf_unsupported_tensor_type(tmp_path):
 
 
 def test_gguf_unsupported_architecture(tmp_path):
-    path = tmp_path / "gemma.gguf"
-    write_gguf(path, "gemma3", {"gemma3.block_count": 1}, _minimal_llama_tensors())
-    with pytest.raises(ValueError, match=r"gemma3.*gemma\.gguf.*LlamaForCausalLM"):
+    path = tmp_path / "falcon.gguf"
+    write_gguf(path, "falcon", {"falcon.block_count": 1}, _minimal_llama_tensors())
+    with pytest.raises(ValueError, match=r"falcon.*falcon\.gguf.*LlamaForCausalLM"):
         load_model(str(path), tokenizer=False)
 
 

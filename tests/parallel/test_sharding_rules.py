@@ -57,7 +57,15 @@ def test_rules_table_specs_by_hand():
         ("lm_head", "kernel"): P(None, "model"),
     }
     assert specs == expected
-    assert set(PARAM_LOGICAL_AXES) == {s.path for s in param_layout(config)}
+    # Per-head q/k norms (Qwen3, Gemma 3) are small and replicated on every device.
+    qk_config = config.replace(qk_norm=True)
+    qk_specs = param_partition_specs(qk_config, SIZES)
+    assert qk_specs == {
+        **expected,
+        ("layers", "self_attn", "q_norm", "scale"): P(),
+        ("layers", "self_attn", "k_norm", "scale"): P(),
+    }
+    assert set(PARAM_LOGICAL_AXES) == {s.path for s in param_layout(qk_config)}
 
 
 def test_replicate_kv_option_and_uneven_vocab():

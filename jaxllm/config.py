@@ -120,6 +120,16 @@ class ModelConfig:
             return self.local_rope_theta, self.local_rope_scaling
         return self.rope_theta, self.rope_scaling
 
+    def for_max_model_len(self, max_model_len: int) -> ModelConfig:
+        """This config for an engine whose sequences reach `max_model_len` tokens (LongRoPE picks
+        its factor list by it, see `RopeScaling`)."""
+        return self.replace(
+            rope_scaling=self.rope_scaling and self.rope_scaling.for_max_model_len(max_model_len),
+            local_rope_scaling=(
+                self.local_rope_scaling and self.local_rope_scaling.for_max_model_len(max_model_len)
+            ),
+        )
+
     @property
     def uniform_layers(self) -> bool:
         """Do all layers share one window and rope (so one scanned layer serves them all)?"""
@@ -222,11 +232,18 @@ class _RopeFields:
             if rp.get("rope_type", rp.get("type", "default")) != "default":
                 scaling_dict = rp
             partial = rp.get("partial_rotary_factor", partial)
+        max_len = hf.get("max_position_embeddings")
         return cls(
             theta=float(theta if theta is not None else 10000.0),
-            scaling=rope_scaling_from_hf(scaling_dict),
+            # Phi-3 keeps original_max_position_embeddings beside the rope dict, and HF prefers
+            # it there; it belongs to the global (not per-layer-type local) rope
+            scaling=rope_scaling_from_hf(
+                scaling_dict,
+                max_position_embeddings=max_len,
+                original_max_position_embeddings=hf.get("original_max_position_embeddings"),
+            ),
             local_theta=None if local_theta is None else float(local_theta),
-            local_scaling=rope_scaling_from_hf(local_dict),
+            local_scaling=rope_scaling_from_hf(local_dict, max_position_embeddings=max_len),
             partial_rotary_factor=float(partial if partial is not None else 1.0),
         )
 

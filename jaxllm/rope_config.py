@@ -8,7 +8,7 @@ The frequencies themselves are computed in `jaxllm.layers.rotary`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # rope types jaxllm computes (HF `rope_type`; the older `type` key is read too)
@@ -29,9 +29,13 @@ class RopeScaling:
       grows with its length (`factor`); that length is the model's, as transformers reads it.
     - yarn: interpolation ramped in by frequency between `beta_fast` and `beta_slow` rotations
       over `original_max_position_embeddings`; cos/sin scaled by `attention_factor`.
-    - longrope (Phi-3): per-frequency divisors, `long_factor` for a sequence longer than
-      `original_max_position_embeddings`, else `short_factor`; cos/sin scaled by
-      `attention_factor`.
+    - longrope (Phi-3): per-frequency divisors, `long_factor` where `use_long_factor` else
+      `short_factor`; cos/sin scaled by `attention_factor`. transformers picks the list per
+      forward pass by the sequence's length (long past `original_max_position_embeddings`), so a
+      chunked prompt would hold keys rotated both ways; like vLLM, the engine picks one list for
+      every sequence: the long one where its max_model_len exceeds the original length
+      (`ModelConfig.for_max_model_len`), the same as transformers' for every sequence that stays
+      on one side of that length.
     """
 
     rope_type: str = "default"  # one of ROPE_TYPES
@@ -47,6 +51,13 @@ class RopeScaling:
     truncate: bool = True  # yarn: round the ramp's ends outward to whole dims
     short_factor: tuple[float, ...] = ()  # longrope, one divisor per frequency
     long_factor: tuple[float, ...] = ()  # longrope, one divisor per frequency
+    use_long_factor: bool = True  # longrope: the list every position rotates with
+
+    def for_max_model_len(self, max_model_len: int) -> RopeScaling:
+        """This scaling for an engine whose sequences reach `max_model_len` tokens."""
+        if self.rope_type != "longrope":
+            return self
+        return replace(self, use_long_factor=max_model_len > self.original_max_position_embeddings)
 
 
 def rope_scaling_from_hf(
@@ -134,6 +145,8 @@ def rope_scaling_from_hf(
         attention_factor=float(attention),
         short_factor=tuple(float(f) for f in _required(rs, "short_factor", rtype)),
         long_factor=tuple(float(f) for f in _required(rs, "long_factor", rtype)),
+        # vLLM's choice with its default max_model_len, the model's max_position_embeddings
+        use_long_factor=max_position_embeddings is None or max_position_embeddings > original,
     )
 
 

@@ -90,6 +90,10 @@ class LLMEngine:
         precompile: bool = False,  # compile every step shape now (see `precompile`)
     ) -> None:
         enable_compilation_cache(compilation_cache_dir)
+        engine_config = dataclasses.replace(
+            engine_config,
+            model=engine_config.model.for_max_model_len(engine_config.scheduler.max_model_len),
+        )
         self.model_config = engine_config.model
         self.tokenizer = tokenizer
         self.runner = ModelRunner(

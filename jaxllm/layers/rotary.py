@@ -18,7 +18,7 @@ import numpy as np
 from jaxllm.config import RopeScaling
 
 # types whose frequencies depend on the sequence's length, so rotary_cos_sin picks them per token
-_LENGTH_DEPENDENT = ("dynamic", "longrope")
+LENGTH_DEPENDENT_ROPE_TYPES = ("dynamic",)
 
 
 def rotary_cos_sin(
@@ -32,44 +32,23 @@ def rotary_cos_sin(
 ) -> tuple[jax.Array, jax.Array]:  # cos, sin: [T, rotary_dim // 2] float32
     """cos/sin of each token's angles, times the scaling's attention factor (yarn, longrope).
 
-    dynamic and longrope use the frequencies transformers computes for a sequence of length
-    `seq_lens[t]` (dynamic: grown base past `max_position_embeddings`; longrope: the long factors
-    past `original_max_position_embeddings`). The other types ignore `seq_lens`.
+    dynamic uses the frequencies transformers computes for a sequence of length `seq_lens[t]`
+    (its base grown past `max_position_embeddings`); the other types ignore `seq_lens`. longrope
+    rotates with the factor list its `use_long_factor` names, the same at every length.
     """
     rtype = "default" if scaling is None else scaling.rope_type
-    if scaling is None or rtype not in _LENGTH_DEPENDENT:
+    if scaling is None or rtype not in LENGTH_DEPENDENT_ROPE_TYPES:
         inv = jnp.asarray(_static_inv_freq(rotary_dim, theta, scaling))[None, :]  # [1, D/2]
     elif rtype == "dynamic":
         inv = _dynamic_inv_freq(
             seq_lens, rotary_dim, theta, scaling.factor, max_position_embeddings
         )
-    else:  # longrope
-        short = _longrope_inv_freq(rotary_dim, theta, scaling.short_factor)
-        long = _longrope_inv_freq(rotary_dim, theta, scaling.long_factor)
-        is_long = (seq_lens > scaling.original_max_position_embeddings)[:, None]
-        inv = jnp.where(is_long, long[None, :], short[None, :])  # [T, D/2]
     freqs = positions.astype(jnp.float32)[:, None] * inv  # [T, D/2]
     cos, sin = jnp.cos(freqs), jnp.sin(freqs)
     if scaling is not None and scaling.attention_factor != 1.0:
         attention = jnp.float32(scaling.attention_factor)
         cos, sin = cos * attention, sin * attention
     return cos, sin
-
-
-def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
-    """Inverse frequencies [head_dim // 2] in float32 of a type with neither a cos/sin factor nor
-    a length dependence (default, linear, llama3); the others need `rotary_cos_sin`."""
-    if scaling is not None and scaling.rope_type not in ("default", "linear", "llama3"):
-        raise ValueError(f"rope type {scaling.rope_type!r} needs rotary_cos_sin")
-    return _static_inv_freq(head_dim, theta, scaling)
-
-
-def rope_cos_sin(
-    positions: jax.Array,  # [T] int32
-    inv_freq: np.ndarray,  # [D // 2]
-) -> tuple[jax.Array, jax.Array]:  # cos, sin: [T, D // 2] float32
-    freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]
-    return jnp.cos(freqs), jnp.sin(freqs)
 
 
 def apply_rotary(
@@ -105,10 +84,13 @@ def _plain_inv_freq(dim: int, theta: float) -> np.ndarray:  # [dim // 2] float32
 
 
 def _static_inv_freq(dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
-    """[dim // 2] float32 frequencies of default, linear, llama3 and yarn."""
+    """[dim // 2] float32 frequencies of every type but dynamic."""
     inv = _plain_inv_freq(dim, theta)
     if scaling is None or scaling.rope_type == "default":
         return inv
+    if scaling.rope_type == "longrope":
+        factors = scaling.long_factor if scaling.use_long_factor else scaling.short_factor
+        return _longrope_inv_freq(dim, theta, factors)
     if scaling.rope_type == "linear":
         return (inv / np.float32(scaling.factor)).astype(np.float32)
     if scaling.rope_type == "yarn":

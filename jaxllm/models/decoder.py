@@ -37,7 +37,7 @@ from jaxllm.config import ModelConfig, RopeScaling
 from jaxllm.layers.embedding import vocab_parallel_embed
 from jaxllm.layers.linear import Linear
 from jaxllm.layers.norms import RMSNorm
-from jaxllm.layers.rotary import rope_cos_sin, rope_inv_freq
+from jaxllm.layers.rotary import LENGTH_DEPENDENT_ROPE_TYPES, rotary_cos_sin
 from jaxllm.models.batch import KVCache, StepBatch
 from jaxllm.models.packed_params import PACKED_LAYERS
 
@@ -89,19 +89,23 @@ def token_context_lens(batch: StepBatch) -> jax.Array:  # [T] int32
     return batch.kv_lens[jnp.clip(seq - 1, 0, batch.kv_lens.shape[0] - 1)]
 
 
-# rope types whose frequencies depend on the sequence's length (HF's dynamic_rope_update)
-_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
-
-
 def rope_tables(c: ModelConfig, batch: StepBatch) -> dict[tuple, Rope]:
     """cos/sin of every distinct (theta, scaling) among the layers, keyed by `c.layer_rope(i)`."""
     kinds: list[tuple[float, RopeScaling | None]] = list(
         dict.fromkeys(c.layer_rope(i) for i in range(c.num_hidden_layers))
     )
+    lengths = batch.positions  # unread by the rope types that do not depend on the length
+    if any(s is not None and s.rope_type in LENGTH_DEPENDENT_ROPE_TYPES for _, s in kinds):
+        lengths = token_context_lens(batch)
     out = {}
     for theta, scaling in kinds:
-        out[(theta, scaling)] = rope_cos_sin(
-            batch.positions, rope_inv_freq(c.rotary_dim, theta, scaling)
+        out[(theta, scaling)] = rotary_cos_sin(
+            batch.positions,
+            lengths,
+            rotary_dim=c.rotary_dim,
+            theta=theta,
+            scaling=scaling,
+            max_position_embeddings=c.max_position_embeddings,
         )
     return out
 

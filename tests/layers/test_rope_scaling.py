@@ -4,7 +4,6 @@ own rotary embedding modules and Phi-3's apply_rotary_pos_emb (torch, float32)."
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -15,7 +14,7 @@ from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb as phi3_
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from jaxllm.config import ModelConfig, RopeScaling
-from jaxllm.layers.rotary import apply_rotary, rope_cos_sin, rope_inv_freq, rotary_cos_sin
+from jaxllm.layers.rotary import apply_rotary, rotary_cos_sin
 from jaxllm.model_loader.orbax import config_to_hf_dict
 from jaxllm.rope_config import rope_scaling_from_hf, rope_scaling_to_hf
 
@@ -159,9 +158,7 @@ def parse(cfg):
         max_position_embeddings=d["max_position_embeddings"],
         original_max_position_embeddings=d.get("original_max_position_embeddings"),
     )
-    # from_hf_dict reads theta, head_dim and partial rotary; it passes no lengths to
-    # rope_scaling_from_hf (yet), so it reads the scaling from a dict with them resolved.
-    mc = ModelConfig.from_hf_dict({**d, "rope_parameters": {**rope, **rope_scaling_to_hf(scaling)}})
+    mc = ModelConfig.from_hf_dict(d)  # resolves the lengths from the config itself
     assert mc.rope_scaling == scaling
     return mc
 
@@ -206,7 +203,13 @@ def test_cos_sin_match_hf_below_and_above_original_length(name):
     mc = parse(cfg)
     switch = CASES[name][3]
     lens = [switch // 2, switch, switch + 1, 3 * switch]
-    cos, sin = ours(mc, lens)  # all four sequences in one step: picked per token
+    if mc.rope_scaling.rope_type == "longrope":
+        # one factor list for the engine, picked by its max_model_len: transformers' pick for a
+        # sequence of length n is the engine's with max_model_len n
+        parts = [ours(mc.for_max_model_len(n), [n]) for n in lens]
+        cos, sin = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+    else:
+        cos, sin = ours(mc, lens)  # all four sequences in one step: picked per token
     start = 0
     for n in lens:
         want_cos, want_sin = hf(name, cfg, n, mc.rotary_dim)
@@ -239,6 +242,12 @@ def test_parsed_fields_follow_transformers_defaults():
     assert phi.rope_scaling.rope_type == "longrope" and phi.rope_scaling.factor == 8.0
     assert phi.rope_scaling.attention_factor == pytest.approx(np.sqrt(1 + np.log(8) / np.log(64)))
     assert isinstance(phi.rope_scaling.long_factor, tuple)
+    # vLLM's pick: the long factors where the engine's max_model_len passes the original 64
+    assert phi.rope_scaling.use_long_factor  # 512 positions by default
+    assert not phi.for_max_model_len(64).rope_scaling.use_long_factor
+    assert phi.for_max_model_len(65).rope_scaling.use_long_factor
+    yarn_model = parse(hf_config("yarn"))
+    assert yarn_model.for_max_model_len(8) == yarn_model
     hash(phi.rope_scaling)  # a static jit argument
 
     # Phi-3's older "yarn" name with LongRoPE's factor lists is longrope; a plain yarn stays yarn
@@ -294,19 +303,6 @@ def test_scaling_round_trips_through_hf_dict(name):
     assert rope_scaling_from_hf(json.loads(json.dumps(rope_scaling_to_hf(rs)))) == rs
     llama = mc.replace(architecture="LlamaForCausalLM", qk_norm=False)  # a registered one
     assert ModelConfig.from_hf_dict(config_to_hf_dict(llama)) == llama
-
-
-def test_old_entry_points_refuse_scaled_cos_sin():
-    rs = parse(hf_config("yarn")).rope_scaling
-    with pytest.raises(ValueError, match="needs rotary_cos_sin"):
-        rope_inv_freq(64, 10000.0, rs)
-    # the static types keep their path, equal to rotary_cos_sin's
-    mc = parse(hf_config("llama3"))
-    pos = jnp.arange(40, dtype=jnp.int32)
-    old = rope_cos_sin(pos, rope_inv_freq(mc.head_dim, mc.rope_theta, mc.rope_scaling))
-    new = ours(mc, [40])
-    np.testing.assert_array_equal(np.asarray(old[0]), new[0])
-    np.testing.assert_array_equal(np.asarray(old[1]), new[1])
 
 
 @pytest.mark.parametrize("rotary_dim", [64, 32, 16])

@@ -40,6 +40,15 @@ CASES = {
             },
         ),
     ),
+    # dynamic NTK past max_position_embeddings (the 150-token sequence): the base grows with it
+    "llama-dynamic-ntk": (
+        transformers.LlamaConfig,
+        dict(
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            rope_scaling={"rope_type": "dynamic", "factor": 2.0},
+        ),
+    ),
     "mistral": (transformers.MistralConfig, dict(num_key_value_heads=2, sliding_window=None)),
     "qwen2-bias-tied": (
         transformers.Qwen2Config,
@@ -52,7 +61,7 @@ CASES = {
 def hf_pair(request, tmp_path_factory):
     cls, extra = CASES[request.param]
     torch.manual_seed(0)
-    cfg = cls(**SMALL, **extra)
+    cfg = cls(**{**SMALL, **extra})
     model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32).eval()
     with torch.no_grad():  # non-trivial norms and biases so a missed weight shows
         for name, p in model.named_parameters():

@@ -1,4 +1,5 @@
-"""Qwen3, Gemma 3 (text) and Phi-3 equal HF transformers (torch, float32) on the same weights.
+"""Qwen3, Gemma 3 (text) and Phi-3 equal HF transformers (torch, float32) on the same weights,
+with yarn and longrope (+ partial rotary) scaling.
 
 Tiny random models built from transformers configs (4 layers, GQA, a vocabulary of 300), saved
 with `save_pretrained` and loaded as HF folders: full-sequence logits within 1e-4 of HF on the
@@ -62,16 +63,46 @@ CASES = {
         ),
     ),
     "phi3": (transformers.Phi3Config, dict(sliding_window=None)),
+    "qwen3-yarn": (
+        transformers.Qwen3Config,
+        dict(
+            rope_scaling={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 128,
+            }
+        ),
+    ),
+    # LongRoPE with half the head rotating (Phi-4-mini's shape). The engine's max_model_len
+    # passes the original 4 positions, so it rotates with the long factors, as HF does for every
+    # prompt here (all longer than 4).
+    "phi3-longrope-partial": (
+        transformers.Phi3Config,
+        dict(
+            sliding_window=None,
+            head_dim=16,  # = hidden / heads, which HF's longrope check assumes
+            partial_rotary_factor=0.5,
+            original_max_position_embeddings=4,
+            rope_scaling={
+                "type": "longrope",
+                "short_factor": [1.0 + 0.05 * i for i in range(4)],
+                "long_factor": [1.0 + 0.8 * i for i in range(4)],
+            },
+        ),
+    ),
 }
 NEW = 10
 PROMPT_LENGTHS = (5, 23, 40, 61, 17, 48)
 
 
 def _make(name: str, folder) -> torch.nn.Module:
-    cls, extra = CASES[name]
+    return _build(*CASES[name], folder)
+
+
+def _build(cls, extra: dict, folder) -> torch.nn.Module:
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(
-        cls(**SMALL, **extra), dtype=torch.float32
+        cls(**{**SMALL, **extra}), dtype=torch.float32
     ).eval()
     with torch.no_grad():  # non-trivial norms, so that a missed or misread norm shows
         for pname, p in model.named_parameters():
@@ -183,3 +214,19 @@ def test_tensor_parallel_2_greedy_equals_hf(zoo, hf_greedy, tmp_path):
     for name in CASES:
         assert got[name]["tp"] == 2
         assert got[name]["tokens"] == refs[name], name
+
+
+def test_longrope_engine_within_the_original_length_takes_the_short_factors(tmp_path):
+    """An engine whose max_model_len stays within the original context rotates with the short
+    factors, as HF does for sequences that short (chunked prefill included)."""
+    cls, extra = CASES["phi3-longrope-partial"]
+    hf = _build(cls, {**extra, "original_max_position_embeddings": 96}, tmp_path)
+    prompts = _prompts()[:3]  # at most 40 + NEW tokens
+    refs = _hf_greedy(hf, prompts)
+    llm = LLM(
+        str(tmp_path), dtype="float32", max_model_len=96, max_num_batched_tokens=16, block_size=16
+    )
+    assert not llm.llm_engine.model_config.rope_scaling.use_long_factor
+    params = SamplingParams(temperature=0.0, max_tokens=NEW, min_tokens=NEW)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == refs

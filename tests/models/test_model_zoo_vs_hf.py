@@ -3,7 +3,8 @@ with yarn and longrope (+ partial rotary) scaling.
 
 Tiny random models built from transformers configs (4 layers, GQA, a vocabulary of 300), saved
 with `save_pretrained` and loaded as HF folders: full-sequence logits within 1e-4 of HF on the
-reference and CPU attention backends, and greedy tokens through the engine (chunked prefill, a
+reference and CPU attention backends (C++ and jnp kernels), bfloat16 logits as close to HF's
+float32 ones as HF's bfloat16 run, and greedy tokens through the engine (chunked prefill, a
 cache small enough to preempt, prefix caching) equal to HF `generate`. Gemma 3's window (16) is
 shorter than the prompts, so its sliding layers really slide. Tensor parallelism (tp 2 on virtual
 CPU devices) runs in a subprocess: zoo_tp_worker.py.
@@ -150,9 +151,13 @@ def hf_greedy(zoo):
     return prompts, {name: _hf_greedy(model, prompts) for name, (model, _) in zoo.items()}
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "cpu-xla"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_full_sequence_logits_match_hf(zoo, name, backend):
+def test_full_sequence_logits_match_hf(zoo, name, backend, monkeypatch):
+    """`cpu` runs cpu_ext's C++ kernels where they build, `cpu-xla` the jnp ones (as bf16 does)."""
+    if backend == "cpu-xla":
+        monkeypatch.setenv("JAXLLM_CPU_KERNELS", "xla")
+        backend = "cpu"
     hf, folder = zoo[name]
     loaded = load_model(folder, dtype="float32", tokenizer=False)
     assert loaded.config.architecture == type(hf).__name__
@@ -164,6 +169,26 @@ def test_full_sequence_logits_match_hf(zoo, name, backend):
         with torch.no_grad():
             ref = hf(ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bfloat16_logits_as_close_to_float32_as_hf_bfloat16(zoo, name):
+    """bfloat16 weights and activations: jaxllm's logits are no further from HF's float32 ones
+    than HF's own bfloat16 run is (with a 2x margin: the two round at different points)."""
+    hf, folder = zoo[name]
+    loaded = load_model(folder, dtype="bfloat16", tokenizer=False)
+    rng = np.random.default_rng(2)
+    seqs = [rng.integers(0, SMALL["vocab_size"], n).tolist() for n in (9, 40)]
+    ours = full_logits(loaded.params, loaded.config, seqs, block_size=16, backend="cpu")
+    hf16 = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    for seq, got in zip(seqs, ours):
+        ids = torch.tensor([seq])
+        with torch.no_grad():
+            ref = hf(ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
+            ref16 = hf16(ids, attention_mask=torch.ones_like(ids)).logits[0].float().numpy()
+        hf_err = np.abs(ref16 - ref).max()
+        assert hf_err > 0  # the bf16 model really rounds
+        assert np.abs(got - ref).max() <= 2 * hf_err, (np.abs(got - ref).max(), hf_err)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -110,6 +110,16 @@ class ModelConfig:
             return False
         return not self.layer_types or self.layer_types[layer] == SLIDING
 
+    @property
+    def uniform_sliding_window(self) -> int | None:
+        """The window when every layer attends within it (Mistral, Phi-3), else None (Gemma 3's
+        global layers read the whole context)."""
+        if self.sliding_window is None or any(
+            not self.is_sliding_layer(i) for i in range(self.num_hidden_layers)
+        ):
+            return None
+        return self.sliding_window
+
     def layer_window(self, layer: int) -> int | None:
         """The attention window of `layer` (None: the whole context)."""
         return self.sliding_window if self.is_sliding_layer(layer) else None

@@ -111,6 +111,7 @@ class LLMEngine:
             engine_config.cache,
             self.runner.num_blocks,
             num_host_blocks=self.runner.block_mover.num_host_blocks,
+            sliding_window=self.model_config.uniform_sliding_window,
         )
         capacity = (self.runner.num_blocks - 1) * engine_config.cache.block_size
         if engine_config.scheduler.max_model_len > capacity:

@@ -18,6 +18,14 @@ before the step (in this order: swap-outs, swap-ins, copies; see jaxllm/engine/k
   * `fork`: a child shares its parent's whole table (ref counts + 1); the partly filled last block
     is copied on write by whichever sharer first appends into it (`allocate_slots`).
 
+Sliding-window models (every layer attends within `sliding_window` tokens): a block whose tokens
+all lie before the window of the request's next query is read by no later step, so it is freed
+and its table entry becomes the null block (the kernels mask it out), as vLLM's sliding-window
+manager does. It keeps its hash, so it stays a prefix-cache hit until it is evicted. Blocks are
+freed only once cached (when caching is on), and in the step after the last one that read them:
+steps run in order on the device, so a step in flight has read them before a later step writes
+a reused block.
+
 Host side only: no JAX here."""
 
 from __future__ import annotations
@@ -35,10 +43,17 @@ class KVCacheManager:
         block_size: int,
         enable_caching: bool = True,
         num_host_blocks: int = 0,
+        sliding_window: int | None = None,  # every layer's window, else None
     ) -> None:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
         self.block_size = block_size
+        self.sliding_window = sliding_window
+        # How many leading blocks of each request were freed as outside the window (null now).
+        self._num_windowed_out: dict[str, int] = {}
+        self.num_windowed_out_total = 0  # blocks freed that way since start (a metric)
         self.enable_caching = enable_caching
         self.block_pool = BlockPool(num_blocks, enable_caching)
         self.req_to_blocks: dict[str, list[KVCacheBlock]] = {}
@@ -105,6 +120,8 @@ class KVCacheManager:
         rid = request.request_id
         computed = new_computed_blocks or []
         req_blocks = self.req_to_blocks.get(rid)
+        if req_blocks and self.sliding_window is not None:
+            self._free_blocks_outside_window(rid, request.num_computed_tokens)
         if req_blocks and not computed:
             # Fast path (most decode steps): the new tokens fit in the blocks already held and
             # the first goes into an unshared block (or starts a fresh one): nothing to allocate.
@@ -186,6 +203,29 @@ class KVCacheManager:
         )
         self._num_cached_blocks[rid] = num_full
 
+    def _free_blocks_outside_window(self, rid: str, num_computed_tokens: int) -> None:
+        """Free the request's leading blocks that no query from `num_computed_tokens` on reads.
+
+        The query at position p reads keys p - sliding_window + 1 .. p, so the next one (at
+        `num_computed_tokens`) and every later one read nothing before that first key.
+        """
+        assert self.sliding_window is not None
+        first_read = num_computed_tokens - self.sliding_window + 1
+        n = first_read // self.block_size  # blocks wholly before the first key read
+        if self.enable_caching:
+            n = min(n, self._num_cached_blocks[rid])
+        start = self._num_windowed_out.get(rid, 0)
+        if n <= start:
+            return
+        blocks, ids = self.req_to_blocks[rid], self._req_to_block_ids[rid]
+        out = blocks[start:n]
+        null = self.block_pool.null_block
+        blocks[start:n] = [null] * (n - start)
+        ids[start:n] = [null.block_id] * (n - start)
+        self._num_windowed_out[rid] = n
+        self.num_windowed_out_total += n - start
+        self.block_pool.free_blocks(out)
+
     def free(self, request: Request) -> None:
         """Release the request's blocks (device, and host ones if swapped out). Tail blocks join
         the free queue first, so they are evicted before the shared prefix blocks. A finished
@@ -202,7 +242,8 @@ class KVCacheManager:
         blocks = self.req_to_blocks.pop(rid, [])
         self._req_to_block_ids.pop(rid, None)
         self._num_cached_blocks.pop(rid, None)
-        self.block_pool.free_blocks(reversed(blocks))
+        self._num_windowed_out.pop(rid, None)
+        self.block_pool.free_blocks(b for b in reversed(blocks) if not b.is_null)
 
     # ----- swap to host memory ----------------------------------------------------------------
     def is_swapped(self, request_id: str) -> bool:
@@ -276,10 +317,12 @@ class KVCacheManager:
         if cid in self.req_to_blocks or cid in self._req_to_host_blocks:
             raise ValueError(f"request {cid!r} already holds blocks")
         blocks = self.req_to_blocks[pid]
-        self.block_pool.touch(blocks)
+        self.block_pool.touch(b for b in blocks if not b.is_null)
         self.req_to_blocks[cid] = list(blocks)
         self._req_to_block_ids[cid] = list(self._req_to_block_ids[pid])
         self._num_cached_blocks[cid] = self._num_cached_blocks[pid]
+        if pid in self._num_windowed_out:
+            self._num_windowed_out[cid] = self._num_windowed_out[pid]
         self._req_to_block_hashes[cid] = list(self._req_to_block_hashes.get(pid, ()))
 
     def take_blocks_to_copy(self) -> list[tuple[int, int]]:
@@ -292,7 +335,8 @@ class KVCacheManager:
         return list(self.req_to_blocks.get(request_id, ()))
 
     def get_block_ids(self, request_id: str) -> list[int]:
-        """The request's block table (a copy; it only ever grows while the request runs)."""
+        """The request's block table (a copy). It only grows while the request runs, but entries
+        before a sliding window turn into the null block's id."""
         return list(self._req_to_block_ids.get(request_id, ()))
 
     def get_num_blocks(self, request_id: str) -> int:

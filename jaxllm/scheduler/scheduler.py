@@ -54,8 +54,11 @@ class Scheduler:
         cache_config: CacheConfig,
         num_blocks: int,
         num_host_blocks: int = 0,
+        sliding_window: int | None = None,
     ) -> None:
-        """`num_host_blocks`: swap space in blocks (used with preemption_mode="swap")."""
+        """`num_host_blocks`: swap space in blocks (used with preemption_mode="swap");
+        `sliding_window`: the model's window where every layer has it (blocks before it are
+        freed, see `KVCacheManager`)."""
         self.config = scheduler_config
         self.max_model_len = scheduler_config.max_model_len
         self.block_size = cache_config.block_size
@@ -85,6 +88,7 @@ class Scheduler:
             self.block_size,
             enable_caching=cache_config.enable_prefix_caching,
             num_host_blocks=num_host_blocks if self.swap else 0,
+            sliding_window=sliding_window,
         )
         self.requests: dict[str, Request] = {}  # unfinished requests by id
         self.waiting: deque[Request] = deque()

@@ -118,13 +118,11 @@ class DecoderForCausalLM(nn.Module):
     mesh: Any = None  # a ('data', 'model') jax.sharding.Mesh for tensor parallelism, or None
     # Unroll the layer scan? None: on the CPU never; on accelerators for steps of fewer than
     # UNROLL_MAX_TOKENS tokens. A rolled scan slices each layer's weights out of the stacked arrays
-    # with a dynamic-slice that XLA materializes: a Llama-3-8B batch-1 decode step then copies the
-    # weights (H100: 15.0 ms vs 5.3 ms unrolled, bench/gpu_runs/2026-11-28_h100_llama8b.md;
-    # XLA's dynamic-slice fusion does not remove it: 14.4 vs 15.1 ms/token on an H200). But the
-    # unrolled step compiles 10-20x slower (H200: 18-32 s vs 1.5-2.7 s a shape,
-    # bench/gpu_runs/2026-11-28_h200x2_compile.md). Large steps are compute-bound, so there the
-    # copy is a small share and the fast rolled compile wins. On the CPU unrolling is slower
-    # outright: SmolLM2 f32, batch-16 decode at context 192, 243 ms rolled vs 370 ms unrolled.
+    # with a dynamic-slice that XLA materializes, so a batch-1 decode step copies the weights
+    # (about 3x slower for Llama-3-8B; bench/gpu_runs/2026-11-28_h100_llama8b.md), but the
+    # unrolled step compiles 10-20x slower (bench/gpu_runs/2026-11-28_h200x2_compile.md). Large
+    # steps are compute-bound, so there the copy is a small share and the fast rolled compile
+    # wins. On the CPU unrolling is slower outright (bench/RESULTS.md).
     unroll_layers: bool | None = None
 
     layer_class: ClassVar[Any] = None  # the model's decoder layer module

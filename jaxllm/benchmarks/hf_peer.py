@@ -2,7 +2,7 @@
 greedy `generate` with left padding (`hf_generate`), and per-step timing of one batch of prompts
 (`hf_latency`).
 
-Weights: for a .gguf file (or `smollm2-135m`) `from_pretrained(folder, gguf_file=...)`, the same
+Weights: for a .gguf file (or a built-in name) `from_pretrained(folder, gguf_file=...)`, the same
 GGUF jaxllm loads; for an HF folder `from_pretrained(folder)`; for `dummy:NAME` an HF model of the
 preset's config with random weights (speed only), on a CUDA GPU only.
 """
@@ -31,7 +31,7 @@ def load_hf_peer(
     """The same weights as jaxllm's `model` in HF transformers (torch), eval mode, on the device
     kind jaxllm ran on (`jax_backend`: "gpu" -> cuda, else the CPU with `threads` threads).
 
-    smollm2-135m / .gguf: `from_pretrained(folder, gguf_file=...)` (dequantized);
+    built-in name / .gguf: `from_pretrained(folder, gguf_file=...)` (dequantized);
     an HF folder (or a hub id's snapshot at `revision`): `from_pretrained(folder)`; `dummy:NAME`:
     on a CUDA GPU only, an HF model of the preset's config with random weights (speed only).
     """

@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
+# jaxllm.model_loader.builtin_models.BUILTIN_NAMES, spelled out: importing the loaders imports JAX
+# (tests/models/test_builtin_models.py checks the two agree)
+BUILTIN_MODEL_NAMES = ("smollm2-135m", "gemma3-270m")
 
 # argparse dest -> LLM keyword (vLLM names).
 ENGINE_ARGS = {
@@ -146,9 +149,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     g.add_argument(
         "--model",
-        help=f"model: a preset name, an HF folder, a .gguf file, a converted jaxllm folder, "
-        f"dummy:NAME, or a Hugging Face hub id (org/name: the local HF cache first, else a "
-        f"download unless HF_HUB_OFFLINE=1) (default: {DEFAULT_MODEL})",
+        help=f"model: a built-in name ({', '.join(BUILTIN_MODEL_NAMES)}), an HF folder, a .gguf "
+        f"file, a converted jaxllm folder, dummy:NAME, or a Hugging Face hub id (org/name: the "
+        f"local HF cache first, else a download unless HF_HUB_OFFLINE=1) "
+        f"(default: {DEFAULT_MODEL})",
     )
     g.add_argument(
         "--revision",
@@ -360,7 +364,7 @@ def add_multihost_args(
 def add_convert_args(parser: argparse.ArgumentParser) -> None:
     """Options of `jaxllm convert MODEL OUT_DIR`."""
     parser.add_argument(
-        "model", help="model to convert (HF folder, .gguf file, preset name or hub id)"
+        "model", help="model to convert (HF folder, .gguf file, built-in name or hub id)"
     )
     parser.add_argument(
         "--revision", help="branch, tag or commit hash of a Hugging Face hub model (default: main)"

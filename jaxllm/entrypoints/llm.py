@@ -19,14 +19,14 @@ class LLM:
     """An engine over one model; `generate` and `chat` run requests to completion.
 
     Args mirror vLLM's: model (an HF folder, a .gguf file, a converted jaxllm folder,
-    `dummy:NAME`, `smollm2-135m`, a Hugging Face hub id such as "Qwen/Qwen2.5-0.5B-Instruct"
-    (the local HF cache first, else a download of the files jaxllm reads unless HF_HUB_OFFLINE is
-    set), or an already loaded `jaxllm.model_loader.LoadedModel`), revision (a hub id's branch,
-    tag or commit hash; default main; the tokenizer comes from the same snapshot), dtype
-    ("auto", "float32", "bfloat16"), max_model_len (default: the model's), max_num_seqs,
-    max_num_batched_tokens, block_size, gpu_memory_utilization, num_gpu_blocks_override,
-    enable_prefix_caching, swap_space (GiB of host memory for preempted KV), preemption_mode
-    ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
+    `dummy:NAME`, a built-in name (`smollm2-135m`, `gemma3-270m`), a Hugging Face hub id such as
+    "Qwen/Qwen2.5-0.5B-Instruct" (the local HF cache first, else a download of the files jaxllm
+    reads unless HF_HUB_OFFLINE is set), or an already loaded `jaxllm.model_loader.LoadedModel`),
+    revision (a hub id's branch, tag or commit hash; default main; the tokenizer comes from the
+    same snapshot), dtype ("auto", "float32", "bfloat16"), max_model_len (default: the model's),
+    max_num_seqs, max_num_batched_tokens, block_size, gpu_memory_utilization,
+    num_gpu_blocks_override, enable_prefix_caching, swap_space (GiB of host memory for preempted
+    KV), preemption_mode ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
     `generate(..., priority=[...])`), async_scheduling (schedule and build the next step while
     the device runs the current one; same outputs, the host's time hidden behind the device's;
     None: on with the GPU kernel backends, off on the CPU),

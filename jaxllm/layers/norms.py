@@ -7,6 +7,12 @@ import jax
 import jax.numpy as jnp
 
 
+def _normalized(x32: jax.Array, eps: float) -> jax.Array:  # [..., D] float32 -> same
+    """x / rms(x) over the last axis, in float32."""
+    var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+    return x32 * jax.lax.rsqrt(var + eps)
+
+
 class RMSNorm(nn.Module):
     eps: float = 1e-5
     dtype: jnp.dtype = jnp.float32
@@ -14,10 +20,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
-        x32 = x.astype(jnp.float32)
-        var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
-        normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
-        return scale * normed
+        return scale * _normalized(x.astype(jnp.float32), self.eps).astype(x.dtype)
 
 
 class GemmaRMSNorm(nn.Module):
@@ -30,7 +33,5 @@ class GemmaRMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [..., D] -> [..., D]
         scale = self.param("scale", nn.initializers.zeros, (x.shape[-1],), self.dtype)
-        x32 = x.astype(jnp.float32)
-        var = jnp.mean(x32 * x32, axis=-1, keepdims=True)
-        normed = x32 * jax.lax.rsqrt(var + self.eps)
+        normed = _normalized(x.astype(jnp.float32), self.eps)
         return (normed * (1.0 + scale.astype(jnp.float32))).astype(x.dtype)

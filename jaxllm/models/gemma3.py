@@ -17,12 +17,9 @@ Layout: gemma3_layout.py.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxllm.config import ModelConfig
 from jaxllm.layers.norms import GemmaRMSNorm
 from jaxllm.models.batch import StepBatch
 from jaxllm.models.decoder import DecoderForCausalLM
@@ -34,16 +31,12 @@ from jaxllm.models.gemma3_layout import from_gguf_tensor as from_gguf_tensor
 from jaxllm.models.gemma3_layout import gguf_tensor_names as gguf_tensor_names
 from jaxllm.models.gemma3_layout import hf_to_gguf_name as hf_to_gguf_name
 from jaxllm.models.gemma3_layout import param_layout as param_layout
-from jaxllm.models.llama import MLP, Attention
+from jaxllm.models.llama import MLP, Attention, DecoderLayer
 
 
-class Gemma3DecoderLayer(nn.Module):
-    """h + post_norm(attn(input_norm(h))), then h + post_ffw_norm(mlp(pre_ffw_norm(h)))."""
-
-    config: ModelConfig
-    backend: str
-    mesh: Any = None
-    window: int | None = None
+class Gemma3DecoderLayer(DecoderLayer):
+    """h + post_norm(attn(input_norm(h))), then h + post_ffw_norm(mlp(pre_ffw_norm(h))); Llama's
+    layer fields and interface, its own norms."""
 
     @nn.compact
     def __call__(self, carry, layer, rope, batch: StepBatch, packed=None):

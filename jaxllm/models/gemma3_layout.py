@@ -7,13 +7,11 @@ Gemma's norms scale by (1 + w) and HF checkpoints store w; llama.cpp's converter
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from jaxllm.config import ModelConfig
 from jaxllm.models.llama_layout import PARAM_LOGICAL_AXES as LLAMA_LOGICAL_AXES
-from jaxllm.models.llama_layout import decoder_param_layout
+from jaxllm.models.llama_layout import decoder_param_layout, gguf_name_in, gguf_names_in
 from jaxllm.models.param_spec import ParamSpec
 
 MLP_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
@@ -50,29 +48,16 @@ GGUF_LAYER_NAMES = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
-GGUF_GLOBAL_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
 
 
 def hf_to_gguf_name(hf_name: str) -> str:
     """The GGUF tensor name of HF tensor `hf_name` (a KeyError for names GGUF does not have)."""
-    if hf_name in GGUF_GLOBAL_NAMES:
-        return GGUF_GLOBAL_NAMES[hf_name]
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
-    if m is None or m.group(2) not in GGUF_LAYER_NAMES:
-        raise KeyError(hf_name)
-    return f"blk.{m.group(1)}.{GGUF_LAYER_NAMES[m.group(2)]}"
+    return gguf_name_in(hf_name, GGUF_LAYER_NAMES)
 
 
 def gguf_tensor_names(config: ModelConfig) -> set[str]:
     """Every GGUF tensor name a Gemma 3 file may hold for `config`."""
-    layers = {
-        f"blk.{i}.{s}" for i in range(config.num_hidden_layers) for s in GGUF_LAYER_NAMES.values()
-    }
-    return set(GGUF_GLOBAL_NAMES.values()) | layers
+    return gguf_names_in(config, GGUF_LAYER_NAMES)
 
 
 def from_gguf_tensor(hf_name: str, w: np.ndarray) -> np.ndarray:

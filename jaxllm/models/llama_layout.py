@@ -156,20 +156,29 @@ GGUF_GLOBAL_NAMES = {
 }
 
 
-def hf_to_gguf_name(hf_name: str) -> str:
-    """The GGUF tensor name of HF tensor `hf_name` (a KeyError for names GGUF does not have)."""
+def gguf_name_in(hf_name: str, layer_names: dict[str, str]) -> str:
+    """The GGUF tensor name of HF tensor `hf_name` under a family's per-layer name table (a
+    KeyError for names GGUF does not have)."""
     if hf_name in GGUF_GLOBAL_NAMES:
         return GGUF_GLOBAL_NAMES[hf_name]
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
-    if m is None or m.group(2) not in GGUF_LAYER_NAMES:
+    if m is None or m.group(2) not in layer_names:
         raise KeyError(hf_name)
-    return f"blk.{m.group(1)}.{GGUF_LAYER_NAMES[m.group(2)]}"
+    return f"blk.{m.group(1)}.{layer_names[m.group(2)]}"
+
+
+def gguf_names_in(config: ModelConfig, layer_names: dict[str, str]) -> set[str]:
+    """Every GGUF tensor name a file may hold for `config` under a family's per-layer name table
+    (optional ones, such as biases and the untied output, included)."""
+    layers = {f"blk.{i}.{s}" for i in range(config.num_hidden_layers) for s in layer_names.values()}
+    return set(GGUF_GLOBAL_NAMES.values()) | layers
+
+
+def hf_to_gguf_name(hf_name: str) -> str:
+    """The GGUF tensor name of HF tensor `hf_name` (a KeyError for names GGUF does not have)."""
+    return gguf_name_in(hf_name, GGUF_LAYER_NAMES)
 
 
 def gguf_tensor_names(config: ModelConfig) -> set[str]:
-    """Every GGUF tensor name a file of this family may hold for `config` (optional ones, such as
-    biases and the untied output, included)."""
-    layers = {
-        f"blk.{i}.{s}" for i in range(config.num_hidden_layers) for s in GGUF_LAYER_NAMES.values()
-    }
-    return set(GGUF_GLOBAL_NAMES.values()) | layers
+    """Every GGUF tensor name a Llama-family file may hold for `config`."""
+    return gguf_names_in(config, GGUF_LAYER_NAMES)

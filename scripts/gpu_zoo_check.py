@@ -6,15 +6,21 @@ when any differs.
     PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false python scripts/gpu_zoo_check.py
 """
 
+import os
 import sys
 import tempfile
 
 import jax
 import numpy as np
-import torch
 import transformers
 
 from jaxllm import LLM, SamplingParams
+
+# the tests' HF references (random models, greedy generation)
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+)
+from hf_reference import hf_greedy, random_hf_model  # noqa: E402
 
 # HF runs float32 matmuls in full precision on the CPU; XLA's default on Hopper is TF32, whose
 # error can flip a greedy near-tie (bench/gpu_runs/2026-12-07_h100_zoo.md).
@@ -54,24 +60,9 @@ sp = SamplingParams(temperature=0.0, max_tokens=NEW, min_tokens=NEW)  # HF: min_
 ok = True
 with tempfile.TemporaryDirectory() as tmp:
     for name, (cls, extra) in CASES.items():
-        torch.manual_seed(0)
-        model = transformers.AutoModelForCausalLM.from_config(
-            cls(**SMALL, **extra), dtype=torch.float32
-        ).eval()
         folder = f"{tmp}/{name}"
-        model.save_pretrained(folder)
-        ref = []
-        for p in prompts:
-            ids = torch.tensor([p])
-            with torch.no_grad():
-                g = model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=NEW,
-                    min_new_tokens=NEW,
-                    do_sample=False,
-                )
-            ref.append(g[0, len(p) :].tolist())
+        model = random_hf_model(cls(**SMALL, **extra), folder)
+        ref = hf_greedy(model, prompts, NEW)
         for backend in ("reference", "pallas", "cuda"):
             llm = LLM(
                 folder,

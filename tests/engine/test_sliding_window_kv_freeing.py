@@ -11,6 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import hf_reference  # noqa: E402
+
 from jaxllm import LLM, SamplingParams  # noqa: E402
 
 NEW = 10
@@ -34,24 +36,8 @@ def mistral(tmp_path_factory):
         eos_token_id=2,
         pad_token_id=0,
     )
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
     folder = tmp_path_factory.mktemp("mistral")
-    model.save_pretrained(folder)
-    return model, str(folder)
-
-
-def _hf_greedy(model, prompt):
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=NEW,
-            min_new_tokens=NEW,
-            do_sample=False,
-        )
-    return out[0, len(prompt) :].tolist()
+    return hf_reference.random_hf_model(cfg, folder), str(folder)
 
 
 def test_blocks_outside_the_window_are_freed_and_tokens_equal_hf(mistral):
@@ -61,7 +47,7 @@ def test_blocks_outside_the_window_are_freed_and_tokens_equal_hf(mistral):
     prompts = [rng.integers(3, 300, n).tolist() for n in (70, 9, 33, 90)]
     prompts.append(shared + [5, 6, 7])
     prompts.append(shared + [8, 9])  # prefix hits on blocks that left the first one's window
-    refs = [_hf_greedy(model, p) for p in prompts]
+    refs = hf_reference.hf_greedy(model, prompts, NEW)
     llm = LLM(
         folder,
         dtype="float32",

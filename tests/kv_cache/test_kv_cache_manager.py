@@ -1,32 +1,12 @@
 """KVCacheManager with exact block ids, free-queue orders and reference counts (block_size 4)."""
 
-from dataclasses import dataclass
-
 import pytest
+from fake_requests import free_ids, make_request, ref_cnts
 
 from jaxllm.kv_cache import KVCacheManager, hash_request_blocks
-from jaxllm.request import Request, RequestStatus
+from jaxllm.request import RequestStatus
 
 BS = 4
-
-
-@dataclass
-class Params:
-    max_tokens: int | None = 16
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    stop_token_ids: list | None = None
-    prompt_logprobs: int | None = None
-
-
-def make_request(rid, tokens, salt=None, **params):
-    return Request(
-        rid, tokens, Params(**params), eos_token_ids=(0,), arrival_time=0.0, cache_salt=salt
-    )
-
-
-def free_ids(m):
-    return [b.block_id for b in m.block_pool.free_block_queue.get_all_free_blocks()]
 
 
 def admit(m, req):
@@ -36,10 +16,6 @@ def admit(m, req):
     if new is not None:
         req.num_computed_tokens = req.num_tokens
     return hits, num_hit, new
-
-
-def ref_cnts(m, block_ids):
-    return [m.block_pool.blocks[i].ref_cnt for i in block_ids]
 
 
 COMMON = list(range(100, 108))  # two full blocks

@@ -2,39 +2,13 @@
 freed into the null block's place, with exact block ids, free-queue orders and ref counts
 (block_size 4, window 6)."""
 
-from dataclasses import dataclass
-
 import pytest
+from fake_requests import free_ids, make_request, run
 
 from jaxllm.kv_cache import KVCacheManager, hash_request_blocks
-from jaxllm.request import Request, RequestStatus
+from jaxllm.request import RequestStatus
 
 BS, W = 4, 6
-
-
-@dataclass
-class Params:
-    max_tokens: int | None = 32
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    stop_token_ids: list | None = None
-    prompt_logprobs: int | None = None
-
-
-def make_request(rid, tokens):
-    return Request(rid, tokens, Params(), eos_token_ids=(0,), arrival_time=0.0)
-
-
-def free_ids(m):
-    return [b.block_id for b in m.block_pool.free_block_queue.get_all_free_blocks()]
-
-
-def run(m, req, n):
-    """Allocate and 'compute' n more tokens of req."""
-    new = m.allocate_slots(req, n)
-    assert new is not None
-    req.num_computed_tokens += n
-    return [b.block_id for b in new]
 
 
 def decode(m, req, tok):

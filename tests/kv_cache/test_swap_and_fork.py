@@ -1,42 +1,12 @@
 """KVCacheManager swap out / swap in and fork / copy-on-write, with exact block ids, free-queue
 orders and reference counts (block_size 4); HostSwapPool ids."""
 
-from dataclasses import dataclass
-
 import pytest
+from fake_requests import free_ids, make_request, ref_cnts, run
 
 from jaxllm.kv_cache import HostSwapPool, KVCacheManager, hash_request_blocks, num_host_blocks
-from jaxllm.request import Request
 
 BS = 4
-
-
-@dataclass
-class Params:
-    max_tokens: int | None = 16
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    stop_token_ids: list | None = None
-
-
-def make_request(rid, tokens):
-    return Request(rid, tokens, Params(), eos_token_ids=(0,), arrival_time=0.0)
-
-
-def free_ids(m):
-    return [b.block_id for b in m.block_pool.free_block_queue.get_all_free_blocks()]
-
-
-def ref_cnts(m, ids):
-    return [m.block_pool.blocks[i].ref_cnt for i in ids]
-
-
-def run(m, req, n):
-    """Allocate and 'compute' n more tokens of req."""
-    new = m.allocate_slots(req, n)
-    assert new is not None
-    req.num_computed_tokens += n
-    return [b.block_id for b in new]
 
 
 def test_host_pool_ids_and_sizing():

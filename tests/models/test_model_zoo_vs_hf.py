@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,12 +21,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+import hf_reference  # noqa: E402
+from worker_process import run_worker  # noqa: E402
+
 from jaxllm import LLM, SamplingParams  # noqa: E402
 from jaxllm.model_loader import load_model  # noqa: E402
 from jaxllm.models.step import full_logits  # noqa: E402
-from jaxllm.process_lifetime import kill_with_parent  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(os.path.dirname(__file__), "zoo_tp_worker.py")
 
 SMALL = dict(
@@ -101,16 +100,7 @@ def _make(name: str, folder) -> torch.nn.Module:
 
 
 def _build(cls, extra: dict, folder) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(
-        cls(**{**SMALL, **extra}), dtype=torch.float32
-    ).eval()
-    with torch.no_grad():  # non-trivial norms, so that a missed or misread norm shows
-        for pname, p in model.named_parameters():
-            if pname.endswith("norm.weight"):
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(folder)
-    return model
+    return hf_reference.random_hf_model(cls(**{**SMALL, **extra}), folder, norm_noise=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -130,19 +120,7 @@ def _prompts() -> list[list[int]]:
 
 
 def _hf_greedy(model, prompts) -> list[list[int]]:
-    outs = []
-    for p in prompts:
-        ids = torch.tensor([p])
-        with torch.no_grad():
-            g = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=NEW,
-                min_new_tokens=NEW,
-                do_sample=False,
-            )
-        outs.append(g[0, len(p) :].tolist())
-    return outs
+    return hf_reference.hf_greedy(model, prompts, NEW)
 
 
 @pytest.fixture(scope="module")
@@ -220,21 +198,8 @@ def test_engine_greedy_equals_hf(zoo, hf_greedy, name):
 def test_tensor_parallel_2_greedy_equals_hf(zoo, hf_greedy, tmp_path):
     prompts, refs = hf_greedy
     out = tmp_path / "tp.json"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("XLA_FLAGS", None)
     spec = {"prompts": prompts, "new": NEW, "models": {n: f for n, (_, f) in zoo.items()}}
-    proc = subprocess.run(
-        [sys.executable, WORKER, json.dumps(spec), str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        preexec_fn=kill_with_parent,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"zoo_tp_worker failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}")
+    run_worker(WORKER, [json.dumps(spec), str(out)])
     got = json.loads(out.read_text())
     for name in CASES:
         assert got[name]["tp"] == 2

@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from worker_process import run_worker
 
 from jaxllm.process_lifetime import kill_with_parent
 
@@ -46,21 +47,11 @@ def llama_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory, smollm2_path, llama_dir):
     out = tmp_path_factory.mktemp("tp") / "observed.json"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("XLA_FLAGS", None)
-    env["TP_WORKER_LLAMA_DIR"] = str(llama_dir)
-    proc = subprocess.run(
-        [sys.executable, WORKER, str(out), "llama", "formats", "smollm2", "embedding"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        preexec_fn=kill_with_parent,
+    run_worker(
+        WORKER,
+        [str(out), "llama", "formats", "smollm2", "embedding"],
+        env={"TP_WORKER_LLAMA_DIR": str(llama_dir)},
     )
-    if proc.returncode != 0:
-        pytest.fail(f"tp_worker failed (rc {proc.returncode}):\n{proc.stderr[-6000:]}")
     return json.loads(out.read_text())
 
 

@@ -2,10 +2,10 @@
 completion, and an end-to-end run against a fake model with a simulated paged KV cache."""
 
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from fake_requests import Params
 
 from jaxllm.config import CacheConfig, SchedulerConfig
 from jaxllm.request import Request, RequestStatus
@@ -13,14 +13,6 @@ from jaxllm.scheduler import Scheduler
 
 BS = 4
 EOS = 0
-
-
-@dataclass
-class Params:
-    max_tokens: int | None = 16
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    stop_token_ids: list | None = None
 
 
 def make_scheduler(

@@ -3,10 +3,10 @@ copy-on-write, and the priority policy, with exact block ids; then an end-to-end
 fake model over a simulated paged KV cache and host swap space."""
 
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from fake_requests import Params
 
 from jaxllm.config import CacheConfig, SchedulerConfig
 from jaxllm.request import Request, RequestStatus
@@ -14,14 +14,6 @@ from jaxllm.scheduler import Scheduler
 
 BS = 4
 EOS = 0
-
-
-@dataclass
-class Params:
-    max_tokens: int | None = 16
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    stop_token_ids: list | None = None
 
 
 def make_scheduler(

@@ -3,10 +3,9 @@ prompts) and Phi-3 models built from transformers configs give HF's greedy token
 float32) through the engine on the reference, pallas and cuda attention backends. Exit status 1
 when any differs.
 
-    PYTHONPATH=. XLA_PYTHON_CLIENT_PREALLOCATE=false python scripts/gpu_zoo_check.py
+    PYTHONPATH=.:tests XLA_PYTHON_CLIENT_PREALLOCATE=false python scripts/gpu_zoo_check.py
 """
 
-import os
 import sys
 import tempfile
 
@@ -14,13 +13,10 @@ import jax
 import numpy as np
 import transformers
 
-from jaxllm import LLM, SamplingParams
+# the tests' HF references (random models, greedy generation): run with tests/ on PYTHONPATH
+from hf_reference import hf_greedy, random_hf_model
 
-# the tests' HF references (random models, greedy generation)
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
-)
-from hf_reference import hf_greedy, random_hf_model  # noqa: E402
+from jaxllm import LLM, SamplingParams
 
 # HF runs float32 matmuls in full precision on the CPU; XLA's default on Hopper is TF32, whose
 # error can flip a greedy near-tie (bench/gpu_runs/2026-12-07_h100_zoo.md).

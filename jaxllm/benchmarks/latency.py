@@ -13,9 +13,15 @@ prefix cache never hits. `--max-num-seqs` defaults to the batch size.
 `--peer hf`: HF transformers `generate` (torch, `--hf-threads`) on the same prompts and weights,
 timed with a streamer: `put` is called once with the prompts and once per decoding step, so TTFT
 is the time to the second call and the decode time per token is the gap between later calls.
+`--peer llamacpp`: llama.cpp (`llama-cpp-python`, `--llamacpp-threads`) on the same GGUF file and
+prompts, one prompt at a time (batch 1 only), each generated token timed as it comes.
+
+The record names the parameter bytes on the device (`param_bytes`): with `--quantization` (or a
+GGUF file's kept blocks) the quantized weights' real size.
 
     jaxllm bench latency --input-len 128 --output-len 128 --peer hf
     jaxllm bench latency --model dummy:llama-3-8b --dtype bfloat16 --batch-size 8 --json out.json
+    jaxllm bench latency --input-len 32 --output-len 64 --peer llamacpp    # SmolLM2's Q4_1 GGUF
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--num-iters", type=int, default=3, help="timed runs (after one warm-up)")
     add_bench_engine_args(p, max_num_seqs=None)  # default: the batch size
     r = p.add_argument_group("run")
-    r.add_argument("--peer", choices=("none", "hf"), default="none")
+    r.add_argument("--peer", choices=("none", "hf", "llamacpp"), default="none")
     r.add_argument("--hf-threads", type=int, default=2)
+    r.add_argument("--llamacpp-threads", type=int, default=2)
     r.add_argument("--profile", action="store_true", help="print a per-phase split of step time")
     r.add_argument("--json", default=None, metavar="OUT", help="write the result record here")
 
@@ -60,6 +67,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.output_len < 2:
         raise ValueError(
             "--output-len must be >= 2 (one prefill token plus at least one decode step)"
+        )
+    if args.peer == "llamacpp" and args.batch_size != 1:
+        raise ValueError(
+            f"--peer llamacpp runs one prompt at a time: --batch-size must be 1, got "
+            f"{args.batch_size}"
         )
 
 
@@ -154,6 +166,30 @@ def run_peer(
     }, None
 
 
+def run_llamacpp_peer(
+    args: argparse.Namespace, batches: list[list[list[int]]]
+) -> tuple[dict | None, str | None]:
+    """llama.cpp on the same GGUF and prompts: (result, None), or (None, why it was skipped)."""
+    from jaxllm.benchmarks import llamacpp_peer
+
+    try:
+        llm = llamacpp_peer.load_llamacpp_peer(
+            args.model, args.llamacpp_threads, args.input_len + args.output_len + 8
+        )
+    except llamacpp_peer.PeerUnavailable as e:
+        return None, str(e)
+    llamacpp_peer.llamacpp_latency(llm, batches[0][0], min(args.output_len, 8))  # warm-up
+    load = [common.load_average()]
+    runs = [llamacpp_peer.llamacpp_latency(llm, b[0], args.output_len) for b in batches[1:]]
+    load.append(common.load_average())
+    return summarize(runs) | {
+        "threads": args.llamacpp_threads,
+        "device": "cpu",
+        "method": "time of each token yielded by Llama.generate (greedy)",
+        "load_average_before_after": load,
+    }, None
+
+
 def run_engine(args: argparse.Namespace) -> dict:
     """The jaxllm half (every engine object dies with this call, so a peer can then have the
     device memory): the batches of token ids, the engine's settings and its timings."""
@@ -184,9 +220,15 @@ def run_engine(args: argparse.Namespace) -> dict:
     if profiler is not None:
         profiler.close()
         profile = profiler.summary()
+    import jax
+
     return {
         "batches": batches,
-        "engine": engine_settings(llm),
+        "engine": engine_settings(llm)
+        | {
+            "quantization": getattr(loaded.config.quantization, "method", None),
+            "param_bytes": sum(a.nbytes for a in jax.tree.leaves(runner.params)),
+        },
         "device": common.device_info(),
         "profile": profile,
         "result": summarize(runs)
@@ -209,29 +251,31 @@ def run(args: argparse.Namespace) -> dict:
     load_before = common.load_average()
     eng = run_engine(args)
     jax_res = eng["result"]
-    hf_res, peer_note = None, None
+    peer_res, peer_note = None, None
     if args.peer == "hf":
         release_device_memory()  # GPU: JAX's memory pool goes back to the driver for torch
         try:
-            hf_res, peer_note = run_peer(args, eng["batches"], eng["device"]["backend"])
+            peer_res, peer_note = run_peer(args, eng["batches"], eng["device"]["backend"])
         except Exception as e:  # only running out of device memory is kept, as a note
             from jaxllm.benchmarks.hf_peer import is_out_of_memory
 
             if not is_out_of_memory(e):
                 raise
             peer_note = f"the HF peer ran out of device memory: {type(e).__name__}: {e}"
+    elif args.peer == "llamacpp":
+        peer_res, peer_note = run_llamacpp_peer(args, eng["batches"])
     vs_peer = None
-    if hf_res:  # HF time / jaxllm time: > 1 means jaxllm is faster
+    if peer_res:  # the peer's time / jaxllm's time: > 1 means jaxllm is faster
         vs_peer = {
-            "decode_ms_per_token": hf_res["decode_ms_per_token"]["mean_ms"]
+            "decode_ms_per_token": peer_res["decode_ms_per_token"]["mean_ms"]
             / jax_res["decode_ms_per_token"]["mean_ms"],
-            "ttft_ms": hf_res["ttft_ms"]["mean_ms"] / jax_res["ttft_ms"]["mean_ms"],
+            "ttft_ms": peer_res["ttft_ms"]["mean_ms"] / jax_res["ttft_ms"]["mean_ms"],
         }
     record = {
         "benchmark": "latency",
         "settings": vars(args) | {"max_model_len_used": eng["engine"]["max_model_len"]},
         "engine": eng["engine"],
-        "results": {"jaxllm": jax_res, "hf": hf_res},
+        "results": {"jaxllm": jax_res, (args.peer if args.peer in PEER_NAMES else "hf"): peer_res},
         "peer": args.peer,
         "vs_peer": vs_peer,
         "ratio_decode_ms_per_token": vs_peer["decode_ms_per_token"] if vs_peer else None,
@@ -241,6 +285,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.json:
         common.write_json(args.json, record)
     return record
+
+
+PEER_NAMES = {"hf": "HF transformers", "llamacpp": "llama.cpp"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -262,7 +309,7 @@ def print_report(rec: dict) -> None:
         label = (
             "jaxllm"
             if name == "jaxllm"
-            else f"HF transformers ({r['device']}, {r['threads']} threads)"
+            else f"{PEER_NAMES[name]} ({r['device']}, {r['threads']} threads)"
         )
         d = r["decode_ms_per_token"]
         comp = (
@@ -301,13 +348,14 @@ def print_report(rec: dict) -> None:
         if r
     )
     print(f"\n1-minute load average before -> after each timed run: {loads}")
+    peer = PEER_NAMES.get(rec["peer"], "HF")
     if rec["ratio_decode_ms_per_token"] is not None:
         print(
-            f"\nHF / jaxllm decode time per token: {rec['ratio_decode_ms_per_token']:.2f}x "
+            f"\n{peer} / jaxllm decode time per token: {rec['ratio_decode_ms_per_token']:.2f}x "
             "(> 1: jaxllm is faster)"
         )
     if rec["peer_note"]:
-        print(f"\nHF peer skipped: {rec['peer_note']}")
+        print(f"\n{peer} peer skipped: {rec['peer_note']}")
     if rec["profile"]:
         from jaxllm.benchmarks.profiler import profile_table
 
@@ -315,8 +363,9 @@ def print_report(rec: dict) -> None:
         print(profile_table(rec["profile"]))
     print(
         f"\nengine: KV blocks {e['num_blocks']} x {e['block_size']}, max_model_len "
-        f"{e['max_model_len']}, attention {e['attention_backend']}; "
-        "HF decode timing: timing streamer"
+        f"{e['max_model_len']}, attention {e['attention_backend']}; weights "
+        f"{e.get('quantization') or e['dtype']}, {e.get('param_bytes', 0) / 2**20:.1f} MiB on "
+        "the device; HF decode timing: timing streamer"
     )
     print(common.machine_line(rec))
 

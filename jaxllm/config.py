@@ -18,6 +18,23 @@ from jaxllm.rope_config import rope_scaling_from_hf
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """How a model's weights are stored when not in `ModelConfig.dtype` (jaxllm.quantization).
+
+    `method` is the user-facing name (`int8`, `fp8`, `gguf`); `formats` maps the path of each
+    stored-quantized float leaf of the model's layout (a linear `.../kernel` [in, out], or
+    `embed_tokens/embedding` [V, D]) to its storage format (`int8`, `fp8`, or a GGUF block type
+    such as `q4_1`). Leaves not listed stay in `ModelConfig.dtype`.
+    """
+
+    method: str
+    formats: tuple[tuple[tuple[str, ...], str], ...] = ()
+
+    def format_of(self, path: tuple[str, ...]) -> str | None:
+        return dict(self.formats).get(tuple(path))
+
+
 # HF activation names the MLP computes: silu; GELU exact (erf) or with the tanh approximation.
 HIDDEN_ACTS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new")
 SLIDING, FULL = "sliding_attention", "full_attention"  # HF `layer_types` entries
@@ -61,6 +78,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     dtype: str = "float32"  # compute/parameter dtype
+    quantization: QuantizationConfig | None = None  # quantized weight storage (None: all dtype)
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:

@@ -19,7 +19,8 @@
 # then left out, since it waits for every device step; without EXTRA the --profile runs are
 # synchronous, async scheduling's GPU default being turned off for them); TAG: suffix of the log
 # and JSON names.
-# Usage: [MODEL=dummy:NAME] [PEER=hf] [EXTRA=...] [TAG=...] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]
+# QUANT=fp8|int8: the floor of those weights (pass --quantization in EXTRA for the runs).
+# Usage: [MODEL=dummy:NAME] [QUANT=fp8] [PEER=hf] [EXTRA=...] [TAG=...] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+${PYTHONPATH}:}." PYTHONUNBUFFERED=1 JAX_LOG_COMPILES=1
@@ -49,13 +50,17 @@ for _ in range(10):
 bw = 2 * n / sorted(ts)[len(ts) // 2]
 import math, os
 from jaxllm.model_loader.dummy import dummy_config
-from jaxllm.models.layout import param_shapes
+from jaxllm.models.layout import param_shapes, quantizable_kernels
+from jaxllm.quantization.layout import weight_only_config
 c = dummy_config(os.environ["MODEL"].removeprefix("dummy:"), "bfloat16")
-params = sum(math.prod(x.shape) for x in jax.tree.leaves(param_shapes(c)))
+quant = os.environ.get("QUANT") or None
+if quant:
+    c = c.replace(quantization=weight_only_config(quant, quantizable_kernels(c)))
+nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(param_shapes(c)))
 if not c.tie_word_embeddings:
-    params -= c.vocab_size * c.hidden_size  # the embedding is gathered, not read whole
-print(f"model={os.environ['MODEL']} copy_bw_GBps={bw / 1e9:.1f} weight_bytes={params * 2:.3e} "
-      f"floor_ms={params * 2 / bw * 1e3:.2f}")
+    nbytes -= c.vocab_size * c.hidden_size * 2  # the embedding is gathered, not read whole
+print(f"model={os.environ['MODEL']} weights={quant or 'bf16'} copy_bw_GBps={bw / 1e9:.1f} "
+      f"weight_bytes={nbytes:.3e} floor_ms={nbytes / bw * 1e3:.2f}")
 PY
     ;;
   latency)

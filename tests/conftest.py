@@ -66,10 +66,15 @@ def smollm2_path() -> str:
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    """jaxllm's LoadedModel of SmolLM2-135M-Instruct (float32)."""
+    """jaxllm's LoadedModel of SmolLM2-135M-Instruct in float32: the GGUF's Q4_1/Q8_0 blocks,
+    which the default load keeps (tests/quantization), dequantized to the weights HF reads."""
     from jaxllm.model_loader import load_model
+    from jaxllm.quantization.layout import dequantize_params
 
-    return load_model("smollm2-135m", dtype="float32")
+    loaded = load_model("smollm2-135m", dtype="float32")
+    loaded.params = dequantize_params(loaded.params, loaded.config.quantization)
+    loaded.config = loaded.config.replace(quantization=None)
+    return loaded
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,11 @@ def load_model_once(args: argparse.Namespace):
 
         mesh = make_mesh(tp)
     return load_model(
-        kw["model"], dtype=kw.get("dtype", "auto"), mesh=mesh, revision=kw.get("revision")
+        kw["model"],
+        dtype=kw.get("dtype", "auto"),
+        mesh=mesh,
+        revision=kw.get("revision"),
+        quantization=kw.get("quantization"),
     )
 
 
@@ -79,6 +83,7 @@ def make_llm(args: argparse.Namespace, loaded, max_model_len: int):
     kw = engine_kwargs(args)
     kw.pop("model")
     kw.pop("revision", None)  # `loaded` is the model at that revision already
+    kw.pop("quantization", None)  # and in that quantization
     kw.pop("precompile", None)  # `precompile_greedy` does it, for greedy only, timed
     kw.setdefault("max_model_len", max_model_len)
     if getattr(args, "profile", False) and kw.get("async_scheduling") is None:

@@ -65,6 +65,7 @@ ENGINE_ARGS = {
     "model": "model",
     "revision": "revision",
     "dtype": "dtype",
+    "quantization": "quantization",
     "max_model_len": "max_model_len",
     "max_num_seqs": "max_num_seqs",
     "max_num_batched_tokens": "max_num_batched_tokens",
@@ -159,6 +160,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="branch, tag or commit hash of a Hugging Face hub model (default: main)",
     )
     g.add_argument("--dtype", help="weights/compute dtype: auto, float32, bfloat16 (default: auto)")
+    g.add_argument(
+        "--quantization",
+        "-q",
+        help="weight quantization: fp8, int8 (the decoder's linear weights quantized at load), "
+        "gguf (a GGUF file's quantized tensors kept in their blocks); default: the checkpoint's "
+        "(GGUF files: gguf)",
+    )
     g.add_argument("--max-model-len", type=int, help="longest prompt + output, in tokens")
     g.add_argument("--max-num-seqs", type=int, help="most sequences in one step")
     g.add_argument("--max-num-batched-tokens", type=int, help="token budget of one step")

@@ -23,6 +23,13 @@ def convert_main(
 
     start = time.perf_counter()
     loaded = load_model(model, dtype=dtype, tokenizer=True, revision=revision)
+    if loaded.config.quantization is not None:  # a converted folder holds float weights
+        from jaxllm.quantization.layout import dequantize_params
+
+        loaded.params = dequantize_params(
+            loaded.params, loaded.config.quantization, loaded.config.dtype
+        )
+        loaded.config = loaded.config.replace(quantization=None)
     path = save_converted(loaded, out_dir, overwrite=overwrite)
     n_params = sum(x.size for x in jax.tree.leaves(loaded.params))
     print(

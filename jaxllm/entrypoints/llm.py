@@ -23,8 +23,10 @@ class LLM:
     "Qwen/Qwen2.5-0.5B-Instruct" (the local HF cache first, else a download of the files jaxllm
     reads unless HF_HUB_OFFLINE is set), or an already loaded `jaxllm.model_loader.LoadedModel`),
     revision (a hub id's branch, tag or commit hash; default main; the tokenizer comes from the
-    same snapshot), dtype ("auto", "float32", "bfloat16"), max_model_len (default: the model's),
-    max_num_seqs, max_num_batched_tokens, block_size, gpu_memory_utilization,
+    same snapshot), dtype ("auto", "float32", "bfloat16"), quantization (None: the checkpoint's,
+    i.e. a GGUF file's quantized tensors stay in their blocks; "int8" or "fp8": the decoder's
+    linear weights quantized as they load; see `jaxllm.quantization`), max_model_len (default:
+    the model's), max_num_seqs, max_num_batched_tokens, block_size, gpu_memory_utilization,
     num_gpu_blocks_override, enable_prefix_caching, swap_space (GiB of host memory for preempted
     KV), preemption_mode ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
     `generate(..., priority=[...])`), async_scheduling (schedule and build the next step while
@@ -53,6 +55,7 @@ class LLM:
         tokenizer: Any = None,
         revision: str | None = None,
         dtype: str = "auto",
+        quantization: str | None = None,
         max_model_len: int | None = None,
         max_num_seqs: int = 256,
         max_num_batched_tokens: int | None = None,
@@ -88,8 +91,14 @@ class LLM:
         loaded = (
             model
             if isinstance(model, LoadedModel)
-            else load_model(model, dtype=dtype, mesh=meshes[0], revision=revision)
+            else load_model(
+                model, dtype=dtype, mesh=meshes[0], revision=revision, quantization=quantization
+            )
         )
+        if isinstance(model, LoadedModel) and quantization is not None:
+            raise ValueError(
+                "quantization applies when LLM loads the model; pass it to load_model instead"
+            )
         mc = loaded.config
         if max_model_len is None:
             max_model_len = mc.max_position_embeddings

@@ -33,7 +33,9 @@ from jaxllm.model_loader.builtin_models import (
 )
 from jaxllm.model_loader.errors import ModelNotFoundError
 from jaxllm.model_loader.loaded_model import LoadedModel
-from jaxllm.models.layout import param_shapes
+from jaxllm.models.layout import param_shapes, quantizable_kernels
+from jaxllm.quantization import normalize_method
+from jaxllm.quantization.layout import quantize_params, weight_only_config
 
 ACCEPTED_FORMS = (
     "a Hugging Face folder (config.json + model.safetensors or model.safetensors.index.json), "
@@ -143,6 +145,7 @@ def load_model(
     tokenizer: bool = True,
     mesh: Any = None,
     revision: str | None = None,
+    quantization: str | None = None,
 ) -> LoadedModel:
     """Load weights, config, tokenizer and generation defaults of `model` (see module doc).
 
@@ -153,9 +156,21 @@ def load_model(
     (F16/BF16 for unquantized GGUF files) and float32 for dummy models.
     `mesh`: load into the tensor-parallel shardings of this mesh (see module doc); a model whose
     heads do not split over its 'model' axis raises a ValueError before any weight is read.
+    `quantization` (jaxllm.quantization.METHODS): None takes the checkpoint's (GGUF files keep
+    their quantized tensors: "gguf"; FP8 HF checkpoints load as "fp8", model_loader/hf_fp8.py);
+    "int8"/"fp8" quantize the decoder's linear kernels of a float checkpoint (a GGUF file is
+    dequantized first) as they load.
     """
     want = normalize_dtype(dtype)
+    method = normalize_method(quantization)
     fmt, path = resolve_model(model, revision)
+    if method == "gguf" and fmt != "gguf":
+        raise ValueError(f"quantization 'gguf' applies to GGUF files; {model!r} is {fmt}")
+    if method is not None and fmt == "orbax":
+        raise ValueError(
+            f"{model!r}: a `jaxllm convert` folder holds float weights; quantization={method!r} "
+            "applies to HF, GGUF and dummy models"
+        )
     placer = None
     if mesh is not None:
         import functools
@@ -170,7 +185,8 @@ def load_model(
     elif fmt == "gguf":
         from jaxllm.model_loader.gguf import load_gguf
 
-        loaded = load_gguf(path, want, tokenizer, placer=placer)
+        keep = method in (None, "gguf")
+        loaded = load_gguf(path, want, tokenizer, placer=placer, keep_quantized=keep)
         if is_builtin(model) and not os.path.exists(model):
             apply_builtin_defaults(model, loaded)
     elif fmt == "orbax":
@@ -188,7 +204,7 @@ def load_model(
     else:
         from jaxllm.model_loader.hf import load_hf
 
-        loaded = load_hf(path, want, tokenizer, placer=placer)
+        loaded = load_hf(path, want, tokenizer, placer=placer, quantization=method)
     if mesh is not None:
         from jaxllm.parallel import model_axis_size, shard_params, tp_model_config
 
@@ -197,5 +213,9 @@ def load_model(
         elif fmt != "dummy":  # placed in the tp-way layout already
             loaded.config = tp_model_config(loaded.config, model_axis_size(mesh))
         loaded.mesh = mesh
+    if method in ("int8", "fp8") and loaded.config.quantization is None:
+        qconfig = weight_only_config(method, quantizable_kernels(loaded.config))
+        loaded.params = quantize_params(loaded.params, qconfig)
+        loaded.config = loaded.config.replace(quantization=qconfig)
     check_params(loaded.params, loaded.config, loaded.source)
     return loaded

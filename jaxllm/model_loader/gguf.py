@@ -18,17 +18,22 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
+import jax
 import numpy as np
 
-from jaxllm.config import FULL, SLIDING
+from jaxllm.config import FULL, SLIDING, QuantizationConfig
 from jaxllm.model_loader.gguf_reader import open_gguf
 from jaxllm.model_loader.gguf_tokenizer import load_gguf_tokenizer
 from jaxllm.model_loader.hf import assemble_params, config_from_hf
 from jaxllm.model_loader.loaded_model import LoadedModel
-from jaxllm.models.layout import gguf_architectures, layout_of
+from jaxllm.models.layout import gguf_architectures, layout_of, param_layout
+from jaxllm.models.param_spec import set_path
 from jaxllm.models.registry import check_architecture
+from jaxllm.quantization.gguf_blocks import GGUF_BLOCKS
+from jaxllm.quantization.layout import quantized_leaves
 
 logger = logging.getLogger(__name__)
 
@@ -248,6 +253,29 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
     return hf
 
 
+def _place_blocks(spec, kind, config, tensors, layout, permuted, params, place) -> None:
+    """Put the GGUF blocks of one float leaf (every layer's, stacked) into `params` as its
+    quantized leaf [(L,) N, row_bytes] uint8 (q/k rows unpermuted like the float path)."""
+    ((leaf_path, shape, _, _),) = quantized_leaves(spec.path, spec.shape, None, kind)
+    buf = np.empty(shape, np.uint8)
+    layers = range(config.num_hidden_layers) if spec.stacked else [None]
+    for i, layer in enumerate(layers):
+        name = layout.hf_to_gguf_name(spec.hf_name.format(i=layer))
+        rows = np.asarray(tensors[name].data)
+        if permuted and ".attn_q." in name:
+            rows = unpermute_qk(rows, config.num_attention_heads)
+        elif permuted and ".attn_k." in name:
+            rows = unpermute_qk(rows, config.num_key_value_heads)
+        if spec.hf_rows is not None:
+            rows = rows[spec.hf_rows[0] : spec.hf_rows[1]]
+        want = shape[len(shape) - 2 :]
+        if rows.shape != want:
+            raise ValueError(f"{name}: {kind} blocks of shape {rows.shape}, expected {want}")
+        buf[i if spec.stacked else ...] = rows
+    array = jax.device_put(buf) if place is None else place(SimpleNamespace(path=leaf_path), buf)
+    set_path(params, leaf_path, array)
+
+
 def _check_types(tensors: dict[str, Any], path: str) -> None:
     for name, t in tensors.items():
         if t.tensor_type.name not in SUPPORTED_TYPES:
@@ -257,9 +285,34 @@ def _check_types(tensors: dict[str, Any], path: str) -> None:
             )
 
 
-def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, placer=None):
+def kept_formats(config, tensors: dict[str, Any], layout: Any) -> dict[tuple[str, ...], str]:
+    """Float leaf path -> GGUF block type, for the linear kernels and the embedding whose tensors
+    (every layer's, for stacked leaves) share one type that jaxllm multiplies packed
+    (jaxllm.quantization.gguf_blocks); the other leaves are dequantized at load."""
+    out = {}
+    for spec in param_layout(config):
+        if not (spec.transpose or spec.path == ("embed_tokens", "embedding")):
+            continue
+        layers = range(config.num_hidden_layers) if spec.stacked else [None]
+        names = [layout.hf_to_gguf_name(spec.hf_name.format(i=i)) for i in layers]
+        types = {tensors[n].tensor_type.name.lower() for n in names if n in tensors}
+        if len(types) == 1 and (kind := types.pop()) in GGUF_BLOCKS:
+            out[spec.path] = kind
+    return out
+
+
+def load_gguf(
+    path: str,
+    dtype: str | None = None,
+    tokenizer: bool = True,
+    placer=None,
+    keep_quantized: bool = True,
+):
     """Load a GGUF file; dtype None means float32 (or F16/BF16 for unquantized files).
 
+    `keep_quantized`: linear kernels and the embedding in Q8_0, Q4_0, Q4_1, Q4_K or Q6_K stay
+    in their GGUF blocks on the device (`config.quantization` says which: method "gguf"); the
+    other tensors, and all of them when False, are dequantized to `dtype`.
     `placer`: see `hf.assemble_params` (None: each leaf to the default device)."""
     from gguf.quants import dequantize
 
@@ -301,7 +354,17 @@ def load_gguf(path: str, dtype: str | None = None, tokenizer: bool = True, place
             w = from_gguf(hf_name, w)
         return w
 
-    params = assemble_params(config, get_tensor, path, placer)
+    kept = kept_formats(config, tensors, layout) if keep_quantized else {}
+    params = assemble_params(config, get_tensor, path, placer, skip=frozenset(kept))
+    if kept:
+        qconfig = QuantizationConfig("gguf", tuple(sorted(kept.items())))
+        config = config.replace(quantization=qconfig)
+        place = placer(config) if placer is not None else None
+        for spec in param_layout(config):
+            if spec.path in kept:
+                _place_blocks(
+                    spec, kept[spec.path], config, tensors, layout, permuted, params, place
+                )
 
     chat_template = _field(reader, "tokenizer.chat_template")
     tok = None

@@ -23,10 +23,12 @@ import numpy as np
 
 from jaxllm.config import ModelConfig
 from jaxllm.model_loader.errors import ModelNotFoundError
+from jaxllm.model_loader.hf_fp8 import SCALE_SUFFIXES, fp8_checkpoint_kind, fp8_leaves
 from jaxllm.model_loader.loaded_model import LoadedModel
-from jaxllm.models.layout import param_layout
+from jaxllm.models.layout import param_layout, quantizable_kernels
 from jaxllm.models.param_spec import ParamSpec, set_path
 from jaxllm.models.registry import architecture_for_model_type, check_architecture
+from jaxllm.quantization.layout import weight_only_config
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ HOST_DTYPES: dict[str, Any] = {
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 # Tensors some checkpoints carry that hold nothing jaxllm needs.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# safetensors dtype -> the ml_dtypes type its bytes are read as (numpy has neither)
+_RAW_DTYPES = {"BF16": jnp.bfloat16, "F8_E4M3": jnp.float8_e4m3fn}
 
 
 def assemble_params(
@@ -46,8 +50,10 @@ def assemble_params(
     get_tensor: Callable[[str], np.ndarray],
     source: str,
     placer: Callable[[ModelConfig], Callable[[ParamSpec, np.ndarray], jax.Array]] | None = None,
+    skip: frozenset[tuple[str, ...]] = frozenset(),
 ) -> dict:
-    """Build the device pytree in `config.dtype` from HF-named tensors.
+    """Build the device pytree in `config.dtype` from HF-named tensors (the layout's leaves but
+    those in `skip`, which the caller fills: quantized weights kept as stored).
 
     `get_tensor(hf_name)` returns one tensor in HF layout (linear weights [out, in]); any float
     dtype. Per-layer tensors are stacked into one host buffer per leaf, then put on the device:
@@ -58,6 +64,8 @@ def assemble_params(
     host_dtype = HOST_DTYPES[config.dtype]
     params: dict = {}
     for spec in param_layout(config):
+        if spec.path in skip:
+            continue
         buf = np.empty(spec.shape, host_dtype)
         names = (
             [spec.hf_name.format(i=i) for i in range(config.num_hidden_layers)]
@@ -151,26 +159,29 @@ class _SafetensorsReader:
             raise ValueError(f"{self.source}: tensor {name!r} is missing from the checkpoint")
         handle, path = self._handles[fname], self._paths[fname]
         try:
-            if handle.get_slice(name).get_dtype() == "BF16":
-                return self._get_bf16(fname, name)
+            kind = handle.get_slice(name).get_dtype()
+            if kind in _RAW_DTYPES:
+                return self._get_raw(fname, name, _RAW_DTYPES[kind])
             return handle.get_tensor(name)
         except ValueError:
             raise
         except Exception as e:
             raise ValueError(f"{path}: cannot read tensor {name!r}: {e}") from e
 
-    def _get_bf16(self, fname: str, name: str) -> np.ndarray:
-        # numpy has no bfloat16, so safetensors' numpy API refuses it: read the bytes ourselves.
+    def _get_raw(self, fname: str, name: str, dtype: Any) -> np.ndarray:
+        # numpy has no bfloat16 or float8, so safetensors' numpy API refuses them: read the bytes
+        # ourselves as ml_dtypes' types.
         path = self._paths[fname]
         if fname not in self._headers:
             self._headers[fname] = _read_header(path)
         header, data_start = self._headers[fname]
         info = header[name]
         start, end = info["data_offsets"]
+        itemsize = np.dtype(dtype).itemsize
         raw = np.fromfile(
-            path, dtype=np.uint16, count=(end - start) // 2, offset=data_start + start
+            path, dtype=f"u{itemsize}", count=(end - start) // itemsize, offset=data_start + start
         )
-        return raw.view(HOST_DTYPES["bfloat16"]).reshape(info["shape"])
+        return raw.view(dtype).reshape(info["shape"])
 
     @property
     def source(self) -> str:
@@ -237,6 +248,45 @@ def read_generation_config(folder: str) -> dict:
         raise ValueError(f"{path}: cannot parse generation_config.json: {e}") from e
 
 
+def _place_fp8(config, kept, get, available, params, placer, folder) -> ModelConfig:
+    """Read the fp8 kernels of `kept` (every layer's, stacked) into `params` as the fp8 format's
+    leaves; returns `config` with its quantization. Any other tensor stored with a scale (one
+    that jaxllm would read as float) is an error."""
+    kept_names = set()
+    config = config.replace(quantization=weight_only_config("fp8", list(kept)))
+    place = placer(config) if placer is not None else None
+    for spec in param_layout(config):
+        if spec.path not in kept:
+            continue
+        names = [spec.hf_name.format(i=i) for i in range(config.num_hidden_layers)]
+        kept_names.update(names)
+        out = spec.shape[-1]
+        per_layer = [fp8_leaves(get, n, spec.hf_rows, out) for n in names]
+        for leaf, buf in zip(("kernel_fp8", "kernel_scale"), zip(*per_layer)):
+            array = np.stack(buf)
+            path = spec.path[:-1] + (leaf,)
+            placed = jax.device_put(array) if place is None else place(_LeafSpec(path), array)
+            set_path(params, path, placed)
+    others = sorted(
+        n[: -len("_scale")]
+        for n in available
+        if n.endswith(".weight_scale") and n[: -len("_scale")] not in kept_names
+    )
+    if others:
+        raise ValueError(
+            f"{folder}: tensors quantized in the checkpoint that jaxllm keeps in float (the "
+            f"decoder's linear layers only are read as fp8): {others[:5]}"
+        )
+    return config
+
+
+class _LeafSpec:
+    """The `path` a placer needs for a leaf that no ParamSpec describes (a quantized leaf)."""
+
+    def __init__(self, path: tuple[str, ...]):
+        self.path = path
+
+
 def _hf_names_for(config: ModelConfig) -> set[str]:
     names = set()
     for spec in param_layout(config):
@@ -247,13 +297,31 @@ def _hf_names_for(config: ModelConfig) -> set[str]:
     return names
 
 
-def load_hf(folder: str, dtype: str | None = None, tokenizer: bool = True, placer=None):
+def load_hf(
+    folder: str,
+    dtype: str | None = None,
+    tokenizer: bool = True,
+    placer=None,
+    quantization: str | None = None,
+):
     """Load an HF folder; dtype None means the checkpoint's own dtype. Returns a LoadedModel.
 
+    A checkpoint with a `quantization_config` loads pre-quantized where jaxllm reads its kind
+    (hf_fp8.py: method fp8), unless `quantization` asks for another method (an error).
     `placer`: see `assemble_params` (None: each leaf to the default device)."""
     folder = os.path.abspath(folder)
     hf = read_hf_config(folder)
     config = config_from_hf(hf, dtype or checkpoint_dtype(hf), os.path.join(folder, "config.json"))
+    qc = hf.get("quantization_config")
+    kept: dict[tuple[str, ...], str] = {}
+    if qc is not None:
+        kind = fp8_checkpoint_kind(qc, folder)
+        if quantization not in (None, "fp8"):
+            raise ValueError(
+                f"{folder}: the checkpoint is quantized ({kind}); quantization={quantization!r} "
+                "cannot re-quantize it (leave quantization unset, or 'fp8')"
+            )
+        kept = {path: "fp8" for path in quantizable_kernels(config)}
 
     with ExitStack() as stack:
         reader = _SafetensorsReader(folder, stack)
@@ -267,6 +335,7 @@ def load_hf(folder: str, dtype: str | None = None, tokenizer: bool = True, place
             for n in available
             if n not in expected
             and not n.endswith(_IGNORED_SUFFIXES)
+            and not (kept and n.endswith(SCALE_SUFFIXES))
             and not (n == "lm_head.weight" and config.tie_word_embeddings)
         )
         if unexpected:
@@ -280,7 +349,10 @@ def load_hf(folder: str, dtype: str | None = None, tokenizer: bool = True, place
                 f"{folder}: checkpoint is missing tensors: "
                 f"{missing[:5]}{' ...' if len(missing) > 5 else ''}"
             )
-        params = assemble_params(config, lambda n: reader.get(available[n]), folder, placer)
+        get = lambda n: reader.get(available[n])  # noqa: E731
+        params = assemble_params(config, get, folder, placer, skip=frozenset(kept))
+        if kept:
+            config = _place_fp8(config, kept, get, available, params, placer, folder)
 
     tok = load_tokenizer(folder) if tokenizer else None
     return LoadedModel(

@@ -95,6 +95,12 @@ def save_converted(loaded: Any, out_dir: str, *, overwrite: bool = False) -> str
     """Write `loaded` (a LoadedModel) as a converted folder; returns its absolute path."""
     import orbax.checkpoint as ocp
 
+    if loaded.config.quantization is not None:
+        raise ValueError(
+            f"a converted folder holds float weights; {loaded.source} is quantized "
+            f"({loaded.config.quantization.method}): dequantize it first "
+            "(jaxllm.quantization.layout.dequantize_params), as `jaxllm convert` does"
+        )
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         if not (overwrite and is_converted_folder(out_dir)):

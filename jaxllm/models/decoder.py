@@ -35,11 +35,13 @@ import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig, RopeScaling
 from jaxllm.layers.embedding import vocab_parallel_embed
-from jaxllm.layers.linear import Linear
+from jaxllm.layers.linear import Linear, use_cpu_kernels
 from jaxllm.layers.norms import RMSNorm
 from jaxllm.layers.rotary import LENGTH_DEPENDENT_ROPE_TYPES, rotary_cos_sin
 from jaxllm.models.batch import KVCache, StepBatch
 from jaxllm.models.packed_params import PACKED_LAYERS
+from jaxllm.quantization.formats import EMBEDDING, format_in
+from jaxllm.quantization.gguf_blocks import dequantize_rows
 
 UNROLL_ENV = "JAXLLM_UNROLL_LAYERS"
 # Accelerator steps with at least this many (padded) tokens keep the layer scan rolled.
@@ -141,15 +143,23 @@ class DecoderForCausalLM(nn.Module):
     def __call__(self, kv_cache: KVCache, batch: StepBatch):
         c = self.config
         dt = jnp.dtype(c.dtype)
-        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=dt, param_dtype=dt, name="embed_tokens")
-        # [T, D]; vocabulary-parallel under tp (a plain take all-gathers the table on the GPU)
-        h = vocab_parallel_embed(embed.embedding.astype(dt), batch.token_ids, self.mesh)
+        params = self.variables.get("params", {})
+        quantized_embed = format_in(params.get("embed_tokens"), EMBEDDING)
+        if quantized_embed is not None:  # GGUF blocks [V, row_bytes]: rows looked up, then unpacked
+            embed = params["embed_tokens"][quantized_embed.data_leaf(EMBEDDING)]
+            rows = vocab_parallel_embed(embed, batch.token_ids, self.mesh)
+            h = dequantize_rows(rows, quantized_embed.name).astype(dt)
+        else:
+            embed = nn.Embed(
+                c.vocab_size, c.hidden_size, dtype=dt, param_dtype=dt, name="embed_tokens"
+            )
+            # [T, D]; vocabulary-parallel under tp (a plain take all-gathers the table on the GPU)
+            h = vocab_parallel_embed(embed.embedding.astype(dt), batch.token_ids, self.mesh)
         scale = self.embed_scale()
         if scale is not None:
             h = h * jnp.asarray(scale, dt)
         ropes = rope_tables(c, batch)
         carry = (h, kv_cache.k, kv_cache.v)
-        params = self.variables.get("params", {})
         # cpu_ext's packed kernels [L, ...] (packed_params): read in place at each layer's index
         packed = params.get(PACKED_LAYERS)
         if has_per_layer_params(params):  # layer i's kernels read in place
@@ -187,7 +197,13 @@ class DecoderForCausalLM(nn.Module):
         dt = jnp.dtype(c.dtype)
         h = self.norm_class(c.rms_norm_eps, dt, name="norm")(h[batch.logits_indices])  # [R, D]
         if c.tie_word_embeddings and "lm_head" not in self.variables.get("params", {}):
-            logits = embed.attend(h)
+            if isinstance(embed, nn.Embed):
+                logits = embed.attend(h)
+            else:  # the GGUF table [V, row_bytes] is the LM head's kernel in the file's layout
+                fmt = format_in(self.variables["params"]["embed_tokens"], EMBEDDING)
+                assert fmt is not None
+                head = {fmt.data_leaf(): embed}
+                logits = fmt.matmul(h, head, c.vocab_size, use_cpu_kernels(h))
         else:
             logits = dense(c.vocab_size, False, dt, "lm_head")(h)
         logits = logits.astype(jnp.float32)

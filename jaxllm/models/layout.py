@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jaxllm.config import ModelConfig
 from jaxllm.models.param_spec import ParamSpec, set_path
 from jaxllm.models.registry import model_module, model_modules
+from jaxllm.quantization.layout import quantized_leaves
 
 
 def layout_of(config: ModelConfig) -> ModuleType:
@@ -33,12 +34,42 @@ def param_layout(config: ModelConfig) -> list[ParamSpec]:
     return list(layout_of(config).param_layout(config))
 
 
+def quantizable_kernels(config: ModelConfig) -> list[tuple[str, ...]]:
+    """Paths of the decoder layers' linear kernels (what int8/fp8 quantize; not the LM head)."""
+    return [
+        spec.path
+        for spec in param_layout(config)
+        if spec.transpose and spec.stacked and spec.path[-1] == "kernel"
+    ]
+
+
+StoredLeaf = tuple[tuple[str, ...], tuple[int, ...], object, tuple[str, ...] | None]
+
+
+def stored_leaves(config: ModelConfig, with_axes: bool = False) -> list[StoredLeaf]:
+    """Every leaf the params hold for `config`: (path, shape, dtype or None for config.dtype,
+    logical axes or None). The layout's float leaves, except those `config.quantization` stores
+    in a quantized format, which are replaced by that format's leaves (jaxllm.quantization)."""
+    table = logical_axes_table(config) if with_axes else {}
+    q = config.quantization
+    out: list[StoredLeaf] = []
+    for spec in param_layout(config):
+        axes = table.get(spec.path)
+        fmt = q.format_of(spec.path) if q is not None else None
+        if fmt is None:
+            out.append((spec.path, spec.shape, None, axes))
+        else:
+            out += quantized_leaves(spec.path, spec.shape, axes, fmt)
+    return out
+
+
 def param_shapes(config: ModelConfig, dtype: str | None = None) -> dict:
-    """The parameter pytree as `jax.ShapeDtypeStruct` leaves (dtype defaults to config.dtype)."""
+    """The parameter pytree as `jax.ShapeDtypeStruct` leaves (float leaves in `dtype`, default
+    config.dtype; quantized leaves in their formats' dtypes)."""
     dt = jnp.dtype(dtype or config.dtype)
     tree: dict = {}
-    for spec in param_layout(config):
-        set_path(tree, spec.path, jax.ShapeDtypeStruct(spec.shape, dt))
+    for path, shape, leaf_dtype, _ in stored_leaves(config):
+        set_path(tree, path, jax.ShapeDtypeStruct(shape, leaf_dtype or dt))
     return tree
 
 

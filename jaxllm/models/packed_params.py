@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 # "ext": cpu_ext's C++ kernels (packed matmul, decode attention); "xla": XLA's own ops only; unset:
-# the kernels wherever cpu_ext can run (x86-64 with AVX2/FMA and a C++ compiler).
+# the kernels wherever cpu_ext can run (x86-64 with AVX2/FMA/F16C and a C++ compiler).
 CPU_KERNELS_ENV = "JAXLLM_CPU_KERNELS"
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,10 @@ PACKED_LAYERS = "packed_layers"  # stacked packed kernels, by module path within
 
 
 def is_packed(params: dict) -> bool:
-    """In this layout? (`packed_layers`, or a 3-D kernel outside the stacked `layers`.)"""
+    """In this layout? (`packed_layers`, or a 3-D kernel (float or int8 strips) outside the
+    stacked `layers`.)"""
     return PACKED_LAYERS in params or any(
-        _is_kernel(path) and leaf.ndim == 3
+        getattr(path[-1], "key", None) in ("kernel", "kernel_int8") and leaf.ndim == 3
         for path, leaf in jax.tree_util.tree_leaves_with_path(
             {k: v for k, v in params.items() if k != "layers"}
         )
@@ -93,29 +94,53 @@ def is_packed(params: dict) -> bool:
 
 
 def pack_dense_kernels(params: dict) -> dict:
-    """`params` in the packed layout above (a new dict; the unpacked kernels are not kept)."""
+    """`params` in the packed layout above (a new dict; the unpacked kernels are not kept).
+
+    Quantized weights (jaxllm.quantization.formats) take their format's `cpu_layout` (int8 in
+    strips; GGUF blocks as they are); stacked ones that cpu_ext multiplies move to
+    `packed_layers/<module path>` as a dict of the format's leaves, read in place at the layer
+    index like the float kernels (fp8 stays in `layers`: XLA's ops run it)."""
     from cpu_ext.packed_matmul import pack_kernel
+    from jaxllm.quantization.formats import format_in
 
     pack = jax.jit(pack_kernel)
     pack_stacked = jax.jit(jax.vmap(pack_kernel))
-    out = {k: v for k, v in params.items() if k != "layers"}
-    out = jax.tree_util.tree_map_with_path(
-        lambda path, leaf: pack(leaf) if _is_kernel(path) else leaf, out
-    )
+
+    def relay(tree: dict) -> dict:  # per-module: float kernels packed, quantized ones re-laid
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                fmt = format_in(value)
+                out[key] = fmt.cpu_layout(value) if fmt is not None else relay(value)
+            else:
+                out[key] = pack(value) if key == "kernel" else value
+        return out
+
+    out = relay({k: v for k, v in params.items() if k != "layers"})
     if "layers" in params:  # stacked: kernels -> packed_layers/<module path>, the rest stays
         rest: dict = {}
         packed: dict = {}
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params["layers"]):
-            keys = [p.key for p in path]
-            if _is_kernel(path):
-                _insert(packed, keys[:-1], pack_stacked(leaf))
-            else:
-                _insert(rest, keys, leaf)
+
+        def split(tree: dict, keys: list) -> None:
+            for key, value in tree.items():
+                fmt = format_in(value) if isinstance(value, dict) else None
+                if fmt is not None and fmt.cpu_kernel:
+                    _insert(packed, keys + [key], fmt.cpu_layout(value))
+                elif fmt is not None:  # XLA's ops on the scanned slice (fp8)
+                    _insert(rest, keys + [key], value)
+                elif isinstance(value, dict):
+                    split(value, keys + [key])
+                elif key == "kernel":
+                    _insert(packed, keys, pack_stacked(value))
+                else:
+                    _insert(rest, keys + [key], value)
+
+        split(params["layers"], [])
         out["layers"] = rest
         out[PACKED_LAYERS] = packed
-    if "lm_head" not in out and "embed_tokens" in out:
-        table = out["embed_tokens"]["embedding"]  # [V, D]
-        out["lm_head"] = {"kernel": pack(table.T)}
+    embedding = out.get("embed_tokens", {}).get("embedding")
+    if "lm_head" not in out and embedding is not None:
+        out["lm_head"] = {"kernel": pack(embedding.T)}  # [V, D] -> strips of [D, V]
     return out
 
 

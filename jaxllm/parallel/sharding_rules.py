@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from jax.sharding import PartitionSpec
 
 from jaxllm.config import ModelConfig
-from jaxllm.models.layout import logical_axes_table, param_layout
+from jaxllm.models.layout import stored_leaves
 from jaxllm.parallel.mesh import MODEL_AXIS
+from jaxllm.quantization.layout import check_tensor_parallel
 
 # logical axis -> mesh axis (None: replicated)
 LOGICAL_AXIS_RULES: dict[str, str | None] = {
@@ -76,19 +77,18 @@ def logical_to_spec(
 
 
 def param_logical_axes(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, ...]]:
-    """path -> logical axes of every leaf of `param_layout(config)`; raises if one has no rule."""
-    table = logical_axes_table(config)
+    """path -> logical axes of every stored leaf of `config` (`jaxllm.models.layout.
+    stored_leaves`: quantized leaves take axes derived from their float leaf's); raises if a leaf
+    has no entry in the model's table."""
     out = {}
-    for spec in param_layout(config):
-        if spec.path not in table:
-            raise ValueError(f"parameter {'/'.join(spec.path)} has no entry in PARAM_LOGICAL_AXES")
-        axes = table[spec.path]
-        if len(axes) != len(spec.shape):
+    for path, shape, _, axes in stored_leaves(config, with_axes=True):
+        if axes is None:
+            raise ValueError(f"parameter {'/'.join(path)} has no entry in PARAM_LOGICAL_AXES")
+        if len(axes) != len(shape):
             raise ValueError(
-                f"parameter {'/'.join(spec.path)}: logical axes {axes} do not match "
-                f"its shape {spec.shape}"
+                f"parameter {'/'.join(path)}: logical axes {axes} do not match its shape {shape}"
             )
-        out[spec.path] = axes
+        out[path] = axes
     return out
 
 
@@ -97,8 +97,19 @@ def param_partition_specs(
 ) -> dict[tuple[str, ...], PartitionSpec]:
     """path -> PartitionSpec of every parameter (`replicate_kv`: k/v projections replicated,
     the layout loaders use before repeating KV heads)."""
-    shapes = {s.path: s.shape for s in param_layout(config)}
+    shapes = {path: shape for path, shape, _, _ in stored_leaves(config)}
     rules = dict(LOGICAL_AXIS_RULES)
+    tp = int((axis_sizes or {}).get(MODEL_AXIS, 1))
+    if config.quantization is not None and tp > 1:
+        # a stored format must split the input width of row-parallel kernels (o_proj, down)
+        float_leaves = stored_leaves(config.replace(quantization=None), with_axes=True)
+        sharded_in = {
+            p
+            for p, _, _, a in float_leaves
+            if p[-1] == "kernel" and a and rules.get(a[-2]) == MODEL_AXIS
+        }
+        shapes_f = {p: shape for p, shape, _, _ in float_leaves}
+        check_tensor_parallel(config.quantization, shapes_f, sharded_in, tp)
     out = {}
     for path, axes in param_logical_axes(config).items():
         r = rules if not (replicate_kv and "kv_heads" in axes) else {**rules, "kv_heads": None}

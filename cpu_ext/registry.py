@@ -1,8 +1,8 @@
 """Load the built CPU library and register its FFI handlers with XLA (once per process).
 
 `missing_requirements()` says in words what this machine lacks for the packed matmul (an x86-64
-CPU with AVX2 and FMA, a C++ compiler); `ensure_registered()` raises RuntimeError naming it before
-building anything.
+CPU with AVX2, FMA and F16C, a C++ compiler); `ensure_registered()` raises RuntimeError naming
+it before building anything.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ TARGETS = {
     "jaxllm_packed_matmul": "JaxllmPackedMatmul",
     "jaxllm_paged_attention": "JaxllmPagedAttention",
 }
-REQUIRED_CPU_FLAGS = ("avx2", "fma")
+REQUIRED_CPU_FLAGS = ("avx2", "fma", "f16c")
 
 
 def cpu_flags() -> set[str]:

@@ -32,7 +32,7 @@ CXX_FLAGS = (
     "-fPIC",
     "-mavx2",
     "-mfma",
-    "-mf16c",  # float16 -> float32 of GGUF block scales (every AVX2 CPU has it)
+    "-mf16c",  # float16 -> float32: GGUF block scales, fp8 KV pages (every AVX2 CPU has it)
     "-Wno-return-type",  # the FFI headers' switch-only functions
     "-Wno-attributes",
 )

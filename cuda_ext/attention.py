@@ -16,6 +16,11 @@ so each page is read once per tile. Tiles of one row (decode) with G <= 8 run a 
 multi-row kernel (shared-memory staging). With several KV splits (few programs, long contexts) a
 second kernel merges the partial softmax states. This module chooses `block_q` and the split count
 statically from the shapes; validation is `pallas_kernels.ragged_inputs`'.
+
+fp8 pages (`kv_cache_dtype="fp8"`, `pallas_kernels.kv_quant`) go to the kernels as their bytes
+with any query dtype; the CUDA-core kernels convert them as they read them (the tensor-core
+decode kernel takes 16-bit pages only), with k_scale folded into the score scale and v_scale
+into the output. Compiled with nvcc; not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels import ragged_inputs
+from pallas_kernels import kv_quant, ragged_inputs
 from pallas_kernels.ragged_inputs import (
     check_decode_only,
     int32_metadata,
@@ -40,6 +45,7 @@ from . import registry
 
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+SUPPORTED_KV_DTYPES = ("float8_e4m3fn",)  # quantized pages read with any of SUPPORTED_DTYPES
 MAX_SPLITS = 64  # the kernel's limit
 TARGET_PROGRAMS = 4 * 132  # ~4 programs per SM of an H100/H200 before splitting the KV further
 ROW_KERNEL_MAX_G = 8  # kRowKernelMaxG in row_attention_kernel.cuh
@@ -101,12 +107,15 @@ def uses_row_kernel(block_q: int, G: int) -> bool:
     return block_q == 1 and G <= ROW_KERNEL_MAX_G
 
 
-def uses_mma_row_kernel(block_q: int, G: int, D: int, itemsize: int, decode_kernel: str) -> bool:
-    """Whether single-row tiles run on the tensor cores (16-bit types, D 64 or 128), mirroring
-    `launch_single_row` in csrc/ragged_paged_attention.cu."""
+def uses_mma_row_kernel(
+    block_q: int, G: int, D: int, itemsize: int, decode_kernel: str, kv_itemsize: int | None = None
+) -> bool:
+    """Whether single-row tiles run on the tensor cores (16-bit queries and pages, D 64 or 128),
+    mirroring `launch_single_row` in csrc/ragged_paged_attention.cu."""
     return (
         uses_row_kernel(block_q, G)
         and itemsize == 2
+        and (kv_itemsize or itemsize) == itemsize
         and D in MMA_HEAD_DIMS
         and decode_kernel != "cuda-cores"
     )
@@ -145,8 +154,11 @@ def plan_launch(
     block_q: int | None = None,
     num_kv_splits: int | None = None,
     decode_kernel: str = "auto",
+    kv_itemsize: int | None = None,
 ) -> LaunchPlan:
+    """`itemsize`: the query dtype's; `kv_itemsize`: the pages' (None: the same)."""
     G = Hq // Hkv
+    kv_itemsize = kv_itemsize or itemsize
     if decode_only:
         bq = 1
         num_tiles = S
@@ -156,12 +168,12 @@ def plan_launch(
         num_tiles = num_query_tiles(T, S, bq)
     if num_kv_splits:
         splits = num_kv_splits
-    elif uses_mma_row_kernel(bq, G, D, itemsize, decode_kernel):
+    elif uses_mma_row_kernel(bq, G, D, itemsize, decode_kernel, kv_itemsize):
         splits = choose_mma_splits(num_tiles * Hkv, P * block_size)
     elif uses_row_kernel(bq, G):
         splits = choose_row_splits(num_tiles * Hkv, P * block_size)
     else:
-        splits = choose_num_splits(num_tiles * Hkv, P * block_size, block_k(D, itemsize))
+        splits = choose_num_splits(num_tiles * Hkv, P * block_size, block_k(D, kv_itemsize))
     return LaunchPlan(block_q=bq, num_tiles=num_tiles, num_splits=splits, max_rows=bq * G)
 
 
@@ -198,13 +210,16 @@ def validate_inputs(
     sliding_window=None,
     block_q=None,
     num_kv_splits=None,
+    k_scale=1.0,
+    v_scale=1.0,
 ) -> None:
     """Raise ValueError naming the bad argument; static properties only (works on tracers): the
     shared checks of `pallas_kernels.ragged_inputs` plus this backend's knobs."""
     ragged_inputs.validate_inputs(
         q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer,
         sm_scale=sm_scale, sliding_window=sliding_window, head_dims=SUPPORTED_HEAD_DIMS,
-        dtypes=SUPPORTED_DTYPES, backend="cuda",
+        dtypes=SUPPORTED_DTYPES, kv_dtypes=SUPPORTED_KV_DTYPES, backend="cuda",
+        k_scale=k_scale, v_scale=v_scale,
     )  # fmt: skip
     ragged_inputs.check_int_in_range("block_q", block_q, 1)
     ragged_inputs.check_int_in_range("num_kv_splits", num_kv_splits, 1, MAX_SPLITS)
@@ -216,7 +231,8 @@ def validate_inputs(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("plan", "sm_scale", "window", "decode_only", "decode_kernel")
+    jax.jit,
+    static_argnames=("plan", "sm_scale", "out_scale", "window", "decode_only", "decode_kernel"),
 )
 def _rpa_call(
     q,
@@ -233,6 +249,7 @@ def _rpa_call(
     window,
     decode_only,
     decode_kernel,
+    out_scale=1.0,
 ):
     T, Hq, D = q.shape
     Hkv = k_pages.shape[2]
@@ -262,6 +279,7 @@ def _rpa_call(
         block_q=np.int32(plan.block_q),
         num_splits=np.int32(plan.num_splits),
         decode_kernel=np.int32(DECODE_KERNELS[decode_kernel]),
+        out_scale=np.float32(out_scale),
     )
     return out
 
@@ -281,6 +299,8 @@ def ragged_paged_attention_cuda(
     block_q: int | None = None,
     num_kv_splits: int | None = None,
     decode_kernel: str = "auto",
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     _out_init: jax.Array | None = None,  # [T, Hq, D] tests: the buffer the kernel writes into
 ) -> jax.Array:  # [T, Hq, D]
     """Ragged paged attention on NVIDIA GPUs (float32 softmax, output in `q.dtype`).
@@ -299,7 +319,7 @@ def ragged_paged_attention_cuda(
     validate_inputs(
         q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer,
         sm_scale=sm_scale, sliding_window=sliding_window, block_q=block_q,
-        num_kv_splits=num_kv_splits,
+        num_kv_splits=num_kv_splits, k_scale=k_scale, v_scale=v_scale,
     )  # fmt: skip
     decode_only = bool(decode_only)
     if decode_only:
@@ -319,17 +339,18 @@ def ragged_paged_attention_cuda(
     plan = plan_launch(
         T, S, P, Hq, Hkv, D, bs, jnp.dtype(q.dtype).itemsize,
         decode_only=decode_only, block_q=block_q, num_kv_splits=num_kv_splits,
-        decode_kernel=decode_kernel,
+        decode_kernel=decode_kernel, kv_itemsize=jnp.dtype(k_pages.dtype).itemsize,
     )  # fmt: skip
     scale = float(sm_scale) if sm_scale is not None else D**-0.5
     return _rpa_call(
         q,
-        k_pages,
-        v_pages,
+        kv_quant.to_storage(k_pages),  # fp8 pages as their bytes (kv_quant.py)
+        kv_quant.to_storage(v_pages),
         *int32_metadata(block_tables, kv_lens, query_start_loc, layer),
         _out_init,
         plan=plan,
-        sm_scale=scale,
+        sm_scale=kv_quant.score_scale(scale, k_pages, float(k_scale)),
+        out_scale=kv_quant.output_scale(v_pages, float(v_scale)),
         window=int(sliding_window or 0),
         decode_only=decode_only,
         decode_kernel=decode_kernel,

@@ -79,10 +79,20 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     dtype: str = "float32"  # compute/parameter dtype
     quantization: QuantizationConfig | None = None  # quantized weight storage (None: all dtype)
+    # Per-tensor scales of an fp8 KV cache (CacheConfig.kv_cache_dtype "fp8"): its pages hold
+    # K / k_scale and V / v_scale. A checkpoint's calibrated values, else 1.0; static (a change
+    # recompiles the step); float caches ignore them.
+    k_scale: float = 1.0
+    v_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        for name in ("k_scale", "v_scale"):
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (ok and 0 < value < float("inf")):
+                raise ValueError(f"{name} must be a positive finite float, got {value!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -276,16 +286,34 @@ class _RopeFields:
         )
 
 
+# CacheConfig.kv_cache_dtype: name -> the dtype of the cache arrays (numpy names; None: the model's)
+KV_CACHE_DTYPES = {
+    "auto": None,
+    "float32": "float32",
+    "bfloat16": "bfloat16",
+    "float16": "float16",
+    # vLLM's names: float8 e4m3 pages with per-tensor scales (ModelConfig.k_scale / v_scale)
+    "fp8": "float8_e4m3fn",
+    "fp8_e4m3": "float8_e4m3fn",
+}
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
     num_gpu_blocks: int | None = None  # explicit block count; overrides memory-based sizing
     enable_prefix_caching: bool = True
-    kv_cache_dtype: str = "auto"  # "auto" = model dtype
+    # "auto" (the model's dtype), a float dtype, or "fp8" / "fp8_e4m3" (KV_CACHE_DTYPES)
+    kv_cache_dtype: str = "auto"
     swap_space: float = 4.0  # GiB of host memory for KV blocks swapped out (preemption_mode="swap")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kv_cache_dtype, str) or self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype {self.kv_cache_dtype!r} is not supported; choose one of "
+                f"{', '.join(KV_CACHE_DTYPES)}"
+            )
         if not self.swap_space >= 0:
             raise ValueError(f"swap_space must be >= 0 GiB, got {self.swap_space}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -296,6 +324,11 @@ class CacheConfig:
             )
         if self.num_gpu_blocks is not None and self.num_gpu_blocks < 2:
             raise ValueError(f"num_gpu_blocks must be >= 2, got {self.num_gpu_blocks}")
+
+    def cache_dtype(self, model_dtype: str) -> str:
+        """The numpy name of the KV cache arrays' dtype for a model computing in `model_dtype`
+        (e.g. "float8_e4m3fn" for "fp8")."""
+        return KV_CACHE_DTYPES[self.kv_cache_dtype] or model_dtype
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ loop fusions) rather than for readability:
 Both paths zero K and V slots past each sequence's length while gathering (the select fuses into
 the gather), so stale or poisoned cache slots cannot leak into the result, and masked scores use a
 finite -1e30 so a row with no keys gives no NaN. Rows at or past `query_start_loc[S]` are zeros.
+Quantized (fp8) pages are read as `float32(page) * scale` in the same fusion as the gather.
 
 This file imports only JAX.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .kv_quant import dequantize, gather_pages
 from .ragged_inputs import check_decode_only, check_power_of_two, num_query_tiles, validate_inputs
 
 _MASKED = -1e30  # finite: exp(_MASKED - m) == 0 for any real score m, and never NaN
@@ -46,25 +48,29 @@ def _gather_pages(
     layer: jax.Array | int,
     blocks: jax.Array,  # [W, P] int32
     kv_len: jax.Array,  # [W] int32
-) -> jax.Array:  # [W, P, Hkv, bs, D]
-    """Pages of `layer` listed in `blocks`, with slots at or past `kv_len` zeroed."""
+    scale: float,
+) -> jax.Array:  # [W, P, Hkv, bs, D] float32
+    """Pages of `layer` listed in `blocks` as float32 (quantized ones times `scale`), with slots
+    at or past `kv_len` zeroed."""
     W, P = blocks.shape
     bs = pages.shape[3]
-    x = pages[layer, blocks]
+    x = dequantize(gather_pages(pages, layer, blocks), scale)
     kpos = jnp.arange(P * bs, dtype=jnp.int32).reshape(P, bs)
     live = kpos[None] < kv_len[:, None, None]  # [W, P, bs]
     return jnp.where(live[:, :, None, :, None], x, 0)
 
 
-def _decode(q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, sm_scale, window):
+def _decode(
+    q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, sm_scale, scales, window
+):
     """One query row per sequence: q [T, Hq, D] -> [T, Hq, D] (f32)."""
     T, Hq, D = q.shape
     _, _, Hkv, bs, _ = k_pages.shape
     S, P = block_tables.shape
     G = Hq // Hkv
     K = P * bs
-    k = _gather_pages(k_pages, layer, block_tables, kv_lens).astype(jnp.float32)
-    v = _gather_pages(v_pages, layer, block_tables, kv_lens).astype(jnp.float32)
+    k = _gather_pages(k_pages, layer, block_tables, kv_lens, scales[0])
+    v = _gather_pages(v_pages, layer, block_tables, kv_lens, scales[1])
     row = jnp.clip(query_start_loc[:S], 0, T - 1)  # [S] each sequence's one query row
     qs = q[row].astype(jnp.float32).reshape(S, Hkv, G, D) * sm_scale
     kpos = jnp.arange(K, dtype=jnp.int32)[None, :]
@@ -92,7 +98,7 @@ def _decode(q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, 
 
 
 def _general(
-    q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, sm_scale, window, Bq
+    q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, sm_scale, scales, window, Bq
 ):
     """Ragged rows in query tiles of Bq rows of one sequence: q [T, Hq, D] -> [T, Hq, D] (f32)."""
     T, Hq, D = q.shape
@@ -115,8 +121,8 @@ def _general(
     q_pos = (kv_lens[seq] - q_len[seq])[:, None] + local  # [NT, Bq] absolute positions
 
     kv = kv_lens[seq]
-    k = _gather_pages(k_pages, layer, block_tables[seq], kv).astype(jnp.float32)
-    v = _gather_pages(v_pages, layer, block_tables[seq], kv).astype(jnp.float32)
+    k = _gather_pages(k_pages, layer, block_tables[seq], kv, scales[0])
+    v = _gather_pages(v_pages, layer, block_tables[seq], kv, scales[1])
     k = k.transpose(0, 2, 1, 3, 4).reshape(NT, Hkv, K, D)
     v = v.transpose(0, 2, 1, 3, 4).reshape(NT, Hkv, K, D)
 
@@ -168,9 +174,12 @@ def ragged_paged_attention_cpu(
     sliding_window: int | None = None,
     query_block: int | None = None,
     decode_only: bool = False,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> jax.Array:  # [T, Hq, D]
     """Ragged paged attention for XLA:CPU (float32 softmax, output in `q.dtype`); the arguments
-    and result are those of `ragged_paged_attention_reference`.
+    and result are those of `ragged_paged_attention_reference` (fp8 pages with their scales
+    included).
 
     `decode_only` (static: at most one query row per sequence, checked when `query_start_loc` is
     concrete) takes the per-sequence decode path; otherwise queries go in tiles of `query_block`
@@ -187,12 +196,15 @@ def ragged_paged_attention_cpu(
         sm_scale=sm_scale,
         sliding_window=sliding_window,
         backend="cpu",
+        k_scale=k_scale,
+        v_scale=v_scale,
     )
     check_power_of_two("query_block", query_block)
     T, _, D = q.shape
     S = block_tables.shape[0]
     scale = D**-0.5 if sm_scale is None else float(sm_scale)
-    args = (q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, scale)
+    scales = (float(k_scale), float(v_scale))
+    args = (q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, scale, scales)
     if decode_only:
         check_decode_only(query_start_loc)
         out = _decode(*args, sliding_window)

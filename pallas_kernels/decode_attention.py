@@ -24,7 +24,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from .paged_softmax import NEG, TritonParams, attend, log2, next_pow2, normalize
+from .paged_softmax import NEG, TritonParams, attend, log2, next_pow2, normalize, scale_rows
 
 
 def _zero_unowned_rows(out_ref, s, kvh, q0, q1, q_total, num_seqs: int, *, G: int, R: int):
@@ -63,7 +63,7 @@ def _decode_kernel(
     kv_lens_ref,  # [S] int32
     bt_ref,  # [S, P] int32
     q_ref,  # [T, Hq, D]
-    k_ref,  # [L, N, Hkv, bs, D]
+    k_ref,  # [L, N, Hkv, bs, D]: q's dtype, or uint8 (page_dtype's bytes)
     v_ref,  # [L, N, Hkv, bs, D]
     # splits == 1: ([out_init,] out [T, Hq, D]); combine "fused": (counter_init, [out_init,] out,
     # o, m, l, counter [S, Hkv]); else (o [S, Hkv, NS, M, D], m, l [S, Hkv, NS, M])
@@ -76,6 +76,8 @@ def _decode_kernel(
     block_size: int,
     block_k: int,
     scale_log2: float,
+    out_scale: float,
+    page_dtype: str | None,
     sliding_window: int | None,
 ):
     s, kvh, split = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -138,7 +140,9 @@ def _decode_kernel(
         scale_log2=scale_log2,
         sliding_window=sliding_window,
         at_most_one_step=max_blocks <= num_splits,
+        page_dtype=page_dtype,
     )
+    acc = scale_rows(acc, out_scale)  # quantized V: partials and output alike (linear in V)
 
     if num_splits == 1:
         out_ref = refs[-1]  # refs[0] is the aliased initial buffer when there are two
@@ -318,6 +322,8 @@ def decode_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_init
         block_size=st["block_size"],
         block_k=st["decode_block_k"],
         scale_log2=st["scale_log2"],
+        out_scale=st["out_scale"],
+        page_dtype=st["page_dtype"],
         sliding_window=st["sliding_window"],
     )
     params = TritonParams(num_warps=st["decode_num_warps"], num_stages=st["decode_num_stages"])

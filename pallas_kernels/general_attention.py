@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from .paged_softmax import TritonParams, attend, log2, next_pow2, normalize
+from .paged_softmax import TritonParams, attend, log2, next_pow2, normalize, scale_rows
 from .ragged_inputs import num_query_tiles, query_tiles
 
 
@@ -27,7 +27,7 @@ def _general_kernel(
     bt_ref,  # [S, P] int32
     work_ref,  # [2, W] int32: (sequence, query block index) per work item
     q_ref,  # [T, Hq, D]
-    k_ref,  # [L, N, Hkv, bs, D]
+    k_ref,  # [L, N, Hkv, bs, D]: q's dtype, or uint8 (page_dtype's bytes)
     v_ref,  # [L, N, Hkv, bs, D]
     out_init_ref,  # [T, Hq, D] zeros, aliased to out_ref
     out_ref,  # [T, Hq, D]
@@ -38,6 +38,8 @@ def _general_kernel(
     block_size: int,
     block_k: int,
     scale_log2: float,
+    out_scale: float,
+    page_dtype: str | None,
     sliding_window: int | None,
     unmasked_prefix: bool,
 ):
@@ -86,6 +88,7 @@ def _general_kernel(
         block_k=block_k,
         scale_log2=scale_log2,
         sliding_window=sliding_window,
+        page_dtype=page_dtype,
     )
     carry = None
     if unmasked_prefix and sliding_window is None:
@@ -98,7 +101,7 @@ def _general_kernel(
     dst = jnp.where(ok, tok_row, T)  # masked rows point past the array: never collide
     plgpu.store(
         out_ref.at[dst[:, None], head[:, None], d[None, :]],
-        normalize(acc, l).astype(out_ref.dtype),
+        scale_rows(normalize(acc, l), out_scale).astype(out_ref.dtype),
         mask=ok_md,
     )
 
@@ -121,6 +124,8 @@ def general_call(q, k_pages, v_pages, block_tables, kv_lens, qsl, layer, out_ini
         block_size=st["block_size"],
         block_k=st["block_k"],
         scale_log2=st["scale_log2"],
+        out_scale=st["out_scale"],
+        page_dtype=st["page_dtype"],
         unmasked_prefix=st["unmasked_prefix"],
         sliding_window=st["sliding_window"],
     )

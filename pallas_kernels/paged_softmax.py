@@ -2,8 +2,11 @@
 
 `attend(...)` visits compute blocks of `block_k` tokens of one sequence's pages, gathers the K/V
 rows of one KV head with masked loads (slots outside the live range are never read), and keeps an
-online softmax in base 2 and float32. `TritonParams` is the Pallas Triton compiler-params class of
-this jax version. Imports only JAX.
+online softmax in base 2 and float32. Quantized (fp8) pages come as their bytes (uint8 refs,
+`kv_quant.to_storage`): the loaded rows are reinterpreted as `page_dtype` and cast to the query
+dtype (exact: every e4m3 value is a bf16, f16 and f32 value); their scales are folded into the
+score scale (k) and into the output (v, `scale_rows`) by the callers. `TritonParams` is the
+Pallas Triton compiler-params class of this jax version. Imports only JAX.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def next_pow2(x: int) -> int:
 
 
 def attend(
-    q,  # [M, D] query rows, cache dtype
+    q,  # [M, D] query rows, the query dtype
     row_pos,  # [M] int32 absolute position of each row (-1: sees nothing)
     kv_lo,  # int32 scalar: first KV token this program may need
     kv_hi,  # int32 scalar: one past the last KV token this program may need
@@ -47,7 +50,7 @@ def attend(
     n_steps,  # int32 scalar: compute blocks to visit
     *,
     block_stride: int,  # tokens from one visited block to the next (block_k: contiguous)
-    k_ref,  # [L, N, Hkv, bs, D]
+    k_ref,  # [L, N, Hkv, bs, D]: q's dtype, or uint8 (the bytes of page_dtype)
     v_ref,  # [L, N, Hkv, bs, D]
     bt_ref,  # [S, P] int32
     layer,  # int32 scalar
@@ -60,6 +63,7 @@ def attend(
     at_most_one_step: bool = False,
     masked: bool = True,
     carry=None,
+    page_dtype: str | None = None,
 ):
     """Online softmax over the KV tokens in [kv_lo, kv_hi) of `seq` that lie in the compute blocks
     starting at `start + i * block_stride`, i < n_steps; returns (acc [M, D] f32, m [M], l [M]).
@@ -71,7 +75,8 @@ def attend(
     `masked=False` (static; the caller guarantees every visited token is in [kv_lo, kv_hi) and
     visible to every row that matters): no masks on the loads and the scores, for the blocks of a
     prefill tile that lie wholly before its first row. `carry`: the (acc, m, l) to continue from
-    (another `attend` over earlier blocks), instead of the empty state.
+    (another `attend` over earlier blocks), instead of the empty state. `page_dtype` (static):
+    the quantized dtype whose bytes the uint8 refs hold (None: the refs hold q's dtype).
     """
     M, D = q.shape
     P = bt_ref.shape[1]
@@ -99,6 +104,9 @@ def attend(
         else:
             k = plgpu.load(k_ref.at[idx])  # [BK, D]
             v = plgpu.load(v_ref.at[idx])  # [BK, D]
+        if page_dtype is not None:  # quantized pages: bytes -> float8 -> q's dtype
+            k = lax.bitcast_convert_type(k, jnp.dtype(page_dtype)).astype(q.dtype)
+            v = lax.bitcast_convert_type(v, jnp.dtype(page_dtype)).astype(q.dtype)
         s = lax.dot_general(
             q, k, (((1,), (1,)), ((), ())), precision=_HIGHEST, preferred_element_type=jnp.float32
         )  # [M, BK]
@@ -139,3 +147,7 @@ def attend(
 
 def normalize(acc, l):  # acc [M, D], l [M]: acc / l (rows that saw nothing stay 0)
     return acc / jnp.where(l == 0.0, 1.0, l)[:, None]
+
+
+def scale_rows(acc, out_scale: float):  # acc [M, D] times a static scale (quantized V's)
+    return acc if out_scale == 1.0 else acc * out_scale

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .kv_quant import QUANTIZED_KV_DTYPES, check_scale
+
 
 def shape_of(x) -> tuple:
     return tuple(getattr(x, "shape", ()))
@@ -70,12 +72,17 @@ def validate_inputs(
     sliding_window=None,
     head_dims: tuple[int, ...] | None = None,
     dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32"),
+    kv_dtypes: tuple[str, ...] = QUANTIZED_KV_DTYPES,
     block_size_power_of_two: bool = False,
     backend: str = "",
+    k_scale=1.0,
+    v_scale=1.0,
 ) -> None:
     """Raise ValueError naming the bad argument (with its shape/dtype). Static properties only, so
-    it works on tracers. `head_dims` (None: any), `dtypes` and `block_size_power_of_two` are what
-    the calling backend supports; `backend` names it in the messages."""
+    it works on tracers. `head_dims` (None: any), `dtypes`, `kv_dtypes` (quantized page dtypes
+    read with any query dtype, `kv_quant.py`) and `block_size_power_of_two` are what the calling
+    backend supports; `backend` names it in the messages. `k_scale` / `v_scale`: the quantized
+    pages' scales."""
     by = f" by the {backend} backend" if backend else ""
     if len(shape_of(q)) != 3:
         raise ValueError(f"q must be [T, Hq, D] (rank 3), got shape {shape_of(q)}")
@@ -94,11 +101,15 @@ def validate_inputs(
     L, N, Hkv, bs, Dk = shape_of(k_pages)
     if dtype_name(q) not in dtypes:
         raise ValueError(f"q dtype {dtype_name(q)} unsupported{by}; use one of {dtypes}")
-    if dtype_name(k_pages) != dtype_name(q) or dtype_name(v_pages) != dtype_name(q):
+    kv_dtype = dtype_name(k_pages)
+    if dtype_name(v_pages) != kv_dtype or kv_dtype not in (dtype_name(q), *kv_dtypes):
+        quantized = f" (or quantized pages: {', '.join(kv_dtypes)})" if kv_dtypes else ""
         raise ValueError(
-            "dtype mismatch: q, k_pages and v_pages must share one dtype, got "
-            f"q {dtype_name(q)}, k_pages {dtype_name(k_pages)}, v_pages {dtype_name(v_pages)}"
+            f"dtype mismatch: q, k_pages and v_pages must share one dtype{quantized}{by}, got "
+            f"q {dtype_name(q)}, k_pages {kv_dtype}, v_pages {dtype_name(v_pages)}"
         )
+    check_scale("k_scale", k_scale)
+    check_scale("v_scale", v_scale)
     if Dk != D:
         raise ValueError(
             f"head dim mismatch: q {shape_of(q)} has D={D}, k_pages {shape_of(k_pages)} has D={Dk}"

@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from . import ragged_inputs, tuned_block_sizes
+from . import kv_quant, ragged_inputs, tuned_block_sizes
 from .decode_attention import decode_call
 from .general_attention import general_call
 from .paged_softmax import LOG2E, TritonParams, next_pow2
@@ -71,6 +71,8 @@ def validate_inputs(
     pages_per_compute_block: int | None = None,
     block_q: int | None = None,
     decode_combine: str | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> None:
     """Raise ValueError naming the bad argument (and its shape/dtype); checks static properties
     only, so it works on tracers too (`ragged_inputs.validate_inputs` plus this backend's knobs)."""
@@ -78,6 +80,7 @@ def validate_inputs(
         q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer,
         sm_scale=sm_scale, sliding_window=sliding_window, head_dims=SUPPORTED_HEAD_DIMS,
         dtypes=SUPPORTED_DTYPES, block_size_power_of_two=True, backend="pallas",
+        k_scale=k_scale, v_scale=v_scale,
     )  # fmt: skip
     ragged_inputs.check_power_of_two("num_kv_splits", num_kv_splits)
     ragged_inputs.check_power_of_two("pages_per_compute_block", pages_per_compute_block)
@@ -198,6 +201,8 @@ def ragged_paged_attention(
     interpret: bool = False,
     decode_combine: str | None = None,
     unmasked_prefix: bool | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
     _out_init: jax.Array | None = None,  # private (tests): [T, Hq, D] buffer instead of zeros
 ) -> jax.Array:  # [T, Hq, D], q.dtype; rows past query_start_loc[S] are zeros
     """Ragged paged attention (Pallas/Triton); same results as `ragged_paged_attention_reference`.
@@ -223,6 +228,9 @@ def ragged_paged_attention(
         without masks (None: the table's; ignored with a sliding window).
     num_warps / num_stages: Triton launch parameters (both kernels).
     interpret: run the kernels in the Pallas interpreter (any backend, slow).
+    k_scale / v_scale: the scales of float8 e4m3 pages (`kv_quant.py`; float pages ignore them).
+    The kernels take fp8 pages as their bytes, cast the loaded K/V to the query dtype (exact) and
+    fold the scales into the score scale and the output.
     """
     validate_inputs(
         q,
@@ -238,11 +246,14 @@ def ragged_paged_attention(
         pages_per_compute_block=pages_per_compute_block,
         block_q=block_q,
         decode_combine=decode_combine,
+        k_scale=k_scale,
+        v_scale=v_scale,
     )
     T, Hq, D = q.shape
     _, _, Hkv, bs, _ = k_pages.shape
     S, P = block_tables.shape
     G = Hq // Hkv
+    quantized = kv_quant.is_quantized(k_pages.dtype)
 
     decode_only = resolve_decode_only(decode_only, query_start_loc)
 
@@ -266,7 +277,9 @@ def ragged_paged_attention(
         ("decode_only", bool(decode_only)),
         ("block_size", bs),
         ("sliding_window", None if sliding_window is None else int(sliding_window)),
-        ("scale_log2", float(sm_scale) * LOG2E),
+        ("scale_log2", kv_quant.score_scale(float(sm_scale), k_pages, float(k_scale)) * LOG2E),
+        ("out_scale", kv_quant.output_scale(v_pages, float(v_scale))),
+        ("page_dtype", ragged_inputs.dtype_name(k_pages) if quantized else None),
         ("num_kv_splits", int(num_kv_splits)),
         ("decode_block_k", dec_ppcb * bs),
         ("decode_num_warps", int(num_warps or cfg.decode_num_warps)),
@@ -283,6 +296,8 @@ def ragged_paged_attention(
         ),
         ("interpret", bool(interpret)),
     )
+    # quantized pages go in as their bytes (kv_quant.py: no float8 array is materialized)
+    k_in, v_in = kv_quant.to_storage(k_pages), kv_quant.to_storage(v_pages)
     return _rpa_jit(
-        q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, _out_init, static=static
+        q, k_in, v_in, block_tables, kv_lens, query_start_loc, layer, _out_init, static=static
     )

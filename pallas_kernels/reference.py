@@ -12,7 +12,9 @@ The ragged interface (shared by the `reference`, `pallas` and `cuda` backends):
   length `kv_lens[s]` already counts this step's new tokens (written before attention);
 - the query rows of sequence `s` are its last `q_len = query_start_loc[s+1] - query_start_loc[s]`
   tokens, so query row `i` of the sequence sits at absolute position `kv_lens[s] - q_len + i` and
-  attends causally to positions `0 .. that position` (within `sliding_window` when set).
+  attends causally to positions `0 .. that position` (within `sliding_window` when set);
+- pages may be float8 e4m3 whatever the query dtype (`kv_quant.py`): they hold `K / k_scale` and
+  `V / v_scale` (static floats), and are read as `float32(page) * scale`.
 
 This file imports only JAX.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .kv_quant import dequantize, gather_pages, quantize, scatter_rows
 from .ragged_inputs import num_query_tiles, query_tiles
 
 
@@ -36,6 +39,8 @@ def ragged_paged_attention_naive(
     *,
     sm_scale: float | None = None,
     sliding_window: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> jax.Array:  # [T, Hq, D]
     """The obvious algorithm: every query row gathers its sequence's whole KV (O(T * P * bs)
     memory). The oracle that `ragged_paged_attention_reference` is tested against."""
@@ -54,16 +59,14 @@ def ragged_paged_attention_naive(
     q_len = query_start_loc[seq + 1] - q_start
     pos = kv_lens[seq] - q_len + (tok - q_start)  # [T] absolute position of each query
 
-    k_layer = jax.lax.dynamic_index_in_dim(k_pages, layer, axis=0, keepdims=False)
-    v_layer = jax.lax.dynamic_index_in_dim(v_pages, layer, axis=0, keepdims=False)
     blocks = block_tables[seq]  # [T, P]
-    k = k_layer[blocks]  # [T, P, Hkv, bs, D]
-    v = v_layer[blocks]
+    k = gather_pages(k_pages, layer, blocks)  # [T, P, Hkv, bs, D]
+    v = gather_pages(v_pages, layer, blocks)
     k = k.transpose(0, 2, 1, 3, 4).reshape(T, Hkv, P * bs, D)
     v = v.transpose(0, 2, 1, 3, 4).reshape(T, Hkv, P * bs, D)
 
     qg = q.reshape(T, Hkv, G, D).astype(jnp.float32)
-    s = jnp.einsum("thgd,thkd->thgk", qg, k.astype(jnp.float32)) * sm_scale  # [T, Hkv, G, K]
+    s = jnp.einsum("thgd,thkd->thgk", qg, dequantize(k, k_scale)) * sm_scale  # [T, Hkv, G, K]
     kpos = jnp.arange(P * bs, dtype=jnp.int32)[None, :]
     mask = kpos <= pos[:, None]  # causal (and so within kv_len)
     if sliding_window is not None:
@@ -74,14 +77,15 @@ def ragged_paged_attention_naive(
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(s - m)
     l = jnp.sum(p, axis=-1, keepdims=True)
-    o = jnp.einsum("thgk,thkd->thgd", p, v.astype(jnp.float32)) / jnp.where(l == 0, 1.0, l)
+    o = jnp.einsum("thgk,thkd->thgd", p, dequantize(v, v_scale)) / jnp.where(l == 0, 1.0, l)
     return o.reshape(T, Hq, D).astype(q.dtype)
 
 
 def _attend(q, k, v, q_pos, valid, sm_scale, sliding_window):
-    """q [N, Bq, Hkv, G, D], k/v [N, K, Hkv, D], q_pos/valid [N, Bq] -> [N, Bq, Hkv, G, D] f32."""
+    """q [N, Bq, Hkv, G, D], k/v [N, K, Hkv, D] f32, q_pos/valid [N, Bq] -> [N, Bq, Hkv, G, D]
+    f32."""
     K = k.shape[1]
-    s = jnp.einsum("nqhgd,nkhd->nhgqk", q.astype(jnp.float32), k.astype(jnp.float32)) * sm_scale
+    s = jnp.einsum("nqhgd,nkhd->nhgqk", q.astype(jnp.float32), k) * sm_scale
     kpos = jnp.arange(K, dtype=jnp.int32)[None, None, :]
     mask = (kpos <= q_pos[:, :, None]) & valid[:, :, None]  # [N, Bq, K]
     if sliding_window is not None:
@@ -91,7 +95,7 @@ def _attend(q, k, v, q_pos, valid, sm_scale, sliding_window):
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(s - m)
     l = jnp.sum(p, axis=-1, keepdims=True)
-    o = jnp.einsum("nhgqk,nkhd->nqhgd", p / jnp.where(l == 0, 1.0, l), v.astype(jnp.float32))
+    o = jnp.einsum("nhgqk,nkhd->nqhgd", p / jnp.where(l == 0, 1.0, l), v)
     return o
 
 
@@ -108,13 +112,16 @@ def ragged_paged_attention_reference(
     sliding_window: int | None = None,
     query_block: int | None = None,
     decode_only: bool = False,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> jax.Array:  # [T, Hq, D]
     """Ragged paged attention in plain jnp (float32 softmax, output in `q.dtype`).
 
     Queries are cut into tiles of `query_block` consecutive rows of one sequence (a static
     bound of T // query_block + S tiles); each tile gathers its sequence's pages once, so KV
     traffic is O(tiles * P * bs) instead of O(T * P * bs). `decode_only` (static: one query per
-    sequence) makes tiles of one row.
+    sequence) makes tiles of one row. `k_scale` / `v_scale` (static): the scales of quantized
+    pages (float pages ignore them).
     """
     T, Hq, D = q.shape
     _, _, Hkv, bs, _ = k_pages.shape
@@ -133,11 +140,11 @@ def ragged_paged_attention_reference(
     row_valid = tile_valid[:, None] & (rows < query_start_loc[seq + 1][:, None])
     q_pos = kv_lens[seq][:, None] - q_len[seq][:, None] + (rows - query_start_loc[seq][:, None])
 
-    k_layer = jax.lax.dynamic_index_in_dim(k_pages, layer, axis=0, keepdims=False)
-    v_layer = jax.lax.dynamic_index_in_dim(v_pages, layer, axis=0, keepdims=False)
     blocks = block_tables[seq]  # [NT, P]
-    k = k_layer[blocks].transpose(0, 1, 3, 2, 4).reshape(NT, P * bs, Hkv, D)
-    v = v_layer[blocks].transpose(0, 1, 3, 2, 4).reshape(NT, P * bs, Hkv, D)
+    k = dequantize(gather_pages(k_pages, layer, blocks), k_scale)
+    v = dequantize(gather_pages(v_pages, layer, blocks), v_scale)
+    k = k.transpose(0, 1, 3, 2, 4).reshape(NT, P * bs, Hkv, D)
+    v = v.transpose(0, 1, 3, 2, 4).reshape(NT, P * bs, Hkv, D)
     qt = q[jnp.clip(rows, 0, T - 1)].reshape(NT, Bq, Hkv, G, D)
     o = _attend(qt, k, v, q_pos, row_valid, sm_scale, sliding_window)  # [NT, Bq, Hkv, G, D]
 
@@ -158,11 +165,18 @@ def write_kv_pages(
     v: jax.Array,  # [T, Hkv, D]
     slot_mapping: jax.Array,  # [T] int32: block_id * bs + offset, or -1 for padding rows
     layer: jax.Array | int = 0,
+    *,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """Scatter this step's K/V rows into their slots of layer `layer`; slot -1 rows are dropped."""
+    """Scatter this step's K/V rows into their slots of layer `layer`; slot -1 rows are dropped.
+    Quantized (fp8) pages get `K / k_scale` and `V / v_scale`, clamped to the dtype's finite range
+    (`kv_quant.quantize`); float pages get K and V cast to their dtype."""
     _, N, _, bs, _ = k_pages.shape
     blk = jnp.where(slot_mapping >= 0, slot_mapping // bs, N)  # N is out of bounds: dropped
     off = jnp.where(slot_mapping >= 0, slot_mapping % bs, 0)
-    k_pages = k_pages.at[layer, blk, :, off].set(k.astype(k_pages.dtype), mode="drop")
-    v_pages = v_pages.at[layer, blk, :, off].set(v.astype(v_pages.dtype), mode="drop")
+    k_new = quantize(k, k_pages.dtype, k_scale)
+    v_new = quantize(v, v_pages.dtype, v_scale)
+    k_pages = scatter_rows(k_pages, (layer, blk, slice(None), off), k_new)
+    v_pages = scatter_rows(v_pages, (layer, blk, slice(None), off), v_new)
     return k_pages, v_pages

@@ -1,10 +1,13 @@
-// XLA FFI handler for XLA:CPU: ragged paged attention (prefill chunks and decodes mixed), float32.
+// XLA FFI handler for XLA:CPU: ragged paged attention (prefill chunks and decodes mixed), float32
+// queries over float32 or float8 e4m3 (e4m3fn) pages.
 //
 // Exported symbol (registered with jax.ffi.register_ffi_target(..., platform="cpu")):
-//   JaxllmPagedAttention  operands q [T, Hq, D], k_pages [L, N, Hkv, bs, D], v_pages (same),
-//                         block_tables [S, P] s32, kv_lens [S] s32, query_start_loc [S + 1] s32,
-//                         layer [] s32; result out [T, Hq, D]; attributes sm_scale (f32),
-//                         sliding_window (i32, 0 = none).
+//   JaxllmPagedAttention  operands q [T, Hq, D] f32; k_pages [L, N, Hkv, bs, D] f32, or e4m3fn
+//                         (f8e4m3fn or its bytes, u8); v_pages (the same); block_tables [S, P]
+//                         s32; kv_lens [S] s32; query_start_loc [S + 1] s32; layer [] s32;
+//                         result out [T, Hq, D] f32; attributes sm_scale (f32), sliding_window
+//                         (i32, 0 = none), k_scale and v_scale (f32: fp8 pages hold K / k_scale
+//                         and V / v_scale).
 // The contract of pallas_kernels/reference.py: sequence s owns rows query_start_loc[s] ..
 // query_start_loc[s + 1] - 1, the last of them at position kv_lens[s] - 1, and row i attends
 // causally to the positions up to its own (within the window). Rows no sequence owns are 0.
@@ -18,6 +21,11 @@
 // L2). Units run through `run_units` (ffi_cpu_utils.h): the caller and helpers of XLA's intra-op
 // pool. Keys past a row's position (and before its window) are never read, so stale cache slots
 // cannot leak in.
+//
+// fp8 pages: each unit converts a page's live K and V rows to float32 (times the scale) once into
+// per-thread buffers, and its G query heads then run the float32 code on them. The conversion
+// widens e4m3 to IEEE half with integer ops, then to float with F16C's vcvtph2ps: exact for every
+// finite e4m3 value, subnormals included (tests/kernels/test_kv_fp8.py reads all of them).
 
 #include <immintrin.h>
 
@@ -25,6 +33,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +49,22 @@ namespace {
 constexpr int64_t kMaxGroup = 16;  // query heads per KV head
 constexpr int64_t kMaxHeadDim = 256;  // D, a multiple of 8
 constexpr int64_t kMaxBlock = 128;  // bs
+
+// A thread's float32 copies of fp8 pages: 32-byte aligned (aligned AVX stores), grown on demand,
+// freed when the thread exits.
+struct PageBuffer {
+  float* data = nullptr;
+  size_t size = 0;
+  float* get(size_t n) {  // n * 4 bytes: a multiple of 32 (D is a multiple of 8)
+    if (n > size) {
+      std::free(data);
+      data = static_cast<float*>(std::aligned_alloc(32, n * sizeof(float)));
+      size = data ? n : 0;
+    }
+    return data;
+  }
+  ~PageBuffer() { std::free(data); }
+};
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -76,8 +101,29 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
+// 8 e4m3fn values at p as floats, each 2^-8 times its value: the sign moves to bit 15 and the
+// exponent and mantissa bits to bits 7..13 of an IEEE half, whose exponent bias (15) is 8 more
+// than e4m3's (7); subnormals map to half subnormals the same way. (0x7f / 0xff, e4m3fn's NaN,
+// become 480: the cache never holds them, writes clamp to +-448.)
+inline __m256 e4m3x8_times_2m8(const uint8_t* p) {
+  const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m128i sign = _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8);
+  const __m128i rest = _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7);
+  return _mm256_cvtph_ps(_mm_or_si128(sign, rest));
+}
+
+// dst[0:n] = float(src[0:n]) * scale for e4m3fn src; n a multiple of 8.
+inline void e4m3_to_f32(const uint8_t* src, int64_t n, float scale, float* dst) {
+  const __m256 sv = _mm256_set1_ps(scale * 256.0f);  // exact: undoes the 2^-8 above
+  for (int64_t i = 0; i < n; i += 8)
+    _mm256_store_ps(dst + i, _mm256_mul_ps(e4m3x8_times_2m8(src + i), sv));
+}
+
 struct AttentionJob {
-  const float *q, *k, *v;
+  const float* q;
+  const void *k, *v;  // float or uint8_t (e4m3fn) pages
+  bool fp8;
+  float k_scale, v_scale;  // fp8 pages only
   const int32_t *tables, *lens, *qsl;
   std::vector<int32_t> row_seq;  // [T]: the sequence owning each row, -1 for none
   float* out;
@@ -149,24 +195,40 @@ struct AttentionJob {
       l[g] = 0.0f;
       std::fill_n(acc[g], D, 0.0f);
     }
-    const int64_t page_stride = Hkv * bs * D;
-    const float* kl = k + layer * N * page_stride + h * bs * D;
-    const float* vl = v + layer * N * page_stride + h * bs * D;
+    const int64_t page_stride = Hkv * bs * D;  // elements
+    const int64_t elem = fp8 ? 1 : 4;  // bytes per page element
+    const char* kl = static_cast<const char*>(k) + (layer * N * page_stride + h * bs * D) * elem;
+    const char* vl = static_cast<const char*>(v) + (layer * N * page_stride + h * bs * D) * elem;
+    // fp8: this thread's float32 copies of the current page's K and V rows ([bs, D] each)
+    static thread_local PageBuffer page_buffer;
+    float* const page_f32 = fp8 ? page_buffer.get(2 * bs * D) : nullptr;
     for (int64_t p = start / bs; p * bs < len; ++p) {
       const int64_t blk = tables[s * P + p];
-      const float* kp = kl + blk * page_stride;  // [bs, D]
-      const float* vp = vl + blk * page_stride;
+      const char* kb = kl + blk * page_stride * elem;  // [bs, D]
+      const char* vb = vl + blk * page_stride * elem;
       if ((p + 1) * bs < len) {  // the next page's K and V: a new 4 KiB run the hardware
         const int64_t next = tables[s * P + p + 1];  // prefetcher would only find after misses
-        const char* kn = reinterpret_cast<const char*>(kl + next * page_stride);
-        const char* vn = reinterpret_cast<const char*>(vl + next * page_stride);
-        for (int64_t off = 0; off < bs * D * 4; off += 64) {
+        const char* kn = kl + next * page_stride * elem;
+        const char* vn = vl + next * page_stride * elem;
+        for (int64_t off = 0; off < bs * D * elem; off += 64) {
           _mm_prefetch(kn + off, _MM_HINT_T0);
           _mm_prefetch(vn + off, _MM_HINT_T0);
         }
       }
       const int64_t t0 = std::max(start, p * bs) - p * bs,
                     t1 = std::min(len, (p + 1) * bs) - p * bs;
+      const float* kp = reinterpret_cast<const float*>(kb);
+      const float* vp = reinterpret_cast<const float*>(vb);
+      if (fp8) {  // rows [t0, t1) to float32 once, for all G query heads
+        float* kf = page_f32;
+        float* vf = kf + bs * D;
+        const auto* k8 = reinterpret_cast<const uint8_t*>(kb);
+        const auto* v8 = reinterpret_cast<const uint8_t*>(vb);
+        e4m3_to_f32(k8 + t0 * D, (t1 - t0) * D, k_scale, kf + t0 * D);
+        e4m3_to_f32(v8 + t0 * D, (t1 - t0) * D, v_scale, vf + t0 * D);
+        kp = kf;
+        vp = vf;
+      }
       for (int64_t g = 0; g < G; ++g) {
         float* sg = sc[g];
         page_scores(qs + g * D, kp, t0, t1, sg);
@@ -193,13 +255,18 @@ struct AttentionJob {
   }
 };
 
-ffi::Error paged_attention_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
-                                ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                                ffi::Buffer<ffi::S32> block_tables, ffi::Buffer<ffi::S32> kv_lens,
+ffi::Error paged_attention_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::AnyBuffer k,
+                                ffi::AnyBuffer v, ffi::Buffer<ffi::S32> block_tables,
+                                ffi::Buffer<ffi::S32> kv_lens,
                                 ffi::Buffer<ffi::S32> query_start_loc, ffi::Buffer<ffi::S32> layer,
                                 ffi::Result<ffi::Buffer<ffi::F32>> out, float sm_scale,
-                                int32_t sliding_window) {
+                                int32_t sliding_window, float k_scale, float v_scale) {
   const auto qd = q.dimensions(), kd = k.dimensions(), bt = block_tables.dimensions();
+  const ffi::DataType kv_type = k.element_type();
+  const bool fp8 = kv_type == ffi::DataType::F8E4M3FN || kv_type == ffi::DataType::U8;
+  if (kv_type != v.element_type() || (kv_type != ffi::DataType::F32 && !fp8))
+    return ffi::Error::InvalidArgument(
+        "k_pages and v_pages must both be float32 or both float8_e4m3fn (or its bytes, uint8)");
   if (qd.size() != 3)
     return ffi::Error::InvalidArgument("q must be [T, Hq, D], got " + dims_str(qd));
   if (kd.size() != 5 || !(kd == v.dimensions()) || kd[4] != qd[2])
@@ -228,8 +295,11 @@ ffi::Error paged_attention_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                                        std::to_string(kd[0]) + ")");
   auto job = std::make_shared<AttentionJob>();
   job->q = q.typed_data();
-  job->k = k.typed_data();
-  job->v = v.typed_data();
+  job->k = k.untyped_data();
+  job->v = v.untyped_data();
+  job->fp8 = fp8;
+  job->k_scale = k_scale;
+  job->v_scale = v_scale;
   job->tables = block_tables.typed_data();
   job->lens = kv_lens.typed_data();
   job->qsl = query_start_loc.typed_data();
@@ -286,12 +356,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmPagedAttention, jaxllm::paged_attention_impl
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // q [T, Hq, D]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // k_pages [L, N, Hkv, bs, D]
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // v_pages
+                                  .Arg<ffi::AnyBuffer>()  // k_pages [L, N, Hkv, bs, D]
+                                  .Arg<ffi::AnyBuffer>()  // v_pages
                                   .Arg<ffi::Buffer<ffi::S32>>()  // block_tables [S, P]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // kv_lens [S]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // query_start_loc [S + 1]
                                   .Arg<ffi::Buffer<ffi::S32>>()  // layer []
                                   .Ret<ffi::Buffer<ffi::F32>>()  // out [T, Hq, D]
                                   .Attr<float>("sm_scale")
-                                  .Attr<int32_t>("sliding_window"));
+                                  .Attr<int32_t>("sliding_window")
+                                  .Attr<float>("k_scale")
+                                  .Attr<float>("v_scale"));

@@ -1,9 +1,10 @@
-// Device helpers shared by the paged-attention kernels: element conversions over 16-byte and
-// 8-byte vectors, cp.async (sm_80+), warp reductions.
+// Device helpers shared by the paged-attention kernels: element conversions over 16-, 8- and
+// 4-byte vectors, cp.async (sm_80+), warp reductions.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -56,13 +57,34 @@ struct Words<__half> {
   }
 };
 
-// Load N elements of T (8 or 16 bytes, aligned) from global or shared memory as floats.
+// float8 e4m3 (fn) KV pages (kv_cache_dtype="fp8"): four per word, read only (never stored).
+// Every e4m3 value is a half, so the conversion (pairs through the cvt intrinsics: one
+// instruction on sm_89+) is exact.
+template <>
+struct Words<__nv_fp8_e4m3> {
+  static constexpr int kPerWord = 4;
+  __device__ __forceinline__ static void unpack(uint32_t w, float* out) {
+    const __half2_raw lo =
+        __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffffu), __NV_E4M3);
+    const __half2_raw hi =
+        __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), __NV_E4M3);
+    const float2 a = __half22float2(__half2(lo)), b = __half22float2(__half2(hi));
+    out[0] = a.x;
+    out[1] = a.y;
+    out[2] = b.x;
+    out[3] = b.y;
+  }
+};
+
+// Load N elements of T (4, 8 or 16 bytes, aligned) from global or shared memory as floats.
 template <typename T, int N>
 __device__ __forceinline__ void load_as_float(const T* p, float (&out)[N]) {
   constexpr int kBytes = N * static_cast<int>(sizeof(T));
-  static_assert(kBytes == 8 || kBytes == 16, "vector loads are 8 or 16 bytes");
+  static_assert(kBytes == 4 || kBytes == 8 || kBytes == 16, "vector loads are 4, 8 or 16 bytes");
   constexpr int kPer = Words<T>::kPerWord;
-  if constexpr (kBytes == 16) {
+  if constexpr (kBytes == 4) {
+    Words<T>::unpack(*reinterpret_cast<const uint32_t*>(p), out);
+  } else if constexpr (kBytes == 16) {
     const uint4 r = *reinterpret_cast<const uint4*>(p);
     Words<T>::unpack(r.x, out + 0 * kPer);
     Words<T>::unpack(r.y, out + 1 * kPer);
@@ -72,6 +94,20 @@ __device__ __forceinline__ void load_as_float(const T* p, float (&out)[N]) {
     const uint2 r = *reinterpret_cast<const uint2*>(p);
     Words<T>::unpack(r.x, out + 0 * kPer);
     Words<T>::unpack(r.y, out + 1 * kPer);
+  }
+}
+
+// Load N elements of T (a multiple of 16 bytes, 16-byte aligned) as floats, 16 bytes at a time.
+template <typename T, int N>
+__device__ __forceinline__ void load_row_as_float(const T* p, float (&out)[N]) {
+  constexpr int kPer16 = 16 / static_cast<int>(sizeof(T));
+  static_assert(N % kPer16 == 0, "whole 16-byte vectors");
+#pragma unroll
+  for (int i = 0; i < N / kPer16; ++i) {
+    float f[kPer16];
+    load_as_float<T, kPer16>(p + i * kPer16, f);
+#pragma unroll
+    for (int e = 0; e < kPer16; ++e) out[i * kPer16 + e] = f[e];
   }
 }
 

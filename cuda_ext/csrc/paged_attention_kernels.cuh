@@ -20,6 +20,11 @@
 //
 // Rows at or past query_start_loc[S] (padding) are zeroed by the split-0 programs (tile i zeroes
 // rows query_start_loc[S] + i, + i + num_tiles, ... for its KV head's query heads).
+//
+// Pages are of the query type T, or float8 e4m3 (KT = __nv_fp8_e4m3, kv_cache_dtype="fp8"): the
+// kernels stage and load the bytes and convert them to float as they use them. The per-tensor
+// scales are folded in by the caller: k_scale into sm_scale, v_scale into `out_scale`, which
+// multiplies the normalised output (split partials stay unscaled; the combine applies it).
 #pragma once
 
 #include "device_utils.cuh"
@@ -45,7 +50,8 @@ struct AttentionParams {
   int num_tiles;
   int num_splits;
   int window;  // sliding window (0: none)
-  float scale_log2;  // sm_scale * log2(e)
+  float scale_log2;  // sm_scale * log2(e) (times k_scale for fp8 pages)
+  float out_scale;  // multiplies every output row: v_scale for fp8 pages, else 1
   int decode_kernel;  // single-row tiles: kDecodeKernelAuto or kDecodeKernelCudaCores
 };
 
@@ -60,12 +66,12 @@ __host__ __device__ constexpr int block_k() {
   return bk < 16 ? 16 : (bk > 64 ? 64 : bk);
 }
 
-// Shared-memory bytes of one attention program.
-template <typename T, int D>
+// Shared-memory bytes of one attention program (KT: the page type).
+template <typename KT, int D>
 __host__ __device__ constexpr size_t attention_smem_bytes(int max_rows) {
-  constexpr int BK = block_k<T, D>();
-  constexpr int DP = D + 16 / static_cast<int>(sizeof(T));  // padded row: 16 bytes more
-  return size_t(4) * BK * DP * sizeof(T)  // K and V, two stages each
+  constexpr int BK = block_k<KT, D>();
+  constexpr int DP = D + 16 / static_cast<int>(sizeof(KT));  // padded row: 16 bytes more
+  return size_t(4) * BK * DP * sizeof(KT)  // K and V, two stages each
          + sizeof(float) * (size_t(max_rows) * (2 * D + BK + 3));  // q, o, scores, m, l, alpha
 }
 
@@ -100,14 +106,16 @@ __device__ __forceinline__ void zero_padding_rows(const AttentionParams& p, int 
   }
 }
 
-template <typename T, int D>
+template <typename T, typename KT, int D>
 __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const AttentionParams p) {
-  constexpr int VEC = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
-  constexpr int CHUNKS = D / VEC;  // 16-byte chunks per row
-  constexpr int DP = D + VEC;  // padded shared-memory row
-  constexpr int BK = block_k<T, D>();
+  constexpr int VEC = 16 / static_cast<int>(sizeof(T));  // q/out elements per 16-byte chunk
+  constexpr int CHUNKS = D / VEC;  // 16-byte chunks per q/out row
+  constexpr int KVEC = 16 / static_cast<int>(sizeof(KT));  // K/V elements per 16-byte chunk
+  constexpr int KCHUNKS = D / KVEC;  // 16-byte chunks per K/V row
+  constexpr int DP = D + KVEC;  // padded shared-memory K/V row
+  constexpr int BK = block_k<KT, D>();
   constexpr int PV = 4;  // output elements per thread item
-  static_assert(D % VEC == 0 && D % PV == 0, "head dim");
+  static_assert(D % VEC == 0 && D % KVEC == 0 && D % PV == 0, "head dim");
 
   const int tile = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -128,13 +136,13 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
   const int my_hi = min(blk_hi, my_lo + per_split);
 
   const int layer = min(max(*p.layer, 0), p.L - 1);
-  const T* __restrict__ k_head = static_cast<const T*>(p.k);
-  const T* __restrict__ v_head = static_cast<const T*>(p.v);
+  const KT* __restrict__ k_head = static_cast<const KT*>(p.k);
+  const KT* __restrict__ v_head = static_cast<const KT*>(p.v);
   const int32_t* __restrict__ pages = p.block_tables + size_t(tr.seq) * p.P;
 
   extern __shared__ float4 smem_f4[];
-  T* kbuf = reinterpret_cast<T*>(smem_f4);  // [2][BK][DP]
-  T* vbuf = kbuf + 2 * BK * DP;  // [2][BK][DP]
+  KT* kbuf = reinterpret_cast<KT*>(smem_f4);  // [2][BK][DP]
+  KT* vbuf = kbuf + 2 * BK * DP;  // [2][BK][DP]
   float* qs = reinterpret_cast<float*>(vbuf + 2 * BK * DP);  // [max_rows][D]
   float* os = qs + p.max_rows * D;  // [max_rows][D]
   float* ss = os + p.max_rows * D;  // [max_rows][BK]
@@ -165,18 +173,18 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
 
   // Issue the copies of key block b into stage `stage` (zeros outside [lo, hi)).
   auto load_block = [&](int b, int stage) {
-    T* kd = kbuf + stage * BK * DP;
-    T* vd = vbuf + stage * BK * DP;
-    for (int i = tid; i < BK * CHUNKS; i += kThreads) {
-      const int r = i / CHUNKS, c = i % CHUNKS;
+    KT* kd = kbuf + stage * BK * DP;
+    KT* vd = vbuf + stage * BK * DP;
+    for (int i = tid; i < BK * KCHUNKS; i += kThreads) {
+      const int r = i / KCHUNKS, c = i % KCHUNKS;
       const int tok = b * BK + r;
       int page = -1;
       if (tok >= lo && tok < hi) page = pages[tok / p.bs];
-      T* kdst = kd + r * DP + c * VEC;
-      T* vdst = vd + r * DP + c * VEC;
+      KT* kdst = kd + r * DP + c * KVEC;
+      KT* vdst = vd + r * DP + c * KVEC;
       if (page >= 0 && page < p.N) {
         const size_t src = ((((size_t(layer) * p.N + page) * p.Hkv + h) * p.bs) + tok % p.bs) * D +
-                           size_t(c) * VEC;
+                           size_t(c) * KVEC;
         cp_async16(kdst, k_head + src);
         cp_async16(vdst, v_head + src);
       } else {
@@ -196,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
     __syncthreads();  // ... and everyone's; q/o init visible on the first pass
 
     // Scores (base 2), masked by position.
-    const T* kb = kbuf + stage * BK * DP;
+    const KT* kb = kbuf + stage * BK * DP;
     for (int i = tid; i < m_rows * BK; i += kThreads) {
       const int m = i / BK, r = i % BK;
       const int tok = b * BK + r;
@@ -205,15 +213,15 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
       float s = -INFINITY;
       if (live) {
         const float* qr = qs + m * D;
-        const T* kr = kb + r * DP;
+        const KT* kr = kb + r * DP;
         float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int c = 0; c < CHUNKS; ++c) {
-          float kf[VEC];
-          load_as_float<T, VEC>(kr + c * VEC, kf);
+        for (int c = 0; c < KCHUNKS; ++c) {
+          float kf[KVEC];
+          load_as_float<KT, KVEC>(kr + c * KVEC, kf);
 #pragma unroll
-          for (int e = 0; e < VEC; e += 4) {
-            const float4 qq = *reinterpret_cast<const float4*>(qr + c * VEC + e);
+          for (int e = 0; e < KVEC; e += 4) {
+            const float4 qq = *reinterpret_cast<const float4*>(qr + c * KVEC + e);
             acc[0] = fmaf(qq.x, kf[e + 0], acc[0]);
             acc[1] = fmaf(qq.y, kf[e + 1], acc[1]);
             acc[2] = fmaf(qq.z, kf[e + 2], acc[2]);
@@ -251,7 +259,7 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
     __syncthreads();
 
     // o = o * alpha + p @ v
-    const T* vb = vbuf + stage * BK * DP;
+    const KT* vb = vbuf + stage * BK * DP;
     for (int i = tid; i < m_rows * (D / PV); i += kThreads) {
       const int m = i / (D / PV), d = (i % (D / PV)) * PV;
       const float a = row_a[m];
@@ -262,7 +270,7 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
       for (int r = 0; r < BK; ++r) {
         const float w = pr[r];
         float vv[PV];
-        load_as_float<T, PV>(vb + r * DP + d, vv);
+        load_as_float<KT, PV>(vb + r * DP + d, vv);
 #pragma unroll
         for (int e = 0; e < PV; ++e) acc[e] = fmaf(w, vv[e], acc[e]);
       }
@@ -280,7 +288,7 @@ __global__ void __launch_bounds__(kThreads) ragged_paged_attention_kernel(const 
       const int t = tr.q_begin + tr.off + m / G;
       if (t < 0 || t >= p.T) continue;
       const float l = row_l[m];
-      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const float inv = l > 0.f ? p.out_scale / l : 0.f;
       float f[VEC];
 #pragma unroll
       for (int e = 0; e < VEC; ++e) f[e] = os[m * D + c * VEC + e] * inv;
@@ -326,7 +334,7 @@ __global__ void __launch_bounds__(kThreads) combine_splits_kernel(const Attentio
       w[m * Z + z] = wz;
       total += wz * lz;
     }
-    const float inv = total > 0.f ? 1.f / total : 0.f;
+    const float inv = total > 0.f ? p.out_scale / total : 0.f;
     for (int z = 0; z < Z; ++z) w[m * Z + z] *= inv;
   }
   __syncthreads();

@@ -2,7 +2,9 @@
 // (decode) kernel, paged_attention_kernels.cuh for the multi-row kernel and the split combine, and
 // cuda_ext/attention.py for the Python side that builds `work` and picks block_q / num_splits).
 // Tiles of one row (block_q == 1) with G <= kRowKernelMaxG query heads per KV head run the
-// single-row kernel; everything else the multi-row kernel.
+// single-row kernel; everything else the multi-row kernel. Pages are q's dtype, or float8 e4m3
+// (kv_cache_dtype="fp8"; as f8e4m3fn or its bytes, u8), which the CUDA-core kernels read (the
+// tensor-core decode kernel takes 16-bit pages only).
 //
 // Exported symbols (registered with jax.ffi.register_ffi_target(..., platform="CUDA")):
 //   JaxllmRaggedPagedAttention      operands q, k_pages, v_pages, block_tables, kv_lens,
@@ -10,13 +12,16 @@
 //   JaxllmRaggedPagedAttentionInit  the same plus `out_init` (aliased to the output by the caller,
 //                                   so rows the kernel does not own keep their values; tests)
 // Results: out [T, Hq, D] (q's dtype), part_o and part_ml (float32 scratch for kv splits).
-// Attributes: sm_scale (f32), sliding_window (i32, 0 = none), block_q (i32), num_splits (i32).
+// Attributes: sm_scale (f32; the caller folds an fp8 cache's k_scale in), sliding_window (i32,
+// 0 = none), block_q (i32), num_splits (i32), decode_kernel (i32), out_scale (f32: an fp8
+// cache's v_scale, else 1).
 
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "mma_decode_kernel.cuh"
 #include "paged_attention_kernels.cuh"
@@ -81,9 +86,9 @@ ffi::Error launch_split_grid(cudaStream_t stream, const AttentionParams& p, Kern
 }
 
 // Single-row tiles (decode): the register-streaming kernel of row_attention_kernel.cuh.
-template <typename T, int D, int GM>
+template <typename T, typename KT, int D, int GM>
 ffi::Error launch_rows(cudaStream_t stream, const AttentionParams& p) {
-  return launch_split_grid<T, D>(stream, p, row_attention_kernel<T, D, GM>, 0,
+  return launch_split_grid<T, D>(stream, p, row_attention_kernel<T, KT, D, GM>, 0,
                                  "row_attention_kernel");
 }
 
@@ -96,21 +101,21 @@ ffi::Error launch_mma_rows(cudaStream_t stream, const AttentionParams& p) {
                                  /*max_carveout=*/true);
 }
 
-template <typename T, int D, int GM>
+template <typename T, typename KT, int D, int GM>
 ffi::Error launch_single_row(cudaStream_t stream, const AttentionParams& p) {
-  if constexpr (sizeof(T) == 2 && (D == 64 || D == 128)) {
+  if constexpr (std::is_same_v<T, KT> && sizeof(T) == 2 && (D == 64 || D == 128)) {
     if (p.decode_kernel != kDecodeKernelCudaCores) return launch_mma_rows<T, D, GM>(stream, p);
   }
-  return launch_rows<T, D, GM>(stream, p);
+  return launch_rows<T, KT, D, GM>(stream, p);
 }
 
-template <typename T, int D>
+template <typename T, typename KT, int D>
 ffi::Error launch(cudaStream_t stream, const AttentionParams& p) {
   if (p.block_q == 1 && p.G <= kRowKernelMaxG) {
-    if (p.G == 1) return launch_single_row<T, D, 1>(stream, p);
-    if (p.G == 2) return launch_single_row<T, D, 2>(stream, p);
-    if (p.G <= 4) return launch_single_row<T, D, 4>(stream, p);
-    return launch_single_row<T, D, 8>(stream, p);
+    if (p.G == 1) return launch_single_row<T, KT, D, 1>(stream, p);
+    if (p.G == 2) return launch_single_row<T, KT, D, 2>(stream, p);
+    if (p.G <= 4) return launch_single_row<T, KT, D, 4>(stream, p);
+    return launch_single_row<T, KT, D, 8>(stream, p);
   }
   int device = 0;
   JAXLLM_CUDA_CHECK("cudaGetDevice", cudaGetDevice(&device));
@@ -118,7 +123,7 @@ ffi::Error launch(cudaStream_t stream, const AttentionParams& p) {
   JAXLLM_CUDA_CHECK(
       "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)",
       cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const size_t smem = attention_smem_bytes<T, D>(p.max_rows);
+  const size_t smem = attention_smem_bytes<KT, D>(p.max_rows);
   if (smem > static_cast<size_t>(max_smem)) {
     return ffi::Error::InvalidArgument(
         "jaxllm cuda_ext: one program needs " + std::to_string(smem) + " bytes of shared memory (" +
@@ -126,19 +131,19 @@ ffi::Error launch(cudaStream_t stream, const AttentionParams& p) {
         std::to_string(p.G) + ", D " + std::to_string(D) + "), more than the device's " +
         std::to_string(max_smem) + "; use fewer query heads per KV head or a smaller block_q");
   }
-  return launch_split_grid<T, D>(stream, p, ragged_paged_attention_kernel<T, D>, smem,
+  return launch_split_grid<T, D>(stream, p, ragged_paged_attention_kernel<T, KT, D>, smem,
                                  "ragged_paged_attention_kernel");
 }
 
-template <typename T>
+template <typename T, typename KT>
 ffi::Error dispatch_head_dim(cudaStream_t stream, const AttentionParams& p) {
   switch (p.D) {
     case 64:
-      return launch<T, 64>(stream, p);
+      return launch<T, KT, 64>(stream, p);
     case 128:
-      return launch<T, 128>(stream, p);
+      return launch<T, KT, 128>(stream, p);
     case 256:
-      return launch<T, 256>(stream, p);
+      return launch<T, KT, 256>(stream, p);
     default:
       return ffi::Error::InvalidArgument("jaxllm cuda_ext: head dim D=" + std::to_string(p.D) +
                                          " unsupported; use 64, 128 or 256");
@@ -153,16 +158,20 @@ ffi::Error ragged_paged_attention_impl(cudaStream_t stream, ffi::AnyBuffer q, ff
                                        ffi::Result<ffi::Buffer<ffi::F32>> part_o,
                                        ffi::Result<ffi::Buffer<ffi::F32>> part_ml, float sm_scale,
                                        int32_t sliding_window, int32_t block_q, int32_t num_splits,
-                                       int32_t decode_kernel) {
+                                       int32_t decode_kernel, float out_scale) {
   const auto qd = q.dimensions(), kd = k.dimensions(), od = out->dimensions();
   if (qd.size() != 3)
     return ffi::Error::InvalidArgument("q must be [T, Hq, D], got " + dims_str(qd));
   if (kd.size() != 5 || !(kd == v.dimensions()))
     return ffi::Error::InvalidArgument("k_pages/v_pages must be equal [L, N, Hkv, bs, D], got " +
                                        dims_str(kd) + " and " + dims_str(v.dimensions()));
-  if (q.element_type() != k.element_type() || q.element_type() != v.element_type() ||
+  const bool fp8 =
+      k.element_type() == ffi::DataType::F8E4M3FN || k.element_type() == ffi::DataType::U8;
+  if ((!fp8 && q.element_type() != k.element_type()) || k.element_type() != v.element_type() ||
       out->element_type() != q.element_type())
-    return ffi::Error::InvalidArgument("q, k_pages, v_pages and out must share one dtype");
+    return ffi::Error::InvalidArgument(
+        "q and out must share one dtype, and k_pages and v_pages be of it or float8_e4m3fn (or "
+        "its bytes, uint8)");
   if (!(od == qd))
     return ffi::Error::InvalidArgument("out shape " + dims_str(od) + " != q shape " + dims_str(qd));
   const auto bt = block_tables.dimensions();
@@ -203,6 +212,7 @@ ffi::Error ragged_paged_attention_impl(cudaStream_t stream, ffi::AnyBuffer q, ff
   p.num_splits = num_splits;
   p.window = sliding_window > 0 ? sliding_window : 0;
   p.scale_log2 = sm_scale * 1.4426950408889634f;
+  p.out_scale = out_scale;
   p.decode_kernel = decode_kernel;
 
   if (kd[4] != qd[2]) return ffi::Error::InvalidArgument("head dim of q and k_pages differ");
@@ -223,11 +233,14 @@ ffi::Error ragged_paged_attention_impl(cudaStream_t stream, ffi::AnyBuffer q, ff
 
   switch (q.element_type()) {
     case ffi::DataType::F32:
-      return dispatch_head_dim<float>(stream, p);
+      return fp8 ? dispatch_head_dim<float, __nv_fp8_e4m3>(stream, p)
+                 : dispatch_head_dim<float, float>(stream, p);
     case ffi::DataType::BF16:
-      return dispatch_head_dim<__nv_bfloat16>(stream, p);
+      return fp8 ? dispatch_head_dim<__nv_bfloat16, __nv_fp8_e4m3>(stream, p)
+                 : dispatch_head_dim<__nv_bfloat16, __nv_bfloat16>(stream, p);
     case ffi::DataType::F16:
-      return dispatch_head_dim<__half>(stream, p);
+      return fp8 ? dispatch_head_dim<__half, __nv_fp8_e4m3>(stream, p)
+                 : dispatch_head_dim<__half, __half>(stream, p);
     default:
       return ffi::Error::InvalidArgument(
           "jaxllm cuda_ext: dtype unsupported; use float32, bfloat16 or float16");
@@ -240,10 +253,10 @@ ffi::Error ragged_paged_attention_init_impl(
     ffi::Buffer<ffi::S32> layer, ffi::Buffer<ffi::S32> work, ffi::AnyBuffer /*out_init*/,
     ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> part_o,
     ffi::Result<ffi::Buffer<ffi::F32>> part_ml, float sm_scale, int32_t sliding_window,
-    int32_t block_q, int32_t num_splits, int32_t decode_kernel) {
+    int32_t block_q, int32_t num_splits, int32_t decode_kernel, float out_scale) {
   return ragged_paged_attention_impl(stream, q, k, v, block_tables, kv_lens, qsl, layer, work, out,
                                      part_o, part_ml, sm_scale, sliding_window, block_q, num_splits,
-                                     decode_kernel);
+                                     decode_kernel, out_scale);
 }
 
 }  // namespace
@@ -267,7 +280,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmRaggedPagedAttention, jaxllm::ragged_paged_a
                                   .Attr<int32_t>("sliding_window")
                                   .Attr<int32_t>("block_q")
                                   .Attr<int32_t>("num_splits")
-                                  .Attr<int32_t>("decode_kernel"));
+                                  .Attr<int32_t>("decode_kernel")
+                                  .Attr<float>("out_scale"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmRaggedPagedAttentionInit,
                               jaxllm::ragged_paged_attention_init_impl,
@@ -289,4 +303,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmRaggedPagedAttentionInit,
                                   .Attr<int32_t>("sliding_window")
                                   .Attr<int32_t>("block_q")
                                   .Attr<int32_t>("num_splits")
-                                  .Attr<int32_t>("decode_kernel"));
+                                  .Attr<int32_t>("decode_kernel")
+                                  .Attr<float>("out_scale"));

@@ -10,11 +10,16 @@
 // a token with shuffles; each token subgroup keeps its own online softmax (base 2, float32) with
 // one rescale per step; at the end subgroups merge by shuffles, warps through shared memory.
 //
+// fp8 pages (KT = __nv_fp8_e4m3): 8-byte loads of 8 elements, so a lane's share of a row and its
+// registers are those of a 16-bit cache; the elements are converted to float as they are used.
+//
 // Output: with one KV split the program normalises and writes its G rows into `out`; with several
 // it writes (o, m, l) partials in the layout of `combine_splits_kernel`, which merges them. Tokens
 // outside the row's visible range [lo, hi) (causal, window, min(kv_len, P * bs)) are never read,
 // and a page id outside [0, N) makes its token invisible instead of being dereferenced.
 #pragma once
+
+#include <type_traits>
 
 #include "paged_attention_kernels.cuh"
 
@@ -22,10 +27,12 @@ namespace jaxllm {
 
 constexpr int kRowKernelMaxG = 8;  // query heads per KV head the single-row kernel serves
 
-template <typename T, int D, int GM>
+// KT: the page type. Loads of 16 bytes (8 for 1-byte pages: 8 elements, as for 16-bit pages).
+template <typename KT, int D, int GM>
 struct RowGeometry {
-  static constexpr int VEC = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte load
-  static constexpr int CHUNKS = D / VEC;  // 16-byte chunks per K/V row
+  using Vec = std::conditional_t<sizeof(KT) == 1, uint2, uint4>;  // one load
+  static constexpr int VEC = sizeof(Vec) / static_cast<int>(sizeof(KT));  // elements per load
+  static constexpr int CHUNKS = D / VEC;  // loads per K/V row
   static constexpr int TPT = CHUNKS < 32 ? CHUNKS : 32;  // lanes per token
   static constexpr int CPT = CHUNKS / TPT;  // chunks per lane
   static constexpr int E = CPT * VEC;  // row elements per lane
@@ -38,30 +45,38 @@ struct RowGeometry {
   static_assert(CHUNKS * VEC == D && CPT * TPT == CHUNKS && TPW * TPT == 32, "row geometry");
 };
 
-// Multiply-accumulate the VEC elements packed in a 16-byte word `w` with floats `x`.
-template <typename T, int VEC>
-__device__ __forceinline__ float dot16(const uint4& w, const float* x, float acc) {
-  constexpr int kPer = Words<T>::kPerWord;
-  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+// The 32-bit words of one load.
+template <typename Vec>
+__device__ __forceinline__ const uint32_t* vec_words(const Vec& w) {
+  return reinterpret_cast<const uint32_t*>(&w);
+}
+
+// Multiply-accumulate the elements of KT packed in one load `w` with floats `x`.
+template <typename KT, typename Vec>
+__device__ __forceinline__ float dot_vec(const Vec& w, const float* x, float acc) {
+  constexpr int kPer = Words<KT>::kPerWord;
+  constexpr int kWords = sizeof(Vec) / 4;
+  const uint32_t* words = vec_words(w);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < kWords; ++i) {
     float f[kPer];
-    Words<T>::unpack(words[i], f);
+    Words<KT>::unpack(words[i], f);
 #pragma unroll
     for (int e = 0; e < kPer; ++e) acc = fmaf(x[i * kPer + e], f[e], acc);
   }
   return acc;
 }
 
-// acc[e] += p * (the VEC elements packed in `w`).
-template <typename T, int VEC>
-__device__ __forceinline__ void axpy16(const uint4& w, float p, float* acc) {
-  constexpr int kPer = Words<T>::kPerWord;
-  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+// acc[e] += p * (the elements of KT packed in one load `w`).
+template <typename KT, typename Vec>
+__device__ __forceinline__ void axpy_vec(const Vec& w, float p, float* acc) {
+  constexpr int kPer = Words<KT>::kPerWord;
+  constexpr int kWords = sizeof(Vec) / 4;
+  const uint32_t* words = vec_words(w);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < kWords; ++i) {
     float f[kPer];
-    Words<T>::unpack(words[i], f);
+    Words<KT>::unpack(words[i], f);
 #pragma unroll
     for (int e = 0; e < kPer; ++e) acc[i * kPer + e] = fmaf(p, f[e], acc[i * kPer + e]);
   }
@@ -95,7 +110,7 @@ __device__ __forceinline__ void merge_warps_and_store(const AttentionParams& p, 
       for (int e = 0; e < 4; ++e) o[e] = fmaf(ww, red_o[(w * GM + g) * D + d + e], o[e]);
     }
     if (p.num_splits == 1) {
-      const float inv = total > 0.f ? 1.f / total : 0.f;
+      const float inv = total > 0.f ? p.out_scale / total : 0.f;
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[e] *= inv;
       store_from_float<T, 4>(
@@ -114,9 +129,10 @@ __device__ __forceinline__ void merge_warps_and_store(const AttentionParams& p, 
   }
 }
 
-template <typename T, int D, int GM>
+template <typename T, typename KT, int D, int GM>
 __global__ void __launch_bounds__(kThreads) row_attention_kernel(const AttentionParams p) {
-  using Geo = RowGeometry<T, D, GM>;
+  using Geo = RowGeometry<KT, D, GM>;
+  using Vec = typename Geo::Vec;
   constexpr int VEC = Geo::VEC, TPT = Geo::TPT, CPT = Geo::CPT, E = Geo::E, TPW = Geo::TPW;
   constexpr int U = Geo::UNROLL, STEP = Geo::STEP;
   __shared__ float red_o[kWarps][GM][D];
@@ -143,13 +159,13 @@ __global__ void __launch_bounds__(kThreads) row_attention_kernel(const Attention
   const int my_hi = min(hi, my_lo + per_split);
 
   const int layer = min(max(*p.layer, 0), p.L - 1);
-  const T* __restrict__ kbase = static_cast<const T*>(p.k);
-  const T* __restrict__ vbase = static_cast<const T*>(p.v);
+  const KT* __restrict__ kbase = static_cast<const KT*>(p.k);
+  const KT* __restrict__ vbase = static_cast<const KT*>(p.v);
   const int32_t* __restrict__ pages = p.block_tables + size_t(tr.seq) * p.P;
   const size_t head_stride = size_t(p.bs) * D;  // one (page, KV head) block
   const size_t page_stride = size_t(p.Hkv) * head_stride;  // one page of one layer
-  const T* kl = kbase + size_t(layer) * p.N * page_stride + size_t(h) * head_stride;
-  const T* vl = vbase + size_t(layer) * p.N * page_stride + size_t(h) * head_stride;
+  const KT* kl = kbase + size_t(layer) * p.N * page_stride + size_t(h) * head_stride;
+  const KT* vl = vbase + size_t(layer) * p.N * page_stride + size_t(h) * head_stride;
 
   // This lane's slice of the G query rows, scaled into the base-2 domain.
   float qf[GM][E];
@@ -161,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) row_attention_kernel(const Attention
       for (int j = 0; j < CPT; ++j) {
         float f[VEC];
         if (g < G) {
-          load_as_float<T, VEC>(qrow + size_t(g) * D + (j * TPT + cl) * VEC, f);
+          load_row_as_float<T, VEC>(qrow + size_t(g) * D + (j * TPT + cl) * VEC, f);
         } else {
 #pragma unroll
           for (int e = 0; e < VEC; ++e) f[e] = 0.f;
@@ -194,18 +210,18 @@ __global__ void __launch_bounds__(kThreads) row_attention_kernel(const Attention
   for (int u = 0; u < U; ++u) off[u] = my_lo < my_hi ? offset_of(my_lo, u) : -1;
 
   for (int base = my_lo; base < my_hi; base += STEP) {  // uniform trip count over the program
-    uint4 kr[U][CPT], vr[U][CPT];
+    Vec kr[U][CPT], vr[U][CPT];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
 #pragma unroll
       for (int j = 0; j < CPT; ++j) {
         if (off[u] >= 0) {
           const size_t o = size_t(off[u]) + size_t(j * TPT + cl) * VEC;
-          kr[u][j] = __ldg(reinterpret_cast<const uint4*>(kl + o));
-          vr[u][j] = __ldg(reinterpret_cast<const uint4*>(vl + o));
+          kr[u][j] = __ldg(reinterpret_cast<const Vec*>(kl + o));
+          vr[u][j] = __ldg(reinterpret_cast<const Vec*>(vl + o));
         } else {
-          kr[u][j] = make_uint4(0u, 0u, 0u, 0u);
-          vr[u][j] = make_uint4(0u, 0u, 0u, 0u);
+          kr[u][j] = Vec{};
+          vr[u][j] = Vec{};
         }
       }
     }
@@ -224,7 +240,7 @@ __global__ void __launch_bounds__(kThreads) row_attention_kernel(const Attention
       for (int g = 0; g < GM; ++g) {
         float a = 0.f;
 #pragma unroll
-        for (int j = 0; j < CPT; ++j) a = dot16<T, VEC>(kr[u][j], &qf[g][j * VEC], a);
+        for (int j = 0; j < CPT; ++j) a = dot_vec<KT>(kr[u][j], &qf[g][j * VEC], a);
 #pragma unroll
         for (int o = TPT / 2; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
         s[u][g] = live[u] ? a : -INFINITY;
@@ -245,7 +261,7 @@ __global__ void __launch_bounds__(kThreads) row_attention_kernel(const Attention
         const float pu = exp2_or_zero(s[u][g], mx);
         psum += pu;
 #pragma unroll
-        for (int j = 0; j < CPT; ++j) axpy16<T, VEC>(vr[u][j], pu, &acc[g][j * VEC]);
+        for (int j = 0; j < CPT; ++j) axpy_vec<KT>(vr[u][j], pu, &acc[g][j * VEC]);
       }
       l[g] = l[g] * alpha + psum;
       m[g] = mx;

@@ -13,6 +13,7 @@ few calls with XLA:CPU's per-thunk trace events (`xla_cpu_enable_xprof_traceme`)
     python -m jaxllm.benchmarks.cpu_step_profile                  # 16 decode rows, context 208
     python -m jaxllm.benchmarks.cpu_step_profile --params stacked --xla-defaults   # as before
     python -m jaxllm.benchmarks.cpu_step_profile --seqs 16 --query-len 128 --context 128 --iters 3
+    python -m jaxllm.benchmarks.cpu_step_profile --kv-cache-dtype fp8   # float8 e4m3 KV pages
     python -m jaxllm.benchmarks.cpu_step_profile --compare "" "xla_cpu_enable_fast_math=true" \
         "model.per_layer_params=0"
 
@@ -46,12 +47,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.config import CacheConfig
 from jaxllm.engine.compiler_options import (
     compiler_options_from_env,
     parse_compiler_options,
 )
 from jaxllm.layers.sampler import sample
-from jaxllm.models.batch import KVCache, StepBatch, make_kv_cache
+from jaxllm.models.batch import (
+    KVCache,
+    StepBatch,
+    kv_cache_storage,
+    kv_cache_view,
+    make_kv_cache,
+)
 from jaxllm.models.step import build_model, step_params
 from jaxllm.sampling_metadata import SamplingRow, build_sampling_metadata
 from jaxllm.sampling_params import SamplingParams
@@ -160,12 +168,14 @@ def build(args, options: dict, attrs: dict | None = None):
     md, flags = build_sampling_metadata(rows, vocab_size=cfg.vocab_size, pad_rows_to=args.seqs)
     md = jax.tree.map(jnp.asarray, md)
 
-    def step(params, kv, batch, md):
-        kv, logits = model.apply({"params": params}, kv, batch)
-        out = sample(logits[: args.seqs], md, flags)
-        return kv, out.token_ids, out.logprobs
+    kv_dtype = CacheConfig(kv_cache_dtype=args.kv_cache_dtype).cache_dtype(cfg.dtype)
 
-    kv = make_kv_cache(cfg, args.num_blocks, args.block_size)
+    def step(params, kv, batch, md):  # the cache kept as the engine keeps it (fp8: its bytes)
+        kv, logits = model.apply({"params": params}, kv_cache_view(kv, kv_dtype), batch)
+        out = sample(logits[: args.seqs], md, flags)
+        return kv_cache_storage(kv), out.token_ids, out.logprobs
+
+    kv = make_kv_cache(cfg, args.num_blocks, args.block_size, kv_dtype, storage=True)
     lowered = jax.jit(step, donate_argnums=(1,)).lower(params, kv, batch, md)
     t = time.perf_counter()
     exe = lowered.compile(compiler_options=options or None)
@@ -334,6 +344,9 @@ def main(argv=None) -> None:
     ap.add_argument("--context", type=int, default=208, help="KV length of every sequence")
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--num-blocks", type=int, default=385)
+    ap.add_argument(
+        "--kv-cache-dtype", default="auto", help="KV cache dtype: auto (the model's), a float, fp8"
+    )
     ap.add_argument("--iters", type=int, default=15, help="timed calls")
     ap.add_argument("--trace-iters", type=int, default=5, help="traced calls")
     ap.add_argument("--top", type=int, default=25, help="rows of the per-op table")

@@ -122,6 +122,7 @@ def engine_settings(llm) -> dict:
         "block_size": cfg.cache.block_size,
         "num_blocks": runner.num_blocks,
         "enable_prefix_caching": cfg.cache.enable_prefix_caching,
+        "kv_cache_dtype": str(runner.kv_dtype),
         "attention_backend": runner.backend,
         "dtype": cfg.model.dtype,
         "tensor_parallel_size": cfg.parallel.tensor_parallel_size,

@@ -42,7 +42,13 @@ from jaxllm.engine.compiler_options import compiler_options_from_env
 from jaxllm.engine.kv_swap import KVBlockMover
 from jaxllm.engine.packed_transfer import PackedLayout, pack, unpack
 from jaxllm.layers.sampler import compute_logprobs, sample
-from jaxllm.models.batch import StepBatch, kv_cache_bytes_per_block, make_kv_cache
+from jaxllm.models.batch import (
+    StepBatch,
+    kv_cache_bytes_per_block,
+    kv_cache_storage,
+    kv_cache_view,
+    make_kv_cache,
+)
 from jaxllm.models.step import build_model, step_params
 from jaxllm.sampling_metadata import SamplerFlags, SamplingRow, build_sampling_metadata
 from jaxllm.sampling_params import SamplingParams
@@ -155,14 +161,14 @@ class ModelRunner:
         self.model = build_model(model_config, backend, self.mesh)
         self.backend = self.model.backend
         self.block_size = engine_config.cache.block_size
-        kv_dtype = engine_config.cache.kv_cache_dtype
-        self.kv_dtype = jnp.dtype(model_config.dtype if kv_dtype == "auto" else kv_dtype)
+        self.kv_dtype = jnp.dtype(engine_config.cache.cache_dtype(model_config.dtype))
         device = next(d for d in self.mesh.devices.flat if d.process_index == jax.process_index())
         self.num_blocks = choose_num_blocks(model_config, engine_config, self.kv_dtype, device, tp)
         kv = kv_cache_sharding(self.mesh)
         self._replicated = replicated(self.mesh)
+        # quantized (fp8) caches are kept as their bytes between steps (kv_quant.py)
         self.kv_cache = make_kv_cache(
-            model_config, self.num_blocks, self.block_size, self.kv_dtype, kv
+            model_config, self.num_blocks, self.block_size, self.kv_dtype, kv, storage=True
         )
         swap_gib = (
             engine_config.cache.swap_space
@@ -186,7 +192,7 @@ class ModelRunner:
         # rules table, step inputs device_put replicated; jit refuses in_shardings with the
         # static keyword arguments); outputs are pinned so the donated cache keeps its layout.
         self._step_jit = jax.jit(
-            functools.partial(device_step, self.model),
+            functools.partial(device_step, self.model, self.kv_dtype),
             donate_argnums=(1,),
             static_argnames=("layout", "flags", "num_prompt_logprobs"),
             out_shardings=(kv, self._replicated, self._replicated, self._replicated),
@@ -425,6 +431,7 @@ class ModelRunner:
 
 def device_step(
     model: Any,
+    kv_dtype: Any,  # the cache's dtype: fp8 caches come and go as their bytes
     params: dict,
     kv_cache,
     last_tokens: jax.Array,  # [S_cap] int32: the previous step's sampled tokens
@@ -444,7 +451,10 @@ def device_step(
     in_flight = last_tokens[jnp.maximum(prev_rows, 0)]  # [T]
     token_ids = jnp.where(prev_rows >= 0, in_flight, batch.token_ids)
     batch = dataclasses.replace(batch, token_ids=token_ids)
-    kv_cache, logits = model.apply({"params": params}, kv_cache, batch)  # [S + Rp, V]
+    kv_cache, logits = model.apply(
+        {"params": params}, kv_cache_view(kv_cache, kv_dtype), batch
+    )  # [S + Rp, V]
+    kv_cache = kv_cache_storage(kv_cache)
     S = md.temperature.shape[0]
     out = sample(logits[:S], md, flags)
     prompt = None

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxllm.config import KV_CACHE_DTYPES
 from jaxllm.entrypoints.strict_parser import StrictArgumentParser
 
 __all__ = [
@@ -75,6 +76,7 @@ ENGINE_ARGS = {
     "enable_prefix_caching": "enable_prefix_caching",
     "preemption_mode": "preemption_mode",
     "swap_space": "swap_space",
+    "kv_cache_dtype": "kv_cache_dtype",
     "scheduling_policy": "scheduling_policy",
     "async_scheduling": "async_scheduling",
     "tensor_parallel_size": "tensor_parallel_size",
@@ -195,6 +197,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--swap-space", type=float, help="GiB of host memory for swapped-out KV blocks (default 4)"
+    )
+    g.add_argument(
+        "--kv-cache-dtype",
+        choices=tuple(KV_CACHE_DTYPES),
+        help="KV cache storage: auto (the model's dtype), a float dtype, or fp8 / fp8_e4m3 "
+        "(float8 e4m3 with per-tensor scales: twice the KV blocks of bfloat16 in the same "
+        "memory; default: auto)",
     )
     g.add_argument(
         "--scheduling-policy",

@@ -28,7 +28,9 @@ class LLM:
     linear weights quantized as they load; see `jaxllm.quantization`), max_model_len (default:
     the model's), max_num_seqs, max_num_batched_tokens, block_size, gpu_memory_utilization,
     num_gpu_blocks_override, enable_prefix_caching, swap_space (GiB of host memory for preempted
-    KV), preemption_mode ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
+    KV), kv_cache_dtype ("auto": the model's dtype; a float dtype; "fp8" or "fp8_e4m3": float8
+    e4m3 pages with per-tensor scales, twice the blocks of bfloat16 in the same memory),
+    preemption_mode ("recompute" or "swap"), scheduling_policy ("fcfs" or "priority"; then
     `generate(..., priority=[...])`), async_scheduling (schedule and build the next step while
     the device runs the current one; same outputs, the host's time hidden behind the device's;
     None: on with the GPU kernel backends, off on the CPU),
@@ -65,6 +67,7 @@ class LLM:
         enable_prefix_caching: bool = True,
         enable_chunked_prefill: bool = True,
         swap_space: float = 4,
+        kv_cache_dtype: str = "auto",
         preemption_mode: str = "recompute",
         scheduling_policy: str = "fcfs",
         async_scheduling: bool | None = None,
@@ -117,6 +120,7 @@ class LLM:
                 num_gpu_blocks=num_gpu_blocks_override,
                 enable_prefix_caching=enable_prefix_caching,
                 swap_space=swap_space,
+                kv_cache_dtype=kv_cache_dtype,
             ),
             scheduler=SchedulerConfig(
                 max_num_seqs=max_num_seqs,

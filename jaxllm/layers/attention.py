@@ -4,15 +4,19 @@ Every backend has the ragged paged-attention signature of
 `pallas_kernels.reference.ragged_paged_attention_reference` (see its docstring):
 
     fn(q [T, Hq, D], k_pages [L, N, Hkv, bs, D], v_pages, block_tables [S, P], kv_lens [S],
-       query_start_loc [S + 1], layer, *, sm_scale, sliding_window, decode_only) -> [T, Hq, D]
+       query_start_loc [S + 1], layer, *, sm_scale, sliding_window, decode_only, k_scale,
+       v_scale) -> [T, Hq, D]
 
-(`decode_only` is a static promise that every sequence has exactly one query row.)
+(`decode_only` is a static promise that every sequence has exactly one query row. The pages are
+q's dtype or float8 e4m3 (`kv_cache_dtype="fp8"`), which every backend reads as
+`float32(page) * scale` with the static per-tensor `k_scale` / `v_scale`; see
+`pallas_kernels.kv_quant`.)
 
 Backends: `reference` (pure jnp, runs anywhere, the oracle), `cpu` (the default on the CPU: float32
-batches run `cpu_ext`'s C++ kernel where it can run, see `JAXLLM_CPU_KERNELS`; other dtypes jnp
-laid out for XLA:CPU, `pallas_kernels.cpu_paged_attention`), `pallas` (Pallas GPU kernels),
-`cuda` (XLA FFI custom call from `cuda_ext/`). The environment variable
-`JAXLLM_ATTENTION_BACKEND` overrides the automatic choice.
+queries over float32 or fp8 pages run `cpu_ext`'s C++ kernel where it can run, see
+`JAXLLM_CPU_KERNELS`; other dtypes jnp laid out for XLA:CPU, `pallas_kernels.cpu_paged_attention`),
+`pallas` (Pallas GPU kernels), `cuda` (XLA FFI custom call from `cuda_ext/`). The environment
+variable `JAXLLM_ATTENTION_BACKEND` overrides the automatic choice.
 
 Tensor parallelism: `sharded_attention_fn(name, mesh)` and `sharded_kv_write_fn(mesh)` run the
 backend (and the KV-cache write) under `jax.shard_map` over the mesh's 'model' axis, so each device
@@ -81,7 +85,7 @@ def _attention_fn(name: str, cpu_ext: bool) -> AttentionFn:
 
         return ragged_paged_attention_reference
     if name == "cpu":
-        if cpu_ext:  # the C++ kernel for float32 batches, jnp for other dtypes
+        if cpu_ext:  # the C++ kernel for float32 queries, jnp for other dtypes
             from cpu_ext.attention import ragged_paged_attention_cpu_ext
 
             return ragged_paged_attention_cpu_ext
@@ -117,38 +121,63 @@ def sharded_attention_fn(name: str, mesh=None) -> AttentionFn:
 
     Same signature as the backend; with `mesh` None or of one device on 'model', the backend itself.
     """
+    from pallas_kernels.kv_quant import from_storage, to_storage
+
     fn = get_attention_fn(name)
     if _tp(mesh) == 1:
         return fn
 
     def attention(q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer, **static):
-        body = functools.partial(fn, **static)
+        dtype = k_pages.dtype  # quantized pages cross the shard_map as their bytes (kv_quant.py)
+
+        def body(q, k, v, *rest):
+            return fn(q, from_storage(k, dtype), from_storage(v, dtype), *rest, **static)
+
         return jax.shard_map(
             body,
             mesh=mesh,
             in_specs=(_Q_SPEC, _PAGES_SPEC, _PAGES_SPEC, P(), P(), P(), P()),
             out_specs=_Q_SPEC,
             check_vma=False,  # kernels (pallas_call, FFI) carry no replication annotations
-        )(q, k_pages, v_pages, block_tables, kv_lens, query_start_loc, layer)
+        )(
+            q,
+            to_storage(k_pages),
+            to_storage(v_pages),
+            block_tables,
+            kv_lens,
+            query_start_loc,
+            layer,
+        )
 
     return attention
 
 
 def sharded_kv_write_fn(mesh=None) -> Callable:
     """`write_kv_pages` (pallas_kernels.reference) run per device on its KV heads: each device
-    scatters only its heads' rows into its part of the cache (no gather of the cache)."""
+    scatters only its heads' rows into its part of the cache (no gather of the cache). Keyword
+    arguments (`k_scale`, `v_scale` of fp8 pages) are static."""
+    from pallas_kernels.kv_quant import from_storage, to_storage
     from pallas_kernels.reference import write_kv_pages
 
     if _tp(mesh) == 1:
         return write_kv_pages
 
-    def write(k_pages, v_pages, k, v, slot_mapping, layer):
-        return jax.shard_map(
-            write_kv_pages,
+    def write(k_pages, v_pages, k, v, slot_mapping, layer, **static):
+        dtype = k_pages.dtype  # quantized pages cross the shard_map as their bytes (kv_quant.py)
+
+        def body(kp, vp, *rest):
+            kp, vp = write_kv_pages(
+                from_storage(kp, dtype), from_storage(vp, dtype), *rest, **static
+            )
+            return to_storage(kp), to_storage(vp)
+
+        kp, vp = jax.shard_map(
+            body,
             mesh=mesh,
             in_specs=(_PAGES_SPEC, _PAGES_SPEC, _Q_SPEC, _Q_SPEC, P(), P()),
             out_specs=(_PAGES_SPEC, _PAGES_SPEC),
             check_vma=False,
-        )(k_pages, v_pages, k, v, slot_mapping, layer)
+        )(to_storage(k_pages), to_storage(v_pages), k, v, slot_mapping, layer)
+        return from_storage(kp, dtype), from_storage(vp, dtype)
 
     return write

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
+from pallas_kernels.kv_quant import from_storage, storage_dtype, to_storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +81,33 @@ def kv_cache_bytes_per_block(config: ModelConfig, block_size: int, dtype) -> int
 
 
 def make_kv_cache(
-    config: ModelConfig, num_blocks: int, block_size: int, dtype=None, sharding=None
+    config: ModelConfig,
+    num_blocks: int,
+    block_size: int,
+    dtype=None,
+    sharding=None,
+    *,
+    storage: bool = False,
 ) -> KVCache:
-    """Allocate a zeroed KV cache on the device (block 0 is the reserved null block)."""
+    """Allocate a zeroed KV cache on the device (block 0 is the reserved null block).
+
+    `storage`: a quantized `dtype` (float8 e4m3) is allocated as its bytes, uint8, the form a
+    step's caller keeps it in between steps (`pallas_kernels.kv_quant`: XLA would copy a float8
+    cache at the step's boundary); `kv_cache_view` gives the float8 view inside the step."""
     dtype = jnp.dtype(dtype or config.dtype)
+    if storage:
+        dtype = storage_dtype(dtype)
     shape = kv_cache_shape(config, num_blocks, block_size)
     zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
     return KVCache(zeros(), zeros())
+
+
+def kv_cache_view(cache: KVCache, dtype) -> KVCache:
+    """A cache kept as storage (`make_kv_cache(..., storage=True)`) viewed as `dtype` (inside a
+    jitted step: XLA drops the view against the kernels' own byte views)."""
+    return KVCache(from_storage(cache.k, dtype), from_storage(cache.v, dtype))
+
+
+def kv_cache_storage(cache: KVCache) -> KVCache:
+    """The inverse of `kv_cache_view`: quantized pages as their bytes."""
+    return KVCache(to_storage(cache.k), to_storage(cache.v))

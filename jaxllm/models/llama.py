@@ -48,6 +48,7 @@ from jaxllm.models.llama_layout import PARAM_LOGICAL_AXES as PARAM_LOGICAL_AXES
 from jaxllm.models.llama_layout import gguf_tensor_names as gguf_tensor_names
 from jaxllm.models.llama_layout import hf_to_gguf_name as hf_to_gguf_name
 from jaxllm.models.llama_layout import param_layout as param_layout
+from pallas_kernels.kv_quant import is_quantized
 
 
 def activation(name: str):
@@ -94,9 +95,14 @@ class Attention(nn.Module):
         cos, sin = rope
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
+        # fp8 pages (kv_cache_dtype="fp8") hold K / k_scale and V / v_scale; float pages ignore
+        # the scales
+        scales = dict(k_scale=c.k_scale, v_scale=c.v_scale)
         k_pages, v_pages = sharded_kv_write_fn(self.mesh)(
-            k_pages, v_pages, k, v, batch.slot_mapping, layer
+            k_pages, v_pages, k, v, batch.slot_mapping, layer, **scales
         )
+        if k_pages.dtype != q.dtype and not is_quantized(k_pages.dtype):
+            q = q.astype(k_pages.dtype)  # a float cache of another dtype: attend in its dtype
         o = sharded_attention_fn(self.backend, self.mesh)(
             q,
             k_pages,
@@ -108,8 +114,9 @@ class Attention(nn.Module):
             sm_scale=c.sm_scale,
             sliding_window=self.window,
             decode_only=batch.decode_only,
+            **scales,
         )
-        o = o.reshape(T, Hq * Dh)
+        o = o.reshape(T, Hq * Dh).astype(dt)
         return dense(c.hidden_size, False, dt, "o_proj")(o, *pk("o_proj")), k_pages, v_pages
 
 

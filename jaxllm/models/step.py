@@ -159,14 +159,16 @@ def full_logits(
     block_size: int = 16,
     backend: str | None = None,
     mesh=None,
+    kv_dtype=None,
 ) -> list[np.ndarray]:
-    """Logits [len_i, V] (float32) of every position of each sequence, through the paged step.
+    """Logits [len_i, V] (float32) of every position of each sequence, through the paged step
+    (with a KV cache of `kv_dtype`, default the model's).
 
     With a `mesh`, `params` must come from `jaxllm.parallel.shard_params` (config: the model's own).
     """
     batch, num_blocks = prefill_batch(token_ids, block_size)
     if mesh is None:
-        cache = make_kv_cache(config, num_blocks, block_size)
+        cache = make_kv_cache(config, num_blocks, block_size, kv_dtype)
     else:
         from jaxllm.parallel import kv_cache_sharding, model_axis_size, tp_model_config
 
@@ -174,6 +176,7 @@ def full_logits(
             tp_model_config(config, model_axis_size(mesh)),
             num_blocks,
             block_size,
+            kv_dtype,
             sharding=kv_cache_sharding(mesh),
         )
     _, logits = make_step(config, backend, mesh)(params, cache, batch)

@@ -185,8 +185,8 @@ _TP_SCRIPT = textwrap.dedent(
     import json
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh
-    from jaxllm.layers.attention import sharded_attention_fn
-    from pallas_kernels.reference import ragged_paged_attention_reference as ref
+    from jaxllm.layers.attention import sharded_attention_fn, sharded_kv_write_fn
+    from pallas_kernels.reference import ragged_paged_attention_reference as ref, write_kv_pages
     from ragged_batches import Case, make_batch, reference
     mesh = Mesh(np.array(jax.devices()).reshape(1, 4), ("data", "model"))
     errs = []
@@ -199,6 +199,22 @@ _TP_SCRIPT = textwrap.dedent(
         got = np.asarray(got)
         errs.append(float(np.abs(got[:n] - want[:n]).max()))
         errs.append(float(np.abs(got[n:]).max()) if n < got.shape[0] else 0.0)
+        # fp8 pages: the KV write and attention per device, against the unsharded reference
+        f8, sc = jnp.float8_e4m3fn, dict(k_scale=0.5, v_scale=2.0)
+        q, k, v, *meta = ref_args  # clean pages (the poison's inf has no e4m3 value)
+        rows = jnp.nan_to_num(q)  # (padding query rows are NaN)
+        new_k, new_v = 2 * rows[:, ::2], 3 * rows[:, 1::2]  # [T, Hkv, D] rows to write
+        slots = jnp.arange(q.shape[0], dtype=jnp.int32) + 16
+        write = sharded_kv_write_fn(mesh)
+        def step(q, k, v, *meta, d=decode):
+            k, v = write(k, v, new_k, new_v, slots, 1, **sc)
+            return k, v, fn(q, k, v, *meta, 1, decode_only=d, sm_scale=0.125, **sc)
+        k8, v8, got = jax.jit(step)(q, k.astype(f8), v.astype(f8), *meta)
+        rk, rv = write_kv_pages(k.astype(f8), v.astype(f8), new_k, new_v, slots, 1, **sc)
+        errs.append(float(np.abs(np.asarray(k8, np.float32) - np.asarray(rk, np.float32)).max()))
+        errs.append(float(np.abs(np.asarray(v8, np.float32) - np.asarray(rv, np.float32)).max()))
+        want = np.asarray(ref(q, rk, rv, *meta, 1, sm_scale=0.125, **sc))
+        errs.append(float(np.abs(np.asarray(got)[:n] - want[:n]).max()))
     print(json.dumps({"devices": len(jax.devices()), "errs": errs}))
     """
 )
@@ -206,7 +222,8 @@ _TP_SCRIPT = textwrap.dedent(
 
 def test_tensor_parallel_shard_map():
     """Under sharded_attention_fn on a 4-way 'model' axis (4 virtual CPU devices), the cpu backend
-    gives the unsharded reference's result (one KV head and its 2 query heads per device)."""
+    gives the unsharded reference's result (one KV head and its 2 query heads per device); with
+    fp8 pages too, after sharded_kv_write_fn wrote this step's rows as the unsharded write does."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     env["JAX_PLATFORMS"] = "cpu"
@@ -224,4 +241,4 @@ def test_tensor_parallel_shard_map():
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["devices"] == 4
-    assert max(result["errs"]) < 1e-5, result
+    assert len(result["errs"]) == 10 and all(e < 1e-5 for e in result["errs"]), result

@@ -86,9 +86,15 @@ class Attention(nn.Module):
         T = x.shape[0]
         pk = packed_kernels(packed, layer)
         Hq, Hkv, Dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        q = dense(Hq * Dh, c.attention_bias, dt, "q_proj")(x, *pk("q_proj")).reshape(T, Hq, Dh)
-        k = dense(Hkv * Dh, c.attention_bias, dt, "k_proj")(x, *pk("k_proj")).reshape(T, Hkv, Dh)
-        v = dense(Hkv * Dh, c.attention_bias, dt, "v_proj")(x, *pk("v_proj")).reshape(T, Hkv, Dh)
+        if packed and "qkv_proj" in packed:  # q, k, v joined in one weight (packed_params)
+            qkv = dense((Hq + 2 * Hkv) * Dh, False, dt, "qkv_proj")(x, *pk("qkv_proj"))
+            q, k, v = jnp.split(qkv, [Hq * Dh, (Hq + Hkv) * Dh], axis=-1)
+            q, k, v = q.reshape(T, Hq, Dh), k.reshape(T, Hkv, Dh), v.reshape(T, Hkv, Dh)
+        else:
+            q = dense(Hq * Dh, c.attention_bias, dt, "q_proj")(x, *pk("q_proj"))
+            k = dense(Hkv * Dh, c.attention_bias, dt, "k_proj")(x, *pk("k_proj"))
+            v = dense(Hkv * Dh, c.attention_bias, dt, "v_proj")(x, *pk("v_proj"))
+            q, k, v = q.reshape(T, Hq, Dh), k.reshape(T, Hkv, Dh), v.reshape(T, Hkv, Dh)
         if c.qk_norm:
             q = self.norm_class(c.rms_norm_eps, dt, name="q_norm")(q)
             k = self.norm_class(c.rms_norm_eps, dt, name="k_norm")(k)
@@ -130,8 +136,14 @@ class MLP(nn.Module):
         c = self.config
         dt = jnp.dtype(c.dtype)
         pk = packed_kernels(packed, layer)
-        gate = dense(c.intermediate_size, c.mlp_bias, dt, "gate_proj")(x, *pk("gate_proj"))
-        up = dense(c.intermediate_size, c.mlp_bias, dt, "up_proj")(x, *pk("up_proj"))
+        F = c.intermediate_size
+        if packed and "gate_up_proj" in packed:  # gate and up joined in one weight
+            gate, up = jnp.split(
+                dense(2 * F, False, dt, "gate_up_proj")(x, *pk("gate_up_proj")), 2, -1
+            )
+        else:
+            gate = dense(F, c.mlp_bias, dt, "gate_proj")(x, *pk("gate_proj"))
+            up = dense(F, c.mlp_bias, dt, "up_proj")(x, *pk("up_proj"))
         return dense(c.hidden_size, c.mlp_bias, dt, "down_proj")(
             activation(c.hidden_act)(gate) * up, *pk("down_proj")
         )

@@ -136,12 +136,55 @@ def pack_dense_kernels(params: dict) -> dict:
                     _insert(rest, keys + [key], value)
 
         split(params["layers"], [])
+        fuse_projections(packed, rest)
         out["layers"] = rest
         out[PACKED_LAYERS] = packed
     embedding = out.get("embed_tokens", {}).get("embedding")
     if "lm_head" not in out and embedding is not None:
         out["lm_head"] = {"kernel": pack(embedding.T)}  # [V, D] -> strips of [D, V]
     return out
+
+
+# module -> (fused name, the projections it joins, in output order): one matmul call instead of
+# three (two), which matters where each call is a small memory-bound kernel (batch-1 decode)
+FUSED_PROJECTIONS = {
+    "self_attn": ("qkv_proj", ("q_proj", "k_proj", "v_proj")),
+    "mlp": ("gate_up_proj", ("gate_proj", "up_proj")),
+}
+
+
+def fuse_projections(packed: dict, rest: dict) -> None:
+    """Join, in place, the stacked quantized projections of `packed` (packed_layers) that read the
+    same input into one weight of their outputs side by side (FUSED_PROJECTIONS), where they share
+    a format that cpu_ext multiplies: GGUF blocks of one type (rows [L, N, row_bytes] joined), or
+    int8 strips whose widths are whole strips. Projections with a bias (in `rest`) stay apart."""
+    from jaxllm.quantization.formats import format_in
+
+    for module, (fused, names) in FUSED_PROJECTIONS.items():
+        parts = [packed.get(module, {}).get(n) for n in names]
+        if any(not isinstance(p, dict) for p in parts):
+            continue
+        fmts = {format_in(p) for p in parts}
+        if len(fmts) != 1 or None in fmts:
+            continue
+        if any("bias" in rest.get(module, {}).get(n, {}) for n in names):
+            continue
+        (fmt,) = fmts
+        data = fmt.data_leaf()
+        if fmt.name == "int8":
+            if any(p["kernel_scale"].shape[-1] % 16 for p in parts):
+                continue
+            joined = {
+                data: jnp.concatenate([p[data] for p in parts], axis=-3),  # strips [L, S, K, 16]
+                "kernel_scale": jnp.concatenate([p["kernel_scale"] for p in parts], axis=-1),
+            }
+        elif fmt.cpu_kernel:  # GGUF rows [L, N, row_bytes]
+            joined = {data: jnp.concatenate([p[data] for p in parts], axis=-2)}
+        else:
+            continue
+        for n in names:
+            del packed[module][n]
+        packed[module][fused] = joined
 
 
 def _insert(tree: dict, keys: list, leaf) -> None:

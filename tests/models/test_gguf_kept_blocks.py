@@ -41,7 +41,10 @@ def test_gguf_kept_blocks_of_every_kernel_type(tmp_path, monkeypatch):
     ref = full_logits(float_model.params, float_model.config, [ids])[0]
     for kernels in ("xla", "ext") if use_cpu_ext() else ("xla",):
         monkeypatch.setenv("JAXLLM_CPU_KERNELS", kernels)
-        params = step_params(loaded.params, platform="cpu", packed=kernels == "ext")
-        got = full_logits(params, loaded.config, [ids])[0]
-        scale = np.abs(ref).max()
-        np.testing.assert_allclose(got, ref, atol=1e-4 * scale, rtol=0, err_msg=kernels)
+        for per_layer in (False, True):  # the engine's stacked layout, and per layer
+            params = step_params(
+                loaded.params, platform="cpu", per_layer=per_layer, packed=kernels == "ext"
+            )
+            got = full_logits(params, loaded.config, [ids])[0]
+            scale = np.abs(ref).max()
+            np.testing.assert_allclose(got, ref, atol=1e-4 * scale, rtol=0, err_msg=kernels)

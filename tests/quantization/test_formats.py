@@ -138,3 +138,35 @@ def test_gguf_split_over_tp_needs_whole_blocks():
         ValueError, match="18 blocks do not split evenly over tensor_parallel_size=4"
     ):
         get_format("q4_1").check_split(576, 4, "o_proj")
+
+
+def test_fused_projections_join_shared_formats_only():
+    from jaxllm.models.packed_params import fuse_projections
+
+    q4 = lambda n: {"kernel_q4_1": jnp.zeros((2, n, 40), jnp.uint8)}  # noqa: E731
+    i8 = lambda n: {  # noqa: E731
+        "kernel_int8": jnp.zeros((2, -(-n // 16), 64, 16), jnp.int8),
+        "kernel_scale": jnp.ones((2, n)),
+    }
+    packed = {
+        "self_attn": {"q_proj": q4(64), "k_proj": q4(32), "v_proj": q4(32), "o_proj": q4(64)},
+        "mlp": {"gate_proj": i8(96), "up_proj": i8(96), "down_proj": i8(64)},
+    }
+    fuse_projections(packed, {})
+    assert set(packed["self_attn"]) == {"qkv_proj", "o_proj"}
+    assert packed["self_attn"]["qkv_proj"]["kernel_q4_1"].shape == (2, 128, 40)
+    gate_up = packed["mlp"]["gate_up_proj"]
+    assert gate_up["kernel_int8"].shape == (2, 12, 64, 16) and gate_up["kernel_scale"].shape == (
+        2,
+        192,
+    )
+    # a partial last strip (width 40), mixed formats or a bias keep the projections apart
+    packed = {"mlp": {"gate_proj": i8(40), "up_proj": i8(40)}}
+    fuse_projections(packed, {})
+    assert set(packed["mlp"]) == {"gate_proj", "up_proj"}
+    packed = {"self_attn": {"q_proj": q4(64), "k_proj": i8(32), "v_proj": q4(32)}}
+    fuse_projections(packed, {})
+    assert "qkv_proj" not in packed["self_attn"]
+    packed = {"self_attn": {"q_proj": q4(64), "k_proj": q4(32), "v_proj": q4(32)}}
+    fuse_projections(packed, {"self_attn": {"q_proj": {"bias": jnp.zeros((2, 64))}}})
+    assert "qkv_proj" not in packed["self_attn"]

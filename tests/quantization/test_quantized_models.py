@@ -82,7 +82,11 @@ def test_smollm2_gguf_logits_equal_the_dequantized_model(
         pytest.skip("cpu_ext cannot run here")
     monkeypatch.setenv("JAXLLM_CPU_KERNELS", kernels)
     loaded = load_model("smollm2-135m", tokenizer=False)
-    params = step_params(loaded.params, platform="cpu", packed=kernels == "ext")
+    # the engine's CPU layout: stacked, cpu_ext's leaves read in place, q/k/v and gate/up joined
+    params = step_params(loaded.params, platform="cpu", per_layer=False, packed=kernels == "ext")
+    if kernels == "ext":
+        assert set(params["packed_layers"]["mlp"]) == {"gate_up_proj", "down_proj"}
+        assert set(params["packed_layers"]["self_attn"]) == {"qkv_proj", "o_proj"}
     got = full_logits(params, loaded.config, [text_ids[:128]])[0]
     np.testing.assert_allclose(got, float_logits[:128], atol=1e-4, rtol=0)
 

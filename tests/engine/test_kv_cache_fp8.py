@@ -24,28 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+# The shapes of test_swap_preemption.py: 13 usable blocks of 4 tokens force preemptions when the
+# 4 prompts run together.
+from test_swap_preemption import ENGINE, GREEDY, PROMPTS  # noqa: E402
+
 from jaxllm import LLM, SamplingParams
 from jaxllm.config import KV_CACHE_DTYPES, CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
 from jaxllm.engine.model_runner import CPU_KV_SPACE_ENV, choose_num_blocks
 from jaxllm.models.batch import kv_cache_bytes_per_block
 from jaxllm.models.step import full_logits
-
-# The shapes of tests/engine/test_swap_preemption.py: 13 usable blocks of 4 tokens force
-# preemptions when the 4 prompts run together.
-ENGINE = dict(
-    max_model_len=48,
-    max_num_seqs=4,
-    max_num_batched_tokens=32,
-    block_size=4,
-    num_gpu_blocks_override=14,
-)
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time there was a",
-    "def fib(n):",
-    "Water boils at",
-]
-GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")

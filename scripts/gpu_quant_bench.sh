@@ -17,7 +17,8 @@ export JAXLLM_COMPILER_OPTIONS="${JAXLLM_COMPILER_OPTIONS:-xla_gpu_autotune_leve
 export OUT="${OUT:-out/gpu_quant}"; mkdir -p "$OUT"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 bench() { bash scripts/gpu_llama8b_bench.sh 1000 "$@"; }
-for phase in "${@:-check bw latency}"; do
+phases=("$@"); [ ${#phases[@]} -eq 0 ] && phases=(check bw latency)
+for phase in "${phases[@]}"; do
   case $phase in
   check)
     nvidia-smi --query-gpu=name --format=csv,noheader

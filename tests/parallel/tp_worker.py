@@ -191,9 +191,10 @@ def section_smollm2(res: dict, tmp: str) -> None:
         llm = LLM(loaded, tensor_parallel_size=tp, **ENGINE)
         res["smollm2_tokens"][f"tp{tp}"] = greedy(llm, prompts, 5)
         params = llm.llm_engine.runner.params  # tp=1 on the CPU: cpu_ext's packed layout
-        # the GGUF's Q4_1 blocks are kept: q_proj is {"kernel_q4_1": [L, Hq*Dh, row_bytes]}
+        # the GGUF's Q4_1 blocks are kept: q_proj is {"kernel_q4_1": [L, Hq*Dh, row_bytes]}, joined
+        # with k/v into qkv_proj on the CPU's packed layout
         if "packed_layers" in params:
-            p = params["packed_layers"]["self_attn"]["q_proj"]["kernel_q4_1"]
+            p = params["packed_layers"]["self_attn"]["qkv_proj"]["kernel_q4_1"]
         else:
             p = params["layers"]["self_attn"]["q_proj"]["kernel_q4_1"]
         res[f"smollm2_q_spec_tp{tp}"] = [str(p.sharding.spec), len(p.sharding.device_set)]

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jaxllm.quantization.formats import Gguf, format_in
 
 
-def use_cpu_kernels(x: jax.Array) -> bool:
+def use_cpu_kernels() -> bool:
     """Does this trace run on the CPU with cpu_ext's kernels on (`JAXLLM_CPU_KERNELS`)?"""
     if jax.default_backend() != "cpu":
         return False
@@ -54,7 +54,7 @@ class Linear(nn.Module):
             data = quantized[fmt.data_leaf()]
             stacked = isinstance(packed, dict)  # read in place at `layer` by cpu_ext
             if isinstance(fmt, Gguf):
-                cpu_ext = stacked or use_cpu_kernels(x)
+                cpu_ext = stacked or use_cpu_kernels()
             else:  # int8 re-laid into strips for cpu_ext: [S, in, 16] or stacked [L, S, in, 16]
                 cpu_ext = stacked or (fmt.name == "int8" and data.ndim == 3)
             y = fmt.matmul(x, quantized, self.features, cpu_ext, layer if stacked else None)

@@ -203,7 +203,7 @@ class DecoderForCausalLM(nn.Module):
                 fmt = format_in(self.variables["params"]["embed_tokens"], EMBEDDING)
                 assert fmt is not None
                 head = {fmt.data_leaf(): embed}
-                logits = fmt.matmul(h, head, c.vocab_size, use_cpu_kernels(h))
+                logits = fmt.matmul(h, head, c.vocab_size, use_cpu_kernels())
         else:
             logits = dense(c.vocab_size, False, dt, "lm_head")(h)
         logits = logits.astype(jnp.float32)

@@ -96,6 +96,13 @@ def host_placer(config: ModelConfig, mesh: Mesh) -> Callable[[Any, np.ndarray], 
         for key in spec.path:
             sharding = sharding[key]
         if cols is not None and spec.path[:-1] in kv:
+            if buf.dtype == np.uint8:  # GGUF blocks [L, rows, row_bytes]: heads are rows
+                raise ValueError(
+                    f"{'/'.join(spec.path)}: tensor_parallel_size={tp} repeats the "
+                    f"{config.num_key_value_heads} KV heads, which GGUF blocks kept as stored "
+                    "cannot do; load the GGUF with quantization='int8' or 'fp8', or use a "
+                    f"tensor_parallel_size that divides {config.num_key_value_heads}"
+                )
             shape = buf.shape[:-1] + (len(cols),)
 
             def slice_kv(index: tuple) -> np.ndarray:

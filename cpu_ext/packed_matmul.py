@@ -41,6 +41,23 @@ def unpack_kernel(w_packed, n: int):  # [S, K, 16] -> [K, n]
     return xp.transpose(w_packed, (1, 0, 2)).reshape(k, s * strip)[:, :n]
 
 
+def check_strips(fn: str, arg: str, x, w, n: int, layer) -> int:
+    """Check `w` [S, K, 16] (or stacked [L, S, K, 16] with `layer`, and only then) against x
+    [..., K] and n output columns; returns K. ValueErrors name `fn`, `arg` and the numbers."""
+    if w.ndim not in (3, 4) or w.shape[-1] != STRIP:
+        raise ValueError(f"{fn}: {arg} must be [S, K, 16] or [L, S, K, 16], got {w.shape}")
+    if (w.ndim == 4) == (layer is None):
+        raise ValueError(
+            f"{fn}: a stacked {arg} [L, S, K, 16] needs `layer`, and only it takes one"
+        )
+    s, k, _ = w.shape[-3:]
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"{fn}: x must be [..., {k}] for {arg} {w.shape}, got {x.shape}")
+    if not STRIP * (s - 1) < n <= STRIP * s:
+        raise ValueError(f"{fn}: n={n} does not fit {s} strips of {STRIP} columns")
+    return k
+
+
 def packed_matmul(
     x: jax.Array,  # [..., K] float32
     w_packed: jax.Array,  # [S, K, 16], or stacked [L, S, K, 16] with `layer`
@@ -58,22 +75,7 @@ def packed_matmul(
         raise ValueError(
             f"packed_matmul: float32 only, got x {x.dtype} and w_packed {w_packed.dtype}"
         )
-    stacked = w_packed.ndim == 4
-    if w_packed.ndim not in (3, 4) or w_packed.shape[-1] != STRIP:
-        raise ValueError(
-            f"packed_matmul: w_packed must be [S, K, 16] or [L, S, K, 16], got {w_packed.shape}"
-        )
-    if stacked == (layer is None):
-        raise ValueError(
-            "packed_matmul: a stacked w_packed [L, S, K, 16] needs `layer`, and only it takes one"
-        )
-    s, k, _ = w_packed.shape[-3:]
-    if x.ndim < 1 or x.shape[-1] != k:
-        raise ValueError(
-            f"packed_matmul: x must be [..., {k}] for w_packed {w_packed.shape}, got {x.shape}"
-        )
-    if not STRIP * (s - 1) < n <= STRIP * s:
-        raise ValueError(f"packed_matmul: n={n} does not fit {s} strips of {STRIP} columns")
+    k = check_strips("packed_matmul", "w_packed", x, w_packed, n, layer)
     ensure_registered()
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .packed_matmul import STRIP, unpack_kernel
+from .packed_matmul import check_strips, unpack_kernel
 
 # ggml_type -> (values a block, bytes a block), as GGML defines them.
 GGUF_BLOCKS = {
@@ -59,21 +59,12 @@ def int8_matmul(
     layer: jax.Array | int | None = None,
 ) -> jax.Array:  # [..., n] float32
     """(x @ wq) * scale, wq [K, n] int8 given as `pack_kernel(wq)`."""
-    _check_stacked("int8_matmul", w_strips, 3, layer)
     if x.dtype != jnp.float32 or w_strips.dtype != jnp.int8 or scale.dtype != jnp.float32:
         raise ValueError(
             "int8_matmul: x and scale must be float32 and w_strips int8, got "
             f"x {x.dtype}, w_strips {w_strips.dtype}, scale {scale.dtype}"
         )
-    if w_strips.ndim not in (3, 4) or w_strips.shape[-1] != STRIP:
-        raise ValueError(f"int8_matmul: w_strips must be [(L,) S, K, 16], got {w_strips.shape}")
-    s, k, _ = w_strips.shape[-3:]
-    if x.ndim < 1 or x.shape[-1] != k:
-        raise ValueError(
-            f"int8_matmul: x must be [..., {k}] for w_strips {w_strips.shape}, got {x.shape}"
-        )
-    if not STRIP * (s - 1) < n <= STRIP * s:
-        raise ValueError(f"int8_matmul: n={n} does not fit {s} strips of {STRIP} columns")
+    k = check_strips("int8_matmul", "w_strips", x, w_strips, n, layer)
     if scale.shape != (n,):
         raise ValueError(f"int8_matmul: scale must be [{n}], got {scale.shape}")
     return _call("jaxllm_int8_matmul", x, k, n, w_strips, scale, layer=layer)

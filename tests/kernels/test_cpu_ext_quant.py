@@ -172,7 +172,7 @@ def test_gguf_matmul_bad_input(x_shape, x_dtype, w_shape, w_dtype, ggml_type, me
     "x_shape, w_shape, w_dtype, scale_shape, n, message",
     [
         ((2, 8), (1, 8, 16), jnp.uint8, (16,), 16, "w_strips int8"),
-        ((2, 8), (1, 8, 8), jnp.int8, (8,), 8, r"w_strips must be \[\(L,\) S, K, 16\]"),
+        ((2, 8), (1, 8, 8), jnp.int8, (8,), 8, r"w_strips must be \[S, K, 16\] or \[L, S, K, 16\]"),
         ((2, 9), (1, 8, 16), jnp.int8, (16,), 16, r"x must be \[..., 8\]"),
         ((2, 8), (2, 8, 16), jnp.int8, (16,), 16, "n=16 does not fit 2 strips"),
         ((2, 8), (1, 8, 16), jnp.int8, (16,), 15, r"scale must be \[15\]"),

@@ -3,6 +3,9 @@
 - `packed_matmul.packed_matmul(x, w_packed, n=N)`: float32 `x @ W` with W packed once into
   16-column strips (`packed_matmul.pack_kernel`); AVX2 + FMA, spread over XLA's intra-op threads.
   The engine packs its dense kernels this way on the CPU (`jaxllm.models.step.step_params`).
+- `grouped_matmul.grouped_matmul(x, w_packed, group_sizes, n=N)`: float32 mixture-of-experts
+  matmul, x's rows sorted by group and each group's rows times its own packed W_g
+  (`grouped_matmul.pack_grouped`); groups without rows are never read.
 - `quant_matmul.int8_matmul(x, w_strips, scale, n=N)` / `quant_matmul.gguf_matmul(x, w_blocks,
   ggml_type=...)`: float32 x against int8 strips or a GGUF tensor's blocks (Q8_0, Q4_0, Q4_1,
   Q4_K, Q6_K), dequantized in registers (`jaxllm.quantization` runs them on the CPU).

@@ -19,8 +19,8 @@ from pathlib import Path
 import ffi_library
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("packed_matmul.cc", "paged_attention.cc", "quant_matmul.cc")
-HEADERS = ("ffi_cpu_utils.h",)
+SOURCES = ("packed_matmul.cc", "grouped_matmul.cc", "paged_attention.cc", "quant_matmul.cc")
+HEADERS = ("ffi_cpu_utils.h", "strip_kernel.h")
 LIB_PREFIX = "libjaxllm_cpu_ext"
 CACHE_ENV = "JAXLLM_CPU_EXT_CACHE"
 CXX_ENV = "CXX"

@@ -17,6 +17,7 @@ from . import build
 # FFI target name -> exported handler symbol.
 TARGETS = {
     "jaxllm_packed_matmul": "JaxllmPackedMatmul",
+    "jaxllm_grouped_matmul": "JaxllmGroupedMatmul",
     "jaxllm_paged_attention": "JaxllmPagedAttention",
     "jaxllm_int8_matmul": "JaxllmInt8Matmul",
     "jaxllm_gguf_matmul": "JaxllmGgufMatmul",

@@ -10,14 +10,13 @@
 // one contiguous K x 64-byte run, so the kernel streams it front to back (the hardware prefetcher
 // follows it; W's own [K, N] rows would be read at a stride of 4N bytes, past what it follows).
 //
-// Work: units of (a block of up to kRowBlock rows of x, a run of strips), run by `run_units`
-// (ffi_cpu_utils.h) on the calling thread and helpers of XLA's intra-op thread pool.
+// The strip kernel (4 rows of x against one strip in AVX registers) is strip_kernel.h's, shared
+// with the grouped matmul. Work: units of (a block of up to kRowBlock rows of x, a run of strips),
+// run by `run_units` (ffi_cpu_utils.h) on the calling thread and helpers of XLA's intra-op pool.
 //
 // Measured (2-core Zen 3, one thread, W in the last-level cache): 82-93 GFLOP/s at M = 16 and
 // 94-97 at M = 2048, of a 100 GFLOP/s FMA loop; XLA:CPU's Eigen dot on two threads: 52-84 at
 // M = 16 (cpu_ext/README.md).
-
-#include <immintrin.h>
 
 #include <algorithm>
 #include <atomic>
@@ -26,6 +25,7 @@
 #include <string>
 
 #include "ffi_cpu_utils.h"
+#include "strip_kernel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -33,46 +33,8 @@ namespace ffi = xla::ffi;
 namespace jaxllm {
 namespace {
 
-constexpr int64_t kStrip = 16;     // columns per packed strip: two 8-float AVX registers
 constexpr int64_t kRowBlock = 64;  // rows of x per work unit (64 x K floats stay in L2)
 constexpr int64_t kUnitsPerThread = 4;
-
-// y[0:MR, 0:16] = x[0:MR, 0:K] @ strip (w: [K, 16]); ldx, ldy: row strides in floats.
-template <int MR>
-inline void strip_kernel(const float* x, int64_t ldx, const float* w, int64_t K, float* y,
-                         int64_t ldy) {
-  __m256 acc[MR][2];
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; ++k, w += kStrip) {
-    const __m256 b0 = _mm256_loadu_ps(w), b1 = _mm256_loadu_ps(w + 8);
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i) {
-      const __m256 a = _mm256_broadcast_ss(x + i * ldx + k);
-      acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; ++i) {
-    _mm256_storeu_ps(y + i * ldy, acc[i][0]);
-    _mm256_storeu_ps(y + i * ldy + 8, acc[i][1]);
-  }
-}
-
-// Rows [m0, m1) of y for one strip: full columns go straight to y, a partial last strip (cols < 16)
-// through a scratch tile.
-template <int MR>
-inline void strip_rows(const float* x, const float* w, float* y, int64_t K, int64_t N, int64_t m,
-                       int64_t col, int64_t cols) {
-  if (cols == kStrip) {
-    strip_kernel<MR>(x + m * K, K, w, K, y + m * N + col, N);
-    return;
-  }
-  float tile[MR * kStrip];
-  strip_kernel<MR>(x + m * K, K, w, K, tile, kStrip);
-  for (int i = 0; i < MR; ++i) std::copy_n(tile + i * kStrip, cols, y + (m + i) * N + col);
-}
 
 struct MatmulJob {
   const float* x;  // [M, K]
@@ -87,23 +49,8 @@ struct MatmulJob {
     const int64_t s0 = (u % units_per_block) * strips_per_unit;
     const int64_t s1 = std::min(S, s0 + strips_per_unit);
     for (int64_t s = s0; s < s1; ++s) {
-      const float* ws = w + s * K * kStrip;
       const int64_t col = s * kStrip, cols = std::min(kStrip, N - col);
-      int64_t m = m0;
-      for (; m + 4 <= m1; m += 4) strip_rows<4>(x, ws, y, K, N, m, col, cols);
-      switch (m1 - m) {
-        case 3:
-          strip_rows<3>(x, ws, y, K, N, m, col, cols);
-          break;
-        case 2:
-          strip_rows<2>(x, ws, y, K, N, m, col, cols);
-          break;
-        case 1:
-          strip_rows<1>(x, ws, y, K, N, m, col, cols);
-          break;
-        default:
-          break;
-      }
+      strip_pass(x, w + s * K * kStrip, y, K, N, m0, m1, col, cols);
     }
   }
 };

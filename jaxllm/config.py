@@ -84,6 +84,19 @@ class ModelConfig:
     # recompiles the step); float caches ignore them.
     k_scale: float = 1.0
     v_scale: float = 1.0
+    # Sparse mixture of experts (Mixtral, Qwen3-MoE, Qwen2-MoE): every layer's MLP is
+    # `num_experts` experts of width `moe_intermediate_size`, each token routed to the top
+    # `num_experts_per_tok` of them by softmax probability (renormalized to sum to one when
+    # `norm_topk_prob`), plus a sigmoid-gated shared expert of width
+    # `shared_expert_intermediate_size` where that is > 0 (Qwen2-MoE). 0 experts: a dense MLP.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    shared_expert_intermediate_size: int = 0
+    # Under tensor parallelism, split the experts over the 'model' devices (whole experts per
+    # device) instead of each expert's width (`enable_expert_parallel`); the model runs it.
+    expert_parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -117,6 +130,18 @@ class ModelConfig:
                 f"partial_rotary_factor {self.partial_rotary_factor} must give an even rotary "
                 f"width of at most head_dim ({self.head_dim})"
             )
+
+        if self.num_experts:
+            k, e = self.num_experts_per_tok, self.num_experts
+            if not 0 < k <= e:
+                raise ValueError(f"num_experts_per_tok ({k}) must be in 1..num_experts ({e})")
+            if self.moe_intermediate_size <= 0:
+                raise ValueError("a mixture-of-experts config needs moe_intermediate_size > 0")
+
+    @property
+    def is_moe(self) -> bool:
+        """Is every layer's MLP a sparse mixture of experts?"""
+        return self.num_experts > 0
 
     @property
     def num_queries_per_kv(self) -> int:
@@ -188,7 +213,10 @@ class ModelConfig:
         rope = _RopeFields.from_hf(hf)
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-        attention_bias = bool(hf.get("attention_bias", False)) or hf.get("model_type") == "qwen2"
+        attention_bias = bool(hf.get("attention_bias", False)) or hf.get("model_type") in (
+            "qwen2",
+            "qwen2_moe",
+        )
         sliding = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
         if hf.get("model_type") == "qwen2" and not hf.get("use_sliding_window", False):
             sliding = None
@@ -201,6 +229,7 @@ class ModelConfig:
             )
         if layer_types and SLIDING not in layer_types:
             layer_types, sliding = (), None  # all layers full (Qwen3 saves this)
+        moe = _moe_fields(hf)
         if hf.get("attn_logit_softcapping"):
             raise ValueError(
                 f"attn_logit_softcapping={hf['attn_logit_softcapping']} is not supported"
@@ -233,11 +262,46 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=eos_ids,
             dtype=dtype,
+            **moe,
         )
 
 
 # HF model types whose attention normalizes q and k per head (their configs carry no flag)
-_QK_NORM_MODEL_TYPES = ("qwen3", "gemma3_text", "gemma3")
+_QK_NORM_MODEL_TYPES = ("qwen3", "qwen3_moe", "gemma3_text", "gemma3")
+
+# HF mixture-of-experts model type -> (config key of the expert count, of each expert's width,
+# top-k weights renormalized: a config key, or True where the model always does)
+_MOE_KEYS: dict[str, tuple[str, str, str | bool]] = {
+    "mixtral": ("num_local_experts", "intermediate_size", True),
+    "qwen3_moe": ("num_experts", "moe_intermediate_size", "norm_topk_prob"),
+    "qwen2_moe": ("num_experts", "moe_intermediate_size", "norm_topk_prob"),
+}
+
+
+def _moe_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    """ModelConfig's mixture-of-experts fields of an HF config (none for dense models)."""
+    keys = _MOE_KEYS.get(hf.get("model_type", ""))
+    if keys is None:
+        return {}
+    count, width, norm = keys
+    dense_layers = hf.get("mlp_only_layers") or []
+    if dense_layers or int(hf.get("decoder_sparse_step", 1)) != 1:
+        raise ValueError(
+            f"{hf['model_type']} configs with dense MLP layers among the expert layers "
+            f"(mlp_only_layers={dense_layers}, decoder_sparse_step="
+            f"{hf.get('decoder_sparse_step', 1)}) are not supported"
+        )
+    # transformers 5 saves Qwen's expert count as num_local_experts; hub configs say num_experts
+    experts = hf.get(count, hf.get("num_local_experts", hf.get("num_experts")))
+    if experts is None:
+        raise KeyError(count)
+    return dict(
+        num_experts=int(experts),
+        num_experts_per_tok=int(hf["num_experts_per_tok"]),
+        moe_intermediate_size=int(hf[width]),
+        norm_topk_prob=norm if isinstance(norm, bool) else bool(hf.get(norm, False)),
+        shared_expert_intermediate_size=int(hf.get("shared_expert_intermediate_size") or 0),
+    )
 
 
 @dataclass(frozen=True)
@@ -363,6 +427,9 @@ class SchedulerConfig:
 class ParallelConfig:
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
+    # mixture-of-experts models: whole experts split over the tp devices (ModelConfig.
+    # expert_parallel, which the loaded model carries)
+    enable_expert_parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:

@@ -20,6 +20,8 @@
 # synchronous, async scheduling's GPU default being turned off for them); TAG: suffix of the log
 # and JSON names.
 # QUANT=fp8|int8: the floor of those weights (pass --quantization in EXTRA for the runs).
+# Mixture-of-experts presets: the floor counts each layer's top-k experts, not all of them.
+# LATENCY_TIMEOUT: seconds the latency run may take (default 200).
 # Usage: [MODEL=dummy:NAME] [QUANT=fp8] [PEER=hf] [EXTRA=...] [TAG=...] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]
 set -u
 cd "$(dirname "$0")/.."
@@ -59,12 +61,15 @@ if quant:
 nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(param_shapes(c)))
 if not c.tie_word_embeddings:
     nbytes -= c.vocab_size * c.hidden_size * 2  # the embedding is gathered, not read whole
+if c.is_moe:  # a batch-1 step reads only its token's top-k experts of each layer
+    expert = 3 * c.hidden_size * c.moe_intermediate_size * 2
+    nbytes -= c.num_hidden_layers * (c.num_experts - c.num_experts_per_tok) * expert
 print(f"model={os.environ['MODEL']} weights={quant or 'bf16'} copy_bw_GBps={bw / 1e9:.1f} "
       f"weight_bytes={nbytes:.3e} floor_ms={nbytes / bw * 1e3:.2f}")
 PY
     ;;
   latency)
-    timeout 200 "$PY" -m jaxllm.benchmarks.latency --model "$MODEL" --dtype bfloat16 --input-len 128 \
+    timeout "${LATENCY_TIMEOUT:-200}" "$PY" -m jaxllm.benchmarks.latency --model "$MODEL" --dtype bfloat16 --input-len 128 \
       --output-len 128 --num-iters 3 "${prof[@]}" "${extra[@]}" --json "$D/latency$T.json" \
       > "$D/latency$T.log" 2>&1
     echo "latency$T rc=$?"; grep -v "^WARNING\|Finished\|Compiling\|tracing" "$D/latency$T.log" | tail -30

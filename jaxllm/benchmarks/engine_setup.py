@@ -72,6 +72,7 @@ def load_model_once(args: argparse.Namespace):
         mesh=mesh,
         revision=kw.get("revision"),
         quantization=kw.get("quantization"),
+        enable_expert_parallel=bool(kw.get("enable_expert_parallel")),
     )
 
 
@@ -84,6 +85,7 @@ def make_llm(args: argparse.Namespace, loaded, max_model_len: int):
     kw.pop("model")
     kw.pop("revision", None)  # `loaded` is the model at that revision already
     kw.pop("quantization", None)  # and in that quantization
+    kw.pop("enable_expert_parallel", None)  # and laid out for it
     kw.pop("precompile", None)  # `precompile_greedy` does it, for greedy only, timed
     kw.setdefault("max_model_len", max_model_len)
     if getattr(args, "profile", False) and kw.get("async_scheduling") is None:

@@ -81,6 +81,7 @@ ENGINE_ARGS = {
     "async_scheduling": "async_scheduling",
     "tensor_parallel_size": "tensor_parallel_size",
     "data_parallel_size": "data_parallel_size",
+    "enable_expert_parallel": "enable_expert_parallel",
     "seed": "seed",
     "max_logprobs": "max_logprobs",
     "attention_backend": "attention_backend",
@@ -229,6 +230,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="engine replicas on disjoint groups of -tp devices; requests go to the "
         "least loaded replica",
+    )
+    g.add_argument(
+        "--enable-expert-parallel",
+        action=argparse.BooleanOptionalAction,
+        help="mixture-of-experts models: split whole experts over the -tp devices instead of "
+        "each expert's width (default: off)",
     )
     g.add_argument("--seed", type=int, help="engine random seed (LLM(seed=...))")
     g.add_argument("--max-logprobs", type=int, help="most logprobs a request may ask for")

@@ -43,7 +43,9 @@ class LLM:
     temperature, top_p and max_new_tokens, are the defaults of `get_default_sampling_params()` and
     of `generate(prompts)` without sampling params; "vllm": SamplingParams' own defaults).
 
-    Parallelism: `tensor_parallel_size` (tp) shards the model over tp devices; with
+    Parallelism: `tensor_parallel_size` (tp) shards the model over tp devices (a
+    mixture-of-experts model splits each expert's width, or with `enable_expert_parallel` whole
+    experts, E / tp per device); with
     `data_parallel_size` (dp) > 1, dp engine replicas run on disjoint groups of tp devices and
     each request goes to the replica with the fewest unfinished requests. `mesh` (a
     ('data', 'model') jax.sharding.Mesh of shape (dp, tp)) picks the devices; default: the first
@@ -73,6 +75,7 @@ class LLM:
         async_scheduling: bool | None = None,
         tensor_parallel_size: int = 1,
         data_parallel_size: int = 1,
+        enable_expert_parallel: bool = False,
         mesh: Any = None,
         seed: int = 0,
         max_logprobs: int = 20,
@@ -95,7 +98,12 @@ class LLM:
             model
             if isinstance(model, LoadedModel)
             else load_model(
-                model, dtype=dtype, mesh=meshes[0], revision=revision, quantization=quantization
+                model,
+                dtype=dtype,
+                mesh=meshes[0],
+                revision=revision,
+                quantization=quantization,
+                enable_expert_parallel=enable_expert_parallel,
             )
         )
         if isinstance(model, LoadedModel) and quantization is not None:
@@ -103,6 +111,11 @@ class LLM:
                 "quantization applies when LLM loads the model; pass it to load_model instead"
             )
         mc = loaded.config
+        if enable_expert_parallel and mc.is_moe and not mc.expert_parallel:
+            raise ValueError(
+                "enable_expert_parallel applies when LLM loads the model; pass it to load_model "
+                "instead"
+            )
         if max_model_len is None:
             max_model_len = mc.max_position_embeddings
         elif max_model_len > mc.max_position_embeddings:
@@ -132,7 +145,9 @@ class LLM:
                 async_scheduling=async_scheduling,
             ),
             parallel=ParallelConfig(
-                tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size
+                tensor_parallel_size=tensor_parallel_size,
+                data_parallel_size=data_parallel_size,
+                enable_expert_parallel=mc.expert_parallel,
             ),
             seed=seed,
             max_logprobs=max_logprobs,

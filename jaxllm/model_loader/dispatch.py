@@ -146,6 +146,7 @@ def load_model(
     mesh: Any = None,
     revision: str | None = None,
     quantization: str | None = None,
+    enable_expert_parallel: bool = False,
 ) -> LoadedModel:
     """Load weights, config, tokenizer and generation defaults of `model` (see module doc).
 
@@ -160,8 +161,16 @@ def load_model(
     their quantized tensors: "gguf"; FP8 HF checkpoints load as "fp8", model_loader/hf_fp8.py);
     "int8"/"fp8" quantize the decoder's linear kernels of a float checkpoint (a GGUF file is
     dequantized first) as they load.
+    `enable_expert_parallel`: a mixture-of-experts model splits whole experts over the mesh's
+    'model' axis instead of each expert's width (`ModelConfig.expert_parallel`; no effect on
+    dense models or without a mesh of several devices).
     """
     want = normalize_dtype(dtype)
+
+    def with_ep(config: ModelConfig) -> ModelConfig:
+        ep = enable_expert_parallel and config.is_moe and mesh is not None
+        return config.replace(expert_parallel=True) if ep else config
+
     method = normalize_method(quantization)
     fmt, path = resolve_model(model, revision)
     if method == "gguf" and fmt != "gguf":
@@ -173,15 +182,16 @@ def load_model(
         )
     placer = None
     if mesh is not None:
-        import functools
-
         from jaxllm.parallel import check_mesh, host_placer
 
-        placer = functools.partial(host_placer, mesh=check_mesh(mesh))
+        check_mesh(mesh)
+        placer = lambda config: host_placer(with_ep(config), mesh)  # noqa: E731
     if fmt == "dummy":
         from jaxllm.model_loader.dummy import load_dummy
 
-        loaded = load_dummy(path[len("dummy:") :], want, mesh=mesh)
+        loaded = load_dummy(
+            path[len("dummy:") :], want, mesh=mesh, expert_parallel=enable_expert_parallel
+        )
     elif fmt == "gguf":
         from jaxllm.model_loader.gguf import load_gguf
 
@@ -197,6 +207,7 @@ def load_model(
             from jaxllm.parallel import model_axis_size, param_shardings, tp_model_config
 
             def shardings(config):  # k/v replicated until their heads are repeated below
+                config = with_ep(config)
                 tp_model_config(config, model_axis_size(mesh))  # validates the head split
                 return param_shardings(config, mesh, replicate_kv=True)
 
@@ -208,6 +219,7 @@ def load_model(
     if mesh is not None:
         from jaxllm.parallel import model_axis_size, shard_params, tp_model_config
 
+        loaded.config = with_ep(loaded.config)
         if fmt == "orbax":  # restored in the shardings of the saved layout: repeat KV heads
             loaded.params, loaded.config = shard_params(loaded.params, loaded.config, mesh)
         elif fmt != "dummy":  # placed in the tp-way layout already

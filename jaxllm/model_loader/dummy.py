@@ -195,6 +195,48 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bos_token_id": 1,
         "eos_token_id": 2,
     },
+    "mixtral-8x7b": {
+        "architectures": ["MixtralForCausalLM"],
+        "model_type": "mixtral",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 1000000.0,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    },
+    "qwen3-30b-a3b": {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        "vocab_size": 151936,
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "moe_intermediate_size": 768,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "max_position_embeddings": 40960,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "tie_word_embeddings": False,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+    },
     "tiny": {  # for tests: untied, GQA 2:1
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -285,10 +327,19 @@ def dummy_param_shapes(config: ModelConfig) -> dict:
     return jax.eval_shape(_init_fn(config), jax.random.key(0, impl=_RNG_IMPL))
 
 
-def load_dummy(name: str, dtype: str | None = None, seed: int = 0, mesh: Any = None):
+def load_dummy(
+    name: str,
+    dtype: str | None = None,
+    seed: int = 0,
+    mesh: Any = None,
+    expert_parallel: bool = False,
+):
     """A LoadedModel with random weights of preset `name`; no tokenizer. With a `mesh`, the
-    params are created sharded and `config` is the tp-way config they are laid out for."""
+    params are created sharded and `config` is the tp-way config they are laid out for (whole
+    experts split over it with `expert_parallel`, for mixture-of-experts presets)."""
     config = dummy_config(name, dtype)
+    if expert_parallel and config.is_moe and mesh is not None:
+        config = config.replace(expert_parallel=True)
     params = init_dummy_params(config, seed, mesh=mesh)
     if mesh is not None:
         from jaxllm.parallel import model_axis_size, tp_model_config

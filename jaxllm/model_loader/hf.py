@@ -67,12 +67,7 @@ def assemble_params(
         if spec.path in skip:
             continue
         buf = np.empty(spec.shape, host_dtype)
-        names = (
-            [spec.hf_name.format(i=i) for i in range(config.num_hidden_layers)]
-            if spec.stacked
-            else [spec.hf_name]
-        )
-        for i, name in enumerate(names):
+        for index, name in spec.hf_tensors():
             t = get_tensor(name)
             if spec.hf_rows is not None:  # this leaf's rows of a fused tensor
                 start, stop = spec.hf_rows
@@ -87,11 +82,7 @@ def assemble_params(
                     f"{source}: tensor {name!r} has shape {tuple(t.shape)}, "
                     f"expected {spec.hf_shape} from the model config"
                 )
-            t = t.T if spec.transpose else t
-            if spec.stacked:
-                buf[i] = t
-            else:
-                buf[...] = t
+            buf[index] = t.T if spec.transpose else t
         set_path(params, spec.path, place(spec, buf))
         del buf
     return params
@@ -288,13 +279,7 @@ class _LeafSpec:
 
 
 def _hf_names_for(config: ModelConfig) -> set[str]:
-    names = set()
-    for spec in param_layout(config):
-        if spec.stacked:
-            names.update(spec.hf_name.format(i=i) for i in range(config.num_hidden_layers))
-        else:
-            names.add(spec.hf_name)
-    return names
+    return {name for spec in param_layout(config) for _, name in spec.hf_tensors()}
 
 
 def load_hf(

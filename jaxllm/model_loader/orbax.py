@@ -79,6 +79,12 @@ def config_to_hf_dict(config: ModelConfig) -> dict:
             rope_scaling_to_hf(config.local_rope_scaling) if config.local_rope_scaling else {}
         )
         hf["rope_parameters"] = {FULL: full, SLIDING: local}
+    if config.is_moe:  # both spellings of the expert count (Mixtral's and Qwen's)
+        hf["num_local_experts"] = hf["num_experts"] = config.num_experts
+        hf["num_experts_per_tok"] = config.num_experts_per_tok
+        hf["moe_intermediate_size"] = config.moe_intermediate_size
+        hf["norm_topk_prob"] = config.norm_topk_prob
+        hf["shared_expert_intermediate_size"] = config.shared_expert_intermediate_size
     for name in ("query_pre_attn_scalar", "final_logit_softcapping"):
         if getattr(config, name) is not None:
             hf[name] = getattr(config, name)

@@ -35,7 +35,14 @@ def param_layout(config: ModelConfig) -> list[ParamSpec]:
 
 
 def quantizable_kernels(config: ModelConfig) -> list[tuple[str, ...]]:
-    """Paths of the decoder layers' linear kernels (what int8/fp8 quantize; not the LM head)."""
+    """Paths of the decoder layers' linear kernels (what int8/fp8 quantize; not the LM head).
+
+    Mixture-of-experts models raise: their expert weights have no quantized format yet."""
+    if config.is_moe:
+        raise ValueError(
+            f"{config.architecture}: int8/fp8 quantization of mixture-of-experts models is not "
+            "supported yet (their expert weights have no quantized format); load it unquantized"
+        )
     return [
         spec.path
         for spec in param_layout(config)

@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.config import ModelConfig
+from jaxllm.layers.activation import activation
 from jaxllm.layers.attention import sharded_attention_fn, sharded_kv_write_fn
+from jaxllm.layers.moe import SparseMoeBlock
 from jaxllm.layers.norms import RMSNorm
 from jaxllm.layers.rotary import apply_rotary
 from jaxllm.models.batch import StepBatch
@@ -49,15 +51,6 @@ from jaxllm.models.llama_layout import gguf_tensor_names as gguf_tensor_names
 from jaxllm.models.llama_layout import hf_to_gguf_name as hf_to_gguf_name
 from jaxllm.models.llama_layout import param_layout as param_layout
 from pallas_kernels.kv_quant import is_quantized
-
-
-def activation(name: str):
-    """The MLP activation of HF's `hidden_act` name (ModelConfig.HIDDEN_ACTS)."""
-    if name == "silu":
-        return nn.silu
-    if name == "gelu":  # exact (erf)
-        return lambda x: nn.gelu(x, approximate=False)
-    return lambda x: nn.gelu(x, approximate=True)  # gelu_pytorch_tanh, gelu_new
 
 
 class Attention(nn.Module):
@@ -170,8 +163,15 @@ class DecoderLayer(nn.Module):
         )
         h = h + a
         x = RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(h)
-        h = h + MLP(c, name="mlp")(x, layer, packed.get("mlp"))
+        h = h + self.mlp(x, layer, packed.get("mlp"))
         return (h, k_pages, v_pages), None
+
+    def mlp(self, x: jax.Array, layer, packed) -> jax.Array:  # [T, D] -> [T, D]
+        """The layer's MLP, named "mlp": dense, or a sparse mixture of experts (config.is_moe)."""
+        if self.config.is_moe:
+            block = SparseMoeBlock(self.config, self.mesh, shared_mlp=MLP, name="mlp")
+            return block(x, layer, packed)
+        return MLP(self.config, name="mlp")(x, layer, packed)
 
 
 class LlamaForCausalLM(DecoderForCausalLM):

@@ -34,12 +34,14 @@ def decoder_param_layout(
     *,
     linears: dict[str, tuple[str, tuple[int, int] | None]] | None = None,
     extra_layer_norms: tuple[str, ...] = (),
+    dense_mlp: bool = True,
 ) -> list[ParamSpec]:
     """The layout of a Llama-style decoder, shared by the families built on it.
 
     `linears`: q/k/v/gate/up projection -> (HF name suffix, rows of that tensor or None), for
     checkpoints that fuse them (default `UNFUSED_LINEARS`). `extra_layer_norms`: more per-layer
     norms, by module name (the HF name is `<name>.weight`; Gemma's sandwich norms).
+    `dense_mlp` False leaves out the MLP's kernels (a mixture of experts has its own: moe_layout).
     """
     if config.mlp_bias:
         raise ValueError(f"mlp_bias=True is not supported by jaxllm's {config.architecture} model")
@@ -72,11 +74,14 @@ def decoder_param_layout(
         layer(
             ("post_attention_layernorm", "scale"), "post_attention_layernorm.weight", (D,), False
         ),
-        linear("mlp", "gate_proj", (D, F)),
-        linear("mlp", "up_proj", (D, F)),
-        layer(("mlp", "down_proj", "kernel"), "mlp.down_proj.weight", (F, D), True),
         ParamSpec(("norm", "scale"), "model.norm.weight", (D,), False),
     ]
+    if dense_mlp:
+        specs[-1:-1] = [
+            linear("mlp", "gate_proj", (D, F)),
+            linear("mlp", "up_proj", (D, F)),
+            layer(("mlp", "down_proj", "kernel"), "mlp.down_proj.weight", (F, D), True),
+        ]
     specs += [layer((n, "scale"), f"{n}.weight", (D,), False) for n in extra_layer_norms]
     if config.qk_norm:  # one scale per head dim, shared by all heads
         for norm in ("q_norm", "k_norm"):

@@ -9,6 +9,9 @@ through the packed matmul:
   scan broadcasts whole; each layer's matmul reads its own kernel in place through the layer index
   (a scanned kernel would be copied out of the stack on every step: SmolLM2-135M, batch-16 decode
   step on 2 cores 65 -> 53 ms, bench/RESULTS.md).
+A mixture-of-experts layer's `experts/{gate,up,down}_proj` [E, in, out] become strips [E, S, in, 16]
+for cpu_ext's grouped matmul (jaxllm/layers/moe.py), in place in either layout ([L, E, S, in, 16]
+in the stacked `layers`, which the scan slices per layer).
 A model with tied word embeddings (no `lm_head`) gets a packed `lm_head/kernel` made from the
 embedding table, which stays for the token lookup: the LM head then costs one more copy of the
 table (SmolLM2-135M: 113 MB) and runs ~3x faster than XLA:CPU's dot at 16 rows (cpu_ext/README.md).
@@ -101,15 +104,20 @@ def pack_dense_kernels(params: dict) -> dict:
     `packed_layers/<module path>` as a dict of the format's leaves, read in place at the layer
     index like the float kernels (fp8 stays in `layers`: XLA's ops run it)."""
     from cpu_ext.packed_matmul import pack_kernel
+    from jaxllm.layers.moe_params import EXPERTS
     from jaxllm.quantization.formats import format_in
 
     pack = jax.jit(pack_kernel)
     pack_stacked = jax.jit(jax.vmap(pack_kernel))
+    pack_experts = jax.jit(jax.vmap(pack_kernel))  # [E, K, N] -> [E, S, K, 16]
+    pack_stacked_experts = jax.jit(jax.vmap(jax.vmap(pack_kernel)))
 
     def relay(tree: dict) -> dict:  # per-module: float kernels packed, quantized ones re-laid
         out = {}
         for key, value in tree.items():
-            if isinstance(value, dict):
+            if key == EXPERTS:  # a MoE layer's experts: strips for cpu_ext's grouped matmul
+                out[key] = {name: pack_experts(w) for name, w in value.items()}
+            elif isinstance(value, dict):
                 fmt = format_in(value)
                 out[key] = fmt.cpu_layout(value) if fmt is not None else relay(value)
             else:
@@ -124,7 +132,10 @@ def pack_dense_kernels(params: dict) -> dict:
         def split(tree: dict, keys: list) -> None:
             for key, value in tree.items():
                 fmt = format_in(value) if isinstance(value, dict) else None
-                if fmt is not None and fmt.cpu_kernel:
+                if key == EXPERTS:  # stay in `layers` (scanned): [L, E, S, K, 16]
+                    packed_experts = {n: pack_stacked_experts(w) for n, w in value.items()}
+                    _insert(rest, keys + [key], packed_experts)
+                elif fmt is not None and fmt.cpu_kernel:
                     _insert(packed, keys + [key], fmt.cpu_layout(value))
                 elif fmt is not None:  # XLA's ops on the scanned slice (fp8)
                     _insert(rest, keys + [key], value)

@@ -18,6 +18,9 @@ _MODELS: dict[str, tuple[str, str, str]] = {
     "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM", "qwen3"),
     "Gemma3ForCausalLM": ("gemma3", "Gemma3ForCausalLM", "gemma3_text"),
     "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM", "phi3"),
+    "MixtralForCausalLM": ("mixtral", "MixtralForCausalLM", "mixtral"),
+    "Qwen3MoeForCausalLM": ("qwen3_moe", "Qwen3MoeForCausalLM", "qwen3_moe"),
+    "Qwen2MoeForCausalLM": ("qwen2_moe", "Qwen2MoeForCausalLM", "qwen2_moe"),
 }
 
 

@@ -37,9 +37,30 @@ def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
             f"tensor_parallel_size {tp} does not divide the model's {hq} query heads "
             f"({hkv} KV heads); uneven head splits are not supported. Use one of {ok}"
         )
-    if f % tp:
+    if config.is_moe:
+        _check_experts(config, tp)
+    elif f % tp:
         raise ValueError(
             f"tensor_parallel_size {tp} does not divide the MLP width intermediate_size={f}"
+        )
+
+
+def _check_experts(config: ModelConfig, tp: int) -> None:
+    e, f = config.num_experts, config.moe_intermediate_size
+    if config.expert_parallel and e % tp:
+        raise ValueError(
+            f"expert parallelism over {tp} devices does not divide the model's {e} experts"
+        )
+    if not config.expert_parallel and f % tp:
+        raise ValueError(
+            f"tensor_parallel_size {tp} does not divide each expert's width "
+            f"moe_intermediate_size={f}; enable expert parallelism to split whole experts"
+        )
+    s = config.shared_expert_intermediate_size
+    if s % tp:
+        raise ValueError(
+            f"tensor_parallel_size {tp} does not divide the shared expert's width "
+            f"shared_expert_intermediate_size={s}"
         )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from jax.sharding import PartitionSpec
 
 from jaxllm.config import ModelConfig
+from jaxllm.layers.moe import expert_axis_rules
 from jaxllm.models.layout import stored_leaves
 from jaxllm.parallel.mesh import MODEL_AXIS
 from jaxllm.quantization.layout import check_tensor_parallel
@@ -32,7 +33,17 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
     "kv_blocks": None,  # KV cache pages
     "block_slots": None,  # tokens within a page
     "head_dim": None,
+    "router": None,  # a MoE router's experts E (and the shared expert's gate): replicated
+    # a MoE layer's experts E and their width F: set by `jaxllm.layers.moe.expert_axis_rules`
+    "experts": None,
+    "expert_mlp": MODEL_AXIS,
 }
+
+
+def rules_for(config: ModelConfig) -> dict[str, str | None]:
+    """LOGICAL_AXIS_RULES with the experts' axes of `config`."""
+    return {**LOGICAL_AXIS_RULES, **expert_axis_rules(config.expert_parallel)}
+
 
 REPLICATE_IF_UNEVEN = frozenset({"vocab"})
 
@@ -98,7 +109,7 @@ def param_partition_specs(
     """path -> PartitionSpec of every parameter (`replicate_kv`: k/v projections replicated,
     the layout loaders use before repeating KV heads)."""
     shapes = {path: shape for path, shape, _, _ in stored_leaves(config)}
-    rules = dict(LOGICAL_AXIS_RULES)
+    rules = rules_for(config)
     tp = int((axis_sizes or {}).get(MODEL_AXIS, 1))
     if config.quantization is not None and tp > 1:
         # a stored format must split the input width of row-parallel kernels (o_proj, down)

@@ -33,7 +33,13 @@ def test_dummy_preset_shapes_match_hf_models():
             for key in spec.path:
                 leaf = leaf[key]
             assert leaf.shape == spec.shape and leaf.dtype == jnp.bfloat16, (name, spec.path)
-            hf_shape = tuple(sd[spec.hf_name.format(i=0)].shape)
+            hf_name = spec.hf_tensors()[0][1]
+            if config.is_moe and hf_name not in sd:
+                # transformers 5 fuses a MoE block's experts in memory (and renames Mixtral's
+                # block) but saves them under these names: test_moe_vs_hf.py loads such
+                # folders; the parameter count below still covers these leaves
+                continue
+            hf_shape = tuple(sd[hf_name].shape)
             if spec.hf_rows is not None:
                 hf_shape = (spec.hf_rows[1] - spec.hf_rows[0],) + hf_shape[1:]
             assert hf_shape == spec.hf_shape, (name, spec.path)

@@ -6,7 +6,9 @@
 #   bw:         the copy bandwidth and the batch-1 floor (attention, router, norms, the LM head
 #               and each layer's top-8 experts, over the copy bandwidth);
 #   latency:    batch-1 decode ms/token (scripts/gpu_llama8b_bench.sh latency);
-#   throughput: 1000 x (512 + 256) output tok/s (scripts/gpu_llama8b_bench.sh throughput).
+#   throughput: 1000 x (512 + 256) output tok/s (scripts/gpu_llama8b_bench.sh throughput);
+#   latency_mgpu, throughput_mgpu: the same with JAXLLM_MOE_GPU_KERNEL=mgpu (the experts' grouped
+#               matmuls through JAX's Pallas Mosaic GPU kernel instead of XLA's ragged dot).
 # GEMM autotuning off as in gpu_llama8b_bench.sh. Logs and JSON go to $OUT (else ./out/gpu_moe).
 # Usage: bash scripts/gpu_moe_bench.sh PHASE...   (default: layer bw latency)
 set -u
@@ -25,6 +27,8 @@ for phase in "${phases[@]}"; do
       --tokens 1 16 256 2048 2>&1 | tee "$OUT/moe_layer.log" | grep -v "^WARNING" | tail -30
     ;;
   bw|latency|throughput) bash scripts/gpu_llama8b_bench.sh 1000 "$phase" ;;
-  *) echo "unknown phase $phase (layer bw latency throughput)"; exit 2 ;;
+  latency_mgpu|throughput_mgpu)
+    JAXLLM_MOE_GPU_KERNEL=mgpu TAG=_mgpu bash scripts/gpu_llama8b_bench.sh 1000 "${phase%_mgpu}" ;;
+  *) echo "unknown phase $phase (layer bw latency latency_mgpu throughput throughput_mgpu)"; exit 2 ;;
   esac
 done

@@ -5,8 +5,8 @@ For each token count T: routing, sorting, the three grouped matmuls and the comb
 step runs them (`moe_forward`, jitted), and one grouped matmul (the gate projection over the
 step's T * k sorted rows) through each implementation this platform has:
 - `ragged_dot`: `jax.lax.ragged_dot` as XLA lowers it here (on the GPU XLA's own ragged dot);
-- `ragged_dot_triton` (GPU): the same op through JAX's Pallas Triton lowering
-  (`jax_ragged_dot_use_gpu_pallas_triton_lowering`);
+- `mgpu bm/bn/bk/steps` (Hopper GPUs): JAX's Pallas Mosaic GPU grouped GEMM
+  (`jax.experimental.pallas.ops.gpu.ragged_dot_mgpu`) at a few block configurations;
 - `cpu_ext` (CPU, float32): cpu_ext's grouped AVX2 kernel on packed strips;
 - `dense`: every expert over every row (`einsum`), the cost a dense fallback would pay.
 Each row of the table gives ms per call (median), the bytes of the experts the rows touch
@@ -31,7 +31,8 @@ import numpy as np
 
 from jaxllm.layers.moe import moe_forward, route, sort_by_expert
 
-TRITON_LOWERING = "jax_ragged_dot_use_gpu_pallas_triton_lowering"
+# (block_m, block_n, block_k, max_concurrent_steps) of the Mosaic GPU kernel to time
+MGPU_CONFIGS = ((64, 128, 64, 4), (64, 64, 128, 4), (128, 128, 64, 4))
 
 
 def _time(fn, *args, iters: int) -> float:
@@ -48,7 +49,7 @@ def _time(fn, *args, iters: int) -> float:
 def _implementations(platform: str, dtype) -> list[str]:
     out = ["ragged_dot"]
     if platform == "gpu":
-        out.append("ragged_dot_triton")
+        out += [f"mgpu {bm}/{bn}/{bk}/{steps}" for bm, bn, bk, steps in MGPU_CONFIGS]
     if platform == "cpu" and dtype == jnp.float32:
         from cpu_ext import registry
 
@@ -62,6 +63,22 @@ def _grouped_fn(impl: str, n: int):
         from cpu_ext.grouped_matmul import grouped_matmul
 
         return jax.jit(lambda x, w, sizes: grouped_matmul(x, w, sizes, n=n))
+    if impl.startswith("mgpu"):
+        from jax.experimental.pallas.ops.gpu.ragged_dot_mgpu import ragged_dot as mgpu_ragged_dot
+
+        bm, bn, bk, steps = (int(v) for v in impl.split()[1].split("/"))
+        return jax.jit(
+            lambda x, w, sizes: mgpu_ragged_dot(
+                x,
+                w,
+                group_sizes=sizes,
+                block_m=bm,
+                block_n=bn,
+                block_k=bk,
+                max_concurrent_steps=steps,
+                grid_block_n=1,
+            )
+        )
     if impl == "dense":
         # every expert over every row, then each row's own expert picked: E times the work
         def dense(x, w, sizes):
@@ -124,12 +141,17 @@ def run(model: str, dtype: str, tokens: list[int], iters: int, seed: int) -> lis
                 from cpu_ext.grouped_matmul import pack_grouped
 
                 w = pack_grouped(w)
-            triton = impl == "ragged_dot_triton"  # read when the new jit lowers
-            jax.config.update(TRITON_LOWERING, triton)
             try:
-                sec = _time(_grouped_fn(impl, F), sorted_x, w, sizes, iters=iters)
-            finally:
-                jax.config.update(TRITON_LOWERING, False)
+                fn = _grouped_fn(impl, F)
+                sec = _time(fn, sorted_x, w, sizes, iters=iters)
+                if impl != "dense" and T * k * E * D * F <= 2e12:  # right answer?
+                    plain = weights["gate_proj"]
+                    want = _grouped_fn("dense", F)(sorted_x, plain, sizes)
+                    err = float(jnp.max(jnp.abs(fn(sorted_x, w, sizes) - want)))
+                    impl += f" (max err {err:.1e})"
+            except Exception as e:  # a kernel this card or JAX build cannot run: say so
+                print(f"{impl} at {T} tokens: {type(e).__name__}: {str(e)[:300]}")
+                continue
             rows.append(
                 dict(
                     what=f"gate matmul: {impl}",

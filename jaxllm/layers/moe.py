@@ -33,6 +33,7 @@ Parameters (per layer; stacked over L like every layer parameter):
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -46,6 +47,11 @@ from jaxllm.layers.linear import Linear
 from jaxllm.layers.moe_params import EXPERT_PROJECTIONS, EXPERTS
 
 MODEL_AXIS = "model"  # the tensor-parallel mesh axis (jaxllm.parallel.mesh.MODEL_AXIS)
+# The GPU's grouped matmul: "ragged_dot" (XLA's, the default) or "mgpu" (JAX's Pallas Mosaic GPU
+# kernel for Hopper, jax.experimental.pallas.ops.gpu.ragged_dot_mgpu, at MGPU_BLOCKS =
+# (block_m, block_n, block_k, max_concurrent_steps)); read when the step is traced.
+GPU_KERNEL_ENV = "JAXLLM_MOE_GPU_KERNEL"
+MGPU_BLOCKS = (64, 128, 64, 4)
 
 
 def expert_axis_rules(expert_parallel: bool) -> dict[str, str | None]:
@@ -93,7 +99,29 @@ def grouped_matmul(
         from cpu_ext.grouped_matmul import grouped_matmul as cpu_grouped_matmul
 
         return cpu_grouped_matmul(x.astype(jnp.float32), w, group_sizes, n=n)
-    return jax.lax.ragged_dot(x.astype(w.dtype), w, group_sizes)
+    x = x.astype(w.dtype)
+    if _gpu_kernel() == "mgpu" and jax.default_backend() == "gpu":
+        from jax.experimental.pallas.ops.gpu.ragged_dot_mgpu import ragged_dot as mgpu_ragged_dot
+
+        bm, bn, bk, steps = MGPU_BLOCKS
+        return mgpu_ragged_dot(
+            x,
+            w,
+            group_sizes=group_sizes,
+            block_m=bm,
+            block_n=bn,
+            block_k=bk,
+            max_concurrent_steps=steps,
+            grid_block_n=1,
+        )
+    return jax.lax.ragged_dot(x, w, group_sizes)
+
+
+def _gpu_kernel() -> str:
+    value = os.environ.get(GPU_KERNEL_ENV, "ragged_dot").strip().lower() or "ragged_dot"
+    if value not in ("ragged_dot", "mgpu"):
+        raise ValueError(f"{GPU_KERNEL_ENV}={value!r}: use ragged_dot or mgpu")
+    return value
 
 
 def expert_mlp(

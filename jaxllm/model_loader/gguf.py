@@ -4,12 +4,16 @@ Metadata becomes an HF-style config dict (then `ModelConfig`); tensors are dequa
 `gguf` package, renamed to HF names and handed to the shared assembler in hf.py. The GGUF
 architecture and tensor names are the model's (its layout, `jaxllm.models.layout`).
 
-Two things differ from an HF checkpoint:
+Three things differ from an HF checkpoint:
 - GGUF lists shapes fastest-dimension first (ne[0] is the input width); numpy order is the reverse,
   which is HF's [out, in].
 - llama.cpp's converter permutes the rows of q/k projections of `llama` models so that its
   interleaved (GPT-J) RoPE matches; jaxllm uses HF's rotate-half RoPE, so those rows are put back.
   `qwen2` models use NeoX RoPE in llama.cpp and are stored unpermuted.
+- Mixture-of-experts layers hold each projection's experts in one tensor per layer ([E, out, in]
+  in numpy order); the layout maps each HF expert tensor to its slice (`hf_to_gguf_tensor`), and
+  each stacked tensor is dequantized once. Expert weights, the router and the shared expert's gate
+  are dequantized at load (there is no quantized expert format yet).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from jaxllm.model_loader.hf import assemble_params, config_from_hf
 from jaxllm.model_loader.loaded_model import LoadedModel
 from jaxllm.models.layout import gguf_architectures, layout_of, param_layout
 from jaxllm.models.param_spec import set_path
-from jaxllm.models.registry import check_architecture
+from jaxllm.models.registry import check_architecture, hf_model_type
 from jaxllm.quantization.gguf_blocks import GGUF_BLOCKS
 from jaxllm.quantization.layout import quantized_leaves
 
@@ -168,10 +172,50 @@ ARCH_FIELDS: dict[str, Callable[[dict, Callable[[str], Any]], None]] = {
     "gemma3": _gemma3_fields,
 }
 
+# Whether the top-k routing weights are renormalized, by HF model type, where a file does not say
+# (`{arch}.expert_weights_norm`, which only newer llama.cpp files carry): Qwen3-MoE's released
+# models renormalize (norm_topk_prob true), Qwen1.5/Qwen2-MoE's do not. (Mixtral always does:
+# ModelConfig ignores the field for it.)
+_NORM_TOPK_DEFAULT = {"qwen3_moe": True, "qwen2_moe": False}
+
+
+def _expert_fields(hf: dict, llm: Callable[[str], Any], path: str) -> None:
+    """The mixture-of-experts fields of a file with experts, as HF configs name them (ModelConfig
+    reads them by model type). `llm(key)` reads a gguf.constants `Keys.LLM` key (None where
+    absent)."""
+    from gguf.constants import ExpertGatingFuncType, Keys
+
+    def need(key: str) -> Any:
+        v = llm(key)
+        if v is None:
+            raise ValueError(f"{path}: GGUF metadata of a mixture-of-experts model lacks {key}")
+        return v
+
+    gating = llm(Keys.LLM.EXPERT_GATING_FUNC)
+    if gating is not None and int(gating) != ExpertGatingFuncType.SOFTMAX:
+        raise ValueError(
+            f"{path}: expert gating function {gating} is not supported (jaxllm routes by "
+            f"softmax, {int(ExpertGatingFuncType.SOFTMAX)})"
+        )
+    hf["num_experts"] = int(need(Keys.LLM.EXPERT_COUNT))
+    hf["num_experts_per_tok"] = int(need(Keys.LLM.EXPERT_USED_COUNT))
+    # each expert's width (Qwen); Mixtral's (a `llama` file) is feed_forward_length
+    hf["moe_intermediate_size"] = int(
+        llm(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH) or hf["intermediate_size"]
+    )
+    hf["shared_expert_intermediate_size"] = int(
+        llm(Keys.LLM.EXPERT_SHARED_FEED_FORWARD_LENGTH) or 0
+    )
+    norm = llm(Keys.LLM.EXPERT_WEIGHTS_NORM)
+    default = _NORM_TOPK_DEFAULT.get(hf["model_type"], True)
+    hf["norm_topk_prob"] = default if norm is None else bool(norm)
+
 
 def gguf_to_hf_config(reader: Any, path: str) -> dict:
     """An HF `config.json`-style dict from GGUF metadata: the fields llama-style files share, then
     the architecture's own (ARCH_FIELDS)."""
+    from gguf.constants import Keys
+
     archs = gguf_architectures()
     arch = _field(reader, "general.architecture")
     if arch not in archs:
@@ -183,6 +227,9 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
 
     def meta(key: str) -> Any:
         return _field(reader, f"{arch}.{key}")
+
+    def llm(key: str) -> Any:  # a gguf.constants Keys.LLM key, "{arch}.NAME"
+        return _field(reader, key.format(arch=arch))
 
     def need(key: str) -> Any:
         v = meta(key)
@@ -227,9 +274,11 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
         if x is not None
     ]
     eos = list(dict.fromkeys(eos))
+    experts = int(llm(Keys.LLM.EXPERT_COUNT) or 0)
+    hf_arch = gguf_architectures(experts=experts > 0)[arch][0]
     hf: dict[str, Any] = {
-        "architectures": [archs[arch][0]],
-        "model_type": arch,
+        "architectures": [hf_arch],
+        "model_type": hf_model_type(hf_arch),
         "vocab_size": int(vocab),
         "hidden_size": hidden,
         "intermediate_size": int(need("feed_forward_length")),
@@ -248,6 +297,8 @@ def gguf_to_hf_config(reader: Any, path: str) -> dict:
         "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
         "torch_dtype": _auto_dtype(tensors),
     }
+    if experts:
+        _expert_fields(hf, llm, path)
     if arch in ARCH_FIELDS:
         ARCH_FIELDS[arch](hf, meta)
     return hf
@@ -285,13 +336,21 @@ def _check_types(tensors: dict[str, Any], path: str) -> None:
             )
 
 
+# A mixture-of-experts layer's router and its shared expert's gate: small, and kept in float
+# (jaxllm/layers/moe.py)
+_MOE_GATES = (("mlp", "gate", "kernel"), ("mlp", "shared_expert_gate", "kernel"))
+
+
 def kept_formats(config, tensors: dict[str, Any], layout: Any) -> dict[tuple[str, ...], str]:
     """Float leaf path -> GGUF block type, for the linear kernels and the embedding whose tensors
     (every layer's, for stacked leaves) share one type that jaxllm multiplies packed
-    (jaxllm.quantization.gguf_blocks); the other leaves are dequantized at load."""
+    (jaxllm.quantization.gguf_blocks); the other leaves are dequantized at load, as are a MoE
+    layer's experts (no quantized expert format yet), its router and shared-expert gate."""
     out = {}
     for spec in param_layout(config):
         if not (spec.transpose or spec.path == ("embed_tokens", "embedding")):
+            continue
+        if spec.per_expert or spec.path[-3:] in _MOE_GATES:
             continue
         layers = range(config.num_hidden_layers) if spec.stacked else [None]
         names = [layout.hf_to_gguf_name(spec.hf_name.format(i=i)) for i in layers]
@@ -322,9 +381,11 @@ def load_gguf(
     config = config_from_hf(hf, dtype or hf["torch_dtype"], path)
     tensors = {t.name: t for t in reader.tensors}
     _check_types(tensors, path)
-    permuted = gguf_architectures()[_field(reader, "general.architecture")][1]
+    archs = gguf_architectures(experts=config.is_moe)
+    permuted = archs[_field(reader, "general.architecture")][1]
     layout = layout_of(config)
     from_gguf = getattr(layout, "from_gguf_tensor", None)
+    to_gguf = getattr(layout, "hf_to_gguf_tensor", None)
 
     known = {_ROPE_FREQS} | layout.gguf_tensor_names(config)
     unexpected = sorted(set(tensors) - known)
@@ -334,8 +395,7 @@ def load_gguf(
             f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
         )
 
-    def get_tensor(hf_name: str) -> np.ndarray:
-        name = layout.hf_to_gguf_name(hf_name)
+    def read(name: str) -> np.ndarray:  # one GGUF tensor, dequantized, in numpy order
         t = tensors.get(name)
         if t is None:
             raise ValueError(f"{path}: GGUF file is missing tensor {name!r}")
@@ -345,7 +405,27 @@ def load_gguf(
             raise ValueError(
                 f"{path}: cannot dequantize tensor {name!r} ({t.tensor_type.name}): {e}"
             ) from e
-        w = w.reshape(tuple(int(n) for n in reversed(t.shape)))  # GGUF ne order -> numpy order
+        return w.reshape(tuple(int(n) for n in reversed(t.shape)))  # GGUF ne order -> numpy
+
+    # The stacked expert tensor read last, dequantized: a leaf's tensors are read layer by layer,
+    # expert by expert (ParamSpec.hf_tensors), so each stacked tensor is dequantized once.
+    stacked: dict[str, np.ndarray] = {}
+
+    def read_expert(name: str, expert: int) -> np.ndarray:
+        if name not in stacked:
+            stacked.clear()
+            w = read(name)
+            if w.ndim < 1 or w.shape[0] != config.num_experts:
+                raise ValueError(
+                    f"{path}: tensor {name!r} has shape {w.shape}, expected "
+                    f"{config.num_experts} experts (the file's expert_count) on its first axis"
+                )
+            stacked[name] = w
+        return stacked[name][expert]
+
+    def get_tensor(hf_name: str) -> np.ndarray:
+        name, expert = to_gguf(hf_name) if to_gguf else (layout.hf_to_gguf_name(hf_name), None)
+        w = read(name) if expert is None else read_expert(name, expert)
         if permuted and ".attn_q." in name:
             w = unpermute_qk(w, config.num_attention_heads)
         elif permuted and ".attn_k." in name:
@@ -356,6 +436,7 @@ def load_gguf(
 
     kept = kept_formats(config, tensors, layout) if keep_quantized else {}
     params = assemble_params(config, get_tensor, path, placer, skip=frozenset(kept))
+    stacked.clear()
     if kept:
         qconfig = QuantizationConfig("gguf", tuple(sorted(kept.items())))
         config = config.replace(quantization=qconfig)

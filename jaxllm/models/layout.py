@@ -7,7 +7,10 @@ Each model module owns its layout and provides:
 - for GGUF files (optional): `GGUF_ARCHITECTURES` (GGUF `general.architecture` -> (HF
   architecture, q/k rows permuted)), `hf_to_gguf_name(hf_name)` and `gguf_tensor_names(config)`
   (its tensors' names in GGUF files), and `from_gguf_tensor(hf_name, array)` where llama.cpp
-  stores a tensor differently from the HF checkpoint.
+  stores a tensor differently from the HF checkpoint. A mixture-of-experts model whose experts
+  llama.cpp stacks into one tensor adds `hf_to_gguf_tensor(hf_name) -> (GGUF name, expert index
+  or None)`, and `GGUF_MOE_ARCHITECTURES` where its files carry a dense model's architecture
+  name with experts (Mixtral's are `llama` files).
 The loaders (jaxllm.model_loader) and jaxllm.parallel read these here, by `config.architecture`.
 """
 
@@ -85,9 +88,15 @@ def logical_axes_table(config: ModelConfig) -> dict[tuple[str, ...], tuple[str, 
     return dict(layout_of(config).PARAM_LOGICAL_AXES)
 
 
-def gguf_architectures() -> dict[str, tuple[str, bool]]:
-    """GGUF `general.architecture` -> (HF architecture, q/k rows permuted), over every model."""
+def gguf_architectures(experts: bool = False) -> dict[str, tuple[str, bool]]:
+    """GGUF `general.architecture` -> (HF architecture, q/k rows permuted), over every model; with
+    `experts`, of files whose layers are mixtures of experts (`{arch}.expert_count` > 0), where
+    that names another model (`GGUF_MOE_ARCHITECTURES`: a `llama` file with experts is Mixtral)."""
+    modules = model_modules()
     out: dict[str, tuple[str, bool]] = {}
-    for module in model_modules():
+    for module in modules:
         out.update(getattr(module, "GGUF_ARCHITECTURES", {}))
+    if experts:
+        for module in modules:
+            out.update(getattr(module, "GGUF_MOE_ARCHITECTURES", {}))
     return out

@@ -161,15 +161,31 @@ GGUF_GLOBAL_NAMES = {
 }
 
 
-def gguf_name_in(hf_name: str, layer_names: dict[str, str]) -> str:
-    """The GGUF tensor name of HF tensor `hf_name` under a family's per-layer name table (a
-    KeyError for names GGUF does not have)."""
+def gguf_tensor_in(hf_name: str, layer_names: dict[str, str]) -> tuple[str, int | None]:
+    """The GGUF tensor holding HF tensor `hf_name` under a family's per-layer name table, and the
+    index into that tensor's leading axis where llama.cpp stacks several HF tensors into one (a
+    mixture-of-experts layer's experts: table keys with "experts.{e}." name one expert of the
+    stacked tensor); None where the HF tensor is the whole GGUF tensor. A KeyError for names GGUF
+    does not have."""
     if hf_name in GGUF_GLOBAL_NAMES:
-        return GGUF_GLOBAL_NAMES[hf_name]
+        return GGUF_GLOBAL_NAMES[hf_name], None
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
-    if m is None or m.group(2) not in layer_names:
+    if m is None:
         raise KeyError(hf_name)
-    return f"blk.{m.group(1)}.{layer_names[m.group(2)]}"
+    suffix, expert = m.group(2), None
+    e = re.fullmatch(r"(.+\.experts\.)(\d+)(\..+)", suffix)
+    if e is not None:
+        suffix, expert = e.group(1) + "{e}" + e.group(3), int(e.group(2))
+    if suffix not in layer_names:
+        raise KeyError(hf_name)
+    return f"blk.{m.group(1)}.{layer_names[suffix]}", expert
+
+
+def gguf_name_in(hf_name: str, layer_names: dict[str, str]) -> str:
+    """The GGUF tensor name of HF tensor `hf_name` under a family's per-layer name table (for one
+    expert's tensor, the stacked tensor holding it: `gguf_tensor_in`); a KeyError for names GGUF
+    does not have."""
+    return gguf_tensor_in(hf_name, layer_names)[0]
 
 
 def gguf_names_in(config: ModelConfig, layer_names: dict[str, str]) -> set[str]:

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from jaxllm.structured_outputs.params import StructuredOutputsParams
+
 logger = logging.getLogger(__name__)
 
 SAMPLING_EPS = 1e-5  # temperatures below this mean greedy
@@ -97,6 +99,8 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None
     truncate_prompt_tokens: int | None = None
+    # the output must match this grammar (a StructuredOutputsParams, or a dict of its fields)
+    structured_outputs: StructuredOutputsParams | None = None
 
     # Derived; not constructor arguments.
     output_text_buffer_length: int = field(default=0, init=False, compare=False)
@@ -106,6 +110,8 @@ class SamplingParams:
     )
 
     def __post_init__(self) -> None:
+        if self.structured_outputs is not None:
+            self.structured_outputs = StructuredOutputsParams.from_dict(self.structured_outputs)
         stop, stop_token_ids = self._normalize()
         self._verify_args(stop, stop_token_ids)
         if self.temperature < SAMPLING_EPS:

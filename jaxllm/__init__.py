@@ -15,6 +15,7 @@ _EXPORTS = {
     "LLM": "jaxllm.entrypoints.llm",
     "LLMEngine": "jaxllm.engine.llm_engine",
     "SamplingParams": "jaxllm.sampling_params",
+    "StructuredOutputsParams": "jaxllm.structured_outputs.params",
     "BeamSearchParams": "jaxllm.beam_search",
     "BeamSearchOutput": "jaxllm.beam_search",
     "BeamSearchSequence": "jaxllm.beam_search",

@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from jaxllm.structured_outputs.params import StructuredOutputsParams
+# re-exported (`as`): vLLM users import it from here
+from jaxllm.structured_outputs.params import StructuredOutputsParams as StructuredOutputsParams
 
 logger = logging.getLogger(__name__)
 

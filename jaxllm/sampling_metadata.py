@@ -18,6 +18,8 @@ Conventions (R rows, V vocabulary):
     Lo (output history) is 0 unless some row uses a presence/frequency/repetition penalty and
     Lp (prompt) is 0 unless some row uses a repetition penalty, else the next power of two
     >= max(16, longest row). Only rows that use penalties have their token histories filled in.
+  * allowed_bitmask has width 0 unless some row has a grammar (structured outputs), so batches
+    without one carry and trace nothing for it.
   * num_logprobs (in SamplerFlags) is the largest `logprobs` asked in the batch (-1 = V),
     rounded up to a power of two and capped at V; 0 when no row asks for more than the sampled
     token's logprob. Callers slice each row's own count out of the padded result.
@@ -54,6 +56,9 @@ class SamplingMetadata(NamedTuple):
     banned_ids: np.ndarray  # [R, Bn] int32, pad -1
     output_token_ids: np.ndarray  # [R, Lo] int32, pad -1
     prompt_token_ids: np.ndarray  # [R, Lp] int32, pad -1
+    # [R, W] int32, W = ceil(V / 32) when a row has a grammar (structured outputs), else 0: bit
+    # v % 32 of word v // 32 set <=> token v may be sampled; rows without a grammar are all ones
+    allowed_bitmask: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class SamplerFlags:
     any_min_p: bool = False
     any_penalties: bool = False
     any_logit_bias: bool = False
+    any_structured: bool = False  # some row has a token bitmask
     num_logprobs: int = 0
 
     @property
@@ -85,6 +91,8 @@ class SamplingRow:
     # tokens generated but not yet in output_token_ids (a step in flight); rows that use
     # penalties need the whole history, so they must have none
     num_pending_tokens: int = 0
+    # the row's allowed next tokens [ceil(V / 32)] int32 (structured outputs), None: any
+    allowed_bitmask: np.ndarray | None = None
 
 
 def request_seed(params: SamplingParams) -> int:
@@ -221,6 +229,17 @@ def build_sampling_metadata(
         default=0,
     )
 
+    mask_rows = [i for i, r in enumerate(rows) if r.allowed_bitmask is not None]
+    W = (vocab_size + 31) // 32 if mask_rows else 0
+    allowed = np.full((R, W), -1, np.int32)
+    for i in mask_rows:
+        mask = np.asarray(rows[i].allowed_bitmask)
+        if mask.shape != (W,) or mask.dtype != np.int32:
+            raise ValueError(
+                f"allowed_bitmask of row {i} must be int32 [{W}], got {mask.dtype} {mask.shape}"
+            )
+        allowed[i] = mask
+
     random_rows = [p for p, g in zip(params, greedy) if not g]
     flags = SamplerFlags(
         all_greedy=not random_rows,
@@ -229,6 +248,7 @@ def build_sampling_metadata(
         any_min_p=any(p.min_p > 0.0 for p in random_rows),
         any_penalties=bool(pen_rows),
         any_logit_bias=bool(bias_rows),
+        any_structured=bool(mask_rows),
         num_logprobs=_bucket_logprobs(num_logprobs, vocab_size),
     )
     md = SamplingMetadata(
@@ -246,5 +266,6 @@ def build_sampling_metadata(
         banned_ids=banned,
         output_token_ids=output_ids,
         prompt_token_ids=prompt_ids,
+        allowed_bitmask=allowed,
     )
     return md, flags

@@ -299,6 +299,12 @@ class AsyncLLMEngine:
             raise EngineDeadError(self._dead_message())
         loop = asyncio.get_running_loop()
         now = time.time() if arrival_time is None else arrival_time
+        # grammars compile in the engine's pool while this loop serves others; a malformed one is
+        # the ValueError (a 400) before anything is queued
+        specs = [p.structured_outputs for _, _, p in requests if p.structured_outputs is not None]
+        if specs:
+            compiler = self.engine.structured_outputs
+            await asyncio.gather(*(asyncio.wrap_future(compiler.submit(s)) for s in specs))
         cmds = [
             _Add(
                 rid,

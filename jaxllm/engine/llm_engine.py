@@ -27,6 +27,7 @@ from jaxllm.config import EngineConfig
 from jaxllm.engine.compilation_cache import enable_compilation_cache
 from jaxllm.engine.detokenizer import IncrementalDetokenizer
 from jaxllm.engine.model_runner import InFlightStep, ModelRunner, StepResult
+from jaxllm.engine.structured_output_manager import StructuredOutputManager
 from jaxllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from jaxllm.request import Request, RequestStatus
 from jaxllm.sampling_metadata import SamplingRow, min_tokens_banned_ids, request_seed
@@ -134,7 +135,10 @@ class LLMEngine:
         self._counter = itertools.count()
         self.async_scheduling = bool(engine_config.scheduler.async_scheduling)
         self._in_flight: InFlightStep | None = None  # dispatched, not yet resolved
-        self._in_flight_needs_history = False  # its sampled rows use penalties
+        self._in_flight_needs_history = False  # its sampled rows use penalties or grammars
+        self.structured_outputs = StructuredOutputManager(
+            tokenizer, self.model_config.vocab_size, self.eos_token_ids
+        )
         if precompile:
             self.precompile()
 
@@ -180,6 +184,11 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, ids = self._prompt_ids(prompt)
         self._validate(ids, params)
+        grammar = None
+        if params.structured_outputs is not None:  # compiled off this thread, cached by spec
+            grammar = self.structured_outputs.submit(params.structured_outputs)
+            if grammar.done() and grammar.exception() is not None:
+                raise ValueError(str(grammar.exception()))
         max_len = self.config.scheduler.max_model_len
         now = time.time() if arrival_time is None else arrival_time
         parent = _Parent(
@@ -209,12 +218,34 @@ class LLMEngine:
                 0.0 if params.logprobs is not None else None,
             )
             parent.seqs.append(seq)
-        first, *others = [seq.request for seq in parent.seqs]
-        self.scheduler.add_request(first, fork_children=others)
         self._parents[request_id] = parent
         for seq in parent.seqs:
             self._seq_by_child[seq.request.request_id] = (parent, seq)
+        if grammar is not None and not grammar.done():
+            self.structured_outputs.hold(request_id, grammar, parent)  # scheduled once compiled
+        else:
+            self._admit(parent, grammar)
         return request_id
+
+    def _admit(self, parent: _Parent, grammar=None) -> None:
+        """Hand a request's sequences to the scheduler (with their matchers, for a grammar)."""
+        if grammar is not None:
+            for seq in parent.seqs:
+                self.structured_outputs.attach(seq.request.request_id, grammar.result())
+        first, *others = [seq.request for seq in parent.seqs]
+        self.scheduler.add_request(first, fork_children=others)
+
+    def _admit_compiled(self) -> None:
+        """Schedule the held requests whose grammar is ready; drop those whose grammar failed
+        (only requests added without waiting for it: `LLM` and the server wait first). Waits a
+        little for one when nothing else can run."""
+        idle = self._in_flight is None and not self.scheduler.has_unfinished_requests()
+        for rid, grammar, parent in self.structured_outputs.ready(0.05 if idle else 0.0):
+            if grammar.exception() is not None:
+                logger.error("request %s: %s", rid, grammar.exception())
+                self.abort_request(rid)
+            else:
+                self._admit(parent, grammar)
 
     def _prompt_ids(self, prompt: str | Sequence[int] | dict) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
@@ -262,12 +293,18 @@ class LLMEngine:
             if parent is None:
                 continue
             child_ids = [s.request.request_id for s in parent.seqs]
-            self.scheduler.finish_requests(child_ids, RequestStatus.FINISHED_ABORTED)
+            if not self.structured_outputs.release(rid):  # not held: the scheduler has it
+                self.scheduler.finish_requests(child_ids, RequestStatus.FINISHED_ABORTED)
             for cid in child_ids:
                 self._seq_by_child.pop(cid, None)
+                self.structured_outputs.detach(cid)
 
     def has_unfinished_requests(self) -> bool:
-        return self._in_flight is not None or self.scheduler.has_unfinished_requests()
+        return (
+            self._in_flight is not None
+            or self.scheduler.has_unfinished_requests()
+            or self.structured_outputs.num_held > 0
+        )
 
     def get_num_unfinished_requests(self) -> int:
         return len(self._parents)
@@ -277,6 +314,8 @@ class LLMEngine:
         outputs: list[RequestOutput] = []
         if self._in_flight is not None and self._in_flight_needs_history:
             outputs = self._finish(self._take_in_flight())
+        if self.structured_outputs.num_held:
+            self._admit_compiled()
         sched = self.scheduler.schedule()
         step = None
         if sched.scheduled:
@@ -290,7 +329,7 @@ class LLMEngine:
             if self.async_scheduling:
                 self._in_flight = step
                 self._in_flight_needs_history = any(
-                    sr.samples and row.params.uses_penalties
+                    sr.samples and (row.params.uses_penalties or row.allowed_bitmask is not None)
                     for sr, row in zip(sched.scheduled, step.rows, strict=True)
                 )
             else:
@@ -307,6 +346,9 @@ class LLMEngine:
         now = time.time()
         rows = []
         prompt_lp: dict[str, int] = {}
+        masks = self.structured_outputs.bitmasks(
+            [sr.request.request_id for sr in sched.scheduled if sr.samples]
+        )
         for sr in sched.scheduled:
             parent, seq = self._seq_by_child[sr.request.request_id]
             if parent.metrics.first_scheduled_time is None:
@@ -325,6 +367,7 @@ class LLMEngine:
                         seq.params, req.num_output_tokens + pending, self.eos_token_ids
                     ),
                     num_pending_tokens=pending,
+                    allowed_bitmask=masks.get(req.request_id),
                 )
             )
             if (
@@ -365,6 +408,8 @@ class LLMEngine:
         for rid, token in result.sampled.items():
             parent, seq = self._seq_by_child[rid]
             touched[parent.request_id] = parent
+            if not self.structured_outputs.consume(rid, token):
+                self.scheduler.finish_requests([rid], RequestStatus.FINISHED_ABORTED)
             if parent.metrics.first_token_time is None:
                 parent.metrics.first_token_time = now
             parent.metrics.last_token_time = now
@@ -447,3 +492,4 @@ class LLMEngine:
         self._parents.pop(parent.request_id, None)
         for seq in parent.seqs:
             self._seq_by_child.pop(seq.request.request_id, None)
+            self.structured_outputs.detach(seq.request.request_id)

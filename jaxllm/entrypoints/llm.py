@@ -281,6 +281,10 @@ class LLM:
         engine = self.llm_engine
         ids = []
         priorities = [0] * len(prompts) if priority is None else list(priority)
+        # every grammar compiled (in parallel) first: a malformed one refuses the whole batch
+        specs = [sp.structured_outputs for sp in params if sp.structured_outputs is not None]
+        if specs:
+            engine.structured_outputs.wait_all(specs)
         try:
             for p, sp, prio in zip(prompts, params, priorities):
                 ids.append(engine.add_request(None, p, sp, output_kind="final", priority=prio))

@@ -3,6 +3,7 @@
     out = sample(logits, md, flags)   # flags: SamplerFlags, a static argument
 
 Processing order (as vLLM's v1 sampler):
+  0. structured outputs: tokens a row's grammar forbids (its bitmask) -> -inf
   1. logit bias, then bans (-inf; eos/stop ids while output < min_tokens)
   2. repetition penalty over prompt + output tokens (HF semantics: positive logits divided by the
      penalty, negative ones multiplied)
@@ -45,6 +46,19 @@ class LogprobsOutput(NamedTuple):
 def _safe_ids(ids: jax.Array, vocab_size: int) -> jax.Array:
     """Map pad ids (< 0) out of range so `.at[..., mode='drop']` skips them (negatives wrap)."""
     return jnp.where(ids < 0, vocab_size, ids)
+
+
+def apply_token_bitmask(logits: jax.Array, md: SamplingMetadata, flags: SamplerFlags) -> jax.Array:
+    """logits [R, V] -> the tokens a row's grammar forbids (bit 0 in md.allowed_bitmask [R, W])
+    set to -inf (structured outputs). Rows without a grammar have every bit set."""
+    if not flags.any_structured:
+        return logits
+    R, V = logits.shape
+    W = md.allowed_bitmask.shape[1]
+    shifts = jnp.arange(32, dtype=jnp.int32)
+    bits = (md.allowed_bitmask[:, :, None] >> shifts) & 1  # [R, W, 32]
+    allowed = bits.reshape(R, W * 32)[:, :V] != 0
+    return jnp.where(allowed, logits, -jnp.inf)
 
 
 def apply_logit_bias_and_bans(
@@ -177,7 +191,8 @@ def compute_logprobs(logits: jax.Array, token_ids: jax.Array, num_logprobs: int)
 def sample(logits: jax.Array, md: SamplingMetadata, flags: SamplerFlags) -> SamplerOutput:
     """logits [R, V] float32 -> SamplerOutput. `flags` must be static under jit."""
     R, V = logits.shape
-    logits = logits.astype(jnp.float32)
+    # a grammar's forbidden tokens are gone before anything else (logprobs included), as in vLLM
+    logits = apply_token_bitmask(logits.astype(jnp.float32), md, flags)
     processed = apply_penalties(apply_logit_bias_and_bans(logits, md, flags), md, flags)
     greedy_ids = jnp.argmax(processed, axis=-1).astype(jnp.int32)  # [R]
     if flags.all_greedy:

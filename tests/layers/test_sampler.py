@@ -474,3 +474,33 @@ def test_builder_pads_as_documented():
 def test_builder_rejects_bad_input(rows, pad, match):
     with pytest.raises(ValueError, match=match):
         build_sampling_metadata(rows, vocab_size=100, pad_rows_to=pad)
+
+
+def test_token_bitmask_masks_exactly_the_cleared_bits():
+    """Structured outputs: a row's packed int32 bitmask (bit v % 32 of word v // 32) keeps exactly
+    its set tokens; a row without a grammar keeps all; logprobs see the mask (as vLLM's)."""
+    import numpy as np
+
+    from jaxllm.layers.sampler import sample
+    from jaxllm.sampling_metadata import SamplingRow, build_sampling_metadata
+    from jaxllm.sampling_params import SamplingParams
+
+    V = 70  # three words, the last partly past the vocabulary
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, V)).astype(np.float32)
+    allowed = [3, 31, 32, 64, 69]
+    bits = np.zeros(V, bool)
+    bits[allowed] = True
+    mask = np.packbits(np.pad(bits, (0, 96 - V)), bitorder="little").view(np.int32)
+    rows = [
+        SamplingRow(SamplingParams(temperature=0.0, logprobs=2), 0, allowed_bitmask=mask),
+        SamplingRow(SamplingParams(temperature=0.0, logprobs=2), 0),
+    ]
+    md, flags = build_sampling_metadata(rows, vocab_size=V)
+    assert flags.any_structured and md.allowed_bitmask.shape == (2, 3)
+    out = sample(jax.numpy.asarray(logits), md, flags)
+    assert int(out.token_ids[0]) == allowed[int(np.argmax(logits[0, allowed]))]
+    assert int(out.token_ids[1]) == int(np.argmax(logits[1]))
+    assert set(np.asarray(out.logprob_token_ids[0, 1:]).tolist()) <= set(allowed)
+    md0, flags0 = build_sampling_metadata(rows[1:], vocab_size=V)
+    assert not flags0.any_structured and md0.allowed_bitmask.shape == (1, 0)

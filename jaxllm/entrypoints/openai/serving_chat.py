@@ -287,7 +287,7 @@ async def create_chat_completion(
 
 
 def _finish_reason(reason: str | None, num_calls: int) -> str | None:
-    """ "tool_calls" for an output that called tools and ended on its own."""
+    """The finish_reason "tool_calls" for an output that called tools and ended on its own."""
     return "tool_calls" if num_calls and reason == "stop" else reason
 
 

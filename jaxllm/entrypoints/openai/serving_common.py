@@ -217,6 +217,11 @@ def sampling_params(
         raise bad_request(str(e), param) from None
 
 
+def _grammar_error(message: str) -> bool:
+    """The engine's words for a structured output that does not compile."""
+    return message.startswith("invalid ") or "structured output" in message
+
+
 async def admit_all(
     ctx: ServerContext,
     items: list[tuple[str, dict, SamplingParams]],
@@ -238,8 +243,8 @@ async def admit_all(
         )
         if param is None and msg.startswith("prompt"):
             param = prompt_param
-        if param is None and structured_param is not None:
-            param = structured_param  # the only other request-dependent check: the grammar
+        if param is None and structured_param is not None and _grammar_error(msg):
+            param = structured_param
         raise bad_request(msg, param) from None
     except QueueFullError as e:
         raise overloaded(str(e), ctx.retry_after_s) from None

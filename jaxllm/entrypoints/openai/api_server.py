@@ -39,10 +39,12 @@ from jaxllm.entrypoints.openai.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from jaxllm.entrypoints.openai.reasoning_parsers import get_reasoning_parser
 from jaxllm.entrypoints.openai.serve_args import ServeOptions
 from jaxllm.entrypoints.openai.serving_chat import apply_chat_template, create_chat_completion
 from jaxllm.entrypoints.openai.serving_common import ServerContext, check_token_ids
 from jaxllm.entrypoints.openai.serving_completions import create_completion
+from jaxllm.entrypoints.openai.tool_parsers import get_tool_parser
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,12 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
         retry_after_s=opts.retry_after,
         scheduling_policy=engine.config.scheduler.policy,
         default_sampling=dict(getattr(llm, "default_sampling_kwargs", {})),
+        structured_outputs_config=opts.structured_outputs_config,
+        enable_auto_tools=opts.enable_auto_tool_choice,
+        tool_parser=get_tool_parser(opts.tool_call_parser) if opts.tool_call_parser else None,
+        reasoning_parser=get_reasoning_parser(opts.reasoning_parser)
+        if opts.reasoning_parser
+        else None,
     )
 
     @contextlib.asynccontextmanager

@@ -8,6 +8,14 @@ skip_special_tokens, spaces_between_special_tokens, include_stop_str_in_output, 
 truncate_prompt_tokens, add_special_tokens, priority (and for chat add_generation_prompt,
 continue_final_message, chat_template, chat_template_kwargs).
 
+Structured outputs (jaxllm.entrypoints.openai.structured turns these into a
+StructuredOutputsParams; at most one per request): OpenAI's `response_format` (`text`,
+`json_object`, `json_schema`), vLLM's `structured_outputs` (a dict of StructuredOutputsParams
+fields) and its older `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar`
+(`guided_decoding_backend` is accepted and ignored: the server's backend decides). Chat also takes
+OpenAI function `tools` and `tool_choice` (jaxllm.entrypoints.openai.tool_calls), and its messages
+may carry `tool_calls` (assistant) and `tool_call_id` (role `tool`).
+
 `priority` (an int, default 0; strictly an int: "1", 1.0 or true are refused with a 400): with
 `jaxllm serve --scheduling-policy priority` lower values are scheduled first (ties by arrival);
 on a server running "fcfs" any non-zero value is a 400 naming `priority`.
@@ -32,6 +40,22 @@ class _Open(BaseModel):
 class StreamOptions(_Request):
     include_usage: bool = False  # a last chunk with the usage of the whole request
     continuous_usage_stats: bool = False  # usage so far on every chunk (vLLM)
+
+
+class JsonSchemaFormat(_Request):
+    """`response_format.json_schema`: OpenAI's named schema (`strict` is accepted; the grammar
+    always holds the output to the schema)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class _SamplingFields(_Request):
@@ -62,6 +86,14 @@ class _SamplingFields(_Request):
     prompt_logprobs: int | None = None
     truncate_prompt_tokens: int | None = None
     priority: StrictInt = 0  # scheduling priority, lower first (--scheduling-policy priority)
+    # structured outputs (at most one of these)
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None  # accepted, ignored: the server's backend decides
 
 
 class CompletionRequest(_SamplingFields):
@@ -83,6 +115,29 @@ class ChatMessage(_Open):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    # other fields (an assistant's `tool_calls`, a tool result's `tool_call_id`, ...) stay in
+    # model_extra and reach the chat template
+
+
+class FunctionDefinition(_Open):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; none: no arguments
+    strict: bool | None = None
+
+
+class ChatTool(_Request):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -91,11 +146,10 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
-    # Accepted so that common clients work; anything beyond the defaults is refused (400).
-    tools: list[Any] | None = None
-    tool_choice: str | dict | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: dict | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # false: "required" asks for exactly one call
+    # Accepted so that common clients work.
     metadata: dict | None = None
     store: bool | None = None
     service_tier: str | None = None
@@ -179,9 +233,22 @@ class ChatLogprobs(BaseModel):
     content: list[ChatLogprobToken] | None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatResponseMessage(BaseModel):
     role: str = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None  # with --reasoning-parser: the model's thinking
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -203,9 +270,23 @@ class ChatCompletionResponse(BaseModel):
     prompt_logprobs: list[dict[int, dict[str, Any]] | None] | None = None
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
 class DeltaMessage(BaseModel):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):

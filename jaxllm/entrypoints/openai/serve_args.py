@@ -5,7 +5,10 @@ priority` lets completion and chat requests carry a `priority`) plus the server'
 --host (default 127.0.0.1), --port (8000; 0 picks a free one), --api-key (also $JAXLLM_API_KEY),
 --served-model-name NAME [NAME ...], --max-waiting-requests N (503 beyond it; default 1024; -1
 disables the bound), --retry-after SECONDS, --log-level, --no-access-log, and
---config FILE.yaml with the same keys (flags given on the command line win). Multi-host:
+--config FILE.yaml with the same keys (flags given on the command line win). Structured outputs and
+tools: --structured-outputs-config JSON (vLLM's; backend "auto", "guidance" or "llguidance"),
+--enable-auto-tool-choice with --tool-call-parser NAME (tool_choice "auto"), --reasoning-parser
+NAME (`reasoning_content`). Multi-host:
 --coordinator-address / --num-processes / --process-id (or the JAXLLM_* variables) as for
 `generate`: process 0 serves, the others follow its steps until it shuts down.
 """
@@ -13,6 +16,7 @@ disables the bound), --retry-after SECONDS, --log-level, --no-access-log, and
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,13 +33,18 @@ from jaxllm.entrypoints.cli_args import (
     resolve_multihost,
     split_kwargs,
 )
+from jaxllm.entrypoints.openai.reasoning_parsers import REASONING_PARSERS
+from jaxllm.entrypoints.openai.tool_parsers import TOOL_PARSERS
 from jaxllm.entrypoints.strict_parser import StrictArgumentParser
 
 __all__ = [
     "API_KEY_ENV",
+    "SUPPORTED_STRUCTURED_OUTPUTS_BACKENDS",
     "ServeOptions",
+    "StructuredOutputsConfig",
     "add_serve_args",
     "add_serve_subcommand",
+    "parse_structured_outputs_config",
     "resolve_serve_args",
     "serve_parser",
 ]
@@ -52,6 +61,10 @@ _SERVE_DEFAULTS: dict[str, Any] = {
     "retry_after": 1,
     "log_level": "info",
     "no_access_log": False,
+    "structured_outputs_config": None,
+    "enable_auto_tool_choice": False,
+    "tool_call_parser": None,
+    "reasoning_parser": None,
     "coordinator_address": None,
     "num_processes": None,
     "process_id": None,
@@ -96,6 +109,35 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.yaml",
         help="YAML file of these options (flags given here override it)",
     )
+    t = parser.add_argument_group("structured outputs, tool calling and reasoning")
+    t.add_argument(
+        "--structured-outputs-config",
+        metavar="JSON",
+        help='structured outputs settings as JSON (vLLM\'s), e.g. \'{"backend": "guidance"}\': '
+        f"backend one of {', '.join(SUPPORTED_STRUCTURED_OUTPUTS_BACKENDS)} (all llguidance; "
+        'default "auto"), disable_any_whitespace (compact JSON unless a request says), '
+        "disable_fallback",
+    )
+    t.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help='let the model decide to call tools (tool_choice "auto", the default when a request '
+        "has tools); needs --tool-call-parser",
+    )
+    t.add_argument(
+        "--tool-call-parser",
+        choices=sorted(TOOL_PARSERS),
+        metavar="NAME",
+        help='how tool calls are written in the model\'s output, for tool_choice "auto": '
+        + ", ".join(sorted(TOOL_PARSERS)),
+    )
+    t.add_argument(
+        "--reasoning-parser",
+        choices=sorted(REASONING_PARSERS),
+        metavar="NAME",
+        help="split the model's thinking (<think>...</think>) into reasoning_content: "
+        + ", ".join(sorted(REASONING_PARSERS)),
+    )
     add_engine_args(parser)
     add_generation_config_arg(parser.add_argument_group("sampling defaults"))
     add_multihost_args(parser, "runs the HTTP server and the scheduler")
@@ -122,6 +164,56 @@ def add_serve_subcommand(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return sp
 
 
+# vLLM's backend names that mean llguidance (the only grammar engine jaxllm has)
+SUPPORTED_STRUCTURED_OUTPUTS_BACKENDS = ("auto", "guidance", "llguidance")
+_STRUCTURED_OUTPUTS_KEYS = ("backend", "disable_any_whitespace", "disable_fallback")
+
+
+@dataclass(frozen=True)
+class StructuredOutputsConfig:
+    """`--structured-outputs-config` (vLLM's JSON): `backend` ("auto", "guidance" or
+    "llguidance": all llguidance), `disable_any_whitespace` (the default for requests that do not
+    say: compact JSON) and `disable_fallback` (accepted; there is no other backend to fall back
+    to)."""
+
+    backend: str = "auto"
+    disable_any_whitespace: bool = False
+    disable_fallback: bool = False
+
+
+def parse_structured_outputs_config(value: Any) -> StructuredOutputsConfig:
+    """From the flag's JSON text (or a parsed dict); ValueError naming what is wrong (an
+    unsupported backend names the supported ones)."""
+    if value is None:
+        return StructuredOutputsConfig()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"--structured-outputs-config is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError("--structured-outputs-config must be a JSON object")
+    unknown = sorted(set(value) - set(_STRUCTURED_OUTPUTS_KEYS))
+    if unknown:
+        raise ValueError(
+            f"--structured-outputs-config has unsupported keys {unknown} "
+            f"(supported: {', '.join(_STRUCTURED_OUTPUTS_KEYS)})"
+        )
+    backend = value.get("backend", "auto")
+    if backend not in SUPPORTED_STRUCTURED_OUTPUTS_BACKENDS:
+        raise ValueError(
+            f"structured outputs backend {backend!r} is not supported: jaxllm compiles grammars "
+            f"with llguidance; use one of {', '.join(SUPPORTED_STRUCTURED_OUTPUTS_BACKENDS)}"
+        )
+    flags = {}
+    for key in ("disable_any_whitespace", "disable_fallback"):
+        flag = value.get(key, False)
+        if not isinstance(flag, bool):
+            raise ValueError(f"--structured-outputs-config: {key} must be true or false")
+        flags[key] = flag
+    return StructuredOutputsConfig(backend=backend, **flags)
+
+
 @dataclass
 class ServeOptions:
     engine_kwargs: dict[str, Any]
@@ -134,6 +226,12 @@ class ServeOptions:
     log_level: str = "info"
     access_log: bool = True
     multihost: MultihostOptions | None = None  # set: a multi-host run (process 0 serves)
+    structured_outputs_config: StructuredOutputsConfig = field(
+        default_factory=StructuredOutputsConfig
+    )
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
 
 
 def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
@@ -159,6 +257,15 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
         rest["coordinator_address"], rest["num_processes"], rest["process_id"]
     )
     check_multihost_engine(multihost, engine)
+    try:
+        structured = parse_structured_outputs_config(rest["structured_outputs_config"])
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if rest["enable_auto_tool_choice"] and not rest["tool_call_parser"]:
+        raise CLIError(
+            "--enable-auto-tool-choice needs --tool-call-parser NAME (one of "
+            f"{', '.join(sorted(TOOL_PARSERS))})"
+        )
     return ServeOptions(
         engine_kwargs=engine,
         host=rest["host"],
@@ -170,4 +277,8 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
         log_level=rest["log_level"],
         access_log=not rest["no_access_log"],
         multihost=multihost,
+        structured_outputs_config=structured,
+        enable_auto_tool_choice=rest["enable_auto_tool_choice"],
+        tool_call_parser=rest["tool_call_parser"],
+        reasoning_parser=rest["reasoning_parser"],
     )

@@ -29,8 +29,10 @@ from jaxllm.entrypoints.openai.errors import (
     param_from_message,
 )
 from jaxllm.entrypoints.openai.protocol import PromptTokensDetails, UsageInfo
+from jaxllm.entrypoints.openai.serve_args import StructuredOutputsConfig
 from jaxllm.outputs import Logprob, RequestOutput
 from jaxllm.sampling_params import SamplingParams
+from jaxllm.structured_outputs.params import StructuredOutputsParams
 
 NEG_INF_LOGPROB = -9999.0  # JSON has no -inf; OpenAI-style clients expect a number
 
@@ -52,6 +54,14 @@ class ServerContext:
     # the model's generation_config sampling settings (LLM.default_sampling_kwargs): the values of
     # the fields a request leaves unset, as vLLM's server applies them
     default_sampling: dict[str, Any] = field(default_factory=dict)
+    # --structured-outputs-config; tool calling (--enable-auto-tool-choice, --tool-call-parser);
+    # --reasoning-parser (a ToolParser / ReasoningParser of the registries, or None)
+    structured_outputs_config: StructuredOutputsConfig = field(
+        default_factory=StructuredOutputsConfig
+    )
+    enable_auto_tools: bool = False
+    tool_parser: Any = None
+    reasoning_parser: Any = None
 
     @property
     def model_name(self) -> str:
@@ -164,10 +174,12 @@ def sampling_params(
     prompt_logprobs: int | None,
     rename: dict[str, str] | None = None,
     defaults: dict[str, Any] | None = None,
+    structured_outputs: StructuredOutputsParams | None = None,
 ) -> SamplingParams:
     """SamplingParams from a completion/chat request; a bad value is a 400 naming the field
     (`rename` maps SamplingParams names to the request's, e.g. logprobs -> top_logprobs).
-    `defaults` (the model's generation_config settings) fill the fields the request left unset."""
+    `defaults` (the model's generation_config settings) fill the fields the request left unset;
+    `structured_outputs` (from jaxllm.entrypoints.openai.structured) is passed on."""
     model = defaults or {}
 
     def pick(value: Any, name: str, default: Any) -> Any:
@@ -194,6 +206,7 @@ def sampling_params(
         spaces_between_special_tokens=req.spaces_between_special_tokens,
         include_stop_str_in_output=req.include_stop_str_in_output,
         logit_bias=req.logit_bias,
+        structured_outputs=structured_outputs,
     )
     try:
         return SamplingParams(**kwargs)
@@ -204,16 +217,23 @@ def sampling_params(
         raise bad_request(str(e), param) from None
 
 
+def _grammar_error(message: str) -> bool:
+    """The engine's words for a structured output that does not compile."""
+    return message.startswith("invalid ") or "structured output" in message
+
+
 async def admit_all(
     ctx: ServerContext,
     items: list[tuple[str, dict, SamplingParams]],
     arrival_time: float,
     prompt_param: str,
     priority: int = 0,
+    structured_param: str | None = None,
 ) -> list[RequestStream]:
     """Hand a request's prompts to the engine together (with the request's scheduling
-    `priority`), all or none: engine validation errors -> 400, over the queue bound -> 503 +
-    Retry-After, engine dead -> 503."""
+    `priority`), all or none: engine validation errors -> 400 (a structured output's grammar that
+    does not compile names `structured_param`, the request field it came from), over the queue
+    bound -> 503 + Retry-After, engine dead -> 503."""
     try:
         return await ctx.engine.add_requests(items, arrival_time=arrival_time, priority=priority)
     except ValueError as e:
@@ -223,6 +243,8 @@ async def admit_all(
         )
         if param is None and msg.startswith("prompt"):
             param = prompt_param
+        if param is None and structured_param is not None and _grammar_error(msg):
+            param = structured_param
         raise bad_request(msg, param) from None
     except QueueFullError as e:
         raise overloaded(str(e), ctx.retry_after_s) from None

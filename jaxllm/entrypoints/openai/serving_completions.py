@@ -2,7 +2,8 @@
 
 Choice `index` is `prompt_index * n + i`. `echo` puts the prompt in front of the text (and, with
 `logprobs`, its tokens in front of the logprobs, the first with a null logprob). Usage counts each
-prompt once and every generated token of every choice.
+prompt once and every generated token of every choice. `response_format`, `structured_outputs`
+and the `guided_*` fields hold the text to a grammar (jaxllm.entrypoints.openai.structured).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from jaxllm.entrypoints.openai.serving_common import (
     truncate,
     until_disconnected,
 )
+from jaxllm.entrypoints.openai.structured import request_structured_outputs
 from jaxllm.outputs import Logprob
 
 
@@ -137,6 +139,9 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
     model = ctx.check_model(req.model)
     _check_request(ctx, req)
     prompts = _prompts(ctx, req)
+    structured, structured_param = request_structured_outputs(
+        req, defaults=ctx.structured_outputs_config
+    )
     explicit = "max_tokens" in req.model_fields_set and req.max_tokens is not None
     prompt_lp = req.prompt_logprobs
     if req.echo and req.logprobs is not None:
@@ -153,13 +158,15 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
             logprobs=req.logprobs,
             prompt_logprobs=prompt_lp,
             defaults=ctx.default_sampling,
+            structured_outputs=structured,
+            rename={"structured_outputs": structured_param or "structured_outputs"},
         )
         rid = base_id if len(prompts) == 1 else f"{base_id}-{i}"
         prompt = {"prompt_token_ids": p.ids}
         if p.text is not None:
             prompt["prompt"] = p.text
         items.append((rid, prompt, params))
-    streams = await admit_all(ctx, items, arrival, "prompt", req.priority)
+    streams = await admit_all(ctx, items, arrival, "prompt", req.priority, structured_param)
     if req.stream:
         return StreamingResponse(
             _stream(ctx, req, model, base_id, prompts, streams), media_type="text/event-stream"

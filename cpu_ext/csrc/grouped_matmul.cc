@@ -29,9 +29,6 @@ namespace ffi = xla::ffi;
 namespace jaxllm {
 namespace {
 
-constexpr int64_t kRowBlock = 64;  // rows of x per work unit (64 x K floats stay in L2)
-constexpr int64_t kUnitsPerThread = 4;
-
 struct RowBlock {
   int64_t g, m0, m1;  // rows [m0, m1) of x and y, all of group g
 };
@@ -99,10 +96,9 @@ ffi::Error grouped_matmul_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t row_blocks = static_cast<int64_t>(job->blocks.size());
   if (row_blocks == 0 || job->S == 0) return ffi::Error::Success();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t want = (kUnitsPerThread * threads + row_blocks - 1) / row_blocks;
-  job->units_per_block = std::clamp<int64_t>(want, 1, job->S);
-  job->strips_per_unit = (job->S + job->units_per_block - 1) / job->units_per_block;
-  job->units_per_block = (job->S + job->strips_per_unit - 1) / job->strips_per_unit;
+  const StripSplit split = split_strips(row_blocks, job->S, threads);
+  job->units_per_block = split.units_per_block;
+  job->strips_per_unit = split.strips_per_unit;
   job->units.count = row_blocks * job->units_per_block;
   run_units(pool, job);
   return ffi::Error::Success();

@@ -33,9 +33,6 @@ namespace ffi = xla::ffi;
 namespace jaxllm {
 namespace {
 
-constexpr int64_t kRowBlock = 64;  // rows of x per work unit (64 x K floats stay in L2)
-constexpr int64_t kUnitsPerThread = 4;
-
 struct MatmulJob {
   const float* x;  // [M, K]
   const float* w;  // [S, K, 16]
@@ -88,10 +85,9 @@ ffi::Error packed_matmul_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (job->M == 0) return ffi::Error::Success();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t row_blocks = (job->M + kRowBlock - 1) / kRowBlock;
-  const int64_t want = (kUnitsPerThread * threads + row_blocks - 1) / row_blocks;
-  job->units_per_block = std::clamp<int64_t>(want, 1, job->S);
-  job->strips_per_unit = (job->S + job->units_per_block - 1) / job->units_per_block;
-  job->units_per_block = (job->S + job->strips_per_unit - 1) / job->strips_per_unit;
+  const StripSplit split = split_strips(row_blocks, job->S, threads);
+  job->units_per_block = split.units_per_block;
+  job->strips_per_unit = split.strips_per_unit;
   job->units.count = row_blocks * job->units_per_block;
   run_units(pool, job);
   return ffi::Error::Success();

@@ -70,4 +70,20 @@ inline void strip_pass(const float* x, const float* w, float* y, int64_t K, int6
   }
 }
 
+// Rows of x per work unit (64 x K floats stay in L2) and work units wanted per pool thread.
+inline constexpr int64_t kRowBlock = 64;
+inline constexpr int64_t kUnitsPerThread = 4;
+
+// How `row_blocks` blocks of rows times S strips split into work units, each a run of
+// `strips_per_unit` strips of one row block: about kUnitsPerThread units per thread, whole strips.
+struct StripSplit {
+  int64_t units_per_block, strips_per_unit;
+};
+inline StripSplit split_strips(int64_t row_blocks, int64_t S, int64_t threads) {
+  const int64_t want = (kUnitsPerThread * threads + row_blocks - 1) / row_blocks;
+  const int64_t units = std::clamp<int64_t>(want, 1, S);
+  const int64_t strips = (S + units - 1) / units;
+  return {(S + strips - 1) / strips, strips};
+}
+
 }  // namespace jaxllm

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.layers.moe import moe_forward, route, sort_by_expert
+from jaxllm.layers.moe import mgpu_grouped_matmul, moe_forward, route, sort_by_expert
 
 # (block_m, block_n, block_k, max_concurrent_steps) of the Mosaic GPU kernel to time
 MGPU_CONFIGS = ((64, 128, 64, 4), (64, 64, 128, 4), (128, 128, 64, 4))
@@ -64,21 +64,8 @@ def _grouped_fn(impl: str, n: int):
 
         return jax.jit(lambda x, w, sizes: grouped_matmul(x, w, sizes, n=n))
     if impl.startswith("mgpu"):
-        from jax.experimental.pallas.ops.gpu.ragged_dot_mgpu import ragged_dot as mgpu_ragged_dot
-
-        bm, bn, bk, steps = (int(v) for v in impl.split()[1].split("/"))
-        return jax.jit(
-            lambda x, w, sizes: mgpu_ragged_dot(
-                x,
-                w,
-                group_sizes=sizes,
-                block_m=bm,
-                block_n=bn,
-                block_k=bk,
-                max_concurrent_steps=steps,
-                grid_block_n=1,
-            )
-        )
+        blocks = tuple(int(v) for v in impl.split()[1].split("/"))
+        return jax.jit(lambda x, w, sizes: mgpu_grouped_matmul(x, w, sizes, blocks))
     if impl == "dense":
         # every expert over every row, then each row's own expert picked: E times the work
         def dense(x, w, sizes):

@@ -101,20 +101,30 @@ def grouped_matmul(
         return cpu_grouped_matmul(x.astype(jnp.float32), w, group_sizes, n=n)
     x = x.astype(w.dtype)
     if _gpu_kernel() == "mgpu" and jax.default_backend() == "gpu":
-        from jax.experimental.pallas.ops.gpu.ragged_dot_mgpu import ragged_dot as mgpu_ragged_dot
-
-        bm, bn, bk, steps = MGPU_BLOCKS
-        return mgpu_ragged_dot(
-            x,
-            w,
-            group_sizes=group_sizes,
-            block_m=bm,
-            block_n=bn,
-            block_k=bk,
-            max_concurrent_steps=steps,
-            grid_block_n=1,
-        )
+        return mgpu_grouped_matmul(x, w, group_sizes, MGPU_BLOCKS)
     return jax.lax.ragged_dot(x, w, group_sizes)
+
+
+def mgpu_grouped_matmul(
+    x: jax.Array,  # [M, K], rows sorted by group
+    w: jax.Array,  # [G, K, N], x's dtype
+    group_sizes: jax.Array,  # [G] int32
+    blocks: tuple[int, int, int, int],  # block_m, block_n, block_k, max_concurrent_steps
+) -> jax.Array:  # [M, N]
+    """JAX's Pallas Mosaic GPU grouped GEMM (Hopper), at the given block configuration."""
+    from jax.experimental.pallas.ops.gpu.ragged_dot_mgpu import ragged_dot as mgpu_ragged_dot
+
+    bm, bn, bk, steps = blocks
+    return mgpu_ragged_dot(
+        x,
+        w,
+        group_sizes=group_sizes,
+        block_m=bm,
+        block_n=bn,
+        block_k=bk,
+        max_concurrent_steps=steps,
+        grid_block_n=1,
+    )
 
 
 def _gpu_kernel() -> str:

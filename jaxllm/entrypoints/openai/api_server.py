@@ -5,7 +5,9 @@
 
 Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models (Bearer auth on every
 /v1 route when an API key is set), POST /tokenize, POST /detokenize, GET /health (200, or 503 once
-the engine loop died), GET /metrics (Prometheus text), GET /version.
+the engine loop died), GET /metrics (Prometheus text), GET /version. Request bodies over
+--max-request-body-bytes get a 413 (body_limit); templating and tokenization run on a worker pool,
+off the event loop (offload).
 
 In-process use (tests, notebooks): `app, ctx = build_app(llm, opts)` then run `app` under any ASGI
 server; `Server(app, host, port)` below starts uvicorn in a thread and reports the bound port.
@@ -24,26 +26,26 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from jaxllm.engine.async_engine import AsyncLLMEngine
+from jaxllm.entrypoints.openai.body_limit import BodySizeLimitMiddleware
 from jaxllm.entrypoints.openai.errors import OpenAIError, install_error_handlers, unauthorized
 from jaxllm.entrypoints.openai.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 from jaxllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
-    DetokenizeResponse,
     ModelCard,
     ModelList,
     TokenizeRequest,
-    TokenizeResponse,
 )
 from jaxllm.entrypoints.openai.reasoning_parsers import get_reasoning_parser
 from jaxllm.entrypoints.openai.serve_args import ServeOptions
-from jaxllm.entrypoints.openai.serving_chat import apply_chat_template, create_chat_completion
-from jaxllm.entrypoints.openai.serving_common import ServerContext, check_token_ids
+from jaxllm.entrypoints.openai.serving_chat import create_chat_completion
+from jaxllm.entrypoints.openai.serving_common import ServerContext
 from jaxllm.entrypoints.openai.serving_completions import create_completion
+from jaxllm.entrypoints.openai.serving_tokenize import create_detokenize, create_tokenize
 from jaxllm.entrypoints.openai.tool_parsers import get_tool_parser
 
 logger = logging.getLogger(__name__)
@@ -120,6 +122,8 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
         reasoning_parser=get_reasoning_parser(opts.reasoning_parser)
         if opts.reasoning_parser
         else None,
+        trust_request_chat_template=opts.trust_request_chat_template,
+        max_request_body_bytes=opts.max_request_body_bytes,
     )
 
     @contextlib.asynccontextmanager
@@ -178,39 +182,13 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest, raw: Request) -> Response:
-        ctx = raw.app.state.ctx
-        ctx.check_model(body.model)
-        tok = ctx.require_tokenizer("prompt")
-        if (body.prompt is None) == (body.messages is None):
-            raise OpenAIError(
-                400,
-                "Give exactly one of 'prompt' and 'messages'.",
-                param="prompt",
-                code="invalid_value",
-            )
-        if body.messages is not None:
-            text = apply_chat_template(
-                ctx, body.messages, add_generation_prompt=body.add_generation_prompt
-            )
-            special = False if body.add_special_tokens is None else body.add_special_tokens
-        else:
-            text = body.prompt
-            special = True if body.add_special_tokens is None else body.add_special_tokens
-        ids = list(tok.encode(text, add_special_tokens=special))
-        return JSONResponse(
-            TokenizeResponse(
-                count=len(ids), max_model_len=ctx.max_model_len, tokens=ids
-            ).model_dump()
-        )
+        return await create_tokenize(raw.app.state.ctx, body)
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest, raw: Request) -> Response:
-        ctx = raw.app.state.ctx
-        ctx.check_model(body.model)
-        tok = ctx.require_tokenizer("tokens")
-        ids = check_token_ids(ctx, body.tokens, "tokens") if body.tokens else []
-        return JSONResponse(DetokenizeResponse(prompt=tok.decode(ids)).model_dump())
+        return await create_detokenize(raw.app.state.ctx, body)
 
+    app.add_middleware(BodySizeLimitMiddleware, limit=lambda: app.state.ctx.max_request_body_bytes)
     if opts.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=opts.api_key)
     return app, ctx

@@ -7,7 +7,8 @@ Every error the server returns has the body
 Status codes: 400 invalid parameter (`param` names it), prompt over the context length (code
 `context_length_exceeded`, the message gives both numbers), malformed JSON (`invalid_json`) or
 unknown argument (`unrecognized_argument`); 401 missing or wrong API key (`invalid_api_key`);
-404 unknown model (`model_not_found`) or route; 405 wrong method; 503 + `Retry-After` when the
+404 unknown model (`model_not_found`) or route; 405 wrong method; 413 a request body over
+--max-request-body-bytes (`request_too_large`, from body_limit); 503 + `Retry-After` when the
 waiting queue is over its bound (`server_overloaded`), or when the engine loop died (`engine_dead`:
 a step raised; the HTTP server stays up and says so); 500 anything else (the server stays up).
 """

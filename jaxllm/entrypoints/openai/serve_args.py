@@ -4,7 +4,9 @@ Every engine flag of `jaxllm generate` (cli_args.add_engine_args; e.g. `--schedu
 priority` lets completion and chat requests carry a `priority`) plus the server's own:
 --host (default 127.0.0.1), --port (8000; 0 picks a free one), --api-key (also $JAXLLM_API_KEY),
 --served-model-name NAME [NAME ...], --max-waiting-requests N (503 beyond it; default 1024; -1
-disables the bound), --retry-after SECONDS, --log-level, --no-access-log, and
+disables the bound), --retry-after SECONDS, --max-request-body-bytes N (413 beyond it; default
+2 MiB; -1 disables it), --trust-request-chat-template (else a request's own `chat_template` is a
+400, as in vLLM), --log-level, --no-access-log, and
 --config FILE.yaml with the same keys (flags given on the command line win). Structured outputs and
 tools: --structured-outputs-config JSON (vLLM's; backend "auto", "guidance" or "llguidance"),
 --enable-auto-tool-choice with --tool-call-parser NAME (tool_choice "auto"), --reasoning-parser
@@ -39,6 +41,7 @@ from jaxllm.entrypoints.strict_parser import StrictArgumentParser
 
 __all__ = [
     "API_KEY_ENV",
+    "DEFAULT_MAX_REQUEST_BODY_BYTES",
     "SUPPORTED_STRUCTURED_OUTPUTS_BACKENDS",
     "ServeOptions",
     "StructuredOutputsConfig",
@@ -50,6 +53,10 @@ __all__ = [
 ]
 
 API_KEY_ENV = "JAXLLM_API_KEY"
+# A request's JSON is parsed on the event loop, holding it: this bounds what one parse can cost
+# (the slowest body, a list of one-digit token ids, takes ~30 ms per MiB on a 2-core CPU) and
+# leaves room for long prompts (a 128k-token prompt is ~0.5 MB of text or ~0.9 MB of token ids).
+DEFAULT_MAX_REQUEST_BODY_BYTES = 2 * 1024 * 1024
 
 _SERVE_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL,
@@ -59,6 +66,8 @@ _SERVE_DEFAULTS: dict[str, Any] = {
     "served_model_name": None,
     "max_waiting_requests": 1024,
     "retry_after": 1,
+    "max_request_body_bytes": DEFAULT_MAX_REQUEST_BODY_BYTES,
+    "trust_request_chat_template": False,
     "log_level": "info",
     "no_access_log": False,
     "structured_outputs_config": None,
@@ -98,6 +107,20 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="answer 503 while this many sequences wait (default 1024; -1 = no bound)",
     )
     g.add_argument("--retry-after", type=int, help="Retry-After seconds on 503 (default 1)")
+    g.add_argument(
+        "--max-request-body-bytes",
+        type=int,
+        metavar="N",
+        help=f"answer 413 to request bodies over N bytes, before parsing them (default "
+        f"{DEFAULT_MAX_REQUEST_BODY_BYTES} = 2 MiB; -1 = no limit)",
+    )
+    g.add_argument(
+        "--trust-request-chat-template",
+        action="store_true",
+        help="accept a chat template sent in a request (chat_template, or chat_template_kwargs' "
+        "chat_template); refused with a 400 otherwise, as vLLM does. Templates render in a "
+        "sandboxed Jinja environment either way",
+    )
     g.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -223,6 +246,8 @@ class ServeOptions:
     served_model_names: list[str] = field(default_factory=list)
     max_waiting_requests: int | None = 1024
     retry_after: int = 1
+    max_request_body_bytes: int | None = DEFAULT_MAX_REQUEST_BODY_BYTES  # None: no limit
+    trust_request_chat_template: bool = False
     log_level: str = "info"
     access_log: bool = True
     multihost: MultihostOptions | None = None  # set: a multi-host run (process 0 serves)
@@ -249,6 +274,11 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
         raise CLIError(f"--max-waiting-requests must be >= 0, or -1 for no bound; got {bound}")
     if rest["retry_after"] < 1:
         raise CLIError(f"--retry-after must be at least 1 second, got {rest['retry_after']}")
+    body_limit = rest["max_request_body_bytes"]
+    if body_limit is not None and body_limit < 1 and body_limit != -1:
+        raise CLIError(
+            f"--max-request-body-bytes must be at least 1, or -1 for no limit; got {body_limit}"
+        )
     names = rest["served_model_name"]
     if isinstance(names, str):
         names = [names]
@@ -274,6 +304,8 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
         served_model_names=list(names) if names else [str(engine.get("model", DEFAULT_MODEL))],
         max_waiting_requests=None if bound == -1 else bound,
         retry_after=rest["retry_after"],
+        max_request_body_bytes=None if body_limit in (None, -1) else body_limit,
+        trust_request_chat_template=bool(rest["trust_request_chat_template"]),
         log_level=rest["log_level"],
         access_log=not rest["no_access_log"],
         multihost=multihost,

@@ -1,8 +1,10 @@
 """POST /v1/chat/completions: messages through the model's chat template, then generation.
 
 The prompt is built exactly as `LLM.chat` builds it (template to text, then encode without special
-tokens), so greedy answers equal `LLM.chat`'s. Streaming sends a role chunk per choice first, then
-content deltas, a chunk with `finish_reason`, optionally a usage chunk, then `[DONE]`.
+tokens), so greedy answers equal `LLM.chat`'s; both steps run on the server's worker pool, off the
+event loop (offload). A request's own `chat_template` needs --trust-request-chat-template.
+Streaming sends a role chunk per choice first, then content deltas, a chunk with `finish_reason`,
+optionally a usage chunk, then `[DONE]`.
 
 Structured outputs (jaxllm.entrypoints.openai.structured) hold the output to a grammar. Tools
 (jaxllm.entrypoints.openai.tool_calls) reach the chat template; the output becomes
@@ -27,6 +29,7 @@ from starlette.requests import Request
 
 from jaxllm.engine.async_engine import EngineDeadError
 from jaxllm.entrypoints.openai.errors import OpenAIError, bad_request
+from jaxllm.entrypoints.openai.offload import encode_text
 from jaxllm.entrypoints.openai.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -149,6 +152,46 @@ def apply_chat_template(
         ) from None
 
 
+def check_request_chat_template(
+    ctx: ServerContext, chat_template: str | None, template_kwargs: dict | None
+) -> None:
+    """A request's own chat template (`chat_template`, or `chat_template_kwargs.chat_template`)
+    is code the server would run: a 400 naming the field unless the server was started with
+    --trust-request-chat-template (vLLM's rule). Other template kwargs are data and pass."""
+    if ctx.trust_request_chat_template:
+        return
+    if chat_template is not None:
+        param = "chat_template"
+    elif template_kwargs and template_kwargs.get("chat_template") is not None:
+        param = "chat_template_kwargs.chat_template"
+    else:
+        return
+    raise bad_request(
+        f"'{param}': this server does not run chat templates sent in requests (start it with "
+        "--trust-request-chat-template to allow them); leave the field out to use the model's "
+        "template.",
+        param,
+        "untrusted_chat_template",
+    )
+
+
+def _chat_prompt(
+    ctx: ServerContext, req: ChatCompletionRequest, tools: list[dict] | None
+) -> tuple[str, list[int]]:
+    """The request's prompt text and token ids (on a worker thread: ctx.pool)."""
+    text = apply_chat_template(
+        ctx,
+        req.messages,
+        add_generation_prompt=req.add_generation_prompt,
+        continue_final_message=req.continue_final_message,
+        chat_template=req.chat_template,
+        template_kwargs=req.chat_template_kwargs,
+        tools=tools,
+    )
+    ids = encode_text(ctx.tokenizer, text, req.add_special_tokens)
+    return text, check_token_ids(ctx, truncate(ids, req.truncate_prompt_tokens), "messages")
+
+
 def _check_request(ctx: ServerContext, req: ChatCompletionRequest) -> None:
     if req.stream_options is not None and not req.stream:
         raise bad_request(
@@ -192,21 +235,12 @@ async def create_chat_completion(
     arrival = time.time()
     model = ctx.check_model(req.model)
     _check_request(ctx, req)
+    check_request_chat_template(ctx, req.chat_template, req.chat_template_kwargs)
     plan = plan_tools(req, parser=ctx.tool_parser, enable_auto=ctx.enable_auto_tools)
     structured, structured_param = request_structured_outputs(
         req, defaults=ctx.structured_outputs_config, tool_schema=plan.schema
     )
-    text = apply_chat_template(
-        ctx,
-        req.messages,
-        add_generation_prompt=req.add_generation_prompt,
-        continue_final_message=req.continue_final_message,
-        chat_template=req.chat_template,
-        template_kwargs=req.chat_template_kwargs,
-        tools=plan.template_tools,
-    )
-    ids = ctx.tokenizer.encode(text, add_special_tokens=req.add_special_tokens)
-    ids = check_token_ids(ctx, truncate(list(ids), req.truncate_prompt_tokens), "messages")
+    text, ids = await ctx.pool.run(_chat_prompt, ctx, req, plan.template_tools)
     if req.max_completion_tokens is not None:
         requested, mt_param = req.max_completion_tokens, "max_completion_tokens"
     else:

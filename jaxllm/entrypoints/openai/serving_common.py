@@ -28,6 +28,7 @@ from jaxllm.entrypoints.openai.errors import (
     overloaded,
     param_from_message,
 )
+from jaxllm.entrypoints.openai.offload import WorkerPool
 from jaxllm.entrypoints.openai.protocol import PromptTokensDetails, UsageInfo
 from jaxllm.entrypoints.openai.serve_args import StructuredOutputsConfig
 from jaxllm.outputs import Logprob, RequestOutput
@@ -62,6 +63,11 @@ class ServerContext:
     enable_auto_tools: bool = False
     tool_parser: Any = None
     reasoning_parser: Any = None
+    # --trust-request-chat-template, --max-request-body-bytes (None: no limit; read per request)
+    trust_request_chat_template: bool = False
+    max_request_body_bytes: int | None = None
+    # chat templating, tokenization and detokenization of requests, off the event loop (offload)
+    pool: WorkerPool = field(default_factory=WorkerPool)
 
     @property
     def model_name(self) -> str:

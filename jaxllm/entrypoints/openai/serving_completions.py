@@ -18,6 +18,7 @@ from starlette.requests import Request
 
 from jaxllm.engine.async_engine import EngineDeadError
 from jaxllm.entrypoints.openai.errors import OpenAIError, bad_request
+from jaxllm.entrypoints.openai.offload import encode_text
 from jaxllm.entrypoints.openai.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -58,6 +59,7 @@ class _Prompt:
 
 
 def _prompts(ctx: ServerContext, req: CompletionRequest) -> list[_Prompt]:
+    """The request's prompts, tokenized and checked (on a worker thread: ctx.pool)."""
     p = req.prompt
     if isinstance(p, str):
         raw: list = [p]
@@ -73,7 +75,7 @@ def _prompts(ctx: ServerContext, req: CompletionRequest) -> list[_Prompt]:
             if not item:
                 raise bad_request("'prompt' holds an empty string.", "prompt")
             tok = ctx.require_tokenizer("prompt")
-            ids = list(tok.encode(item, add_special_tokens=req.add_special_tokens))
+            ids = encode_text(tok, item, req.add_special_tokens)
             out.append(
                 _Prompt(
                     item, check_token_ids(ctx, truncate(ids, req.truncate_prompt_tokens), "prompt")
@@ -138,7 +140,7 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
     arrival = time.time()
     model = ctx.check_model(req.model)
     _check_request(ctx, req)
-    prompts = _prompts(ctx, req)
+    prompts = await ctx.pool.run(_prompts, ctx, req)
     structured, structured_param = request_structured_outputs(
         req, defaults=ctx.structured_outputs_config
     )

@@ -1,8 +1,10 @@
 """The live-server harness of test_openai_server.py: the `jaxllm serve` arguments it starts
-with, the prompts it checks, and `Live` (clients, raw posts and /metrics of the running server)."""
+with, the prompts it checks, `Live` (clients, raw posts and /metrics of the running server) and
+`watch_stalls` (streams and /health timed while an attack runs)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -198,3 +200,95 @@ def bad_requests(live) -> list[tuple]:
         ("/v1/chat/completions", {"model": "nope", "messages": CHAT}, 404, "model", None),
         ("/v1/nothing-here", {}, 404, None, None),
     ]
+
+
+# ------------------------------------------------------------------------------- event-loop stalls
+
+
+async def watch_stalls(url: str, attack, *, streams: int = 16, max_tokens: int = 48) -> dict:
+    """Keep `streams` streaming completions running (each restarted when it ends, through raw
+    httpx) and poll /health every 20 ms; once every stream has sent a few chunks, await `attack()`.
+    Returns its result, the seconds it took, and the largest gap between two chunks of a stream
+    and the largest /health latency among those that overlap the attack (issue 27: any stall of
+    the server's event loop shows in both). A gap or probe still open when the watch ends counts
+    up to then."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    spans: dict[str, list[tuple[float, float]]] = {"chunks": [], "probes": []}
+    open_spans: dict[object, tuple[str, float]] = {}  # what is awaited now, since when
+    started: set[int] = set()
+    stop = False
+
+    async def streamer(client: httpx.AsyncClient, i: int) -> None:
+        body = {
+            "model": MODEL,
+            "prompt": f"Stream {i} says:",
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+        }
+        seen = 0
+        while not stop:
+            async with client.stream("POST", "/v1/completions", json=body) as resp:
+                assert resp.status_code == 200, await resp.aread()
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    now = time.perf_counter()
+                    if i in open_spans:
+                        spans["chunks"].append((open_spans[i][1], now))
+                    open_spans[i] = ("chunks", now)
+                    seen += 1
+                    if seen >= 3:
+                        started.add(i)
+                open_spans.pop(i, None)
+
+    async def prober(client: httpx.AsyncClient) -> None:
+        while not stop:
+            sent = time.perf_counter()
+            open_spans["probe"] = ("probes", sent)
+            assert (await client.get("/health")).status_code == 200
+            del open_spans["probe"]
+            spans["probes"].append((sent, time.perf_counter()))
+            await asyncio.sleep(0.02)
+
+    limits = httpx.Limits(max_connections=streams + 4)
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=TIMEOUT, limits=limits
+    ) as client:
+        tasks = [asyncio.ensure_future(streamer(client, i)) for i in range(streams)]
+        tasks.append(asyncio.ensure_future(prober(client)))
+        try:
+            deadline = time.monotonic() + 120
+            while len(started) < streams:
+                assert time.monotonic() < deadline, "the streams did not start"
+                for t in tasks:  # a failed stream or probe fails here
+                    if t.done():
+                        t.result()
+                await asyncio.sleep(0.05)
+            t0 = time.perf_counter()
+            result = await attack()
+            t1 = time.perf_counter()
+            await asyncio.sleep(0.3)  # what the attack held up arrives
+        finally:  # the streams still running disconnect (the server aborts them)
+            stop = True
+            end = time.perf_counter()
+            for kind, since in list(open_spans.values()):
+                spans[kind].append((since, end))
+            for t in tasks:
+                t.cancel()
+            for r in await asyncio.gather(*tasks, return_exceptions=True):
+                if not isinstance(r, asyncio.CancelledError | type(None)):
+                    raise r
+
+    def overlapping(kind: str) -> list[float]:
+        return [b - a for a, b in spans[kind] if b >= t0 and a <= t1] or [0.0]
+
+    return {
+        "result": result,
+        "attack_s": t1 - t0,
+        "max_chunk_gap_s": max(overlapping("chunks")),
+        "max_health_s": max(overlapping("probes")),
+        "chunks": len(overlapping("chunks")),
+        "probes": len(overlapping("probes")),
+    }

@@ -43,6 +43,7 @@ def test_serve_defaults_and_flags(monkeypatch):
     assert opts.served_model_names == ["smollm2-135m"] and opts.engine_kwargs == {
         "model": "smollm2-135m"
     }
+    assert (opts.max_request_body_bytes, opts.trust_request_chat_template) == (2 << 20, False)
     opts = serve(
         [
             "some/model",
@@ -63,6 +64,9 @@ def test_serve_defaults_and_flags(monkeypatch):
             "--retry-after",
             "3",
             "--no-access-log",
+            "--max-request-body-bytes",
+            "-1",
+            "--trust-request-chat-template",
         ]
     )
     assert opts.engine_kwargs == {
@@ -73,6 +77,8 @@ def test_serve_defaults_and_flags(monkeypatch):
     }
     assert (opts.port, opts.api_key, opts.served_model_names) == (0, "k", ["a", "b"])
     assert (opts.max_waiting_requests, opts.retry_after, opts.access_log) == (None, 3, False)
+    assert (opts.max_request_body_bytes, opts.trust_request_chat_template) == (None, True)
+    assert serve(["--max-request-body-bytes", "1000"]).max_request_body_bytes == 1000
     assert serve(["--model", "other"]).engine_kwargs["model"] == "other"
 
 
@@ -105,6 +111,7 @@ def test_serve_config_file_merges_under_flags(tmp_path):
         (["--port", "70000"], "--port"),
         (["--max-waiting-requests", "-5"], "--max-waiting-requests"),
         (["--retry-after", "0"], "--retry-after"),
+        (["--max-request-body-bytes", "0"], "--max-request-body-bytes"),
     ],
 )
 def test_serve_bad_options(argv, message):

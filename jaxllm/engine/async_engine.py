@@ -19,9 +19,18 @@ the engine's ValueError, raised from `add_request` like any other validation err
 A consumer that stops listening (a client that disconnected) must call `stream.abort()` (the
 serving layer does so in a `finally`); the abort reaches the engine before its next step.
 
-Admission control: a request is refused with `QueueFullError` when the sequences already waiting
-(queued commands not yet seen by the engine + `scheduler.num_waiting`) reach
-`max_waiting_requests`; the server turns that into 503 + Retry-After.
+Admission control: a request is refused with `QueueFullError` when its own sequences (`n` of each
+of its prompts) would take the sequences waiting (queued commands not yet seen by the engine +
+`scheduler.num_waiting_seqs`, which counts each sample of an n > 1 request) over
+`max_waiting_requests`; the server turns that into 503 + Retry-After, or into a 400 when the
+request alone is over the bound (`QueueFullError.never_fits`: not even an idle engine would
+admit it). `check_admission(num_seqs)` asks the same question before any work is spent on a
+request (the server asks it before tokenizing); the answer of `add_requests` is the binding one.
+
+Shutdown: `close_admission()` makes every later `add_requests` raise `ShuttingDownError` (the
+requests already queued still run); `abort_all()` then ends every open request as if it finished
+with `finish_reason` "abort" (each unfinished sequence gets a last, empty delta with that reason,
+so a stream's consumer writes its final chunk as for any other finish).
 
 Host side: imports no JAX itself (the engine it drives does).
 """
@@ -48,25 +57,44 @@ __all__ = [
     "EngineStats",
     "QueueFullError",
     "RequestStream",
+    "ShuttingDownError",
     "StatListener",
     "merge_delta_outputs",
 ]
 
 
 class QueueFullError(RuntimeError):
-    """Too many sequences are waiting; try again later."""
+    """The request's sequences do not fit under the waiting bound: try again later, or, when
+    `never_fits` (the request alone is over the bound), send a smaller request."""
 
-    def __init__(self, num_waiting: int, bound: int) -> None:
-        super().__init__(
-            f"the server is overloaded: {num_waiting} sequences are waiting (bound "
-            f"{bound}); retry later"
-        )
+    def __init__(self, num_waiting: int, bound: int, num_new: int = 0) -> None:
         self.num_waiting = num_waiting
         self.bound = bound
+        self.num_new = num_new
+        if self.never_fits:
+            message = (
+                f"this request has {num_new} sequences (its prompts times n), but at most "
+                f"{bound} may wait on this server (max_waiting_requests): it can never be "
+                "admitted; send fewer prompts or a smaller n"
+            )
+        else:
+            message = (
+                f"the server is overloaded: {num_waiting} sequences are waiting and this request "
+                f"adds {num_new} (bound {bound}); retry later"
+            )
+        super().__init__(message)
+
+    @property
+    def never_fits(self) -> bool:
+        return self.num_new > self.bound
 
 
 class EngineDeadError(RuntimeError):
     """The engine loop stopped (shut down, or a step raised); no request can be served."""
+
+
+class ShuttingDownError(EngineDeadError):
+    """The engine takes no new requests: the server is shutting down (`close_admission`)."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +102,7 @@ class EngineStats:
     """A snapshot of the engine's state, taken by its thread after each step or command batch."""
 
     num_running: int = 0  # sequences in the running set
-    num_waiting: int = 0  # sequences in the scheduler's waiting queue
+    num_waiting: int = 0  # sequences waiting to be scheduled (an n > 1 request's samples included)
     num_pending: int = 0  # add commands not yet seen by the engine thread
     kv_cache_usage: float = 0.0  # fraction of usable KV blocks held by requests
     num_free_blocks: int = 0
@@ -144,6 +172,8 @@ class RequestStream:
         self._queue: asyncio.Queue = asyncio.Queue()
         self.finished = False  # the engine sent the finished output (or the stream ended)
         self.aborted = False
+        self._last: RequestOutput | None = None  # engine thread only, as _done
+        self._done: set[int] = set()  # indexes of the sequences that finished
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -168,6 +198,27 @@ class RequestStream:
         if item.finished:
             self.finished = True
         return item
+
+    # Engine thread only: what abort_all's last output needs (the sequences still running).
+    def _seen(self, out: RequestOutput) -> None:
+        self._last = out
+        self._done.update(c.index for c in out.outputs if c.finish_reason is not None)
+
+    def _abort_output(self) -> RequestOutput:
+        last = self._last
+        return RequestOutput(
+            request_id=self.request_id,
+            prompt=last.prompt if last else None,
+            prompt_token_ids=last.prompt_token_ids if last else None,
+            prompt_logprobs=last.prompt_logprobs if last else None,
+            outputs=[
+                CompletionOutput(i, "", [], None, None, finish_reason="abort")
+                for i in range(self.num_seqs)
+                if i not in self._done
+            ],
+            finished=True,
+            num_cached_tokens=last.num_cached_tokens if last else None,
+        )
 
     def abort(self) -> None:
         """Stop the request and free its KV blocks (no-op once finished). Thread-safe, sync."""
@@ -197,6 +248,11 @@ class _Abort:
     request_id: str
 
 
+@dataclass
+class _AbortAll:
+    pass
+
+
 class AsyncLLMEngine:
     """Runs `engine` (an `LLMEngine`, or a `DPEngine` of replicas) in a daemon thread; see the
     module docstring.
@@ -223,8 +279,10 @@ class AsyncLLMEngine:
         self.stat_listener = stat_listener
         self.idle_wait_s = idle_wait_s
         self._lock = threading.Lock()
-        self._commands: list[_Add | _Abort] = []
+        self._commands: list[_Add | _Abort | _AbortAll] = []
         self._num_pending_adds = 0
+        self._closed = False  # close_admission() was called
+        self._ended = False  # the thread took its last commands: nothing queued now would run
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -265,6 +323,42 @@ class AsyncLLMEngine:
     def stats(self) -> EngineStats:
         return self._stats
 
+    # ----- admission and shutdown (event loop side) ---------------------------------------------
+    @property
+    def accepting(self) -> bool:
+        """False once `close_admission()` was called."""
+        return not self._closed
+
+    def close_admission(self) -> None:
+        """Refuse every later request with ShuttingDownError (those already queued still run)."""
+        with self._lock:
+            self._closed = True
+
+    def abort_all(self) -> None:
+        """End every request the engine holds or has queued: each unfinished sequence ends with
+        finish_reason "abort" (an empty last delta), freeing its KV blocks. Thread-safe."""
+        with self._lock:
+            self._commands.append(_AbortAll())
+        self._wake.set()
+
+    def check_admission(self, num_seqs: int) -> None:
+        """Raise what `add_requests` would for a request of `num_seqs` sequences now:
+        ShuttingDownError, EngineDeadError or QueueFullError (a cheap early answer: the engine
+        may fill up before the request is added, and then `add_requests` refuses it)."""
+        with self._lock:
+            self._check_admission_locked(num_seqs)
+
+    def _check_admission_locked(self, num_seqs: int) -> None:
+        if self._closed:
+            raise ShuttingDownError("the server is shutting down: it takes no new requests")
+        if self._ended or not self.is_running:
+            raise EngineDeadError(self._dead_message())
+        bound = self.max_waiting_requests
+        if bound is not None:
+            waiting = self._num_pending_adds + self._stats.num_waiting
+            if waiting + num_seqs > bound:
+                raise QueueFullError(waiting, bound, num_seqs)
+
     # ----- requests (event loop side) -----------------------------------------------------------
     async def add_request(
         self,
@@ -294,9 +388,11 @@ class AsyncLLMEngine:
     ) -> list[RequestStream]:
         """Queue several (request_id, prompt, params) together (they reach the engine before the
         same step), all or none: if one is refused, the others are aborted and the error raised.
-        They share `arrival_time` and `priority`."""
-        if not self.is_running:
-            raise EngineDeadError(self._dead_message())
+        They share `arrival_time` and `priority`. The waiting bound counts all their sequences
+        (the sum of their `n`): QueueFullError when they would take the waiting sequences over
+        it; ShuttingDownError after `close_admission()`; EngineDeadError."""
+        num_seqs = sum(p.n for _, _, p in requests)
+        self.check_admission(num_seqs)  # before any grammar is compiled
         loop = asyncio.get_running_loop()
         now = time.time() if arrival_time is None else arrival_time
         # grammars compile in the engine's pool while this loop serves others; a malformed one is
@@ -317,13 +413,8 @@ class AsyncLLMEngine:
             )
             for rid, prompt, params in requests
         ]
-        num_seqs = sum(c.params.n for c in cmds)
         with self._lock:
-            bound = self.max_waiting_requests
-            if bound is not None:
-                waiting = self._num_pending_adds + self._stats.num_waiting
-                if waiting >= bound:
-                    raise QueueFullError(waiting, bound)
+            self._check_admission_locked(num_seqs)  # the binding answer
             self._commands.extend(cmds)
             self._num_pending_adds += num_seqs
         self._wake.set()
@@ -361,6 +452,7 @@ class AsyncLLMEngine:
                         stream = self._streams.get(out.request_id)
                         if stream is None:
                             continue
+                        stream._seen(out)
                         if out.finished:
                             del self._streams[out.request_id]
                         handoff.append((stream._put, out))
@@ -382,6 +474,8 @@ class AsyncLLMEngine:
                 if isinstance(cmd, _Add):
                     self._num_pending_adds -= cmd.params.n
                     self._apply_add(cmd, handoff)
+                elif isinstance(cmd, _AbortAll):
+                    self._apply_abort_all(handoff)
                 else:
                     self._apply_abort(cmd.request_id, handoff)
             if commands:
@@ -414,6 +508,16 @@ class AsyncLLMEngine:
             self.stat_listener.on_abort(request_id, stream.num_seqs, time.time())
         handoff.append((stream._put, _END))
 
+    def _apply_abort_all(self, handoff: list) -> None:
+        now = time.time()
+        for rid, stream in list(self._streams.items()):
+            self.engine.abort_request(rid)
+            final = stream._abort_output()
+            if self.stat_listener is not None:
+                self.stat_listener.on_abort(rid, len(final.outputs), now)
+            handoff.append((stream._put, final))
+        self._streams.clear()
+
     def _update_stats(self) -> None:
         # one engine, or the replicas of a data-parallel engine (summed; usage over all blocks)
         engines = getattr(self.engine, "replicas", None) or [self.engine]
@@ -421,7 +525,7 @@ class AsyncLLMEngine:
         usable = [e.runner.num_blocks - 1 for e in engines]
         self._stats = EngineStats(
             num_running=sum(s.num_running for s in scheds),
-            num_waiting=sum(s.num_waiting for s in scheds),
+            num_waiting=sum(s.num_waiting_seqs for s in scheds),
             num_pending=self._num_pending_adds,
             kv_cache_usage=sum(float(s.kv_cache_usage) * u for s, u in zip(scheds, usable))
             / max(sum(usable), 1),
@@ -453,6 +557,7 @@ class AsyncLLMEngine:
         with self._lock:
             commands, self._commands = self._commands, []
             self._num_pending_adds = 0
+            self._ended = True
         for cmd in commands:
             if isinstance(cmd, _Add):
                 handoff.append((_set_exception, (cmd.future, err)))

@@ -458,6 +458,16 @@ class Scheduler:
         return len(self.waiting)
 
     @property
+    def num_waiting_seqs(self) -> int:
+        """Sequences not yet running: the waiting requests and the samples still to fork from
+        them (an n > 1 request waits as one request holding n - 1 samples to fork)."""
+        return len(self.waiting) + sum(
+            len(children)
+            for rid, children in self.pending_forks.items()
+            if self.requests[rid].status != RequestStatus.RUNNING
+        )
+
+    @property
     def kv_cache_usage(self) -> float:
         return self.kv_cache_manager.usage
 

@@ -4,25 +4,40 @@
     client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="sk-local")
 
 Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models (Bearer auth on every
-/v1 route when an API key is set), POST /tokenize, POST /detokenize, GET /health (200, or 503 once
-the engine loop died), GET /metrics (Prometheus text), GET /version. Request bodies over
---max-request-body-bytes get a 413 (body_limit); templating and tokenization run on a worker pool,
-off the event loop (offload).
+/v1 route when an API key is set), POST /tokenize, POST /detokenize, GET /health (200; 503 once
+the engine loop died or while the server shuts down), GET /metrics (Prometheus text), GET /version.
+Request bodies over --max-request-body-bytes get a 413 (body_limit); templating and tokenization
+run on a worker pool, off the event loop (offload).
 
 In-process use (tests, notebooks): `app, ctx = build_app(llm, opts)` then run `app` under any ASGI
 server; `Server(app, host, port)` below starts uvicorn in a thread and reports the bound port.
+
+`jaxllm serve` runs the app under `ServeServer`, which adds what a supervised process needs:
+- SIGTERM or SIGINT starts a drain: new requests get 503 (`shutting_down`), /health answers 503,
+  the listener keeps accepting connections (probes get their 503, not a refused connection), and
+  in-flight requests run for up to `--shutdown-timeout` seconds; those still running then are
+  aborted (each stream ends with a `finish_reason` "abort" chunk and `[DONE]`), and uvicorn shuts
+  down. The exit status is 0. A second SIGTERM/SIGINT during the drain or the shutdown ends the
+  process at once, killed by that signal.
+- `--exit-on-engine-error` (the default): once the engine loop died, the open streams end with
+  their error event and the process exits with status 1, for a supervisor to restart it.
+  `--no-exit-on-engine-error` keeps serving, every request and /health answering 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
+import os
 import secrets
+import signal
 import sys
 import threading
 import time
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -50,7 +65,18 @@ from jaxllm.entrypoints.openai.tool_parsers import get_tool_parser
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["APIKeyMiddleware", "Server", "build_app", "build_llm", "run_serve"]
+__all__ = [
+    "APIKeyMiddleware",
+    "InFlightRequests",
+    "ServeServer",
+    "Server",
+    "build_app",
+    "build_llm",
+    "run_serve",
+]
+
+# Paths that a shutdown does not wait for (probes and scrapes answer at once).
+_UNTRACKED_PATHS = frozenset({"/health", "/metrics"})
 
 
 class APIKeyMiddleware:
@@ -85,6 +111,32 @@ class APIKeyMiddleware:
                 await resp(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class InFlightRequests:
+    """How many HTTP requests are being served (a streaming response counts until its last byte
+    is sent), probes and scrapes aside: what a shutdown drains. `app.state.in_flight`."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class InFlightMiddleware:
+    """Pure ASGI middleware keeping an `InFlightRequests` count."""
+
+    def __init__(self, app: Any, counter: InFlightRequests) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in _UNTRACKED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        self.counter.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.counter.count -= 1
 
 
 def build_llm(opts: ServeOptions, model: Any = None) -> Any:
@@ -147,9 +199,14 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
     # KV cache and weights alive after the app shut down (an app built in a test or a notebook).
     @app.get("/health")
     async def health(raw: Request) -> Response:
-        if not raw.app.state.ctx.engine.is_running:
+        engine = raw.app.state.ctx.engine
+        if not engine.is_running:
             return OpenAIError(
                 503, "the engine is not running", type="server_error", code="engine_dead"
+            ).response()
+        if not engine.accepting:
+            return OpenAIError(
+                503, "the server is shutting down", type="server_error", code="shutting_down"
             ).response()
         return Response(status_code=200)
 
@@ -191,6 +248,8 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
     app.add_middleware(BodySizeLimitMiddleware, limit=lambda: app.state.ctx.max_request_body_bytes)
     if opts.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=opts.api_key)
+    app.state.in_flight = InFlightRequests()
+    app.add_middleware(InFlightMiddleware, counter=app.state.in_flight)
     return app, ctx
 
 
@@ -239,6 +298,107 @@ class Server:
         self._thread.join(timeout)
 
 
+class ServeServer(uvicorn.Server):
+    """uvicorn as `jaxllm serve` runs it: the drain on SIGTERM/SIGINT and the exit on an engine
+    error of the module docstring. `exit_code` is the process's status once `run()` returned.
+
+    config.app must be an app of `build_app` (its engine and in-flight count are read)."""
+
+    ABORT_GRACE_S = 5.0  # after the abort: how long the aborted responses may take to end
+    CLOSE_GRACE_S = 2  # uvicorn's timeout_graceful_shutdown (connections left after the drain)
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        shutdown_timeout: float = 0.0,
+        exit_on_engine_error: bool = True,
+    ) -> None:
+        super().__init__(config)
+        self.shutdown_timeout = shutdown_timeout
+        self.exit_on_engine_error = exit_on_engine_error
+        self.exit_code = 0
+        self._num_signals = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task | None = None
+
+    @property
+    def _state(self) -> Any:
+        return self.config.app.state
+
+    async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT (uvicorn installs this in the main thread): the first starts the
+        drain, the second ends the process now."""
+        self._num_signals += 1
+        name = signal.Signals(sig).name
+        if self._num_signals > 1:
+            logger.warning("%s again: exiting now, without waiting for requests", name)
+            sys.stderr.flush()
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)  # dies of the signal, as without a handler
+            os._exit(128 + sig)  # (not reached)
+        self.begin_shutdown(name)
+
+    def begin_shutdown(self, why: str = "shutdown") -> None:
+        """Start the drain (thread-safe; later calls do nothing)."""
+        loop = self._loop
+        if loop is None:  # not serving yet: nothing to drain
+            self.should_exit = True
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            loop.call_soon_threadsafe(self._start_drain, why)
+
+    def _start_drain(self, why: str) -> None:
+        if self._drain_task is None:
+            self._drain_task = asyncio.ensure_future(self._drain(why))
+
+    async def _drain(self, why: str) -> None:
+        engine = self._state.ctx.engine
+        in_flight = self._state.in_flight
+        engine.close_admission()
+        loop = asyncio.get_running_loop()
+        if in_flight.count:
+            logger.info(
+                "%s: refusing new requests; %d in flight may run for up to %g s "
+                "(--shutdown-timeout); a second signal exits now",
+                why,
+                in_flight.count,
+                self.shutdown_timeout,
+            )
+        else:
+            logger.info("%s: no request in flight; shutting down", why)
+        deadline = loop.time() + self.shutdown_timeout
+        while in_flight.count and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if in_flight.count:
+            logger.warning(
+                "aborting the %d requests still in flight (--shutdown-timeout %g s)",
+                in_flight.count,
+                self.shutdown_timeout,
+            )
+            engine.abort_all()
+            deadline = loop.time() + self.ABORT_GRACE_S
+            while in_flight.count and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        engine = self._state.ctx.engine
+        if self.exit_on_engine_error and self.exit_code == 0 and engine.error is not None:
+            logger.error(
+                "the engine loop died (%r): exiting with status 1 for a supervisor to restart "
+                "the server (--no-exit-on-engine-error keeps it up, answering 503)",
+                engine.error,
+            )
+            self.exit_code = 1
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
 def run_serve(args: Any) -> int:
     """`jaxllm serve`: parse options, load the model, serve until interrupted."""
     from jaxllm.entrypoints.cli_args import CLIError
@@ -266,10 +426,25 @@ def run_serve(args: Any) -> int:
             multihost.follow(llm.llm_engine)  # returns when process 0's server shuts down
             return 0
         try:
-            return _serve(llm, opts)
+            code = _serve(llm, opts)
         finally:  # after the engine thread has stopped: no step is broadcasting any more
             multihost.stop_followers()
-    return _serve(llm, opts)
+    else:
+        code = _serve(llm, opts)
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process once the server has shut down (the engine thread stopped, the streams
+    ended): the atexit handlers run and the output is flushed, but the interpreter's teardown of
+    JAX and XLA (half a second on a small CPU model, more with large ones) is skipped, so that the
+    process ends within --shutdown-timeout plus a fraction of a second."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _serve(llm: Any, opts: Any) -> int:
@@ -280,7 +455,20 @@ def _serve(llm: Any, opts: Any) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        app, host=opts.host, port=opts.port, log_level=opts.log_level, access_log=opts.access_log
+    config = uvicorn.Config(
+        app,
+        host=opts.host,
+        port=opts.port,
+        log_level=opts.log_level,
+        access_log=opts.access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=ServeServer.CLOSE_GRACE_S,
     )
-    return 0
+    server = ServeServer(
+        config,
+        shutdown_timeout=opts.shutdown_timeout,
+        exit_on_engine_error=opts.exit_on_engine_error,
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run
+        server.run()
+    return server.exit_code

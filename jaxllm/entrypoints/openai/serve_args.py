@@ -3,11 +3,14 @@
 Every engine flag of `jaxllm generate` (cli_args.add_engine_args; e.g. `--scheduling-policy
 priority` lets completion and chat requests carry a `priority`) plus the server's own:
 --host (default 127.0.0.1), --port (8000; 0 picks a free one), --api-key (also $JAXLLM_API_KEY),
---served-model-name NAME [NAME ...], --max-waiting-requests N (503 beyond it; default 1024; -1
+--served-model-name NAME [NAME ...], --max-waiting-requests N (a request whose sequences would
+take the waiting ones over N: 503; one with more than N on its own: 400; default 1024; -1
 disables the bound), --retry-after SECONDS, --max-request-body-bytes N (413 beyond it; default
 2 MiB; -1 disables it), --trust-request-chat-template (else a request's own `chat_template` is a
-400, as in vLLM), --log-level, --no-access-log, and
---config FILE.yaml with the same keys (flags given on the command line win). Structured outputs and
+400, as in vLLM), --shutdown-timeout SECONDS (on SIGTERM/SIGINT, how long in-flight requests may
+run before they are aborted; default 0, as vLLM's), --[no-]exit-on-engine-error (default on),
+--log-level, --no-access-log, and --config FILE.yaml with the same keys (flags given on the
+command line win). Structured outputs and
 tools: --structured-outputs-config JSON (vLLM's; backend "auto", "guidance" or "llguidance"),
 --enable-auto-tool-choice with --tool-call-parser NAME (tool_choice "auto"), --reasoning-parser
 NAME (`reasoning_content`). Multi-host:
@@ -68,6 +71,8 @@ _SERVE_DEFAULTS: dict[str, Any] = {
     "retry_after": 1,
     "max_request_body_bytes": DEFAULT_MAX_REQUEST_BODY_BYTES,
     "trust_request_chat_template": False,
+    "shutdown_timeout": 0,
+    "exit_on_engine_error": True,
     "log_level": "info",
     "no_access_log": False,
     "structured_outputs_config": None,
@@ -104,7 +109,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-waiting-requests",
         type=int,
-        help="answer 503 while this many sequences wait (default 1024; -1 = no bound)",
+        help="at most this many sequences wait: a request whose sequences (prompts x n) would "
+        "go over it gets 503, one over it on its own 400 (default 1024; -1 = no bound)",
     )
     g.add_argument("--retry-after", type=int, help="Retry-After seconds on 503 (default 1)")
     g.add_argument(
@@ -120,6 +126,20 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="accept a chat template sent in a request (chat_template, or chat_template_kwargs' "
         "chat_template); refused with a 400 otherwise, as vLLM does. Templates render in a "
         "sandboxed Jinja environment either way",
+    )
+    g.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, stop admitting (503; /health 503) and let in-flight requests "
+        "run this long, then abort them (finish_reason 'abort'); a second signal exits at once "
+        "(default 0: abort at once, as vLLM)",
+    )
+    g.add_argument(
+        "--exit-on-engine-error",
+        action=argparse.BooleanOptionalAction,
+        help="exit (status 1) when the engine loop dies, so a supervisor restarts the server "
+        "(default on, as vLLM); --no-exit-on-engine-error keeps serving, answering 503",
     )
     g.add_argument(
         "--log-level",
@@ -248,6 +268,8 @@ class ServeOptions:
     retry_after: int = 1
     max_request_body_bytes: int | None = DEFAULT_MAX_REQUEST_BODY_BYTES  # None: no limit
     trust_request_chat_template: bool = False
+    shutdown_timeout: float = 0.0
+    exit_on_engine_error: bool = True
     log_level: str = "info"
     access_log: bool = True
     multihost: MultihostOptions | None = None  # set: a multi-host run (process 0 serves)
@@ -279,6 +301,9 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
         raise CLIError(
             f"--max-request-body-bytes must be at least 1, or -1 for no limit; got {body_limit}"
         )
+    shutdown_timeout = float(rest["shutdown_timeout"])
+    if not shutdown_timeout >= 0:  # NaN too
+        raise CLIError(f"--shutdown-timeout must be >= 0 seconds, got {rest['shutdown_timeout']}")
     names = rest["served_model_name"]
     if isinstance(names, str):
         names = [names]
@@ -306,6 +331,8 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
         retry_after=rest["retry_after"],
         max_request_body_bytes=None if body_limit in (None, -1) else body_limit,
         trust_request_chat_template=bool(rest["trust_request_chat_template"]),
+        shutdown_timeout=shutdown_timeout,
+        exit_on_engine_error=bool(rest["exit_on_engine_error"]),
         log_level=rest["log_level"],
         access_log=not rest["no_access_log"],
         multihost=multihost,

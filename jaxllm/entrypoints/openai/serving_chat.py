@@ -53,6 +53,7 @@ from jaxllm.entrypoints.openai.serving_common import (
     SSE_DONE,
     ServerContext,
     admit_all,
+    check_admission,
     check_logprobs,
     check_priority,
     check_token_ids,
@@ -236,6 +237,7 @@ async def create_chat_completion(
     model = ctx.check_model(req.model)
     _check_request(ctx, req)
     check_request_chat_template(ctx, req.chat_template, req.chat_template_kwargs)
+    check_admission(ctx, req.n)  # before any templating or tokenization
     plan = plan_tools(req, parser=ctx.tool_parser, enable_auto=ctx.enable_auto_tools)
     structured, structured_param = request_structured_outputs(
         req, defaults=ctx.structured_outputs_config, tool_schema=plan.schema

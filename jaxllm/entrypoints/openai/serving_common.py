@@ -18,6 +18,7 @@ from jaxllm.engine.async_engine import (
     EngineDeadError,
     QueueFullError,
     RequestStream,
+    ShuttingDownError,
     merge_delta_outputs,
 )
 from jaxllm.entrypoints.openai.errors import (
@@ -223,6 +224,29 @@ def sampling_params(
         raise bad_request(str(e), param) from None
 
 
+def admission_error(ctx: ServerContext, e: Exception, param: str | None) -> OpenAIError:
+    """The HTTP answer to the engine refusing a request: over the waiting bound -> 503 +
+    Retry-After (`server_overloaded`), or 400 naming `param` when the request alone has more
+    sequences than may wait (`too_many_sequences`: it would never be admitted); shutting down ->
+    503 `shutting_down`; engine dead -> 503 `engine_dead`."""
+    if isinstance(e, QueueFullError):
+        if e.never_fits:
+            return bad_request(str(e), param, code="too_many_sequences")
+        return overloaded(str(e), ctx.retry_after_s)
+    if isinstance(e, ShuttingDownError):
+        return OpenAIError(503, str(e), type="server_error", code="shutting_down")
+    return OpenAIError(503, str(e), type="server_error", code="engine_dead")
+
+
+def check_admission(ctx: ServerContext, num_seqs: int, param: str = "n") -> None:
+    """Refuse a request of `num_seqs` sequences (its prompts times n) that the engine would
+    refuse now (`admission_error`), before any templating or tokenization is spent on it."""
+    try:
+        ctx.engine.check_admission(num_seqs)
+    except (QueueFullError, EngineDeadError) as e:
+        raise admission_error(ctx, e, param) from None
+
+
 def _grammar_error(message: str) -> bool:
     """The engine's words for a structured output that does not compile."""
     return message.startswith("invalid ") or "structured output" in message
@@ -239,7 +263,7 @@ async def admit_all(
     """Hand a request's prompts to the engine together (with the request's scheduling
     `priority`), all or none: engine validation errors -> 400 (a structured output's grammar that
     does not compile names `structured_param`, the request field it came from), over the queue
-    bound -> 503 + Retry-After, engine dead -> 503."""
+    bound, shutting down or engine dead -> `admission_error`."""
     try:
         return await ctx.engine.add_requests(items, arrival_time=arrival_time, priority=priority)
     except ValueError as e:
@@ -252,10 +276,8 @@ async def admit_all(
         if param is None and structured_param is not None and _grammar_error(msg):
             param = structured_param
         raise bad_request(msg, param) from None
-    except QueueFullError as e:
-        raise overloaded(str(e), ctx.retry_after_s) from None
-    except EngineDeadError as e:
-        raise OpenAIError(503, str(e), type="server_error", code="engine_dead") from None
+    except (QueueFullError, EngineDeadError) as e:
+        raise admission_error(ctx, e, "n") from None
 
 
 # --------------------------------------------------------------------------------------- outputs

@@ -31,6 +31,7 @@ from jaxllm.entrypoints.openai.serving_common import (
     SSE_DONE,
     ServerContext,
     admit_all,
+    check_admission,
     check_logprobs,
     check_priority,
     check_token_ids,
@@ -87,6 +88,14 @@ def _prompts(ctx: ServerContext, req: CompletionRequest) -> list[_Prompt]:
     return out
 
 
+def _num_prompts(req: CompletionRequest) -> int:
+    """How many prompts `_prompts` will find (without tokenizing them)."""
+    p = req.prompt
+    if isinstance(p, str) or not p or all(isinstance(x, int) for x in p):
+        return 1
+    return len(p)
+
+
 def _check_request(ctx: ServerContext, req: CompletionRequest) -> None:
     if req.suffix:
         raise bad_request("'suffix' is not supported by this server.", "suffix")
@@ -140,6 +149,7 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
     arrival = time.time()
     model = ctx.check_model(req.model)
     _check_request(ctx, req)
+    check_admission(ctx, _num_prompts(req) * req.n)  # before any tokenization
     prompts = await ctx.pool.run(_prompts, ctx, req)
     structured, structured_param = request_structured_outputs(
         req, defaults=ctx.structured_outputs_config

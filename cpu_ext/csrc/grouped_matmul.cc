@@ -95,12 +95,7 @@ ffi::Error grouped_matmul_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
       job->blocks.push_back({g, m0, std::min<int64_t>(off + sizes[g], m0 + kRowBlock)});
   const int64_t row_blocks = static_cast<int64_t>(job->blocks.size());
   if (row_blocks == 0 || job->S == 0) return ffi::Error::Success();
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const StripSplit split = split_strips(row_blocks, job->S, threads);
-  job->units_per_block = split.units_per_block;
-  job->strips_per_unit = split.strips_per_unit;
-  job->units.count = row_blocks * job->units_per_block;
-  run_units(pool, job);
+  run_strip_job(pool, job, row_blocks);
   return ffi::Error::Success();
 }
 

@@ -83,13 +83,8 @@ ffi::Error packed_matmul_impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   job->N = yd[1];
   job->S = wd[0];
   if (job->M == 0) return ffi::Error::Success();
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t row_blocks = (job->M + kRowBlock - 1) / kRowBlock;
-  const StripSplit split = split_strips(row_blocks, job->S, threads);
-  job->units_per_block = split.units_per_block;
-  job->strips_per_unit = split.strips_per_unit;
-  job->units.count = row_blocks * job->units_per_block;
-  run_units(pool, job);
+  run_strip_job(pool, job, row_blocks);
   return ffi::Error::Success();
 }
 

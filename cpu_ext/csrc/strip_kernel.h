@@ -7,6 +7,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
+
+#include "ffi_cpu_utils.h"
 
 namespace jaxllm {
 
@@ -84,6 +87,19 @@ inline StripSplit split_strips(int64_t row_blocks, int64_t S, int64_t threads) {
   const int64_t units = std::clamp<int64_t>(want, 1, S);
   const int64_t strips = (S + units - 1) / units;
   return {(S + strips - 1) / strips, strips};
+}
+
+// Split a job of `row_blocks` row blocks over its S strips (`split_strips`) and run its units on
+// the pool. Job: `run_units`' job with `S`, `units_per_block` and `strips_per_unit` members.
+template <typename Job>
+void run_strip_job(xla::ffi::ThreadPool& pool, const std::shared_ptr<Job>& job,
+                   int64_t row_blocks) {
+  const StripSplit split =
+      split_strips(row_blocks, job->S, std::max<int64_t>(1, pool.num_threads()));
+  job->units_per_block = split.units_per_block;
+  job->strips_per_unit = split.strips_per_unit;
+  job->units.count = row_blocks * job->units_per_block;
+  run_units(pool, job);
 }
 
 }  // namespace jaxllm

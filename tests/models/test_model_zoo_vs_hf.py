@@ -30,20 +30,7 @@ from jaxllm.models.step import full_logits  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "zoo_tp_worker.py")
 
-SMALL = dict(
-    vocab_size=300,
-    hidden_size=64,
-    intermediate_size=160,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-    max_position_embeddings=512,
-    initializer_range=0.2,  # peaked logits: greedy choices are not float near-ties
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
-)
+SMALL = dict(hf_reference.TINY_CONFIG, intermediate_size=160, num_hidden_layers=4, head_dim=32)
 WINDOW = 16
 CASES = {
     "qwen3": (transformers.Qwen3Config, dict(tie_word_embeddings=False)),
@@ -143,10 +130,7 @@ def test_full_sequence_logits_match_hf(zoo, name, backend, monkeypatch):
     seqs = [rng.integers(0, SMALL["vocab_size"], n).tolist() for n in (1, 17, 70)]
     ours = full_logits(loaded.params, loaded.config, seqs, block_size=16, backend=backend)
     for seq, got in zip(seqs, ours):
-        ids = torch.tensor([seq])
-        with torch.no_grad():
-            ref = hf(ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
-        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got, hf_reference.hf_logits(hf, seq), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -160,10 +144,7 @@ def test_bfloat16_logits_as_close_to_float32_as_hf_bfloat16(zoo, name):
     ours = full_logits(loaded.params, loaded.config, seqs, block_size=16, backend="cpu")
     hf16 = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
     for seq, got in zip(seqs, ours):
-        ids = torch.tensor([seq])
-        with torch.no_grad():
-            ref = hf(ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
-            ref16 = hf16(ids, attention_mask=torch.ones_like(ids)).logits[0].float().numpy()
+        ref, ref16 = hf_reference.hf_logits(hf, seq), hf_reference.hf_logits(hf16, seq)
         hf_err = np.abs(ref16 - ref).max()
         assert hf_err > 0  # the bf16 model really rounds
         assert np.abs(got - ref).max() <= 2 * hf_err, (np.abs(got - ref).max(), hf_err)

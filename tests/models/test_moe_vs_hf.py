@@ -30,20 +30,7 @@ from jaxllm.models.step import full_logits  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "zoo_tp_worker.py")
 
-SMALL = dict(
-    vocab_size=300,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=512,
-    initializer_range=0.2,  # peaked logits: greedy choices are not float near-ties
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
-)
+SMALL = dict(hf_reference.TINY_CONFIG, intermediate_size=96, num_hidden_layers=3, head_dim=16)
 CASES = {
     "mixtral": (
         transformers.MixtralConfig,
@@ -97,10 +84,7 @@ def test_full_sequence_logits_match_hf(moe_models, name):
     seqs = [rng.integers(0, SMALL["vocab_size"], n).tolist() for n in (1, 17, 40)]
     ours = full_logits(loaded.params, loaded.config, seqs, block_size=16, backend="cpu")
     for seq, got in zip(seqs, ours):
-        ids = torch.tensor([seq])
-        with torch.no_grad():
-            ref = hf(ids, attention_mask=torch.ones_like(ids)).logits[0].numpy()
-        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got, hf_reference.hf_logits(hf, seq), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

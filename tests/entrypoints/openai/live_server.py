@@ -1,10 +1,12 @@
-"""The live-server harness of test_openai_server.py: the `jaxllm serve` arguments it starts
-with, the prompts it checks, `Live` (clients, raw posts and /metrics of the running server) and
-`watch_stalls` (streams and /health timed while an attack runs)."""
+"""The live-server harness of test_openai_server.py and test_server_robustness.py: the `jaxllm
+serve` arguments it starts with, the prompts it checks, `serving` (the running server, a `Live`:
+clients, raw posts and /metrics), `stream_completion` and `watch_stalls` (streams and /health
+timed while an attack runs)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -291,4 +293,69 @@ async def watch_stalls(url: str, attack, *, streams: int = 16, max_tokens: int =
         "max_health_s": max(overlapping("probes")),
         "chunks": len(overlapping("chunks")),
         "probes": len(overlapping("probes")),
+    }
+
+
+async def stream_completion(client, prompt: str, max_tokens: int) -> dict:
+    """One greedy streamed completion of exactly `max_tokens` tokens; its tokens, text, finish
+    reason and usage."""
+    stream = await client.completions.create(
+        model=MODEL,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=0,
+        logprobs=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    tokens, text, finish, usage = 0, "", None, None
+    async for ch in stream:
+        if ch.usage is not None:
+            usage = ch.usage
+        for choice in ch.choices:
+            text += choice.text
+            tokens += len(choice.logprobs.tokens) if choice.logprobs else 0
+            finish = choice.finish_reason or finish
+    return {"tokens": tokens, "text": text, "finish": finish, "usage": usage}
+
+
+@contextlib.contextmanager
+def serving(smollm2, references: bool = True):
+    """The server of `SERVE_ARGV` on the session's SmolLM2, running; a `Live`. With `references`,
+    `Live.ref` holds LLM.generate / LLM.chat answers of the same LLM, asked before the server
+    starts (so the engine is never shared at the same time); they also compile the step shapes
+    the first tests need."""
+    from jaxllm.entrypoints.openai.api_server import Server, build_app, build_llm
+    from jaxllm.entrypoints.openai.serve_args import resolve_serve_args, serve_parser
+
+    opts = resolve_serve_args(serve_parser().parse_args(SERVE_ARGV))
+    llm = build_llm(opts, model=smollm2)
+    ref = _references(llm) if references else {}
+    app, ctx = build_app(llm, opts)
+    server = Server(app).start()
+    try:
+        yield Live(server, ctx, opts, llm.tokenizer, ref)
+    finally:
+        server.stop()
+        print(f"\n[openai server] step compilations: {llm.llm_engine.runner.num_compilations}")
+
+
+def _references(llm) -> dict:
+    from jaxllm import SamplingParams
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    return {
+        "greedy": [o.outputs[0] for o in llm.generate(PROMPTS, greedy, use_tqdm=False)],
+        "chat": llm.chat(CHAT, SamplingParams(temperature=0.0, max_tokens=20), use_tqdm=False)[0],
+        "n2": llm.generate(
+            PROMPTS[0],
+            SamplingParams(n=2, temperature=0.8, seed=123, max_tokens=12, ignore_eos=True),
+            use_tqdm=False,
+        )[0],
+        "logprobs": llm.generate(
+            PROMPTS[1],
+            SamplingParams(temperature=0.0, max_tokens=8, logprobs=LP, ignore_eos=True),
+            use_tqdm=False,
+        )[0],
     }

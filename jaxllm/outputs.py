@@ -15,7 +15,7 @@ alternatives), exactly as vLLM's `SampleLogprobs` / `PromptLogprobs`.
 from __future__ import annotations
 
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "Logprob",
@@ -96,6 +96,11 @@ class RequestMetrics:
     last_token_time: float | None = None
     finished_time: float | None = None
     time_in_queue: float | None = None  # first_scheduled_time - arrival_time
+    # speculative decoding: draft tokens verified for the request and how many were accepted,
+    # and the accepted ones by draft position (index 0: first drafts)
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
+    spec_accepted_per_position: list[int] = field(default_factory=list)
 
     @property
     def time_to_first_token(self) -> float | None:

@@ -103,6 +103,9 @@ class Request:
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         self.num_output_placeholders = 0  # sampled in a step still in flight, values unknown
+        # speculative decoding: draft tokens proposed to follow all_token_ids, verified (and
+        # cleared) by the next step that schedules the request
+        self.spec_token_ids: list[int] = []
         self.num_cached_tokens = -1  # prefix-cache hit tokens at first scheduling
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None
@@ -141,6 +144,14 @@ class Request:
             token_ids = [int(t) for t in token_ids]  # plain ints, also from numpy arrays
         self.output_token_ids.extend(token_ids)
         self._all_token_ids.extend(token_ids)
+
+    def truncate_output_token_ids(self, num_output_tokens: int) -> None:
+        """Drop output tokens past the first `num_output_tokens` (tokens emitted together with
+        the one that completed a stop string, under speculative decoding)."""
+        drop = self.num_output_tokens - num_output_tokens
+        if drop > 0:
+            del self.output_token_ids[num_output_tokens:]
+            del self._all_token_ids[len(self._all_token_ids) - drop :]
 
     # ----- status -----------------------------------------------------------------------------
     def is_finished(self) -> bool:

@@ -7,6 +7,10 @@ A fork row (`ScheduledRequest.num_new_tokens == 0`, the fresh samples of an n > 
 like a padding row to attention (no query tokens, kv length 0, null block table; fork rows come
 last) and takes its logits from the last token of the request it samples from.
 
+Speculative decoding: a row's last `len(spec_token_ids)` new tokens are draft tokens (not yet in
+the request). The row's own logits index is its last known token; its drafts' positions follow in
+`logits_indices` after the S rows (`spec_rows`), so the step samples one token at each.
+
 Asynchronous scheduling: a decode row's input token may still be on the device (sampled by the
 step in flight, a placeholder in the request). Its slot in `token_ids` is 0 and `prev_rows` names
 the row of the previous step's sampled tokens that the device substitutes for it.
@@ -14,6 +18,7 @@ the row of the previous step's sampled tokens that the device substitutes for it
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
@@ -37,7 +42,9 @@ class HostBatch:
     block_tables: np.ndarray  # [S, P] int32 (0 = null block)
     kv_lens: np.ndarray  # [S] int32
     query_start_loc: np.ndarray  # [S + 1] int32
-    logits_indices: np.ndarray  # [S + Rp] int32: last token of each sequence, then prompt rows
+    # [S + E + Rp] int32: the last known token of each sequence, then draft positions (E), then
+    # prompt rows
+    logits_indices: np.ndarray
     decode_only: bool
     num_seqs: int  # real sequences (rows >= num_seqs are padding)
     num_tokens: int  # real tokens
@@ -45,6 +52,10 @@ class HostBatch:
     # rows S + offset .. give the distribution of prompt tokens p+1 .. p+c
     prompt_logprob_rows: list[tuple[int, int, int, int]]  # (row, start_pos, count, offset)
     num_prompt_logprob_rows: int  # Rp (padded)
+    # draft rows: for each (scheduled row, offset, d), logits rows S + offset .. S + offset + d - 1
+    # give the distribution after the row's 1st .. d-th draft token
+    spec_rows: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
+    num_spec_rows: int = 0  # E (padded)
 
 
 def build_host_batch(
@@ -67,6 +78,7 @@ def build_host_batch(
     counts = np.fromiter((r.num_new_tokens for r in reqs), np.int64, n_seq)  # [n_seq]
     starts = np.fromiter((r.num_computed_tokens for r in reqs), np.int64, n_seq)  # [n_seq]
     lens = np.fromiter((len(r.block_ids) for r in reqs), np.int64, n_seq)  # [n_seq]
+    drafts = np.fromiter((len(r.spec_token_ids) for r in reqs), np.int64, n_seq)  # [n_seq]
     n_tok = int(counts.sum())
     T, S, P = policy.shape(n_tok, n_seq, int(lens.max()))
     real = counts > 0  # fork rows (0 new tokens) keep a null table and kv length 0
@@ -92,12 +104,17 @@ def build_host_batch(
     if n_tok:
         # tokens past the request's known ones are in flight: the slices below stop short of them
         known = np.fromiter((r.request.num_tokens for r in reqs), np.int64, n_seq)  # [n_seq]
-        pending = np.where(real, np.maximum(starts + counts - known, 0), 0)  # [n_seq]
+        pending = np.where(real, np.maximum(starts + counts - drafts - known, 0), 0)  # [n_seq]
         host_tokens = np.fromiter(
             chain.from_iterable(
-                r.request.all_token_ids[
-                    r.num_computed_tokens : r.num_computed_tokens + r.num_new_tokens
-                ]
+                chain(
+                    r.request.all_token_ids[
+                        r.num_computed_tokens : r.num_computed_tokens
+                        + r.num_new_tokens
+                        - len(r.spec_token_ids)
+                    ],
+                    r.spec_token_ids,
+                )
                 for r in reqs
             ),
             np.int32,
@@ -132,7 +149,7 @@ def build_host_batch(
     qsl[0] = 0
     qsl[1 : n_seq + 1] = ends
     last = np.zeros(S, np.int32)
-    last[:n_seq] = ends - 1
+    last[:n_seq] = ends - 1 - drafts
     if not real.all():  # fork rows sample from the last token of the request they name
         row_of_id = {r.request_id: i for i, r in enumerate(reqs) if r.num_new_tokens}
         for i, sr in enumerate(reqs):
@@ -162,6 +179,18 @@ def build_host_batch(
                 pl_indices.append(np.arange(begins[i], begins[i] + c, dtype=np.int32))
                 pl_count += c
 
+    spec_rows: list[tuple[int, int, int]] = []
+    n_spec = int(drafts.sum())
+    E = next_power_of_two(n_spec) if n_spec else 0
+    spec_idx = np.zeros(E, np.int32)
+    if n_spec:
+        off = 0
+        for i in np.flatnonzero(drafts):
+            d = int(drafts[i])
+            spec_rows.append((int(i), off, d))
+            spec_idx[off : off + d] = np.arange(ends[i] - d, ends[i], dtype=np.int32)
+            off += d
+
     Rp = next_power_of_two(pl_count) if pl_count else 0
     extra = np.zeros(Rp, np.int32)
     if pl_count:
@@ -174,10 +203,12 @@ def build_host_batch(
         block_tables=block_tables,
         kv_lens=kv_lens,
         query_start_loc=qsl,
-        logits_indices=np.concatenate([last, extra]),
+        logits_indices=np.concatenate([last, spec_idx, extra]),
         decode_only=bool((counts == 1).all()),
         num_seqs=n_seq,
         num_tokens=n_tok,
         prompt_logprob_rows=pl_rows,
         num_prompt_logprob_rows=Rp,
+        spec_rows=spec_rows,
+        num_spec_rows=E,
     )

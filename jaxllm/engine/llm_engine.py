@@ -11,6 +11,13 @@ dispatches the next model step before it waits for the one in flight, so schedul
 building and output processing overlap the device's work; each call returns the outputs of the
 previous model step. A step in flight whose sampled rows use penalties (which need every output
 token on the host) is waited for before the next is scheduled.
+
+Speculative decoding (`speculative_config`, jaxllm/spec_decode/): after each step a proposer gives
+the running requests draft tokens; the next step verifies them (one sampling row after the last
+known token and one after each draft, each sampled as it would be without drafts) and keeps the
+drafts up to the first mismatch plus the target's token there (`accept_drafts`). The proposer needs
+each step's tokens on the host before the next step is scheduled, so the engine then schedules
+synchronously.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from jaxllm.request import Request, RequestStatus
 from jaxllm.sampling_metadata import SamplingRow, min_tokens_banned_ids, request_seed
 from jaxllm.sampling_params import SamplingParams
 from jaxllm.scheduler.scheduler import Scheduler
+from jaxllm.spec_decode import SpecDecodeStats, SpeculativeConfig, accept_drafts
+from jaxllm.spec_decode.proposer import Proposer, make_proposer
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +98,8 @@ class LLMEngine:
         generation_config: dict | None = None,
         mesh: Any = None,  # tensor parallelism: the ('data'=1, 'model'=tp) device mesh
         precompile: bool = False,  # compile every step shape now (see `precompile`)
+        speculative_config: SpeculativeConfig | None = None,
+        draft_model: Any = None,  # draft_model speculation: its LoadedModel (None: load it)
     ) -> None:
         enable_compilation_cache(compilation_cache_dir)
         engine_config = dataclasses.replace(
@@ -100,6 +111,17 @@ class LLMEngine:
         self.runner = ModelRunner(
             self.model_config, params, engine_config, attention_backend, mesh=mesh
         )
+        if speculative_config is not None:
+            if engine_config.scheduler.async_scheduling:
+                raise ValueError(
+                    "async scheduling does not run with speculative decoding: the proposer needs "
+                    "each step's tokens on the host before the next step is scheduled; leave "
+                    "async_scheduling unset or False"
+                )
+            engine_config = dataclasses.replace(
+                engine_config,
+                scheduler=dataclasses.replace(engine_config.scheduler, async_scheduling=False),
+            )
         if engine_config.scheduler.async_scheduling is None:  # automatic: on for GPU kernels
             auto = self.runner.backend in ASYNC_BY_DEFAULT_BACKENDS
             engine_config = dataclasses.replace(
@@ -107,12 +129,20 @@ class LLMEngine:
                 scheduler=dataclasses.replace(engine_config.scheduler, async_scheduling=auto),
             )
         self.config = engine_config
+        self.speculative_config = speculative_config
+        self.proposer: Proposer | None = None
+        if speculative_config is not None:
+            self.proposer = make_proposer(
+                speculative_config, self.runner, engine_config, draft_model, mesh
+            )
+        self.spec_stats = SpecDecodeStats()
         self.scheduler = Scheduler(
             engine_config.scheduler,
             engine_config.cache,
             self.runner.num_blocks,
             num_host_blocks=self.runner.block_mover.num_host_blocks,
             sliding_window=self.model_config.uniform_sliding_window,
+            num_lookahead_tokens=self.proposer.num_lookahead_tokens if self.proposer else 0,
         )
         capacity = (self.runner.num_blocks - 1) * engine_config.cache.block_size
         if engine_config.scheduler.max_model_len > capacity:
@@ -323,6 +353,8 @@ class LLMEngine:
             step = self.runner.dispatch(sched, rows, prompt_lp)
         elif sched.has_block_ops:  # only block copies (a request swapped out, nothing to run)
             self.runner.kv_cache = self.runner.block_mover.apply(self.runner.kv_cache, sched)
+            if self.proposer is not None:
+                self.proposer.apply_block_ops(sched)
         if self._in_flight is not None:  # resolve the previous step while this one runs
             outputs += self._finish(self._take_in_flight())
         if step is not None:
@@ -330,7 +362,7 @@ class LLMEngine:
                 self._in_flight = step
                 self._in_flight_needs_history = any(
                     sr.samples and (row.params.uses_penalties or row.allowed_bitmask is not None)
-                    for sr, row in zip(sched.scheduled, step.rows, strict=True)
+                    for sr, row in zip(sched.scheduled, step.rows)
                 )
             else:
                 outputs += self._finish(step)
@@ -345,6 +377,7 @@ class LLMEngine:
         """One sampling row per scheduled request, and the prompt-logprob counts wanted."""
         now = time.time()
         rows = []
+        spec_rows: list[SamplingRow] = []  # after the scheduled rows (ModelRunner.dispatch)
         prompt_lp: dict[str, int] = {}
         masks = self.structured_outputs.bitmasks(
             [sr.request.request_id for sr in sched.scheduled if sr.samples]
@@ -370,6 +403,18 @@ class LLMEngine:
                     allowed_bitmask=masks.get(req.request_id),
                 )
             )
+            for j in range(1, len(sr.spec_token_ids) + 1):
+                # the token after draft j: sampled as if drafts 1..j were output tokens
+                history = [*req.output_token_ids, *sr.spec_token_ids[:j]]
+                spec_rows.append(
+                    SamplingRow(
+                        seq.params,
+                        seq.seed,
+                        req.prompt_token_ids,
+                        history,
+                        min_tokens_banned_ids(seq.params, len(history), self.eos_token_ids),
+                    )
+                )
             if (
                 seq.index == 0
                 and seq.params.prompt_logprobs is not None
@@ -377,27 +422,77 @@ class LLMEngine:
             ):
                 k = seq.params.prompt_logprobs
                 prompt_lp[req.request_id] = self.model_config.vocab_size if k == -1 else k
-        return rows, prompt_lp
+        return rows + spec_rows, prompt_lp
 
     def _finish(self, step: InFlightStep) -> list[RequestOutput]:
         """Wait for a dispatched step, apply its tokens, return the outputs due."""
         result = self.runner.resolve(step)
-        updated = self.scheduler.update_from_output(
-            step.sched, {k: [v] for k, v in result.sampled.items()}
-        )
-        # requests finished or aborted while the step was in flight get nothing from it
-        live = {r.request_id for r in updated}
-        result.sampled = {k: v for k, v in result.sampled.items() if k in live}
+        emitted: dict[str, list[int]] = {}
+        num_out_before: dict[str, int] = {}
+        for sr in step.sched.scheduled:
+            rid = sr.request_id
+            if rid not in result.sampled:
+                continue
+            num_out_before[rid] = sr.request.num_output_tokens
+            if sr.spec_token_ids:
+                targets = [result.sampled[rid], *result.spec_sampled[rid]]
+                emitted[rid] = accept_drafts(sr.spec_token_ids, targets)
+                self._observe_drafts(rid, len(sr.spec_token_ids), len(emitted[rid]) - 1)
+            else:
+                emitted[rid] = [result.sampled[rid]]
+        updated = self.scheduler.update_from_output(step.sched, emitted)
+        # requests finished or aborted while the step was in flight get nothing from it; a stop
+        # check may have ended one before all its emitted tokens
+        tokens = {r.request_id: r.output_token_ids[num_out_before[r.request_id] :] for r in updated}
         result.prompt_logprobs = {
             k: v for k, v in result.prompt_logprobs.items() if k in self._seq_by_child
         }
-        return self._process(step.sched, result)
+        outputs = self._process(step.sched, result, tokens)
+        if self.proposer is not None:
+            self._propose(step.sched)
+        return outputs
 
-    def _process(self, sched, result: StepResult) -> list[RequestOutput]:
+    def _observe_drafts(self, rid: str, num_drafts: int, num_accepted: int) -> None:
+        self.spec_stats.observe(num_drafts, num_accepted)
+        metrics = self._seq_by_child[rid][0].metrics
+        metrics.spec_num_draft_tokens += num_drafts
+        metrics.spec_num_accepted_tokens += num_accepted
+        per_pos = metrics.spec_accepted_per_position
+        if len(per_pos) < num_drafts:
+            per_pos += [0] * (num_drafts - len(per_pos))
+        for j in range(num_accepted):
+            per_pos[j] += 1
+
+    def _propose(self, sched) -> None:
+        """Draft tokens for the running requests that will sample next step (none for requests
+        with a grammar: their next tokens are constrained one at a time)."""
+        assert self.proposer is not None
+        wanting = []
+        for request in self.scheduler.running:
+            entry = self._seq_by_child.get(request.request_id)
+            if entry is None or entry[1].params.structured_outputs is not None:
+                continue
+            if request.num_computed_tokens != request.num_tokens - 1:
+                continue  # still prefilling: it samples no token next step
+            max_tokens = request.sampling_params.max_tokens
+            room = self.config.scheduler.max_model_len - request.num_tokens
+            if max_tokens is not None:
+                room = min(room, max_tokens - request.num_output_tokens - 1)
+            if room > 0:
+                wanting.append((request, room))
+        drafts = self.proposer.propose(sched, wanting)
+        for request, _ in wanting:
+            request.spec_token_ids = drafts.get(request.request_id, [])
+
+    def _process(
+        self, sched, result: StepResult, tokens: dict[str, list[int]]
+    ) -> list[RequestOutput]:
+        """`tokens`: the tokens each request got from the step (one, or a verified draft run)."""
         now = time.time()
         touched: dict[str, _Parent] = {}
         for rid, (start, lps, ranks, top_ids, top_lps) in result.prompt_logprobs.items():
             parent, _ = self._seq_by_child[rid]
+            assert parent.prompt_logprobs is not None  # set at add_request when asked
             targets = parent.prompt_token_ids[start + 1 : start + 1 + len(lps)]
             for j, t in enumerate(targets):
                 entry = {int(t): Logprob(float(lps[j]), int(ranks[j]), self._decode_one(int(t)))}
@@ -405,31 +500,43 @@ class LLMEngine:
                     entry.setdefault(int(tid), Logprob(float(lp), None, self._decode_one(int(tid))))
                 self._rank_top(entry, top_ids[j])
                 parent.prompt_logprobs.append(entry)
-        for rid, token in result.sampled.items():
+        for rid, new_tokens in tokens.items():
+            if not new_tokens:
+                continue
             parent, seq = self._seq_by_child[rid]
             touched[parent.request_id] = parent
-            if not self.structured_outputs.consume(rid, token):
-                self.scheduler.finish_requests([rid], RequestStatus.FINISHED_ABORTED)
             if parent.metrics.first_token_time is None:
                 parent.metrics.first_token_time = now
             parent.metrics.last_token_time = now
             if parent.num_cached_tokens == 0 and seq.request.num_cached_tokens > 0:
                 parent.num_cached_tokens = seq.request.num_cached_tokens
-            if rid in result.logprobs:
-                lp, rank, top_ids, top_lps = result.logprobs[rid]
-                entry = {token: Logprob(lp, rank, self._decode_one(token))}
-                for tid, tlp in zip(top_ids, top_lps):
-                    entry.setdefault(
-                        int(tid), Logprob(float(tlp), None, self._decode_one(int(tid)))
-                    )
-                self._rank_top(entry, top_ids)
-                seq.logprobs.append(entry)
-                seq.cumulative_logprob += lp
-            stop_token = seq.request.status == RequestStatus.FINISHED_STOPPED  # eos or stop id
-            stop_str = seq.detok.update([token], stop_terminated=stop_token)
-            if stop_str is not None:
-                self.scheduler.finish_requests([rid], RequestStatus.FINISHED_STOPPED)
-                seq.request.stop_reason = stop_str
+            step_lps = [result.logprobs.get(rid), *result.spec_logprobs.get(rid, ())]
+            for j, token in enumerate(new_tokens):
+                if not self.structured_outputs.consume(rid, token):
+                    self.scheduler.finish_requests([rid], RequestStatus.FINISHED_ABORTED)
+                if j < len(step_lps) and step_lps[j] is not None:
+                    lp, rank, top_ids, top_lps = step_lps[j]
+                    assert seq.logprobs is not None and seq.cumulative_logprob is not None
+                    entry = {token: Logprob(lp, rank, self._decode_one(token))}
+                    for tid, tlp in zip(top_ids, top_lps):
+                        entry.setdefault(
+                            int(tid), Logprob(float(tlp), None, self._decode_one(int(tid)))
+                        )
+                    self._rank_top(entry, top_ids)
+                    seq.logprobs.append(entry)
+                    seq.cumulative_logprob += lp
+                last = j == len(new_tokens) - 1
+                # eos or a stop id ends the request only with its last token
+                stop_token = last and seq.request.status == RequestStatus.FINISHED_STOPPED
+                stop_str = seq.detok.update([token], stop_terminated=stop_token)
+                if stop_str is not None:
+                    if not last:  # tokens emitted with it after the stop string are dropped
+                        seq.request.truncate_output_token_ids(
+                            seq.request.num_output_tokens - (len(new_tokens) - 1 - j)
+                        )
+                    self.scheduler.finish_requests([rid], RequestStatus.FINISHED_STOPPED)
+                    seq.request.stop_reason = stop_str
+                    break
         outputs = []
         for parent in touched.values():
             finished = parent.finished

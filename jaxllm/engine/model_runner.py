@@ -84,6 +84,12 @@ class StepResult:
     # request_id -> (positions start, [c] target logprobs, [c] ranks, [c, k] top ids,
     #                [c, k] top logprobs)
     prompt_logprobs: dict[str, tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    # speculative decoding: request_id -> the tokens sampled after each of its draft tokens
+    # (`sampled` holds the one after its last known token), and their logprobs when asked
+    spec_sampled: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    spec_logprobs: dict[str, list[tuple[float, int, np.ndarray, np.ndarray]]] = dataclasses.field(
+        default_factory=dict
+    )
 
 
 @dataclass
@@ -95,8 +101,10 @@ class InFlightStep:
     prompt_logprobs: dict[str, int]
     prompt_logprob_rows: list[tuple[int, int, int, int]]  # HostBatch.prompt_logprob_rows
     want_logprobs: bool
-    fetch: tuple  # device arrays: token ids [S] (and logprobs, their ids, ranks)
+    fetch: tuple  # device arrays: token ids [S + E] (and logprobs, their ids, ranks)
     prompt: Any  # device prompt logprobs, or None
+    num_rows: int = 0  # S, the padded sequence rows; draft rows follow them
+    spec_rows: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
 
 
 def choose_num_blocks(
@@ -343,8 +351,10 @@ class ModelRunner:
         prompt_logprobs: dict[str, int],
     ) -> InFlightStep:
         """Queue one step on the device and return without waiting. `rows[i]` samples for
-        `sched.scheduled[i]`; `prompt_logprobs` maps request ids wanting prompt logprobs to their
-        count. Input tokens still in flight come from the previous dispatched step."""
+        `sched.scheduled[i]`, and the rows after those for the draft tokens of the scheduled
+        requests that have them, in scheduled order, one after each draft; `prompt_logprobs` maps
+        request ids wanting prompt logprobs to their count. Input tokens still in flight come
+        from the previous dispatched step."""
         if sched.has_block_ops:  # swap-outs, swap-ins, copy-on-write: before the step
             self.kv_cache = self.block_mover.apply(self.kv_cache, sched)
         hb: HostBatch = build_host_batch(
@@ -355,8 +365,17 @@ class ModelRunner:
             pending_rows=self._last_rows,
         )
         S = hb.block_tables.shape[0]
+        n_seq = len(sched.scheduled)
+        n_spec = sum(d for _, _, d in hb.spec_rows)
+        if len(rows) != n_seq + n_spec:
+            raise ValueError(
+                f"{len(rows)} sampling rows for {n_seq} scheduled requests and {n_spec} drafts"
+            )
+        if n_spec:  # padding between the sequence rows and the draft rows (HostBatch order)
+            pad = SamplingRow(_PAD_PARAMS, seed=0)
+            rows = list(rows[:n_seq]) + [pad] * (S - n_seq) + list(rows[n_seq:])
         md, flags = build_sampling_metadata(
-            rows, vocab_size=self.model_config.vocab_size, pad_rows_to=S
+            rows, vocab_size=self.model_config.vocab_size, pad_rows_to=S + hb.num_spec_rows
         )
         targets = np.zeros(hb.num_prompt_logprob_rows, np.int32)
         k_prompt = -1
@@ -384,7 +403,15 @@ class ModelRunner:
             else (out.token_ids,)
         )
         return InFlightStep(
-            sched, rows, prompt_logprobs, hb.prompt_logprob_rows, want_lp, fetch, prompt
+            sched,
+            rows,
+            prompt_logprobs,
+            hb.prompt_logprob_rows,
+            want_lp,
+            fetch,
+            prompt,
+            S,
+            hb.spec_rows,
         )
 
     def resolve(self, step: InFlightStep) -> StepResult:
@@ -394,21 +421,28 @@ class ModelRunner:
         token_ids = host_out[0]
 
         result = StepResult({}, {}, {})
+
+        def logprob_entry(i: int, k: int) -> tuple[float, int, np.ndarray, np.ndarray]:
+            _, lps, ids, ranks = host_out
+            k = lps.shape[1] - 1 if k == -1 else k
+            return float(lps[i, 0]), int(ranks[i]), ids[i, 1 : 1 + k], lps[i, 1 : 1 + k]
+
         for i, sr in enumerate(sched.scheduled):
             rid = sr.request.request_id
             if not sr.samples:
                 continue
             result.sampled[rid] = int(token_ids[i])
             if want_lp and rows[i].params.logprobs is not None:
-                _, lps, ids, ranks = host_out
-                k = rows[i].params.logprobs
-                k = lps.shape[1] - 1 if k == -1 else k
-                result.logprobs[rid] = (
-                    float(lps[i, 0]),
-                    int(ranks[i]),
-                    ids[i, 1 : 1 + k],
-                    lps[i, 1 : 1 + k],
-                )
+                result.logprobs[rid] = logprob_entry(i, rows[i].params.logprobs)
+        for row, offset, d in step.spec_rows:
+            sr = sched.scheduled[row]
+            first = step.num_rows + offset
+            result.spec_sampled[sr.request_id] = [int(t) for t in token_ids[first : first + d]]
+            k = rows[row].params.logprobs
+            if want_lp and k is not None:
+                result.spec_logprobs[sr.request_id] = [
+                    logprob_entry(first + j, k) for j in range(d)
+                ]
         if host_prompt is not None:
             p_lps, p_ids, p_ranks = (
                 host_prompt.logprobs,
@@ -460,8 +494,12 @@ def device_step(
     prompt = None
     if num_prompt_logprobs >= 0:
         prompt = compute_logprobs(logits[S:], prompt_targets, num_prompt_logprobs)
-    sampled = jnp.zeros_like(last_tokens).at[:S].set(out.token_ids.astype(jnp.int32))
+    n = min(S, last_tokens.shape[0])  # draft rows (after the sequence rows) may pass S_cap
+    sampled = jnp.zeros_like(last_tokens).at[:n].set(out.token_ids[:n].astype(jnp.int32))
     return kv_cache, out, prompt, sampled
+
+
+_PAD_PARAMS = SamplingParams(temperature=0.0)  # padding rows: greedy, neutral
 
 
 def _empty_host_batch(T: int, S: int, P: int, decode_only: bool) -> HostBatch:

@@ -9,6 +9,7 @@ from jaxllm.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerCo
 from jaxllm.engine.llm_engine import LLMEngine
 from jaxllm.outputs import RequestOutput
 from jaxllm.sampling_params import SamplingParams, sampling_defaults_from_generation_config
+from jaxllm.spec_decode import SpeculativeConfig
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -41,7 +42,11 @@ class LLM:
     unrolled shape takes seconds to tens of seconds to compile; see `LLMEngine.precompile`),
     generation_config ("auto": the sampling settings of the model's generation_config, such as
     temperature, top_p and max_new_tokens, are the defaults of `get_default_sampling_params()` and
-    of `generate(prompts)` without sampling params; "vllm": SamplingParams' own defaults).
+    of `generate(prompts)` without sampling params; "vllm": SamplingParams' own defaults),
+    speculative_config (vLLM's dict, or its JSON text: `{"method": "ngram",
+    "num_speculative_tokens": k, "prompt_lookup_min": ..., "prompt_lookup_max": ...}` or
+    `{"method": "draft_model", "model": ..., "num_speculative_tokens": k}`; outputs are those
+    without it, the engine then schedules synchronously; see docs/speculative-decoding.md).
 
     Parallelism: `tensor_parallel_size` (tp) shards the model over tp devices (a
     mixture-of-experts model splits each expert's width, or with `enable_expert_parallel` whole
@@ -83,6 +88,7 @@ class LLM:
         compilation_cache_dir: str | None = None,
         precompile: bool = False,
         generation_config: str = "auto",
+        speculative_config: dict | str | SpeculativeConfig | None = None,
     ) -> None:
         if generation_config not in ("auto", "vllm"):
             raise ValueError(
@@ -165,6 +171,7 @@ class LLM:
             compilation_cache_dir=compilation_cache_dir,
             generation_config=loaded.generation_config,
             precompile=precompile,
+            speculative_config=SpeculativeConfig.from_value(speculative_config),
         )
         if data_parallel_size == 1:
             self.llm_engine = LLMEngine(

@@ -105,8 +105,14 @@ class KVCacheManager:
         request: Request,
         num_new_tokens: int,
         new_computed_blocks: list[KVCacheBlock] | None = None,
+        num_lookahead_tokens: int = 0,
     ) -> list[KVCacheBlock] | None:
         """Make room for `num_new_tokens` more tokens of the request.
+
+        `num_lookahead_tokens`: slots for tokens past the request's known ones (speculative
+        decoding's draft tokens, and the positions a draft model writes ahead); they get blocks
+        but are never hashed into the prefix cache, and a rejected draft's slot is simply written
+        again later.
 
         `new_computed_blocks` (only when the request holds no blocks yet) are prefix-cache hits
         from `get_computed_blocks`; their tokens count as computed in addition to
@@ -130,7 +136,7 @@ class KVCacheManager:
             bs = self.block_size
             if (
                 num_tokens <= request.num_tokens_with_placeholders
-                and -(-num_tokens // bs) <= len(req_blocks)
+                and -(-(num_tokens + num_lookahead_tokens) // bs) <= len(req_blocks)
                 and (
                     num_computed_tokens % bs == 0
                     or req_blocks[num_computed_tokens // bs].ref_cnt == 1
@@ -148,8 +154,10 @@ class KVCacheManager:
                 f"request {rid!r}: {num_computed_tokens} computed + {num_new_tokens} new tokens "
                 f"exceeds its {request.num_tokens_with_placeholders} tokens"
             )
+        if num_lookahead_tokens < 0:
+            raise ValueError(f"num_lookahead_tokens must be >= 0, got {num_lookahead_tokens}")
         num_held = len(req_blocks) if req_blocks else 0
-        num_required = -(-num_tokens // self.block_size)
+        num_required = -(-(num_tokens + num_lookahead_tokens) // self.block_size)
         num_new_blocks = max(0, num_required - num_held - len(computed))
         # Hits on free (evictable) blocks also take blocks out of the free queue.
         num_evictable_hits = sum(1 for b in computed if b.ref_cnt == 0)

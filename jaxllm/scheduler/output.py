@@ -32,6 +32,10 @@ class ScheduledRequest:
     # token from the last scheduled token's logits. False for a non-final prefill chunk.
     samples: bool
     sample_from: str | None = None  # fork rows: the request id whose logits they sample from
+    # speculative decoding: draft tokens verified this step. They are the last len(...) of the
+    # num_new_tokens (after all of the request's known tokens); the step samples one token after
+    # the last known token and one after each draft.
+    spec_token_ids: list[int] = field(default_factory=list)
 
     @property
     def request_id(self) -> str:

@@ -21,6 +21,12 @@ is the lowest-priority request (largest value, latest arrival), as vLLM picks it
 computes its last prompt token they are forked onto its blocks (see KVCacheManager.fork) and
 sample from its logits, so the prompt is prefilled once.
 
+Speculative decoding (synchronous scheduling only): a running request that is caught up verifies
+its `spec_token_ids` (drafts) in the same step as its next token; they cost budget like any
+token and get KV slots, plus `num_lookahead_tokens` more slots for a draft model to write ahead.
+`update_from_output()` rolls `num_computed_tokens` back past the rejected drafts (their slots stay
+allocated and are written again by later tokens; the prefix cache only ever hashes known tokens).
+
 `update_from_output()` then advances the computed counters, appends sampled tokens, runs the stop
 checks and frees finished requests' blocks. Host side only: no JAX here.
 
@@ -55,10 +61,12 @@ class Scheduler:
         num_blocks: int,
         num_host_blocks: int = 0,
         sliding_window: int | None = None,
+        num_lookahead_tokens: int = 0,
     ) -> None:
         """`num_host_blocks`: swap space in blocks (used with preemption_mode="swap");
         `sliding_window`: the model's window where every layer has it (blocks before it are
-        freed, see `KVCacheManager`)."""
+        freed, see `KVCacheManager`); `num_lookahead_tokens`: KV slots past a sampling request's
+        scheduled tokens (speculative decoding with a draft model, which writes ahead)."""
         self.config = scheduler_config
         self.max_model_len = scheduler_config.max_model_len
         self.block_size = cache_config.block_size
@@ -82,6 +90,9 @@ class Scheduler:
             raise ValueError(f"num_host_blocks must be >= 0, got {num_host_blocks}")
         self.swap = scheduler_config.preemption_mode == "swap"
         self.async_scheduling = bool(scheduler_config.async_scheduling)
+        if num_lookahead_tokens < 0:
+            raise ValueError(f"num_lookahead_tokens must be >= 0, got {num_lookahead_tokens}")
+        self.num_lookahead_tokens = num_lookahead_tokens
         self.priority = scheduler_config.policy == "priority"
         self.kv_cache_manager = KVCacheManager(
             num_blocks,
@@ -227,26 +238,27 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(
-                request.num_tokens_with_placeholders - request.num_computed_tokens, budget
-            )
+            num_known = request.num_tokens_with_placeholders - request.num_computed_tokens
+            num_new = min(num_known, budget)
             if num_new <= 0 or (
                 request.num_output_placeholders and self._length_capped_in_flight(request)
             ):  # nothing to compute, or the tokens in flight end it
                 i += 1
                 continue
-            new_blocks = kv.allocate_slots(request, num_new)
+            drafts = self._drafts(request, num_new == num_known, budget - num_new)
+            lookahead = len(drafts) + (self.num_lookahead_tokens if num_new == num_known else 0)
+            new_blocks = kv.allocate_slots(request, num_new, num_lookahead_tokens=lookahead)
             while new_blocks is None:
                 victim = self.running.pop()  # the newest; never one scheduled above (index < i)
                 self._preempt(victim)
                 preempted.append(victim)
                 if victim is request:
                     break
-                new_blocks = kv.allocate_slots(request, num_new)
+                new_blocks = kv.allocate_slots(request, num_new, num_lookahead_tokens=lookahead)
             if new_blocks is None:
                 break  # the request preempted itself: nothing behind it is left to schedule
-            scheduled.append(self._scheduled(request, num_new, forks))
-            budget -= num_new
+            scheduled.append(self._scheduled(request, num_new, forks, drafts))
+            budget -= num_new + len(drafts)
             i += 1
         for sr in forks:  # forked in step 1; they join the running list behind it
             self._add_running(sr.request)
@@ -257,6 +269,7 @@ class Scheduler:
             group = 1 + len(self.pending_forks.get(request.request_id, ()))
             if self._num_seats() + group > self.config.max_num_seqs:
                 break
+            request.spec_token_ids = []  # drafts only once running (its prompt is computed)
             swapped = kv.is_swapped(request.request_id)
             hit_blocks: list[KVCacheBlock]
             if swapped:
@@ -272,7 +285,15 @@ class Scheduler:
                 if swap_in is None:
                     break
                 self._blocks_to_swap_in.extend(swap_in)
-            elif kv.allocate_slots(request, num_new, hit_blocks) is None:
+            elif (
+                kv.allocate_slots(
+                    request,
+                    num_new,
+                    hit_blocks,
+                    num_lookahead_tokens=self._lookahead_after(request, num_hit + num_new),
+                )
+                is None
+            ):
                 break
             self.waiting.popleft()
             self._add_running(request)
@@ -304,6 +325,29 @@ class Scheduler:
                     sr.request.num_output_placeholders += 1
         return out
 
+    def _drafts(self, request: Request, caught_up: bool, budget_left: int) -> list[int]:
+        """The draft tokens this step verifies for a running request: its proposed ones, only when
+        this step computes all its known tokens, cut to the budget left, to the room before
+        max_model_len, and to the tokens max_tokens still allows after the one sampled anyway."""
+        drafts = request.spec_token_ids
+        if not drafts:
+            return drafts
+        request.spec_token_ids = []  # verified now, or dropped
+        if not caught_up or self.async_scheduling:
+            return []
+        room = self.max_model_len - request.num_tokens
+        max_tokens = request.sampling_params.max_tokens
+        if max_tokens is not None:
+            room = min(room, max_tokens - request.num_output_tokens - 1)
+        return drafts[: max(0, min(budget_left, room))]
+
+    def _lookahead_after(self, request: Request, num_scheduled: int) -> int:
+        """Lookahead slots for a request admitted with `num_scheduled` of its tokens computed by
+        the end of the step: only when that is all of them (it samples)."""
+        if num_scheduled == request.num_tokens_with_placeholders:
+            return self.num_lookahead_tokens
+        return 0
+
     def _length_capped_in_flight(self, request: Request) -> bool:
         """Whether the request's tokens in flight certainly end it by length (max_tokens or
         max_model_len), so that scheduling it again would compute a token nobody gets."""
@@ -322,10 +366,16 @@ class Scheduler:
         )
 
     def _scheduled(
-        self, request: Request, num_new: int, forks: list[ScheduledRequest]
+        self,
+        request: Request,
+        num_new: int,
+        forks: list[ScheduledRequest],
+        drafts: list[int] | None = None,
     ) -> ScheduledRequest:
-        """The request's share of the step; when it computes its last prompt token and has
-        samples waiting to fork, fork them (their rows go to `forks`)."""
+        """The request's share of the step (`num_new` known tokens, then `drafts`); when it
+        computes its last prompt token and has samples waiting to fork, fork them (their rows go
+        to `forks`)."""
+        drafts = drafts or []
         start = request.num_computed_tokens
         samples = start + num_new == request.num_tokens_with_placeholders
         self.num_prompt_tokens_computed += max(
@@ -350,10 +400,11 @@ class Scheduler:
                 )
         return ScheduledRequest(
             request=request,
-            num_new_tokens=num_new,
+            num_new_tokens=num_new + len(drafts),
             num_computed_tokens=start,
             block_ids=self.kv_cache_manager.get_block_ids(request.request_id),
             samples=samples,
+            spec_token_ids=list(drafts),
         )
 
     def _preempt(self, request: Request) -> None:
@@ -369,6 +420,7 @@ class Scheduler:
             self._blocks_to_swap_out.extend(swapped)
             self.num_swapped_out_total += 1
         request.status = RequestStatus.PREEMPTED
+        request.spec_token_ids = []
         request.num_preemptions += 1
         self.num_preemptions_total += 1
         self._enqueue(request, front=True)
@@ -391,13 +443,26 @@ class Scheduler:
             request = sr.request
             if request.is_finished():
                 continue
+            token_ids = sampled.get(request.request_id) if sr.samples else None
+            if sr.samples and (token_ids is None or len(token_ids) == 0):
+                raise ValueError(f"no sampled token for request {request.request_id!r}")
             if not self.async_scheduling:
-                request.num_computed_tokens = sr.num_computed_tokens + sr.num_new_tokens
+                # drafts past the first rejected one computed KV that is not the request's
+                num_rejected = 0
+                if sr.spec_token_ids:
+                    num_rejected = len(sr.spec_token_ids) + 1 - len(token_ids or ())
+                    if not 0 <= num_rejected <= len(sr.spec_token_ids):
+                        raise ValueError(
+                            f"request {request.request_id!r} verified "
+                            f"{len(sr.spec_token_ids)} drafts but got {len(token_ids or ())} "
+                            "tokens"
+                        )
+                request.num_computed_tokens = (
+                    sr.num_computed_tokens + sr.num_new_tokens - num_rejected
+                )
             if not sr.samples:
                 continue
-            token_ids = sampled.get(request.request_id)
-            if token_ids is None or len(token_ids) == 0:
-                raise ValueError(f"no sampled token for request {request.request_id!r}")
+            assert token_ids is not None
             if self.async_scheduling:
                 request.num_output_placeholders -= 1
             waiting = request.status == RequestStatus.PREEMPTED  # preempted while in flight

@@ -76,12 +76,12 @@ def load_model_once(args: argparse.Namespace):
     )
 
 
-def make_llm(args: argparse.Namespace, loaded, max_model_len: int):
+def make_llm(args: argparse.Namespace, loaded, max_model_len: int, **overrides: Any):
     """The engine over `loaded` with every engine flag; `--max-model-len` wins over the
-    workload's `max_model_len`."""
+    workload's `max_model_len`; `overrides` win over the flags."""
     from jaxllm import LLM
 
-    kw = engine_kwargs(args)
+    kw = engine_kwargs(args) | overrides
     kw.pop("model")
     kw.pop("revision", None)  # `loaded` is the model at that revision already
     kw.pop("quantization", None)  # and in that quantization

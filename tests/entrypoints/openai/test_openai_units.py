@@ -119,6 +119,24 @@ def test_serve_bad_options(argv, message):
         serve(argv)
 
 
+def test_serve_speculative_config_flag_and_yaml(tmp_path):
+    spec = {"method": "ngram", "num_speculative_tokens": 3}
+    opts = serve(["--speculative-config", '{"method":"ngram","num_speculative_tokens":3}'])
+    assert opts.engine_kwargs["speculative_config"] == spec
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("speculative_config: {method: ngram, num_speculative_tokens: 3}\n")
+    assert serve(["--config", str(cfg)]).engine_kwargs["speculative_config"] == spec
+    with pytest.raises(CLIError, match="--speculative-config does not combine"):
+        serve(["--config", str(cfg), "--async-scheduling"])
+
+
+def test_cli_serve_bad_speculative_config_exits_2(capsys):
+    medusa = '{"method": "medusa", "num_speculative_tokens": 2}'
+    assert cli.main(["serve", "--speculative-config", medusa]) == 2  # before any model loads
+    err = capsys.readouterr().err
+    assert "argument --speculative-config: " in err and "'medusa' is not supported" in err
+
+
 def test_cli_serve_help_and_errors_exit_codes(capsys, tmp_path):
     assert cli.main(["serve", "--help"]) == 0
     assert "--api-key" in capsys.readouterr().out

@@ -11,6 +11,7 @@
 Standalone benchmarks and probes, each run as `python -m jaxllm.benchmarks.NAME` (see `--help`):
 `kernels` (the paged-attention kernels; `kernel_tuning` holds its --tune/--profile modes),
 `lowering_choice` (Triton vs Mosaic GPU on one prefill), `prefix` (prefix caching on vs off),
+`spec_decode` (n-gram speculative decoding vs none at batch 1),
 `tp_hlo_probe` (what a tensor-parallel step compiles to; `hlo_analysis` reads the HLO),
 `cpu_step_profile` (where a CPU step's time goes), `scan_unroll_probe` and `scan_unroll_cpu_probe`
 (rolled vs unrolled layers).

@@ -129,7 +129,14 @@ def engine_settings(llm) -> dict:
         "dtype": cfg.model.dtype,
         "tensor_parallel_size": cfg.parallel.tensor_parallel_size,
         "async_scheduling": cfg.scheduler.async_scheduling,
+        "speculative_config": _as_dict(getattr(llm.llm_engine, "speculative_config", None)),
     }
+
+
+def _as_dict(config: Any) -> dict | None:
+    import dataclasses
+
+    return None if config is None else dataclasses.asdict(config)
 
 
 def release_device_memory() -> bool:

@@ -68,6 +68,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(
             "--output-len must be >= 2 (one prefill token plus at least one decode step)"
         )
+    if getattr(args, "speculative_config", None) is not None:
+        raise ValueError(
+            "--speculative-config: this benchmark times steps of one token per sequence; "
+            "measure speculative decoding with `python -m jaxllm.benchmarks.spec_decode`"
+        )
     if args.peer == "llamacpp" and args.batch_size != 1:
         raise ValueError(
             f"--peer llamacpp runs one prompt at a time: --batch-size must be 1, got "

@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from jaxllm.outputs import CompletionOutput, RequestOutput
 from jaxllm.sampling_params import SamplingParams
+from jaxllm.spec_decode import SpecDecodeStats
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ class EngineStats:
     prefix_cache_hits: int = 0
     num_unfinished_requests: int = 0  # parent requests the engine still holds
     num_steps_total: int = 0
+    # speculative decoding (the engine's `spec_stats`; zeros without it)
+    spec_num_drafts: int = 0  # requests that verified drafts, summed over steps
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
+    spec_accepted_per_position: tuple[int, ...] = ()  # [j]: drafts at position j accepted
 
 
 class StatListener(Protocol):
@@ -523,6 +529,8 @@ class AsyncLLMEngine:
         engines = getattr(self.engine, "replicas", None) or [self.engine]
         scheds = [e.scheduler for e in engines]
         usable = [e.runner.num_blocks - 1 for e in engines]
+        # a DP engine sums its replicas'; an engine without the attribute (a test's) has none
+        spec = getattr(self.engine, "spec_stats", None) or SpecDecodeStats()
         self._stats = EngineStats(
             num_running=sum(s.num_running for s in scheds),
             num_waiting=sum(s.num_waiting_seqs for s in scheds),
@@ -536,6 +544,10 @@ class AsyncLLMEngine:
             prefix_cache_hits=sum(s.prefix_cache_stats.hits for s in scheds),
             num_unfinished_requests=self.engine.get_num_unfinished_requests(),
             num_steps_total=self._num_steps,
+            spec_num_drafts=spec.num_drafts,
+            spec_num_draft_tokens=spec.num_draft_tokens,
+            spec_num_accepted_tokens=spec.num_accepted_tokens,
+            spec_accepted_per_position=tuple(spec.accepted_per_position),
         )
 
     def _hand_off(self, handoff: list) -> None:

@@ -8,8 +8,9 @@ runs while the others' Python runs; every replica gets its own copy of the token
 fast tokenizers are not safe to share between threads), and returns all their outputs.
 
 It offers the LLMEngine methods `LLM` uses: add_request, abort_request, step,
-has_unfinished_requests, get_num_unfinished_requests, tokenize; and config, model_config,
-tokenizer, eos_token_ids, runner (replica 0's, for reporting).
+has_unfinished_requests, get_num_unfinished_requests, tokenize; config, model_config,
+tokenizer, eos_token_ids, runner, speculative_config (replica 0's, for reporting); and spec_stats
+(the replicas' speculative decoding counters, summed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from jaxllm.config import EngineConfig
 from jaxllm.engine.llm_engine import LLMEngine
 from jaxllm.outputs import RequestOutput
+from jaxllm.spec_decode import SpecDecodeStats, SpeculativeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,25 @@ class DPEngine:
     @property
     def runner(self):
         return self.replicas[0].runner
+
+    @property
+    def speculative_config(self) -> SpeculativeConfig | None:
+        return self.replicas[0].speculative_config
+
+    @property
+    def spec_stats(self) -> SpecDecodeStats:
+        """Every replica's counters summed (a new object: reading it changes nothing)."""
+        total = SpecDecodeStats()
+        for r in self.replicas:
+            s = r.spec_stats
+            total.num_drafts += s.num_drafts
+            total.num_draft_tokens += s.num_draft_tokens
+            total.num_accepted_tokens += s.num_accepted_tokens
+            per_pos = total.accepted_per_position
+            per_pos += [0] * (len(s.accepted_per_position) - len(per_pos))
+            for j, n in enumerate(s.accepted_per_position):
+                per_pos[j] += n
+        return total
 
     @property
     def data_parallel_size(self) -> int:

@@ -17,16 +17,18 @@ JAXLLM_PROCESS_ID (the variables `jaxllm.parallel.multihost.initialize` reads);
 
 `--config FILE.yaml` holds the same options as a flat mapping: keys are the long flag names with
 dashes or underscores (`max-model-len` or `max_model_len`; `tp` works too), values are YAML
-scalars or lists (`stop: ["\\n", "###"]`). Precedence: flags given on the command line > the config
-file > built-in defaults (the `LLM` / `SamplingParams` defaults; only options that were set are
-passed on). Unknown keys and badly typed values raise `CLIError` naming them.
+scalars or lists (`stop: ["\\n", "###"]`), or for a flag whose value is a JSON object
+(`--speculative-config`) a mapping or its JSON text. Precedence: flags given on the command line >
+the config file > built-in defaults (the `LLM` / `SamplingParams` defaults; only options that were
+set are passed on). Unknown keys and badly typed values raise `CLIError` naming them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,8 @@ __all__ = [
     "resolve_multihost",
     "check_multihost_engine",
     "add_multihost_args",
+    "check_speculative_engine",
+    "JSONObjectArg",
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -87,6 +91,7 @@ ENGINE_ARGS = {
     "attention_backend": "attention_backend",
     "precompile": "precompile",
     "generation_config": "generation_config",
+    "speculative_config": "speculative_config",
 }
 
 # argparse dest -> SamplingParams keyword.
@@ -133,6 +138,42 @@ PROCESS_ID_ENV = "JAXLLM_PROCESS_ID"
 
 class CLIError(ValueError):
     """Bad command-line input; the CLI prints it on stderr and exits with status 2."""
+
+
+class JSONObjectArg:
+    """The argparse `type` of a flag whose value is a JSON object (`--speculative-config`): its
+    JSON text, or in a config file the mapping itself, checked by `check` (which raises
+    ValueError) before any model loads; the value is the dict. argparse's message names the flag
+    (a config file's, the key)."""
+
+    __name__ = "JSON object"  # how argparse names the type in its own messages
+
+    def __init__(self, check: Callable[[dict], object]) -> None:
+        self.check = check
+
+    def __call__(self, value: str | dict) -> dict:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"must be a JSON object, got {type(value).__name__}")
+        try:
+            self.check(value)
+        except (ValueError, TypeError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return dict(value)
+
+
+def _check_speculative_config(value: dict) -> object:
+    # host side only (no JAX): the CLI checks the value before the model loads
+    from jaxllm.spec_decode.config import SpeculativeConfig
+
+    return SpeculativeConfig.from_value(value)
+
+
+SPECULATIVE_CONFIG_ARG = JSONObjectArg(_check_speculative_config)
 
 
 def _int_list(text: str) -> list[int]:
@@ -249,6 +290,16 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="compile every padded step shape at start-up, in parallel threads (greedy and "
         "random sampling), instead of on first use; worth it on GPUs (default: off)",
+    )
+    g.add_argument(
+        "--speculative-config",
+        type=SPECULATIVE_CONFIG_ARG,
+        metavar="JSON",
+        help='speculative decoding as JSON (vLLM\'s keys), e.g. \'{"method": "ngram", '
+        '"num_speculative_tokens": 4}\' (prompt_lookup_min/max: the n-gram lengths, default 1 '
+        'and 5) or \'{"method": "draft_model", "model": "...", "num_speculative_tokens": 4}\'; '
+        "outputs stay those without it; the engine then schedules synchronously "
+        "(default: off)",
     )
 
 
@@ -449,6 +500,11 @@ def _coerce(action: argparse.Action, value: Any, where: str) -> Any:
         return value
 
     def one(item: Any) -> Any:
+        if isinstance(item, dict) and isinstance(action.type, JSONObjectArg):
+            try:
+                return action.type(item)
+            except argparse.ArgumentTypeError as e:
+                raise CLIError(f"{where}: {e}") from None
         if isinstance(item, (dict, list, bool)):
             raise CLIError(f"{where} has a bad value {item!r}")
         text = str(item)
@@ -654,6 +710,16 @@ def check_multihost_engine(multihost: MultihostOptions | None, engine: Mapping[s
         )
 
 
+def check_speculative_engine(engine: Mapping[str, Any]) -> None:
+    """Speculative decoding runs with synchronous scheduling only: refuse both flags together
+    before the model loads (the engine would refuse them after)."""
+    if engine.get("speculative_config") is not None and engine.get("async_scheduling"):
+        raise CLIError(
+            "--speculative-config does not combine with --async-scheduling: the proposer needs "
+            "each step's tokens on the host before the next step is scheduled"
+        )
+
+
 def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
     """Merge defaults < config file < command-line flags into a GenerateOptions."""
     values = dict(_GENERATE_DEFAULTS)
@@ -663,6 +729,7 @@ def resolve_generate_args(args: argparse.Namespace) -> GenerateOptions:
         rest["coordinator_address"], rest["num_processes"], rest["process_id"]
     )
     check_multihost_engine(multihost, engine)
+    check_speculative_engine(engine)
     return GenerateOptions(
         engine_kwargs=engine,
         sampling_kwargs=sampling,

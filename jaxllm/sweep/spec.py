@@ -3,7 +3,8 @@
     name: cpu_smollm2            # default: the file's stem
     bench: throughput            # default benchmark of every point: throughput | latency
     base:                        # flags of every point (`jaxllm bench BENCH --help`), dashes or
-      model: smollm2-135m        #   underscores; true -> `--flag`, false/null -> left out
+      model: smollm2-135m        #   underscores; true -> `--flag`, false/null -> left out; a
+                                 #   JSON-object flag (speculative_config) takes a mapping
       num_prompts: 16
     grid:                        # cartesian product: one point per combination
       max_num_seqs: [1, 4, 16]
@@ -34,6 +35,8 @@ import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from jaxllm.entrypoints.cli_args import JSONObjectArg
 
 __all__ = [
     "SWEEP_BENCHES",
@@ -154,6 +157,10 @@ def _to_argv(
         flag = "--" + key.replace("_", "-")
         if value is None:
             continue
+        if isinstance(value, dict) and isinstance(action.type, JSONObjectArg):
+            argv += [flag, json.dumps(value)]  # a flag whose value is a JSON object
+            kept[key] = value
+            continue
         if isinstance(value, (list, dict)):
             raise ValueError(
                 f"{where}: setting {key!r} must be a single value, got {value!r} "
@@ -196,16 +203,33 @@ def _norm_keys(mapping: Any, where: str) -> dict[str, Any]:
     return out
 
 
+def _json_object_settings() -> set[str]:
+    """Settings whose value is a JSON object (`speculative_config`): a mapping under such a
+    grid key is one value, not a bundle of keys. Engine flags: the same in every benchmark."""
+    return {
+        key
+        for key, action in _options(SWEEP_BENCHES[0]).items()
+        if isinstance(action.type, JSONObjectArg)
+    }
+
+
 def _grid_combinations(grid: dict[str, Any]) -> list[dict[str, Any]]:
-    """One mapping per combination; a list item that is a mapping is merged (a bundle of keys)."""
+    """One mapping per combination; a list item that is a mapping is merged (a bundle of keys),
+    except under a key whose value is a JSON object."""
     axes = []
+    objects = _json_object_settings()
     for key, values in grid.items():
         if not isinstance(values, list):
             values = [values]
         if not values:
             raise ValueError(f"grid: {key!r} has an empty list")
         axes.append(
-            [_norm_keys(v, f"grid: {key!r}") if isinstance(v, dict) else {key: v} for v in values]
+            [
+                _norm_keys(v, f"grid: {key!r}")
+                if isinstance(v, dict) and key not in objects
+                else {key: v}
+                for v in values
+            ]
         )
     combos = []
     for choice in itertools.product(*axes):

@@ -141,6 +141,10 @@ def test_bench_latency_batch_with_hf_peer(tiny_folder, tmp_path, capsys):
         (["latency", "--output-len", "1"], "--output-len must be >= 2"),
         (["serve", "--request-rate", "0"], "--request-rate must be > 0"),
         (["throughput", "--dataset", "/nonexistent/x.jsonl"], "dataset file not found"),
+        (
+            ["latency", "--speculative-config", '{"method":"ngram","num_speculative_tokens":2}'],
+            "jaxllm.benchmarks.spec_decode",
+        ),
     ],
 )
 def test_bench_bad_flags_exit_2(argv, message, capsys):

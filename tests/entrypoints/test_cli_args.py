@@ -321,6 +321,77 @@ def test_missing_config_file(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------------------- speculative config
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3}
+
+
+def test_speculative_config_flag_and_yaml_reach_llm(tmp_path):
+    """The flag's JSON, a YAML mapping and a YAML string of JSON all become the dict that
+    `LLM(speculative_config=...)` takes; the flag wins over the file."""
+    from jaxllm.spec_decode import SpeculativeConfig
+
+    opts = resolve(["hi", "--speculative-config", json.dumps(NGRAM)])
+    spec = opts.engine_kwargs["speculative_config"]
+    assert spec == NGRAM
+    assert SpeculativeConfig.from_value(spec).ngram_window == (1, 5)  # the real class takes it
+    mapping = write(
+        tmp_path,
+        "m.yaml",
+        "speculative_config:\n  method: ngram\n  num_speculative_tokens: 2\n"
+        "  prompt_lookup_max: 3\n",
+    )
+    assert resolve(["hi", "--config", mapping]).engine_kwargs["speculative_config"] == {
+        "method": "ngram",
+        "num_speculative_tokens": 2,
+        "prompt_lookup_max": 3,
+    }
+    text = write(tmp_path, "t.yaml", f"speculative-config: '{json.dumps(NGRAM)}'\n")
+    assert resolve(["hi", "--config", text]).engine_kwargs["speculative_config"] == NGRAM
+    flag_wins = ["hi", "--config", mapping, "--speculative-config", json.dumps(NGRAM)]
+    assert resolve(flag_wins).engine_kwargs["speculative_config"] == NGRAM
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("{method: ngram", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object, got list"),
+        ('{"method": "ngram"}', "needs 'num_speculative_tokens'"),
+        ('{"method": "ngram", "num_speculative_tokens": 2, "k": 1}', "unknown keys ['k']"),
+        ('{"method": "eagle", "num_speculative_tokens": 2}', "'eagle' is not supported"),
+        ('{"method": "ngram", "num_speculative_tokens": 0}', "must be an int >= 1"),
+    ],
+)
+def test_bad_speculative_config_names_the_flag(capsys, value, message):
+    rc, stdout, err = run_cli(["generate", "hi", "--speculative-config", value], capsys)
+    assert rc == 2 and stdout == "" and not FakeLLM.instances
+    assert "argument --speculative-config: " in err and message in err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("speculative_config: {method: ngram}\n", "key 'speculative_config': .*needs"),
+        ("speculative_config: '{oops'\n", "key 'speculative_config': invalid value .*JSON"),
+        ("speculative_config: {method: ngram, num_speculative_tokens: 2, x: 1}\n", "'x'"),
+    ],
+)
+def test_bad_speculative_config_in_yaml_names_the_key(tmp_path, text, message):
+    cfg = write(tmp_path, "c.yaml", text)
+    with pytest.raises(CLIError, match=message):
+        load_config_file(cfg, generate_parser())
+
+
+def test_speculative_config_refuses_async_scheduling(capsys):
+    argv = ["generate", "hi", "--speculative-config", json.dumps(NGRAM), "--async-scheduling"]
+    rc, _, err = run_cli(argv, capsys)
+    assert rc == 2 and not FakeLLM.instances
+    assert "--speculative-config does not combine with --async-scheduling" in err
+    argv[-1] = "--no-async-scheduling"  # synchronous, as speculation runs anyway
+    assert resolve(argv[1:]).engine_kwargs["async_scheduling"] is False
+
+
 # --------------------------------------------------------------------------------- prompt inputs
 
 

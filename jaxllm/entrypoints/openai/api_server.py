@@ -154,7 +154,10 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
     engine = llm.llm_engine
     names = opts.served_model_names or [str(opts.engine_kwargs.get("model", "model"))]
     async_engine = AsyncLLMEngine(engine, max_waiting_requests=opts.max_waiting_requests)
-    metrics = ServerMetrics(names[0], async_engine.stats)
+    spec = getattr(engine, "speculative_config", None)
+    metrics = ServerMetrics(
+        names[0], async_engine.stats, spec.num_speculative_tokens if spec is not None else None
+    )
     async_engine.stat_listener = metrics
     ctx = ServerContext(
         engine=async_engine,

@@ -13,6 +13,14 @@ Engine state, read from the async engine's snapshot at scrape time:
     jaxllm:num_requests_pending                              gauge (queued, not yet in the engine)
     jaxllm:num_unfinished_requests                           gauge (requests the engine holds)
     jaxllm:engine_steps_total                                counter
+Speculative decoding, only when the engine runs with a speculative_config (as vLLM exports them
+only then; the engine's `spec_stats`, summed over data-parallel replicas):
+    vllm:spec_decode_num_drafts_total                        counter (requests that verified
+                                                              drafts, summed over steps)
+    vllm:spec_decode_num_draft_tokens_total                  counter
+    vllm:spec_decode_num_accepted_tokens_total               counter
+    vllm:spec_decode_num_accepted_tokens_per_pos_total{position="0".."k-1"}   counter (drafts
+                                                              accepted at each draft position)
 Per request, recorded on the engine thread as outputs appear:
     vllm:prompt_tokens_total, vllm:generation_tokens_total   counters
     vllm:request_success_total{finished_reason=stop|length|abort}   counter, one per sequence
@@ -72,9 +80,15 @@ _TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 2
 
 
 class _EngineStateCollector(Collector):
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats]) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        stats: Callable[[], EngineStats],
+        num_speculative_tokens: int | None = None,
+    ) -> None:
         self.model_name = model_name
         self.stats = stats
+        self.num_speculative_tokens = num_speculative_tokens
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
         g = GaugeMetricFamily(name, doc, labels=["model_name"])
@@ -131,6 +145,32 @@ class _EngineStateCollector(Collector):
             s.num_unfinished_requests,
         )
         yield self._counter("jaxllm:engine_steps", "Engine steps run.", s.num_steps_total)
+        if self.num_speculative_tokens is not None:
+            yield from self._spec_decode(s, self.num_speculative_tokens)
+
+    def _spec_decode(self, s: EngineStats, k: int) -> Iterator:
+        yield self._counter(
+            "vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", s.spec_num_drafts
+        )
+        yield self._counter(
+            "vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", s.spec_num_draft_tokens
+        )
+        yield self._counter(
+            "vllm:spec_decode_num_accepted_tokens",
+            "Number of accepted tokens.",
+            s.spec_num_accepted_tokens,
+        )
+        per_pos = CounterMetricFamily(
+            "vllm:spec_decode_num_accepted_tokens_per_pos",
+            "Accepted tokens per draft position.",
+            labels=["model_name", "position"],
+        )
+        accepted = s.spec_accepted_per_position
+        for pos in range(max(k, len(accepted))):  # every position from the start, as vLLM
+            per_pos.add_metric(
+                [self.model_name, str(pos)], accepted[pos] if pos < len(accepted) else 0
+            )
+        yield per_pos
 
 
 @dataclass
@@ -142,7 +182,14 @@ class _Timing:
 class ServerMetrics:
     """The server's registry and recorder; also the async engine's `StatListener`."""
 
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats]) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        stats: Callable[[], EngineStats],
+        num_speculative_tokens: int | None = None,
+    ) -> None:
+        """`num_speculative_tokens`: the engine's k with speculative decoding on (its counters
+        are then exported), None without."""
         self.registry = CollectorRegistry()
         self.model_name = model_name
         r, labels = self.registry, ["model_name"]
@@ -207,7 +254,7 @@ class ServerMetrics:
             buckets=_TOKEN_BUCKETS,
             registry=r,
         )
-        self.registry.register(_EngineStateCollector(model_name, stats))
+        self.registry.register(_EngineStateCollector(model_name, stats, num_speculative_tokens))
         # Export every series (zeros) from the start.
         for reason in ("stop", "length", "abort"):
             self.request_success.labels(model_name, reason)

@@ -1,7 +1,8 @@
 """Options of `jaxllm serve [MODEL]` (no FastAPI, no JAX: the CLI parses these cheaply).
 
 Every engine flag of `jaxllm generate` (cli_args.add_engine_args; e.g. `--scheduling-policy
-priority` lets completion and chat requests carry a `priority`) plus the server's own:
+priority` lets completion and chat requests carry a `priority`, and `--speculative-config JSON`
+adds the `vllm:spec_decode_*` counters to /metrics) plus the server's own:
 --host (default 127.0.0.1), --port (8000; 0 picks a free one), --api-key (also $JAXLLM_API_KEY),
 --served-model-name NAME [NAME ...], --max-waiting-requests N (a request whose sequences would
 take the waiting ones over N: 503; one with more than N on its own: 400; default 1024; -1
@@ -34,6 +35,7 @@ from jaxllm.entrypoints.cli_args import (
     add_generation_config_arg,
     add_multihost_args,
     check_multihost_engine,
+    check_speculative_engine,
     merge_config,
     resolve_multihost,
     split_kwargs,
@@ -312,6 +314,7 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
         rest["coordinator_address"], rest["num_processes"], rest["process_id"]
     )
     check_multihost_engine(multihost, engine)
+    check_speculative_engine(engine)
     try:
         structured = parse_structured_outputs_config(rest["structured_outputs_config"])
     except ValueError as e:

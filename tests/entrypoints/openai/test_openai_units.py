@@ -1,9 +1,12 @@
 """Model-free parts of the server: `jaxllm serve` options (flags, YAML config, errors), merging of
-delta outputs, OpenAI error mapping of FastAPI validation errors, and the statistics of
-`jaxllm.benchmarks.serving`.
+delta outputs, OpenAI error mapping of FastAPI validation errors, the speculative decoding
+metrics (exported only with speculation; summed over data-parallel replicas), and the statistics
+of `jaxllm.benchmarks.serving`.
 """
 
 from __future__ import annotations
+
+import types
 
 import numpy as np
 import pytest
@@ -11,10 +14,11 @@ import pytest
 pytest.importorskip("fastapi")
 
 from jaxllm.benchmarks import serving as bench_serving  # noqa: E402
-from jaxllm.engine.async_engine import merge_delta_outputs  # noqa: E402
+from jaxllm.engine.async_engine import EngineStats, merge_delta_outputs  # noqa: E402
 from jaxllm.entrypoints import cli  # noqa: E402
 from jaxllm.entrypoints.cli_args import CLIError, build_parser  # noqa: E402
 from jaxllm.entrypoints.openai.errors import param_from_message  # noqa: E402
+from jaxllm.entrypoints.openai.metrics import ServerMetrics  # noqa: E402
 from jaxllm.entrypoints.openai.serve_args import (  # noqa: E402
     add_serve_subcommand,
     resolve_serve_args,
@@ -119,6 +123,24 @@ def test_serve_bad_options(argv, message):
         serve(argv)
 
 
+def test_serve_speculative_config_flag_and_yaml(tmp_path):
+    spec = {"method": "ngram", "num_speculative_tokens": 3}
+    opts = serve(["--speculative-config", '{"method":"ngram","num_speculative_tokens":3}'])
+    assert opts.engine_kwargs["speculative_config"] == spec
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("speculative_config: {method: ngram, num_speculative_tokens: 3}\n")
+    assert serve(["--config", str(cfg)]).engine_kwargs["speculative_config"] == spec
+    with pytest.raises(CLIError, match="--speculative-config does not combine"):
+        serve(["--config", str(cfg), "--async-scheduling"])
+
+
+def test_cli_serve_bad_speculative_config_exits_2(capsys):
+    medusa = '{"method": "medusa", "num_speculative_tokens": 2}'
+    assert cli.main(["serve", "--speculative-config", medusa]) == 2  # before any model loads
+    err = capsys.readouterr().err
+    assert "argument --speculative-config: " in err and "'medusa' is not supported" in err
+
+
 def test_cli_serve_help_and_errors_exit_codes(capsys, tmp_path):
     assert cli.main(["serve", "--help"]) == 0
     assert "--api-key" in capsys.readouterr().out
@@ -161,6 +183,63 @@ def test_param_from_message_names_only_known_fields():
     assert param_from_message("top_p must be in (0, 1], got 2.", ["top_p", "n"]) == "top_p"
     assert param_from_message("n must be 1 when using greedy sampling", ["top_p", "n"]) == "n"
     assert param_from_message("token id 5 is outside", ["top_p", "n"]) is None
+
+
+# ------------------------------------------------------------------------------ metrics
+
+SPEC_NAMES = (
+    "vllm:spec_decode_num_drafts_total",
+    "vllm:spec_decode_num_draft_tokens_total",
+    "vllm:spec_decode_num_accepted_tokens_total",
+    "vllm:spec_decode_num_accepted_tokens_per_pos_total",
+)
+
+
+def _exposition(num_speculative_tokens, stats) -> dict[str, float]:
+    text = ServerMetrics("m", lambda: stats, num_speculative_tokens).render().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_spec_decode_metrics_only_with_speculation():
+    stats = EngineStats(
+        spec_num_drafts=5,
+        spec_num_draft_tokens=12,
+        spec_num_accepted_tokens=7,
+        spec_accepted_per_position=(4, 3),
+    )
+    off = _exposition(None, stats)
+    assert not [k for k in off if k.startswith("vllm:spec_decode")]
+    on = _exposition(3, stats)
+    assert on['vllm:spec_decode_num_drafts_total{model_name="m"}'] == 5
+    assert on['vllm:spec_decode_num_draft_tokens_total{model_name="m"}'] == 12
+    assert on['vllm:spec_decode_num_accepted_tokens_total{model_name="m"}'] == 7
+    per_pos = [
+        on[f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{model_name="m",position="{j}"}}']
+        for j in range(3)
+    ]
+    assert per_pos == [4, 3, 0]  # every position up to k, counted or not
+    assert {k.split("{")[0] for k in on if k.startswith("vllm:spec")} == set(SPEC_NAMES)
+
+
+def test_data_parallel_spec_stats_are_summed():
+    """`DPEngine.spec_stats` (what the server's /metrics reads) sums its replicas' counters."""
+    from jaxllm.engine.dp_engine import DPEngine
+    from jaxllm.spec_decode import SpecDecodeStats
+
+    a, b = SpecDecodeStats(), SpecDecodeStats()
+    a.observe(3, 2)
+    b.observe(3, 3)
+    b.observe(2, 0)
+    dp = DPEngine.__new__(DPEngine)  # no engines built: replicas that only hold counters
+    dp.replicas = [types.SimpleNamespace(spec_stats=a), types.SimpleNamespace(spec_stats=b)]
+    total = dp.spec_stats
+    assert (total.num_drafts, total.num_draft_tokens, total.num_accepted_tokens) == (3, 8, 5)
+    assert total.accepted_per_position == [2, 2, 1]
+    assert a.accepted_per_position == [1, 1, 0]  # the replicas' own counters are untouched
 
 
 # ---------------------------------------------------------------------------------------- bench

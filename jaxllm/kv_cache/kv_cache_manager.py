@@ -314,21 +314,24 @@ class KVCacheManager:
 
     # ----- fork and copy-on-write -------------------------------------------------------------
     def fork(self, parent: Request, child: Request) -> None:
-        """Give `child` the parent's block table, sharing every block (ref counts + 1).
+        """Give `child` the blocks that hold the parent's tokens, shared (ref counts + 1).
 
-        The child must hold the same tokens as the parent's blocks cover (a sample of the same
-        prompt); the shared partial last block is copied on write (see `allocate_slots`).
+        The child must hold the same tokens as the parent (a sample of the same prompt); the
+        shared partial last block is copied on write (see `allocate_slots`). Blocks the parent
+        holds past its tokens (lookahead slots for a draft model) stay its own: copy-on-write
+        covers only the block of the first new token, so a shared one would be written by both.
         """
         pid, cid = parent.request_id, child.request_id
         if pid not in self.req_to_blocks:
             raise ValueError(f"request {pid!r} holds no blocks to fork")
         if cid in self.req_to_blocks or cid in self._req_to_host_blocks:
             raise ValueError(f"request {cid!r} already holds blocks")
-        blocks = self.req_to_blocks[pid]
+        num_shared = -(-parent.num_tokens // self.block_size)
+        blocks = self.req_to_blocks[pid][:num_shared]
         self.block_pool.touch(b for b in blocks if not b.is_null)
         self.req_to_blocks[cid] = list(blocks)
-        self._req_to_block_ids[cid] = list(self._req_to_block_ids[pid])
-        self._num_cached_blocks[cid] = self._num_cached_blocks[pid]
+        self._req_to_block_ids[cid] = self._req_to_block_ids[pid][:num_shared]
+        self._num_cached_blocks[cid] = min(self._num_cached_blocks[pid], num_shared)
         if pid in self._num_windowed_out:
             self._num_windowed_out[cid] = self._num_windowed_out[pid]
         self._req_to_block_hashes[cid] = list(self._req_to_block_hashes.get(pid, ()))

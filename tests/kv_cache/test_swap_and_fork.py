@@ -129,6 +129,23 @@ def test_fork_shares_blocks_and_copy_on_write_of_the_partial_block():
     assert free_ids(m) == [5, 6, 7, 8, 9, 3, 4]
 
 
+def test_fork_leaves_the_parents_lookahead_blocks_its_own():
+    # A draft model's lookahead slots past the prompt are the parent's: a child sharing them would
+    # write its first token into the same slots as the parent (copy-on-write covers only the block
+    # of the first new token, and an aligned prompt has none to copy).
+    m = KVCacheManager(num_blocks=10, block_size=BS)
+    prompt = list(range(100, 108))  # 8 tokens: blocks 1, 2 full
+    p, c = make_request("p", prompt), make_request("c", prompt)
+    assert [b.block_id for b in m.allocate_slots(p, 8, num_lookahead_tokens=3)] == [1, 2, 3]
+    p.num_computed_tokens = 8
+    m.fork(p, c)
+    c.num_computed_tokens = 8
+    assert m.get_block_ids("c") == [1, 2] and ref_cnts(m, [1, 2, 3]) == [2, 2, 1]
+    c.append_output_token_ids(9)
+    assert run(m, c, 1) == [4] and m.get_block_ids("c") == [1, 2, 4]
+    assert m.take_blocks_to_copy() == []
+
+
 def test_copy_on_write_needs_a_free_block_and_fork_errors():
     m = KVCacheManager(num_blocks=3, block_size=BS)
     p, c = make_request("p", [1, 2, 3, 4, 5]), make_request("c", [1, 2, 3, 4, 5])

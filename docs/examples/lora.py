@@ -9,8 +9,8 @@ llm = LLM("smollm2-135m", max_model_len=512, enable_lora=True, max_loras=2, max_
 # stand-ins for real fine-tunes: PEFT folders (adapter_config.json + adapter_model.safetensors)
 tmp = tempfile.mkdtemp()
 config = llm.llm_engine.model_config
-sql = LoRARequest("sql", 1, write_random_adapter(f"{tmp}/sql", config, rank=8, seed=1))
-chat = LoRARequest("chat", 2, write_random_adapter(f"{tmp}/chat", config, rank=16, seed=2))
+sql = LoRARequest("sql", 1, write_random_adapter(f"{tmp}/sql", config, 8, seed=1, b_std=0.3))
+chat = LoRARequest("chat", 2, write_random_adapter(f"{tmp}/chat", config, 16, seed=2, b_std=0.3))
 
 prompts = ["The capital of France is", "The capital of France is", "The capital of France is"]
 params = SamplingParams(temperature=0.0, max_tokens=8)

@@ -32,8 +32,10 @@ PROJ = {
 }
 
 
-def write_random_adapter(folder: str, model_config, rank: int, seed: int) -> str:
-    """A PEFT adapter folder of random A and B (std 0.02) on every projection."""
+def write_random_adapter(
+    folder: str, model_config, rank: int, seed: int, b_std: float = 0.02
+) -> str:
+    """A PEFT adapter folder of random A and B (B's std `b_std`) on every projection."""
     from safetensors.numpy import save_file
 
     from jaxllm.lora.peft_adapter import projection_shapes
@@ -46,7 +48,7 @@ def write_random_adapter(folder: str, model_config, rank: int, seed: int) -> str
             tensors[f"{key}.lora_A.weight"] = (
                 rng.standard_normal((rank, d_in)) / np.sqrt(d_in)
             ).astype(np.float32)
-            tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((d_out, rank)) * 0.02).astype(
+            tensors[f"{key}.lora_B.weight"] = (rng.standard_normal((d_out, rank)) * b_std).astype(
                 np.float32
             )
     os.makedirs(folder, exist_ok=True)

@@ -375,5 +375,5 @@ def test_lora_example(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["base", "sql", "chat"]
     texts = [o.outputs[0].text for o in g["outs"]]
-    assert "Paris" in texts[0] and len(set(texts)) == 3  # each adapter changes the output
+    assert "Paris" in texts[0] and texts[1] != texts[0] and texts[2] != texts[0]
     g.clear()

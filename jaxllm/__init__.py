@@ -22,6 +22,7 @@ _EXPORTS = {
     "RequestOutput": "jaxllm.outputs",
     "CompletionOutput": "jaxllm.outputs",
     "Logprob": "jaxllm.outputs",
+    "LoRARequest": "jaxllm.lora.request",
 }
 
 __all__ = sorted(_EXPORTS)

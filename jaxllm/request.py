@@ -64,6 +64,9 @@ class Request:
             salts never share cached KV blocks.
         priority: with the scheduler's "priority" policy, lower values are scheduled first and
             preempted last (ties by arrival time); must be 0 under "fcfs".
+        lora_int_id: the LoRA adapter it runs with (`LoRARequest.lora_int_id`; 0: the base
+            model). Mixed into the prefix-cache hash like the salt, and counted by the scheduler
+            against `max_loras`.
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Request:
         arrival_time: float | None = None,
         cache_salt: str | None = None,
         priority: int = 0,
+        lora_int_id: int = 0,
     ) -> None:
         if not isinstance(request_id, str):
             raise ValueError(f"request_id must be a str, got {type(request_id).__name__}")
@@ -96,6 +100,9 @@ class Request:
         self.arrival_time = time.time() if arrival_time is None else arrival_time
         self.cache_salt = cache_salt
         self.priority = priority
+        if isinstance(lora_int_id, bool) or not isinstance(lora_int_id, int) or lora_int_id < 0:
+            raise ValueError(f"request {request_id!r}: lora_int_id must be an int >= 0")
+        self.lora_int_id = lora_int_id
 
         self.output_token_ids: list[int] = []
         # prompt + output, kept in step with output_token_ids so reads never rebuild a list.

@@ -35,6 +35,8 @@ from jaxllm.engine.compilation_cache import enable_compilation_cache
 from jaxllm.engine.detokenizer import IncrementalDetokenizer
 from jaxllm.engine.model_runner import InFlightStep, ModelRunner, StepResult
 from jaxllm.engine.structured_output_manager import StructuredOutputManager
+from jaxllm.lora import LoRARequest
+from jaxllm.lora.config import LoRAConfig
 from jaxllm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from jaxllm.request import Request, RequestStatus
 from jaxllm.sampling_metadata import SamplingRow, min_tokens_banned_ids, request_seed
@@ -100,6 +102,7 @@ class LLMEngine:
         precompile: bool = False,  # compile every step shape now (see `precompile`)
         speculative_config: SpeculativeConfig | None = None,
         draft_model: Any = None,  # draft_model speculation: its LoadedModel (None: load it)
+        lora_config: LoRAConfig | None = None,  # serve LoRA adapters (jaxllm/lora/)
     ) -> None:
         enable_compilation_cache(compilation_cache_dir)
         engine_config = dataclasses.replace(
@@ -109,8 +112,14 @@ class LLMEngine:
         self.model_config = engine_config.model
         self.tokenizer = tokenizer
         self.runner = ModelRunner(
-            self.model_config, params, engine_config, attention_backend, mesh=mesh
+            self.model_config,
+            params,
+            engine_config,
+            attention_backend,
+            mesh=mesh,
+            lora_config=lora_config,
         )
+        self.lora_config = lora_config
         if speculative_config is not None:
             if engine_config.scheduler.async_scheduling:
                 raise ValueError(
@@ -143,6 +152,7 @@ class LLMEngine:
             num_host_blocks=self.runner.block_mover.num_host_blocks,
             sliding_window=self.model_config.uniform_sliding_window,
             num_lookahead_tokens=self.proposer.num_lookahead_tokens if self.proposer else 0,
+            max_loras=lora_config.max_loras if lora_config else None,
         )
         capacity = (self.runner.num_blocks - 1) * engine_config.cache.block_size
         if engine_config.scheduler.max_model_len > capacity:
@@ -193,11 +203,13 @@ class LLMEngine:
         output_kind: str = "cumulative",
         cache_salt: str | None = None,
         priority: int = 0,
+        lora_request: LoRARequest | None = None,
     ) -> str:
         """Validate and queue a request; raises ValueError naming the problem (nothing is queued).
 
         `priority` (scheduling_policy "priority" only): lower values are scheduled first and
-        preempted last; ties go by arrival."""
+        preempted last; ties go by arrival. `lora_request`: the LoRA adapter to run with (an
+        engine built with a `lora_config`), loaded now unless already loaded."""
         params = params or SamplingParams()
         if output_kind not in OUTPUT_KINDS:
             raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}, got {output_kind!r}")
@@ -214,6 +226,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         text, ids = self._prompt_ids(prompt)
         self._validate(ids, params)
+        lora_id = self._lora_id(lora_request)
         grammar = None
         if params.structured_outputs is not None:  # compiled off this thread, cached by spec
             grammar = self.structured_outputs.submit(params.structured_outputs)
@@ -235,7 +248,14 @@ class LLMEngine:
                 child_params.max_tokens = max_len - len(ids) if max_len > len(ids) else 1
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
             req = Request(
-                child_id, ids, child_params, self.eos_token_ids, now, cache_salt, priority
+                child_id,
+                ids,
+                child_params,
+                self.eos_token_ids,
+                now,
+                cache_salt,
+                priority,
+                lora_int_id=lora_id,
             )
             detok = IncrementalDetokenizer.from_sampling_params(self.tokenizer, ids, child_params)
             seq = _Sequence(
@@ -256,6 +276,33 @@ class LLMEngine:
         else:
             self._admit(parent, grammar)
         return request_id
+
+    # ----- LoRA adapters (vLLM's add_lora / remove_lora / list_loras) -------------------------
+    def _lora_id(self, lora_request: LoRARequest | None) -> int:
+        """The request's adapter id (0: none), its adapter loaded; ValueError when it cannot be."""
+        if lora_request is None:
+            return 0
+        if not isinstance(lora_request, LoRARequest):
+            raise ValueError(f"lora_request must be a LoRARequest, got {lora_request!r}")
+        if self.runner.lora is None:
+            raise ValueError(
+                f"LoRA adapter {lora_request.lora_name!r} requested, but LoRA is not enabled "
+                "(enable_lora=True)"
+            )
+        self.runner.lora.ensure_loaded(lora_request)
+        return lora_request.lora_int_id
+
+    def add_lora(self, lora_request: LoRARequest) -> bool:
+        """Load an adapter ahead of its requests; raises ValueError when it cannot load."""
+        self._lora_id(lora_request)
+        return True
+
+    def remove_lora(self, lora_int_id: int) -> bool:
+        """Unregister an adapter; requests already queued with it still finish with it."""
+        return self.runner.lora is not None and self.runner.lora.remove_adapter(lora_int_id)
+
+    def list_loras(self) -> set[int]:
+        return set() if self.runner.lora is None else set(self.runner.lora.list_adapters())
 
     def _admit(self, parent: _Parent, grammar=None) -> None:
         """Hand a request's sequences to the scheduler (with their matchers, for a grammar)."""

@@ -42,6 +42,7 @@ from jaxllm.engine.compiler_options import compiler_options_from_env
 from jaxllm.engine.kv_swap import KVBlockMover
 from jaxllm.engine.packed_transfer import PackedLayout, pack, unpack
 from jaxllm.layers.sampler import compute_logprobs, sample
+from jaxllm.lora.step_inputs import LoRAStep
 from jaxllm.models.batch import (
     StepBatch,
     kv_cache_bytes_per_block,
@@ -152,6 +153,7 @@ class ModelRunner:
         engine_config: EngineConfig,
         backend: str | None = None,
         mesh: jax.sharding.Mesh | None = None,
+        lora_config: Any = None,  # a jaxllm.lora.config.LoRAConfig: serve LoRA adapters
     ) -> None:
         from jaxllm.parallel import kv_cache_sharding, replicated, resolve_mesh, shard_params
 
@@ -174,6 +176,14 @@ class ModelRunner:
         self.num_blocks = choose_num_blocks(model_config, engine_config, self.kv_dtype, device, tp)
         kv = kv_cache_sharding(self.mesh)
         self._replicated = replicated(self.mesh)
+        # LoRA: the adapter table rides in the step's params (jaxllm/lora/); None: no LoRA traced
+        self.lora = None
+        if lora_config is not None:
+            if tp != 1:
+                raise ValueError("LoRA adapters with tensor_parallel_size > 1 are not supported")
+            from jaxllm.lora.manager import LoRAManager
+
+            self.lora = LoRAManager(lora_config, model_config, self._replicated)
         # quantized (fp8) caches are kept as their bytes between steps (kv_quant.py)
         self.kv_cache = make_kv_cache(
             model_config, self.num_blocks, self.block_size, self.kv_dtype, kv, storage=True
@@ -242,7 +252,7 @@ class ModelRunner:
                 for dt, n in zip(layout.dtypes, layout.buffer_sizes(), strict=True)
             )
             lowered = self._step_jit.lower(
-                self.params,
+                self._step_params(),
                 self.kv_cache,
                 self._last_tokens,
                 buffers,
@@ -289,7 +299,8 @@ class ModelRunner:
                         rows, vocab_size=self.model_config.vocab_size, pad_rows_to=S
                     )
                     hb = _empty_host_batch(T, S, P, decode_only)
-                    _, layout = pack(self._host_inputs(hb, md))
+                    lora = None if self.lora is None else np.full(T, -1, np.int32)
+                    _, layout = pack(self._host_inputs(hb, md, lora_slots=lora))
                     keys.add((layout, flags, -1))
         todo = [k for k in keys if k not in self._executables]
         workers = max_workers or min(8, os.cpu_count() or 1)
@@ -318,8 +329,33 @@ class ModelRunner:
         )
         return len(todo)
 
+    def _step_params(self) -> dict:
+        """The params the step runs with: the model's, and the LoRA adapter table if any."""
+        if self.lora is None:
+            return self.params
+        from jaxllm.lora.step_inputs import LORA_PARAMS
+
+        return {**self.params, LORA_PARAMS: self.lora.table.weights}
+
+    def _lora_token_slots(self, sched: SchedulerOutput, hb: HostBatch) -> np.ndarray | None:
+        """[T] int32: each token's adapter slot (-1: the base model), the step's adapters put in
+        the table first; None without LoRA."""
+        if self.lora is None:
+            return None
+        from jaxllm.lora.step_inputs import token_slots
+
+        ids = [sr.request.lora_int_id for sr in sched.scheduled]
+        slot_of = self.lora.activate(ids)
+        rows = np.array([slot_of.get(i, -1) for i in ids], np.int32)  # [n_seq]
+        return token_slots(rows, hb.query_start_loc, hb.token_ids.shape[0])
+
     @staticmethod
-    def _host_inputs(hb: HostBatch, md, targets: np.ndarray | None = None):
+    def _host_inputs(
+        hb: HostBatch,
+        md,
+        targets: np.ndarray | None = None,
+        lora_slots: np.ndarray | None = None,  # [T] int32, with LoRA
+    ):
         """The pytree the step receives (packed into buffers by `pack`)."""
         batch = StepBatch(
             token_ids=hb.token_ids,
@@ -330,6 +366,7 @@ class ModelRunner:
             query_start_loc=hb.query_start_loc,
             logits_indices=hb.logits_indices,
             decode_only=hb.decode_only,
+            lora=None if lora_slots is None else LoRAStep(lora_slots),
         )
         if targets is None:
             targets = np.zeros(hb.num_prompt_logprob_rows, np.int32)
@@ -383,11 +420,11 @@ class ModelRunner:
             req = sched.scheduled[row].request
             targets[offset : offset + count] = req.prompt_token_ids[start + 1 : start + 1 + count]
             k_prompt = max(k_prompt, prompt_logprobs[req.request_id])
-        host = self._host_inputs(hb, md, targets)
+        host = self._host_inputs(hb, md, targets, self._lora_token_slots(sched, hb))
         # One host->device copy per dtype instead of one per array (packed_transfer.py).
         buffers, layout = pack(host)
         self.kv_cache, out, prompt, self._last_tokens = self._step(
-            self.params,
+            self._step_params(),
             self.kv_cache,
             self._last_tokens,
             jax.device_put(buffers, self._replicated),

@@ -92,6 +92,10 @@ ENGINE_ARGS = {
     "precompile": "precompile",
     "generation_config": "generation_config",
     "speculative_config": "speculative_config",
+    "enable_lora": "enable_lora",
+    "max_loras": "max_loras",
+    "max_lora_rank": "max_lora_rank",
+    "max_cpu_loras": "max_cpu_loras",
 }
 
 # argparse dest -> SamplingParams keyword.
@@ -230,6 +234,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
         help="reuse KV blocks of shared prompt prefixes",
+    )
+    g.add_argument(
+        "--enable-lora",
+        action=argparse.BooleanOptionalAction,
+        help="serve PEFT LoRA adapters (docs/lora.md)",
+    )
+    g.add_argument("--max-loras", type=int, help="distinct LoRA adapters in one step (default 1)")
+    g.add_argument("--max-lora-rank", type=int, help="largest LoRA rank accepted (default 16)")
+    g.add_argument(
+        "--max-cpu-loras",
+        type=int,
+        help="LoRA adapters kept loaded on the host (default: max-loras)",
     )
     g.add_argument(
         "--preemption-mode",

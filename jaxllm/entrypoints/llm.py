@@ -7,6 +7,8 @@ from typing import Any
 
 from jaxllm.config import CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig
 from jaxllm.engine.llm_engine import LLMEngine
+from jaxllm.lora import LoRARequest
+from jaxllm.lora.config import LoRAConfig
 from jaxllm.outputs import RequestOutput
 from jaxllm.sampling_params import SamplingParams, sampling_defaults_from_generation_config
 from jaxllm.spec_decode import SpeculativeConfig
@@ -46,7 +48,11 @@ class LLM:
     speculative_config (vLLM's dict, or its JSON text: `{"method": "ngram",
     "num_speculative_tokens": k, "prompt_lookup_min": ..., "prompt_lookup_max": ...}` or
     `{"method": "draft_model", "model": ..., "num_speculative_tokens": k}`; outputs are those
-    without it, the engine then schedules synchronously; see docs/speculative-decoding.md).
+    without it, the engine then schedules synchronously; see docs/speculative-decoding.md),
+    enable_lora (serve PEFT LoRA adapters: `generate(..., lora_request=LoRARequest(...))`),
+    max_loras (distinct adapters in one step: device slots), max_lora_rank (the largest adapter
+    rank accepted), max_cpu_loras (adapters kept loaded on the host; None: max_loras); see
+    docs/lora.md.
 
     Parallelism: `tensor_parallel_size` (tp) shards the model over tp devices (a
     mixture-of-experts model splits each expert's width, or with `enable_expert_parallel` whole
@@ -89,6 +95,10 @@ class LLM:
         precompile: bool = False,
         generation_config: str = "auto",
         speculative_config: dict | str | SpeculativeConfig | None = None,
+        enable_lora: bool = False,
+        max_loras: int = 1,
+        max_lora_rank: int = 16,
+        max_cpu_loras: int | None = None,
     ) -> None:
         if generation_config not in ("auto", "vllm"):
             raise ValueError(
@@ -172,6 +182,9 @@ class LLM:
             generation_config=loaded.generation_config,
             precompile=precompile,
             speculative_config=SpeculativeConfig.from_value(speculative_config),
+            lora_config=(
+                LoRAConfig(max_loras, max_lora_rank, max_cpu_loras) if enable_lora else None
+            ),
         )
         if data_parallel_size == 1:
             self.llm_engine = LLMEngine(
@@ -205,12 +218,14 @@ class LLM:
         *,
         use_tqdm: bool = True,
         priority: Sequence[int] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in the order of the prompts.
 
         `prompts`: a string, a list of token ids, a dict ({"prompt": ...} or
         {"prompt_token_ids": [...]}), or a list of any of these. `priority`: one int per prompt
-        (scheduling_policy="priority" only; lower runs first).
+        (scheduling_policy="priority" only; lower runs first). `lora_request`: one LoRA adapter
+        for every prompt, or one (or None: the base model) per prompt (enable_lora=True).
         """
         prompt_list = _as_prompt_list(prompts)
         if sampling_params is None:
@@ -225,7 +240,13 @@ class LLM:
                 )
         if priority is not None and len(priority) != len(prompt_list):
             raise ValueError(f"got {len(priority)} priorities for {len(prompt_list)} prompts")
-        return self._run(prompt_list, params_list, use_tqdm, priority)
+        if lora_request is None or isinstance(lora_request, LoRARequest):
+            loras = [lora_request] * len(prompt_list)
+        else:
+            loras = list(lora_request)
+            if len(loras) != len(prompt_list):
+                raise ValueError(f"got {len(loras)} LoRA requests for {len(prompt_list)} prompts")
+        return self._run(prompt_list, params_list, use_tqdm, priority, loras)
 
     def chat(
         self,
@@ -284,6 +305,7 @@ class LLM:
         params: list[SamplingParams],
         use_tqdm: bool,
         priority: Sequence[int] | None = None,
+        loras: Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         engine = self.llm_engine
         ids = []
@@ -293,8 +315,13 @@ class LLM:
         if specs:
             engine.structured_outputs.wait_all(specs)
         try:
-            for p, sp, prio in zip(prompts, params, priorities):
-                ids.append(engine.add_request(None, p, sp, output_kind="final", priority=prio))
+            for p, sp, prio, lora in zip(
+                prompts, params, priorities, loras or [None] * len(prompts)
+            ):
+                kw = {} if lora is None else {"lora_request": lora}
+                ids.append(
+                    engine.add_request(None, p, sp, output_kind="final", priority=prio, **kw)
+                )
         except ValueError:
             engine.abort_request(ids)  # all-or-nothing: a bad prompt queues none of the batch
             raise

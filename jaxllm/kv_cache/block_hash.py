@@ -2,8 +2,9 @@
 
 The hash of block i covers (hash of block i-1, the token ids of block i, extra keys), so equal
 hashes mean equal whole prefixes, not just equal blocks. Only full blocks are hashed: a partial
-block's KV changes as tokens are appended. The first block also carries the request's cache salt,
-which through the chain isolates every block of salted requests.
+block's KV changes as tokens are appended. The first block also carries the request's cache salt
+and its LoRA adapter id, which through the chain isolate every block of salted requests and of
+each adapter (an adapter changes every layer's K and V).
 
 Hashes are sha256 digests (32 bytes) over a fixed little-endian encoding, so they are the same in
 every process and on every machine (Python's `hash()` of a str is randomized per process).
@@ -56,6 +57,7 @@ def extend_block_hashes(
     token_ids: Sequence[int],
     block_size: int,
     cache_salt: str | None = None,
+    lora_int_id: int = 0,
 ) -> list[BlockHash]:
     """Append to `hashes` (the known hashes of the first blocks of `token_ids`) the hashes of the
     remaining full blocks, in place, and return it.
@@ -69,14 +71,21 @@ def extend_block_hashes(
         raise ValueError(f"{len(hashes)} known block hashes but only {num_full} full blocks")
     parent = hashes[-1] if hashes else None
     for i in range(len(hashes), num_full):
-        extra = (cache_salt,) if (i == 0 and cache_salt is not None) else ()
+        extra: tuple[ExtraKey, ...] = ()
+        if i == 0:  # a str salt and an int adapter id encode apart (_encode_extra_keys)
+            extra = (() if cache_salt is None else (cache_salt,)) + (
+                (lora_int_id,) if lora_int_id else ()
+            )
         parent = hash_block_tokens(parent, token_ids[i * block_size : (i + 1) * block_size], extra)
         hashes.append(parent)
     return hashes
 
 
 def hash_request_blocks(
-    token_ids: Sequence[int], block_size: int, cache_salt: str | None = None
+    token_ids: Sequence[int],
+    block_size: int,
+    cache_salt: str | None = None,
+    lora_int_id: int = 0,
 ) -> list[BlockHash]:
     """Hashes of every full block of `token_ids`."""
-    return extend_block_hashes([], token_ids, block_size, cache_salt)
+    return extend_block_hashes([], token_ids, block_size, cache_salt, lora_int_id)

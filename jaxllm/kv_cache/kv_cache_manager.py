@@ -72,7 +72,13 @@ class KVCacheManager:
     def _block_hashes(self, request: Request) -> list[BlockHash]:
         hashes = self._req_to_block_hashes.setdefault(request.request_id, [])
         if len(hashes) < request.num_tokens // self.block_size:
-            extend_block_hashes(hashes, request.all_token_ids, self.block_size, request.cache_salt)
+            extend_block_hashes(
+                hashes,
+                request.all_token_ids,
+                self.block_size,
+                request.cache_salt,
+                request.lora_int_id,
+            )
         return hashes
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:

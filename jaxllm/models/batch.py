@@ -7,7 +7,7 @@ one static flag; the host packs it from the scheduler's output (see jaxllm/engin
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,9 @@ class StepBatch:
     query_start_loc: jax.Array  # [S + 1] int32, cumulative query lengths
     logits_indices: jax.Array  # [R] int32, rows of T whose logits the step returns
     decode_only: bool = False  # static: every sequence has exactly one query token
+    # LoRA (`jaxllm.lora.step_inputs.LoRAStep`: each token's adapter slot [T] and the adapter
+    # table); None when the engine serves no adapters, and then the step traces no LoRA at all
+    lora: Any = None
 
     @property
     def num_tokens(self) -> int:
@@ -44,6 +47,7 @@ jax.tree_util.register_dataclass(
         "kv_lens",
         "query_start_loc",
         "logits_indices",
+        "lora",
     ],
     meta_fields=["decode_only"],
 )

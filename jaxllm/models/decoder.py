@@ -26,6 +26,7 @@ kernels then leave `layers` for `packed_layers`, which the layers read in place 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, ClassVar
 
@@ -38,6 +39,7 @@ from jaxllm.layers.embedding import vocab_parallel_embed
 from jaxllm.layers.linear import Linear, use_cpu_kernels
 from jaxllm.layers.norms import RMSNorm
 from jaxllm.layers.rotary import LENGTH_DEPENDENT_ROPE_TYPES, rotary_cos_sin
+from jaxllm.lora.step_inputs import LORA_PARAMS, LoRAStep
 from jaxllm.models.batch import KVCache, StepBatch
 from jaxllm.models.packed_params import PACKED_LAYERS
 from jaxllm.quantization.formats import EMBEDDING, format_in
@@ -155,6 +157,9 @@ class DecoderForCausalLM(nn.Module):
             )
             # [T, D]; vocabulary-parallel under tp (a plain take all-gathers the table on the GPU)
             h = vocab_parallel_embed(embed.embedding.astype(dt), batch.token_ids, self.mesh)
+        lora_table = params.get(LORA_PARAMS)  # the LoRA adapter table, when the engine has one
+        if batch.lora is not None and lora_table is not None:
+            batch = dataclasses.replace(batch, lora=LoRAStep(batch.lora.slots, lora_table))
         scale = self.embed_scale()
         if scale is not None:
             h = h * jnp.asarray(scale, dt)

@@ -52,7 +52,9 @@ class Gemma3DecoderLayer(DecoderLayer):
             c, self.backend, self.mesh, self.window, GemmaRMSNorm, name="self_attn"
         )(norm("input_layernorm")(h), rope, k_pages, v_pages, layer, batch, packed.get("self_attn"))
         h = h + norm("post_attention_layernorm")(a)
-        m = MLP(c, name="mlp")(norm("pre_feedforward_layernorm")(h), layer, packed.get("mlp"))
+        m = MLP(c, name="mlp")(
+            norm("pre_feedforward_layernorm")(h), layer, packed.get("mlp"), batch.lora
+        )
         h = h + norm("post_feedforward_layernorm")(m)
         return (h, k_pages, v_pages), None
 

@@ -32,6 +32,7 @@ from jaxllm.layers.attention import sharded_attention_fn, sharded_kv_write_fn
 from jaxllm.layers.moe import SparseMoeBlock
 from jaxllm.layers.norms import RMSNorm
 from jaxllm.layers.rotary import apply_rotary
+from jaxllm.lora.segment_matmul import add_lora
 from jaxllm.models.batch import StepBatch
 
 # The shared decoder machinery, re-exported (`as`) under the names its users import from here.
@@ -82,12 +83,15 @@ class Attention(nn.Module):
         if packed and "qkv_proj" in packed:  # q, k, v joined in one weight (packed_params)
             qkv = dense((Hq + 2 * Hkv) * Dh, False, dt, "qkv_proj")(x, *pk("qkv_proj"))
             q, k, v = jnp.split(qkv, [Hq * Dh, (Hq + Hkv) * Dh], axis=-1)
-            q, k, v = q.reshape(T, Hq, Dh), k.reshape(T, Hkv, Dh), v.reshape(T, Hkv, Dh)
         else:
             q = dense(Hq * Dh, c.attention_bias, dt, "q_proj")(x, *pk("q_proj"))
             k = dense(Hkv * Dh, c.attention_bias, dt, "k_proj")(x, *pk("k_proj"))
             v = dense(Hkv * Dh, c.attention_bias, dt, "v_proj")(x, *pk("v_proj"))
-            q, k, v = q.reshape(T, Hq, Dh), k.reshape(T, Hkv, Dh), v.reshape(T, Hkv, Dh)
+        # each token's LoRA adapter (none unless the step carries the adapter table)
+        q = add_lora(q, x, batch.lora, "q_proj", layer)
+        k = add_lora(k, x, batch.lora, "k_proj", layer)
+        v = add_lora(v, x, batch.lora, "v_proj", layer)
+        q, k, v = q.reshape(T, Hq, Dh), k.reshape(T, Hkv, Dh), v.reshape(T, Hkv, Dh)
         if c.qk_norm:
             q = self.norm_class(c.rms_norm_eps, dt, name="q_norm")(q)
             k = self.norm_class(c.rms_norm_eps, dt, name="k_norm")(k)
@@ -116,7 +120,8 @@ class Attention(nn.Module):
             **scales,
         )
         o = o.reshape(T, Hq * Dh).astype(dt)
-        return dense(c.hidden_size, False, dt, "o_proj")(o, *pk("o_proj")), k_pages, v_pages
+        out = dense(c.hidden_size, False, dt, "o_proj")(o, *pk("o_proj"))
+        return add_lora(out, o, batch.lora, "o_proj", layer), k_pages, v_pages
 
 
 class MLP(nn.Module):
@@ -125,7 +130,10 @@ class MLP(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, layer=None, packed=None) -> jax.Array:  # [T, D] -> [T, D]
+    def __call__(
+        self, x: jax.Array, layer=None, packed=None, lora=None
+    ) -> jax.Array:  # [T, D] -> [T, D]
+        """`lora`: the step's LoRA inputs (`StepBatch.lora`), or None."""
         c = self.config
         dt = jnp.dtype(c.dtype)
         pk = packed_kernels(packed, layer)
@@ -137,9 +145,11 @@ class MLP(nn.Module):
         else:
             gate = dense(F, c.mlp_bias, dt, "gate_proj")(x, *pk("gate_proj"))
             up = dense(F, c.mlp_bias, dt, "up_proj")(x, *pk("up_proj"))
-        return dense(c.hidden_size, c.mlp_bias, dt, "down_proj")(
-            activation(c.hidden_act)(gate) * up, *pk("down_proj")
-        )
+        gate = add_lora(gate, x, lora, "gate_proj", layer)
+        up = add_lora(up, x, lora, "up_proj", layer)
+        hidden = activation(c.hidden_act)(gate) * up  # [T, F]
+        out = dense(c.hidden_size, c.mlp_bias, dt, "down_proj")(hidden, *pk("down_proj"))
+        return add_lora(out, hidden, lora, "down_proj", layer)
 
 
 class DecoderLayer(nn.Module):
@@ -163,15 +173,16 @@ class DecoderLayer(nn.Module):
         )
         h = h + a
         x = RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(h)
-        h = h + self.mlp(x, layer, packed.get("mlp"))
+        h = h + self.mlp(x, layer, packed.get("mlp"), batch.lora)
         return (h, k_pages, v_pages), None
 
-    def mlp(self, x: jax.Array, layer, packed) -> jax.Array:  # [T, D] -> [T, D]
-        """The layer's MLP, named "mlp": dense, or a sparse mixture of experts (config.is_moe)."""
+    def mlp(self, x: jax.Array, layer, packed, lora=None) -> jax.Array:  # [T, D] -> [T, D]
+        """The layer's MLP, named "mlp": dense, or a sparse mixture of experts (config.is_moe;
+        no LoRA: the engine refuses adapters for MoE models)."""
         if self.config.is_moe:
             block = SparseMoeBlock(self.config, self.mesh, shared_mlp=MLP, name="mlp")
             return block(x, layer, packed)
-        return MLP(self.config, name="mlp")(x, layer, packed)
+        return MLP(self.config, name="mlp")(x, layer, packed, lora)
 
 
 class LlamaForCausalLM(DecoderForCausalLM):

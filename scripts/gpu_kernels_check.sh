@@ -63,7 +63,7 @@ tests_rc=${PIPESTATUS[0]}
 echo "== 3. compute-sanitizer memcheck on a small cuda case (timeout 120 s) =="
 if command -v compute-sanitizer >/dev/null; then
   XLA_PYTHON_CLIENT_ALLOCATOR=platform XLA_PYTHON_CLIENT_PREALLOCATE=false \
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false" \
     timeout -k 10 120 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
     "$PY" -m cuda_ext.memcheck_case 2>&1 | tee "$LOG_DIR/memcheck.log"
   memcheck_rc=${PIPESTATUS[0]}

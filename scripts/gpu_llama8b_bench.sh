@@ -12,9 +12,11 @@
 #               start-up); with PEER=hf, HF transformers (torch) on the same card and weights in
 #               the same process afterwards (JAX then keeps 60% of the card so the peer fits
 #               beside it).
-# Logs and JSON go to $OUT (else ./out/gpu_llama8b). Measured 2026-11-28 with
-# XLA_FLAGS=--xla_gpu_autotune_level=0 (JAXLLM_COMPILER_OPTIONS=xla_gpu_autotune_level=0 applies
-# the same option to the step executables only); with autotuning on, precompiling takes ~10 min.
+# Logs and JSON go to $OUT (else ./out/gpu_llama8b). GEMM autotuning is off and XLA's Triton GEMMs
+# with it (cuBLAS's own choices), in XLA_FLAGS and for the step executables
+# (JAXLLM_COMPILER_OPTIONS), unless the caller sets them: a shape then compiles in seconds instead
+# of tens of seconds, while autotuning off alone fell back to slow Triton GEMMs on the H100 hosts
+# (bench/gpu_runs/2026-12-07_h100_session_checks.md).
 # EXTRA: more engine flags for latency and throughput (e.g. EXTRA=--async-scheduling; --profile is
 # then left out, since it waits for every device step; without EXTRA the --profile runs are
 # synchronous, async scheduling's GPU default being turned off for them); TAG: suffix of the log
@@ -25,6 +27,8 @@
 # Usage: [MODEL=dummy:NAME] [QUANT=fp8] [PEER=hf] [EXTRA=...] [TAG=...] bash scripts/gpu_llama8b_bench.sh [NUM_PROMPTS] [PHASE...]
 set -u
 cd "$(dirname "$0")/.."
+export XLA_FLAGS="${XLA_FLAGS:---xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false}"
+export JAXLLM_COMPILER_OPTIONS="${JAXLLM_COMPILER_OPTIONS:-xla_gpu_autotune_level=0,xla_gpu_enable_triton_gemm=false,xla_gpu_dot_merger_threshold_mb=0}"
 export PYTHONPATH="${PYTHONPATH:+${PYTHONPATH}:}." PYTHONUNBUFFERED=1 JAX_LOG_COMPILES=1
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 D="${OUT:-out/gpu_llama8b}"; mkdir -p "$D"

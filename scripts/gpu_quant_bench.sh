@@ -12,8 +12,8 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="${PYTHONPATH:+${PYTHONPATH}:}." PYTHONUNBUFFERED=1
-export XLA_FLAGS="${XLA_FLAGS:---xla_gpu_autotune_level=0}"
-export JAXLLM_COMPILER_OPTIONS="${JAXLLM_COMPILER_OPTIONS:-xla_gpu_autotune_level=0}"
+export XLA_FLAGS="${XLA_FLAGS:---xla_gpu_autotune_level=0 --xla_gpu_enable_triton_gemm=false}"
+export JAXLLM_COMPILER_OPTIONS="${JAXLLM_COMPILER_OPTIONS:-xla_gpu_autotune_level=0,xla_gpu_enable_triton_gemm=false,xla_gpu_dot_merger_threshold_mb=0}"
 export OUT="${OUT:-out/gpu_quant}"; mkdir -p "$OUT"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 bench() { bash scripts/gpu_llama8b_bench.sh 1000 "$@"; }

@@ -47,9 +47,11 @@ from jaxllm.layers.linear import Linear
 from jaxllm.layers.moe_params import EXPERT_PROJECTIONS, EXPERTS
 
 MODEL_AXIS = "model"  # the tensor-parallel mesh axis (jaxllm.parallel.mesh.MODEL_AXIS)
-# The GPU's grouped matmul: "ragged_dot" (XLA's, the default) or "mgpu" (JAX's Pallas Mosaic GPU
-# kernel for Hopper, jax.experimental.pallas.ops.gpu.ragged_dot_mgpu, at MGPU_BLOCKS =
-# (block_m, block_n, block_k, max_concurrent_steps)); read when the step is traced.
+# The GPU's grouped matmul: "mgpu" (JAX's Pallas Mosaic GPU kernel for Hopper,
+# jax.experimental.pallas.ops.gpu.ragged_dot_mgpu, at MGPU_BLOCKS = (block_m, block_n, block_k,
+# max_concurrent_steps); the default on Hopper, where XLA's ragged dot lowered to a far slower
+# loop: bench/gpu_runs/2026-12-07_h100_session_checks.md) or "ragged_dot" (XLA's; the default on
+# other GPUs); read when the step is traced.
 GPU_KERNEL_ENV = "JAXLLM_MOE_GPU_KERNEL"
 MGPU_BLOCKS = (64, 128, 64, 4)
 
@@ -100,7 +102,7 @@ def grouped_matmul(
 
         return cpu_grouped_matmul(x.astype(jnp.float32), w, group_sizes, n=n)
     x = x.astype(w.dtype)
-    if _gpu_kernel() == "mgpu" and jax.default_backend() == "gpu":
+    if jax.default_backend() == "gpu" and _gpu_kernel() == "mgpu":
         return mgpu_grouped_matmul(x, w, group_sizes, MGPU_BLOCKS)
     return jax.lax.ragged_dot(x, w, group_sizes)
 
@@ -128,7 +130,12 @@ def mgpu_grouped_matmul(
 
 
 def _gpu_kernel() -> str:
-    value = os.environ.get(GPU_KERNEL_ENV, "ragged_dot").strip().lower() or "ragged_dot"
+    """The GPU grouped matmul: `JAXLLM_MOE_GPU_KERNEL`, else mgpu on Hopper (compute capability
+    9.x), else ragged_dot."""
+    value = os.environ.get(GPU_KERNEL_ENV, "").strip().lower()
+    if not value:
+        cc = str(getattr(jax.devices()[0], "compute_capability", ""))
+        return "mgpu" if cc.startswith("9.") else "ragged_dot"
     if value not in ("ragged_dot", "mgpu"):
         raise ValueError(f"{GPU_KERNEL_ENV}={value!r}: use ragged_dot or mgpu")
     return value

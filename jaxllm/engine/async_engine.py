@@ -12,6 +12,11 @@ iterator of delta `RequestOutput`s, merged when the consumer falls behind).
     async for out in stream: ...                    # QueueFullError or EngineDeadError here
     stream.abort()                                  # idempotent; frees the request's KV blocks
 
+`lora_request` (add_request / add_requests; a `LoRARequest`) runs the requests with that LoRA
+adapter: it is first read on the engine's LoRA loader thread while this loop serves others, so the
+engine thread finds it loaded. `add_lora` / `remove_lora` load and unregister adapters the same
+way (the server's /v1/load_lora_adapter and /v1/unload_lora_adapter).
+
 `priority` (add_request / add_requests) goes to `LLMEngine.add_request`: with the engine's
 scheduling_policy "priority" lower values are scheduled first; under "fcfs" a non-zero priority is
 the engine's ValueError, raised from `add_request` like any other validation error.
@@ -247,6 +252,15 @@ class _Add:
     stream: RequestStream
     future: asyncio.Future
     priority: int = 0
+    lora_request: Any = None
+
+
+@dataclass
+class _Call:
+    """Run fn(engine) on the engine thread; its result or exception goes to `future`."""
+
+    fn: Any
+    future: asyncio.Future
 
 
 @dataclass
@@ -285,7 +299,7 @@ class AsyncLLMEngine:
         self.stat_listener = stat_listener
         self.idle_wait_s = idle_wait_s
         self._lock = threading.Lock()
-        self._commands: list[_Add | _Abort | _AbortAll] = []
+        self._commands: list[_Add | _Abort | _AbortAll | _Call] = []
         self._num_pending_adds = 0
         self._closed = False  # close_admission() was called
         self._ended = False  # the thread took its last commands: nothing queued now would run
@@ -374,14 +388,18 @@ class AsyncLLMEngine:
         *,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: Any = None,
     ) -> RequestStream:
         """Queue a request; returns its stream once the engine accepted it.
 
         Raises ValueError (the engine's validation, e.g. a non-zero `priority` under the "fcfs"
-        scheduling policy), QueueFullError or EngineDeadError.
+        scheduling policy, or a LoRA adapter that cannot load), QueueFullError or EngineDeadError.
         """
         streams = await self.add_requests(
-            [(request_id, prompt, params)], arrival_time=arrival_time, priority=priority
+            [(request_id, prompt, params)],
+            arrival_time=arrival_time,
+            priority=priority,
+            lora_request=lora_request,
         )
         return streams[0]
 
@@ -391,12 +409,13 @@ class AsyncLLMEngine:
         *,
         arrival_time: float | None = None,
         priority: int = 0,
+        lora_request: Any = None,
     ) -> list[RequestStream]:
         """Queue several (request_id, prompt, params) together (they reach the engine before the
         same step), all or none: if one is refused, the others are aborted and the error raised.
-        They share `arrival_time` and `priority`. The waiting bound counts all their sequences
-        (the sum of their `n`): QueueFullError when they would take the waiting sequences over
-        it; ShuttingDownError after `close_admission()`; EngineDeadError."""
+        They share `arrival_time`, `priority` and `lora_request`. The waiting bound counts all
+        their sequences (the sum of their `n`): QueueFullError when they would take the waiting
+        sequences over it; ShuttingDownError after `close_admission()`; EngineDeadError."""
         num_seqs = sum(p.n for _, _, p in requests)
         self.check_admission(num_seqs)  # before any grammar is compiled
         loop = asyncio.get_running_loop()
@@ -407,6 +426,8 @@ class AsyncLLMEngine:
         if specs:
             compiler = self.engine.structured_outputs
             await asyncio.gather(*(asyncio.wrap_future(compiler.submit(s)) for s in specs))
+        if lora_request is not None:
+            await self._prefetch_lora(lora_request)
         cmds = [
             _Add(
                 rid,
@@ -416,6 +437,7 @@ class AsyncLLMEngine:
                 RequestStream(rid, self, params.n),
                 loop.create_future(),
                 priority,
+                lora_request,
             )
             for rid, prompt, params in requests
         ]
@@ -431,6 +453,44 @@ class AsyncLLMEngine:
                 c.stream.abort()
             raise
         return [c.stream for c in cmds]
+
+    async def add_lora(self, lora_request: Any) -> None:
+        """Load a LoRA adapter (read on the engine's loader thread, registered by the engine
+        thread between steps). Raises the engine's ValueError naming the problem (a missing
+        folder, an unsupported or mismatched adapter, LoRA not enabled) or EngineDeadError."""
+        await self._prefetch_lora(lora_request)
+        await self._call(lambda engine: engine.add_lora(lora_request))
+
+    async def remove_lora(self, lora_int_id: int) -> bool:
+        """Unregister a LoRA adapter (requests already queued with it finish with it); whether
+        the engine had it."""
+        return bool(await self._call(lambda engine: engine.remove_lora(lora_int_id)))
+
+    async def _prefetch_lora(self, lora_request: Any) -> None:
+        """Wait, without holding this loop or the engine thread, for the adapter to be read.
+        Its errors are left to the engine thread's add, which raises them as ValueError and
+        forgets the failed read."""
+        prefetch = getattr(self.engine, "prefetch_lora", None)
+        if prefetch is None:
+            return
+        try:
+            future = prefetch(lora_request)
+        except ValueError:
+            return
+        if future is not None:
+            # shielded: a caller that goes away must not cancel a read other requests share
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(future))
+
+    async def _call(self, fn: Any) -> Any:
+        """fn(engine) on the engine thread, between steps; its result, or its exception."""
+        cmd = _Call(fn, asyncio.get_running_loop().create_future())
+        with self._lock:
+            if self._ended or not self.is_running:
+                raise EngineDeadError(self._dead_message())
+            self._commands.append(cmd)
+        self._wake.set()
+        return await cmd.future
 
     def abort(self, request_id: str) -> None:
         """Abort a request (thread-safe; unknown or finished ids are ignored)."""
@@ -482,6 +542,8 @@ class AsyncLLMEngine:
                     self._apply_add(cmd, handoff)
                 elif isinstance(cmd, _AbortAll):
                     self._apply_abort_all(handoff)
+                elif isinstance(cmd, _Call):
+                    self._apply_call(cmd, handoff)
                 else:
                     self._apply_abort(cmd.request_id, handoff)
             if commands:
@@ -490,6 +552,8 @@ class AsyncLLMEngine:
     def _apply_add(self, cmd: _Add, handoff: list) -> None:
         if cmd.future.cancelled():
             return
+        # only when set: engines of tests (and a data-parallel one) take no lora_request
+        lora = {} if cmd.lora_request is None else {"lora_request": cmd.lora_request}
         try:
             self.engine.add_request(
                 cmd.request_id,
@@ -498,12 +562,23 @@ class AsyncLLMEngine:
                 arrival_time=cmd.arrival_time,
                 output_kind="delta",
                 priority=cmd.priority,
+                **lora,
             )
         except Exception as e:  # ValueError from validation; anything else is reported too
             handoff.append((_set_exception, (cmd.future, e)))
             return
         self._streams[cmd.request_id] = cmd.stream
         handoff.append((_set_result, (cmd.future, None)))
+
+    def _apply_call(self, cmd: _Call, handoff: list) -> None:
+        if cmd.future.cancelled():
+            return
+        try:
+            result = cmd.fn(self.engine)
+        except Exception as e:
+            handoff.append((_set_exception, (cmd.future, e)))
+            return
+        handoff.append((_set_result, (cmd.future, result)))
 
     def _apply_abort(self, request_id: str, handoff: list) -> None:
         stream = self._streams.pop(request_id, None)
@@ -571,7 +646,7 @@ class AsyncLLMEngine:
             self._num_pending_adds = 0
             self._ended = True
         for cmd in commands:
-            if isinstance(cmd, _Add):
+            if isinstance(cmd, _Add | _Call):
                 handoff.append((_set_exception, (cmd.future, err)))
         for rid, stream in list(self._streams.items()):
             handoff.append((stream._put, err))

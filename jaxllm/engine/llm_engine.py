@@ -27,6 +27,7 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -291,6 +292,16 @@ class LLMEngine:
             )
         self.runner.lora.ensure_loaded(lora_request)
         return lora_request.lora_int_id
+
+    def prefetch_lora(self, lora_request: LoRARequest) -> Future | None:
+        """Start reading an adapter on the LoRA loader thread; its future (None without LoRA).
+        Thread-safe (the manager locks its state), so that a caller off this engine's thread
+        (the server) can wait for the disk there, and `add_request` / `add_lora` then find the
+        adapter loaded instead of reading it on the engine's thread. Errors surface in the
+        future and again, as ValueError, from `add_request` / `add_lora`."""
+        if self.runner.lora is None or not isinstance(lora_request, LoRARequest):
+            return None
+        return self.runner.lora.prefetch(lora_request)
 
     def add_lora(self, lora_request: LoRARequest) -> bool:
         """Load an adapter ahead of its requests; raises ValueError when it cannot load."""

@@ -3,9 +3,12 @@
     jaxllm serve smollm2-135m --port 8000 --api-key sk-local
     client = openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="sk-local")
 
-Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models (Bearer auth on every
-/v1 route when an API key is set), POST /tokenize, POST /detokenize, GET /health (200; 503 once
-the engine loop died or while the server shuts down), GET /metrics (Prometheus text), GET /version.
+Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models (the served names and
+the LoRA adapters; Bearer auth on every /v1 route when an API key is set), POST
+/v1/load_lora_adapter and /v1/unload_lora_adapter (only when JAXLLM_ALLOW_RUNTIME_LORA_UPDATING or
+VLLM_ALLOW_RUNTIME_LORA_UPDATING is true: serving_models), POST /tokenize, POST /detokenize,
+GET /health (200; 503 once the engine loop died or while the server shuts down), GET /metrics
+(Prometheus text), GET /version.
 Request bodies over --max-request-body-bytes get a 413 (body_limit); templating and tokenization
 run on a worker pool, off the event loop (offload).
 
@@ -41,7 +44,7 @@ from typing import Any, NoReturn
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
 from jaxllm.engine.async_engine import AsyncLLMEngine
 from jaxllm.entrypoints.openai.body_limit import BodySizeLimitMiddleware
@@ -51,15 +54,22 @@ from jaxllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
+    LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,
     TokenizeRequest,
+    UnloadLoRAAdapterRequest,
 )
 from jaxllm.entrypoints.openai.reasoning_parsers import get_reasoning_parser
 from jaxllm.entrypoints.openai.serve_args import ServeOptions
 from jaxllm.entrypoints.openai.serving_chat import create_chat_completion
 from jaxllm.entrypoints.openai.serving_common import ServerContext
 from jaxllm.entrypoints.openai.serving_completions import create_completion
+from jaxllm.entrypoints.openai.serving_models import (
+    RUNTIME_LORA_ENV,
+    ServingModels,
+    runtime_lora_updating,
+)
 from jaxllm.entrypoints.openai.serving_tokenize import create_detokenize, create_tokenize
 from jaxllm.entrypoints.openai.tool_parsers import get_tool_parser
 
@@ -150,9 +160,13 @@ def build_llm(opts: ServeOptions, model: Any = None) -> Any:
 
 
 def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
-    """The FastAPI app serving `llm` (a jaxllm.LLM); the engine thread starts with the app."""
+    """The FastAPI app serving `llm` (a jaxllm.LLM); the engine thread starts with the app.
+    `opts.lora_modules` are loaded here, before anything is served: ValueError naming an adapter
+    that cannot load."""
     engine = llm.llm_engine
     names = opts.served_model_names or [str(opts.engine_kwargs.get("model", "model"))]
+    models = ServingModels(names, lora_enabled=getattr(engine, "lora_config", None) is not None)
+    models.add_static(engine, opts.lora_modules)
     async_engine = AsyncLLMEngine(engine, max_waiting_requests=opts.max_waiting_requests)
     spec = getattr(engine, "speculative_config", None)
     metrics = ServerMetrics(
@@ -179,6 +193,7 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
         else None,
         trust_request_chat_template=opts.trust_request_chat_template,
         max_request_body_bytes=opts.max_request_body_bytes,
+        models=models,
     )
 
     @contextlib.asynccontextmanager
@@ -230,7 +245,39 @@ def build_app(llm: Any, opts: ServeOptions) -> tuple[FastAPI, ServerContext]:
             ModelCard(id=n, root=ctx.model_source or None, max_model_len=ctx.max_model_len)
             for n in ctx.served_model_names
         ]
+        cards += [
+            ModelCard(
+                id=name,
+                root=lora.lora_path,
+                parent=lora.base_model_name,
+                max_model_len=ctx.max_model_len,
+            )
+            for name, lora in ctx.models.loras.items()
+        ]
         return ModelList(data=cards).model_dump()
+
+    if runtime_lora_updating():
+        logger.warning(
+            "%s is set: /v1/load_lora_adapter and /v1/unload_lora_adapter let any client that "
+            "can reach this server make it read folders; use it only where clients are trusted",
+            " / ".join(RUNTIME_LORA_ENV),
+        )
+
+        @app.post("/v1/load_lora_adapter")
+        async def load_lora_adapter(body: LoadLoRAAdapterRequest, raw: Request) -> Response:
+            ctx = raw.app.state.ctx
+            await ctx.models.load(ctx.engine, body.lora_name, body.lora_path)
+            return PlainTextResponse(
+                f"Success: LoRA adapter '{body.lora_name}' added successfully."
+            )
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload_lora_adapter(body: UnloadLoRAAdapterRequest, raw: Request) -> Response:
+            ctx = raw.app.state.ctx
+            await ctx.models.unload(ctx.engine, body.lora_name, body.lora_int_id)
+            return PlainTextResponse(
+                f"Success: LoRA adapter '{body.lora_name}' removed successfully."
+            )
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, raw: Request) -> Response:
@@ -451,9 +498,14 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def _serve(llm: Any, opts: Any) -> int:
-    app, ctx = build_app(llm, opts)
+    try:
+        app, ctx = build_app(llm, opts)
+    except ValueError as e:  # a --lora-modules adapter that cannot load
+        from jaxllm.entrypoints.cli_args import CLIError
+
+        raise CLIError(f"cannot start the server: {e}") from None
     print(
-        f"jaxllm serve: {', '.join(ctx.served_model_names)} on http://{opts.host}:{opts.port} "
+        f"jaxllm serve: {', '.join(ctx.models.names)} on http://{opts.host}:{opts.port} "
         f"(max_model_len {ctx.max_model_len})",
         file=sys.stderr,
         flush=True,

@@ -312,12 +312,27 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=_now)
     owned_by: str = "jaxllm"
     root: str | None = None
+    parent: str | None = None  # a LoRA adapter's base model (vLLM's)
     max_model_len: int | None = None
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class LoadLoRAAdapterRequest(_Request):
+    """POST /v1/load_lora_adapter (vLLM's; `load_inplace` is not supported)."""
+
+    lora_name: str
+    lora_path: str
+
+
+class UnloadLoRAAdapterRequest(_Request):
+    """POST /v1/unload_lora_adapter (vLLM's; `lora_int_id`, if given, must be the adapter's)."""
+
+    lora_name: str
+    lora_int_id: int | None = None
 
 
 class TokenizeResponse(BaseModel):

@@ -14,7 +14,9 @@ run before they are aborted; default 0, as vLLM's), --[no-]exit-on-engine-error 
 command line win). Structured outputs and
 tools: --structured-outputs-config JSON (vLLM's; backend "auto", "guidance" or "llguidance"),
 --enable-auto-tool-choice with --tool-call-parser NAME (tool_choice "auto"), --reasoning-parser
-NAME (`reasoning_content`). Multi-host:
+NAME (`reasoning_content`). LoRA adapters (with --enable-lora and the engine's --max-loras,
+--max-lora-rank, --max-cpu-loras): --lora-modules NAME=PATH or '{"name": ..., "path": ...,
+"base_model_name": ...}' [...], each adapter a model of /v1/models. Multi-host:
 --coordinator-address / --num-processes / --process-id (or the JAXLLM_* variables) as for
 `generate`: process 0 serves, the others follow its steps until it shuts down.
 """
@@ -47,11 +49,13 @@ from jaxllm.entrypoints.strict_parser import StrictArgumentParser
 __all__ = [
     "API_KEY_ENV",
     "DEFAULT_MAX_REQUEST_BODY_BYTES",
+    "LoRAModulePath",
     "SUPPORTED_STRUCTURED_OUTPUTS_BACKENDS",
     "ServeOptions",
     "StructuredOutputsConfig",
     "add_serve_args",
     "add_serve_subcommand",
+    "parse_lora_modules",
     "parse_structured_outputs_config",
     "resolve_serve_args",
     "serve_parser",
@@ -81,6 +85,7 @@ _SERVE_DEFAULTS: dict[str, Any] = {
     "enable_auto_tool_choice": False,
     "tool_call_parser": None,
     "reasoning_parser": None,
+    "lora_modules": None,
     "coordinator_address": None,
     "num_processes": None,
     "process_id": None,
@@ -183,6 +188,17 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="split the model's thinking (<think>...</think>) into reasoning_content: "
         + ", ".join(sorted(REASONING_PARSERS)),
     )
+    lo = parser.add_argument_group("LoRA adapters (with --enable-lora; docs/lora.md)")
+    lo.add_argument(
+        "--lora-modules",
+        nargs="+",
+        metavar="NAME=PATH",
+        help="PEFT LoRA adapters to serve, each a model of /v1/models that requests choose with "
+        'model=NAME: NAME=PATH, or vLLM\'s JSON \'{"name": NAME, "path": PATH, '
+        '"base_model_name": BASE}\'. Runtime loading: /v1/load_lora_adapter and '
+        "/v1/unload_lora_adapter, when JAXLLM_ALLOW_RUNTIME_LORA_UPDATING (or "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING) is true",
+    )
     add_engine_args(parser)
     add_generation_config_arg(parser.add_argument_group("sampling defaults"))
     add_multihost_args(parser, "runs the HTTP server and the scheduler")
@@ -202,7 +218,9 @@ def add_serve_subcommand(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "serve",
         help="OpenAI-compatible HTTP server",
         description="Serve MODEL over an OpenAI-compatible HTTP API (/v1/completions, "
-        "/v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics).",
+        "/v1/chat/completions, /v1/models, /tokenize, /detokenize, /health, /metrics; with "
+        "JAXLLM_ALLOW_RUNTIME_LORA_UPDATING=true also /v1/load_lora_adapter and "
+        "/v1/unload_lora_adapter).",
         argument_default=argparse.SUPPRESS,
     )
     add_serve_args(sp)
@@ -259,6 +277,64 @@ def parse_structured_outputs_config(value: Any) -> StructuredOutputsConfig:
     return StructuredOutputsConfig(backend=backend, **flags)
 
 
+@dataclass(frozen=True)
+class LoRAModulePath:
+    """One `--lora-modules` adapter: its served name, its PEFT folder and the base model it is
+    reported under in /v1/models (None: the first served model name)."""
+
+    name: str
+    path: str
+    base_model_name: str | None = None
+
+
+def _lora_module(value: Any) -> LoRAModulePath:
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"--lora-modules: {value!r} is not valid JSON: {e}") from None
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"name", "path", "base_model_name"})
+        if unknown:
+            raise ValueError(
+                f"--lora-modules: unsupported keys {unknown} (supported: name, path, "
+                "base_model_name)"
+            )
+        name, path, base = value.get("name"), value.get("path"), value.get("base_model_name")
+        if not isinstance(name, str) or not isinstance(path, str) or not name or not path:
+            raise ValueError(f"--lora-modules: {json.dumps(value)} needs a 'name' and a 'path'")
+        if base is not None and not isinstance(base, str):
+            raise ValueError("--lora-modules: base_model_name must be a string")
+        return LoRAModulePath(name, path, base)
+    if not isinstance(value, str):
+        raise ValueError(f"--lora-modules: expected NAME=PATH or a JSON object, got {value!r}")
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--lora-modules: expected NAME=PATH or a JSON object, got {value!r}")
+    return LoRAModulePath(name, path)
+
+
+def parse_lora_modules(values: Any, served_names: list[str]) -> list[LoRAModulePath]:
+    """`--lora-modules` (NAME=PATH strings, JSON objects or, from a config file, mappings);
+    ValueError for a malformed one or a name given twice or taken by the base model."""
+    if values is None:
+        return []
+    if isinstance(values, str | dict):
+        values = [values]
+    modules = [_lora_module(v) for v in values]
+    seen: set[str] = set()
+    for m in modules:
+        if m.name in served_names:
+            raise ValueError(
+                f"--lora-modules: {m.name!r} is the base model's served name; name the adapter "
+                "otherwise"
+            )
+        if m.name in seen:
+            raise ValueError(f"--lora-modules: the name {m.name!r} is given twice")
+        seen.add(m.name)
+    return modules
+
+
 @dataclass
 class ServeOptions:
     engine_kwargs: dict[str, Any]
@@ -281,6 +357,7 @@ class ServeOptions:
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
+    lora_modules: list[LoRAModulePath] = field(default_factory=list)
 
 
 def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
@@ -324,12 +401,21 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
             "--enable-auto-tool-choice needs --tool-call-parser NAME (one of "
             f"{', '.join(sorted(TOOL_PARSERS))})"
         )
+    served = list(names) if names else [str(engine.get("model", DEFAULT_MODEL))]
+    try:
+        lora_modules = parse_lora_modules(rest["lora_modules"], served)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if lora_modules and not engine.get("enable_lora"):
+        raise CLIError("--lora-modules needs --enable-lora")
+    if engine.get("enable_lora") and (engine.get("data_parallel_size") or 1) > 1:
+        raise CLIError("the server does not serve LoRA adapters with --data-parallel-size > 1 yet")
     return ServeOptions(
         engine_kwargs=engine,
         host=rest["host"],
         port=port,
         api_key=api_key,
-        served_model_names=list(names) if names else [str(engine.get("model", DEFAULT_MODEL))],
+        served_model_names=served,
         max_waiting_requests=None if bound == -1 else bound,
         retry_after=rest["retry_after"],
         max_request_body_bytes=None if body_limit in (None, -1) else body_limit,
@@ -343,4 +429,5 @@ def resolve_serve_args(args: argparse.Namespace) -> ServeOptions:
         enable_auto_tool_choice=rest["enable_auto_tool_choice"],
         tool_call_parser=rest["tool_call_parser"],
         reasoning_parser=rest["reasoning_parser"],
+        lora_modules=lora_modules,
     )

@@ -234,7 +234,7 @@ async def create_chat_completion(
     ctx: ServerContext, req: ChatCompletionRequest, raw: Request
 ) -> Response:
     arrival = time.time()
-    model = ctx.check_model(req.model)
+    model, lora = ctx.resolve_model(req.model)
     _check_request(ctx, req)
     check_request_chat_template(ctx, req.chat_template, req.chat_template_kwargs)
     check_admission(ctx, req.n)  # before any templating or tokenization
@@ -277,6 +277,7 @@ async def create_chat_completion(
         "messages",
         req.priority,
         structured_param,
+        lora_request=lora,
     )
     output = _OutputParsing(ctx, plan, text)
     if req.stream:

@@ -25,13 +25,14 @@ from jaxllm.entrypoints.openai.errors import (
     OpenAIError,
     bad_request,
     context_length_exceeded,
-    model_not_found,
     overloaded,
     param_from_message,
 )
 from jaxllm.entrypoints.openai.offload import WorkerPool
 from jaxllm.entrypoints.openai.protocol import PromptTokensDetails, UsageInfo
 from jaxllm.entrypoints.openai.serve_args import StructuredOutputsConfig
+from jaxllm.entrypoints.openai.serving_models import ServingModels
+from jaxllm.lora import LoRARequest
 from jaxllm.outputs import Logprob, RequestOutput
 from jaxllm.sampling_params import SamplingParams
 from jaxllm.structured_outputs.params import StructuredOutputsParams
@@ -69,18 +70,26 @@ class ServerContext:
     max_request_body_bytes: int | None = None
     # chat templating, tokenization and detokenization of requests, off the event loop (offload)
     pool: WorkerPool = field(default_factory=WorkerPool)
+    # the served names and the LoRA adapters (default: the served names, no adapters)
+    models: ServingModels | None = None
+
+    def __post_init__(self) -> None:
+        if self.models is None:
+            self.models = ServingModels(self.served_model_names)
 
     @property
     def model_name(self) -> str:
         return self.served_model_names[0]
 
+    def resolve_model(self, name: str | None) -> tuple[str, LoRARequest | None]:
+        """The name to report and the LoRA adapter to run with (None: the base model); 404 for
+        a model this server does not serve."""
+        assert self.models is not None  # set by __post_init__
+        return self.models.resolve(name)
+
     def check_model(self, name: str | None) -> str:
         """The served name to report; 404 for a model this server does not serve."""
-        if name is None or name == "":
-            return self.model_name
-        if name not in self.served_model_names:
-            raise model_not_found(name, self.served_model_names)
-        return name
+        return self.resolve_model(name)[0]
 
     def require_tokenizer(self, param: str) -> Any:
         if self.tokenizer is None:
@@ -259,13 +268,17 @@ async def admit_all(
     prompt_param: str,
     priority: int = 0,
     structured_param: str | None = None,
+    lora_request: LoRARequest | None = None,
 ) -> list[RequestStream]:
     """Hand a request's prompts to the engine together (with the request's scheduling
-    `priority`), all or none: engine validation errors -> 400 (a structured output's grammar that
-    does not compile names `structured_param`, the request field it came from), over the queue
-    bound, shutting down or engine dead -> `admission_error`."""
+    `priority` and LoRA adapter), all or none: engine validation errors -> 400 (a structured
+    output's grammar that does not compile names `structured_param`, the request field it came
+    from; a LoRA adapter that cannot load), over the queue bound, shutting down or engine dead
+    -> `admission_error`."""
     try:
-        return await ctx.engine.add_requests(items, arrival_time=arrival_time, priority=priority)
+        return await ctx.engine.add_requests(
+            items, arrival_time=arrival_time, priority=priority, lora_request=lora_request
+        )
     except ValueError as e:
         msg = str(e)
         param = param_from_message(

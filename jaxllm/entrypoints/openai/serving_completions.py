@@ -147,7 +147,7 @@ def _echo_text(ctx: ServerContext, p: _Prompt) -> str:
 
 async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Request) -> Response:
     arrival = time.time()
-    model = ctx.check_model(req.model)
+    model, lora = ctx.resolve_model(req.model)
     _check_request(ctx, req)
     check_admission(ctx, _num_prompts(req) * req.n)  # before any tokenization
     prompts = await ctx.pool.run(_prompts, ctx, req)
@@ -178,7 +178,9 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw: Req
         if p.text is not None:
             prompt["prompt"] = p.text
         items.append((rid, prompt, params))
-    streams = await admit_all(ctx, items, arrival, "prompt", req.priority, structured_param)
+    streams = await admit_all(
+        ctx, items, arrival, "prompt", req.priority, structured_param, lora_request=lora
+    )
     if req.stream:
         return StreamingResponse(
             _stream(ctx, req, model, base_id, prompts, streams), media_type="text/event-stream"

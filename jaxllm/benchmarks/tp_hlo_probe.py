@@ -349,7 +349,14 @@ def runner_step_jit(model, kv_sharding, replicated):
         step,
         donate_argnums=(1,),
         static_argnames=("layout", "flags", "num_prompt_logprobs"),
-        out_shardings=(KVCache(kv_sharding, kv_sharding), replicated, replicated, replicated),
+        # the last: the hidden states, None (the model is not built to return them)
+        out_shardings=(
+            KVCache(kv_sharding, kv_sharding),
+            replicated,
+            replicated,
+            replicated,
+            None,
+        ),
     )
 
 

@@ -119,6 +119,8 @@ class LLMEngine:
             attention_backend,
             mesh=mesh,
             lora_config=lora_config,
+            return_hidden_states=speculative_config is not None
+            and speculative_config.needs_target_hidden_states,
         )
         self.lora_config = lora_config
         if speculative_config is not None:

@@ -154,6 +154,9 @@ class ModelRunner:
         backend: str | None = None,
         mesh: jax.sharding.Mesh | None = None,
         lora_config: Any = None,  # a jaxllm.lora.config.LoRAConfig: serve LoRA adapters
+        # EAGLE speculation: each step also keeps its tokens' final hidden states on the device
+        # (`last_hidden_states`); off, the step traces and transfers nothing extra
+        return_hidden_states: bool = False,
     ) -> None:
         from jaxllm.parallel import kv_cache_sharding, replicated, resolve_mesh, shard_params
 
@@ -168,7 +171,9 @@ class ModelRunner:
         self.model_config = model_config
         self.config = engine_config
         self.params = params
-        self.model = build_model(model_config, backend, self.mesh)
+        self.model = build_model(
+            model_config, backend, self.mesh, return_hidden_states=return_hidden_states
+        )
         self.backend = self.model.backend
         self.block_size = engine_config.cache.block_size
         self.kv_dtype = jnp.dtype(engine_config.cache.cache_dtype(model_config.dtype))
@@ -213,8 +218,11 @@ class ModelRunner:
             functools.partial(device_step, self.model, self.kv_dtype),
             donate_argnums=(1,),
             static_argnames=("layout", "flags", "num_prompt_logprobs"),
-            out_shardings=(kv, self._replicated, self._replicated, self._replicated),
+            out_shardings=(kv, self._replicated, self._replicated, self._replicated, None),
         )
+        # the last dispatched step's final hidden states [T, D] (device; None unless
+        # return_hidden_states), row i the step's i-th token in the batch's flat order
+        self.last_hidden_states: jax.Array | None = None
         # the last dispatched step's sampled tokens, one per row ([S_cap] int32, on the device),
         # and request id -> row for the rows that sampled
         self._s_cap = next_power_of_two(sched.max_num_seqs)
@@ -272,7 +280,7 @@ class ModelRunner:
 
     def _step(self, params, kv_cache, last_tokens, buffers, *, layout, flags, num_prompt_logprobs):
         """Run one step (the KV cache is donated): `(kv_cache, SamplerOutput, prompt logprobs,
-        sampled tokens [S_cap])`."""
+        sampled tokens [S_cap], final hidden states [T, D] or None)`."""
         exe = self._executable(layout, flags, num_prompt_logprobs)
         return exe(params, kv_cache, last_tokens, buffers)
 
@@ -423,7 +431,7 @@ class ModelRunner:
         host = self._host_inputs(hb, md, targets, self._lora_token_slots(sched, hb))
         # One host->device copy per dtype instead of one per array (packed_transfer.py).
         buffers, layout = pack(host)
-        self.kv_cache, out, prompt, self._last_tokens = self._step(
+        self.kv_cache, out, prompt, self._last_tokens, self.last_hidden_states = self._step(
             self._step_params(),
             self.kv_cache,
             self._last_tokens,
@@ -522,9 +530,10 @@ def device_step(
     in_flight = last_tokens[jnp.maximum(prev_rows, 0)]  # [T]
     token_ids = jnp.where(prev_rows >= 0, in_flight, batch.token_ids)
     batch = dataclasses.replace(batch, token_ids=token_ids)
-    kv_cache, logits = model.apply(
+    # (kv_cache, logits [S + Rp, V]), and hidden states [T, D] from a model built to return them
+    kv_cache, logits, *hidden = model.apply(
         {"params": params}, kv_cache_view(kv_cache, kv_dtype), batch
-    )  # [S + Rp, V]
+    )
     kv_cache = kv_cache_storage(kv_cache)
     S = md.temperature.shape[0]
     out = sample(logits[:S], md, flags)
@@ -533,7 +542,7 @@ def device_step(
         prompt = compute_logprobs(logits[S:], prompt_targets, num_prompt_logprobs)
     n = min(S, last_tokens.shape[0])  # draft rows (after the sequence rows) may pass S_cap
     sampled = jnp.zeros_like(last_tokens).at[:n].set(out.token_ids[:n].astype(jnp.int32))
-    return kv_cache, out, prompt, sampled
+    return kv_cache, out, prompt, sampled, hidden[0] if hidden else None
 
 
 _PAD_PARAMS = SamplingParams(temperature=0.0)  # padding rows: greedy, neutral

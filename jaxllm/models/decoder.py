@@ -115,7 +115,9 @@ def rope_tables(c: ModelConfig, batch: StepBatch) -> dict[tuple, Rope]:
 
 
 class DecoderForCausalLM(nn.Module):
-    """`__call__(kv_cache, batch) -> (kv_cache, logits [R, V] float32)`."""
+    """`__call__(kv_cache, batch) -> (kv_cache, logits [R, V] float32)`, and with
+    `return_hidden_states` also the final hidden states [T, D] of every token, after the final
+    norm (the LM head's input: the features an EAGLE head reads, jaxllm/spec_decode/)."""
 
     config: ModelConfig
     backend: str = "reference"
@@ -128,6 +130,9 @@ class DecoderForCausalLM(nn.Module):
     # steps are compute-bound, so there the copy is a small share and the fast rolled compile
     # wins. On the CPU unrolling is slower outright (bench/RESULTS.md).
     unroll_layers: bool | None = None
+    # static: also return every token's final hidden state (EAGLE speculation); off, the step
+    # traces and returns nothing extra
+    return_hidden_states: bool = False
 
     layer_class: ClassVar[Any] = None  # the model's decoder layer module
     norm_class: ClassVar[Any] = RMSNorm  # the final norm
@@ -200,7 +205,13 @@ class DecoderForCausalLM(nn.Module):
     def _head(self, embed, h, k, v, batch: StepBatch):
         c = self.config
         dt = jnp.dtype(c.dtype)
-        h = self.norm_class(c.rms_norm_eps, dt, name="norm")(h[batch.logits_indices])  # [R, D]
+        norm = self.norm_class(c.rms_norm_eps, dt, name="norm")
+        hidden = None
+        if self.return_hidden_states:  # every row normed: the features of every token
+            hidden = norm(h)  # [T, D]
+            h = hidden[batch.logits_indices]  # [R, D]
+        else:
+            h = norm(h[batch.logits_indices])  # [R, D]
         if c.tie_word_embeddings and "lm_head" not in self.variables.get("params", {}):
             if isinstance(embed, nn.Embed):
                 logits = embed.attend(h)
@@ -215,6 +226,8 @@ class DecoderForCausalLM(nn.Module):
         if c.final_logit_softcapping:
             cap = float(c.final_logit_softcapping)
             logits = cap * jnp.tanh(logits / cap)
+        if hidden is not None:
+            return KVCache(k, v), logits, hidden
         return KVCache(k, v), logits
 
     def _unroll(self, num_tokens: int) -> bool:

@@ -26,16 +26,24 @@ from jaxllm.models.registry import get_model_class
 StepFn = Callable[[dict, KVCache, StepBatch], tuple[KVCache, jax.Array]]
 
 
-def build_model(config: ModelConfig, backend: str | None = None, mesh=None):
+def build_model(
+    config: ModelConfig,
+    backend: str | None = None,
+    mesh=None,
+    *,
+    return_hidden_states: bool = False,
+):
     """The Flax module for `config` (backend None picks the default attention backend).
 
     With a `mesh`, `config` becomes the tp-way config of its 'model' axis (see jaxllm.parallel).
+    `return_hidden_states`: the module also returns every token's final hidden state (EAGLE).
     """
     if mesh is not None:
         from jaxllm.parallel import model_axis_size, tp_model_config
 
         config = tp_model_config(config, model_axis_size(mesh))
-    return get_model_class(config.architecture)(config, resolve_backend(backend), mesh)
+    extra = {"return_hidden_states": True} if return_hidden_states else {}
+    return get_model_class(config.architecture)(config, resolve_backend(backend), mesh, **extra)
 
 
 def forward(

@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-METHODS = ("ngram", "draft_model")
+METHODS = ("ngram", "draft_model", "eagle")
 # vLLM method names this engine does not run (yet): a clear error, not a silent fallback
-UNSUPPORTED_METHODS = ("eagle", "eagle3", "medusa", "mlp_speculator", "mtp", "suffix")
+UNSUPPORTED_METHODS = ("eagle3", "medusa", "mlp_speculator", "mtp", "suffix")
 DEFAULT_PROMPT_LOOKUP_MAX = 5
 DEFAULT_PROMPT_LOOKUP_MIN = 1
 
@@ -17,15 +17,17 @@ DEFAULT_PROMPT_LOOKUP_MIN = 1
 class SpeculativeConfig:
     """`method`: "ngram" (the longest suffix n-gram, `prompt_lookup_min` to `prompt_lookup_max`
     tokens, found earlier in the request's tokens proposes what followed it) or "draft_model"
-    (`model`, a smaller model with the target's vocabulary, proposes its greedy continuation).
+    (`model`, a smaller model with the target's vocabulary, proposes its greedy continuation) or
+    "eagle" (`model`, an EAGLE-1 head folder: one decoder layer over the target's features).
     `num_speculative_tokens`: k, the most draft tokens a request verifies a step."""
 
     method: str
     num_speculative_tokens: int
     prompt_lookup_min: int | None = None
     prompt_lookup_max: int | None = None
-    model: str | None = None  # draft_model: a model name or path, as LLM(model=...) takes
-    draft_dtype: str | None = None  # draft_model: its dtype (None: the target's)
+    # draft_model: a model name or path, as LLM(model=...) takes; eagle: the head's folder
+    model: str | None = None
+    draft_dtype: str | None = None  # draft_model, eagle: its dtype (None: the target's)
 
     def __post_init__(self) -> None:
         if self.method in UNSUPPORTED_METHODS:
@@ -48,9 +50,15 @@ class SpeculativeConfig:
                 )
         else:
             if not self.model:
-                raise ValueError("speculative method 'draft_model' needs 'model'")
+                raise ValueError(f"speculative method {self.method!r} needs 'model'")
             if self.prompt_lookup_min is not None or self.prompt_lookup_max is not None:
                 raise ValueError("prompt_lookup_min/max are settings of method 'ngram'")
+
+    @property
+    def needs_target_hidden_states(self) -> bool:
+        """Does the proposer read the target's final hidden states (EAGLE's features)? The
+        target step then returns them; for the other methods it traces nothing extra."""
+        return self.method == "eagle"
 
     @property
     def ngram_window(self) -> tuple[int, int]:

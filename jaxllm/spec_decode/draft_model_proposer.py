@@ -33,86 +33,30 @@ replay only the target runner's calls.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import jax
 
 from jaxllm.config import EngineConfig
-from jaxllm.engine.kv_swap import KVBlockMover
 from jaxllm.engine.model_runner import ModelRunner
 from jaxllm.models.batch import kv_cache_bytes_per_block
 from jaxllm.sampling_metadata import SamplingRow
 from jaxllm.sampling_params import SamplingParams
 from jaxllm.scheduler.output import ScheduledRequest, SchedulerOutput
 from jaxllm.spec_decode.config import SpeculativeConfig
+from jaxllm.spec_decode.draft_rows import (
+    Drafting,
+    carried_drafts,
+    draft_row,
+    grow_drafts,
+    mirror_block_mover,
+)
 
 if TYPE_CHECKING:
     from jaxllm.model_loader import LoadedModel
     from jaxllm.request import Request
 
 _GREEDY = SamplingRow(SamplingParams(temperature=0.0), seed=0)
-
-
-class _TokensFrom:
-    """A sequence's tokens from position `offset` on: what `build_host_batch` slices of a draft
-    row (only the row's new tokens), without copying the request's earlier tokens."""
-
-    def __init__(self, offset: int, token_ids: Sequence[int]) -> None:
-        self.offset = offset
-        self.token_ids = token_ids
-
-    def __len__(self) -> int:
-        return self.offset + len(self.token_ids)
-
-    def __getitem__(self, s: slice) -> Sequence[int]:
-        start, stop, _ = s.indices(len(self))
-        if start < self.offset:
-            raise IndexError(f"tokens before position {self.offset} are not held here")
-        return self.token_ids[start - self.offset : stop - self.offset]
-
-
-@dataclass
-class _DraftSequence:
-    """The stand-in `Request` of one draft-runner row: what `build_host_batch` and the runner
-    read of it (no prompt logprobs are asked, no token is in flight)."""
-
-    request_id: str
-    all_token_ids: _TokensFrom
-    num_prompt_tokens: int
-    prompt_token_ids: Sequence[int]
-    num_output_placeholders: int = 0
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.all_token_ids)
-
-
-def _row(
-    request: Request, start: int, token_ids: Sequence[int], block_ids: list[int], samples: bool
-) -> ScheduledRequest:
-    """A draft-runner row computing `token_ids` at positions start, start + 1, ..."""
-    seq = _DraftSequence(
-        request.request_id,
-        _TokensFrom(start, token_ids),
-        request.num_prompt_tokens,
-        request.prompt_token_ids,
-    )
-    # the runner reads only the fields _DraftSequence has
-    return ScheduledRequest(cast("Request", seq), len(token_ids), start, block_ids, samples)
-
-
-@dataclass
-class _Drafting:
-    """A request getting drafts this call: its tokens, the most drafts it may take, and the
-    number of positions its block table holds (the draft writes none past them)."""
-
-    request: Request
-    room: int
-    block_ids: list[int]
-    num_slots: int
-    drafts: list[int] = dataclasses.field(default_factory=list)
 
 
 class DraftModelProposer:
@@ -179,13 +123,8 @@ class DraftModelProposer:
             model_config, draft_model.params, draft_config, runner.backend, mesh=mesh
         )
         assert self.runner.num_blocks == runner.num_blocks
-        num_host = runner.block_mover.num_host_blocks
-        if num_host:  # swap preemption: room for every host block id the target uses
-            per_block = self.runner.block_mover.bytes_per_block
-            self.runner.block_mover = KVBlockMover(
-                self.runner.kv_cache, (num_host + 0.5) * per_block / 2**30
-            )
-            assert self.runner.block_mover.num_host_blocks >= num_host
+        # swap preemption: room for every host block id the target uses
+        self.runner.block_mover = mirror_block_mover(self.runner.kv_cache, runner.block_mover)
         # the last drafts of each request asked for: a request the step did not schedule
         # still holds the same tokens, so its drafts stand
         self._last_drafts: dict[str, list[int]] = {}
@@ -224,7 +163,7 @@ class DraftModelProposer:
         self.apply_block_ops(sched)
         room_of = {r.request_id: room for r, room in requests}
         rows: list[ScheduledRequest] = []
-        drafting: dict[str, _Drafting] = {}
+        drafting: dict[str, Drafting] = {}
         for sr in sched.scheduled:
             if sr.num_new_tokens == 0:
                 continue
@@ -239,49 +178,27 @@ class DraftModelProposer:
             if end <= start:
                 continue
             rows.append(
-                _row(request, start, request.all_token_ids[start:end], sr.block_ids, samples)
+                draft_row(request, start, request.all_token_ids[start:end], sr.block_ids, samples)
             )
             if samples:
-                drafting[request.request_id] = _Drafting(request, room, sr.block_ids, num_slots)
-        out: dict[str, list[int]] = {}
-        scheduled = {sr.request_id for sr in sched.scheduled}
-        for request, room in requests:
-            rid = request.request_id
-            if rid not in scheduled and rid in self._last_drafts:
-                out[rid] = self._last_drafts[rid][:room]
+                drafting[request.request_id] = Drafting(request, room, sr.block_ids, num_slots)
+        out = carried_drafts(sched, requests, self._last_drafts)
         if rows:
             sampled = self._run(rows)
             for rid, d in drafting.items():
                 d.drafts.append(sampled[rid])
-        for _ in range(self.k - 1):
-            # the draft's last token goes in at the position after the request's tokens and
-            # earlier drafts
-            step = [
-                d
-                for d in drafting.values()
-                if len(d.drafts) < min(self.k, d.room)
-                and d.request.num_tokens + len(d.drafts) - 1 < d.num_slots
-            ]
-            if not step:
-                break
-            sampled = self._run(
-                [
-                    _row(
-                        d.request,
-                        d.request.num_tokens + len(d.drafts) - 1,
-                        d.drafts[-1:],
-                        d.block_ids,
-                        True,
-                    )
-                    for d in step
-                ]
-            )
-            for d in step:
-                d.drafts.append(sampled[d.request.request_id])
+        # the draft's last token goes in at the position after the request's tokens and
+        # earlier drafts
+        grow_drafts(drafting, self.k, 0, self._run_rows)
         for rid, d in drafting.items():
             out[rid] = d.drafts[: d.room]
         self._last_drafts = out
         return out
+
+    def _run_rows(self, step: list[Drafting], rows: list[ScheduledRequest]) -> list[int]:
+        """One draft step over one-token `rows` (`step[i]`'s): each row's greedy token."""
+        sampled = self._run(rows)
+        return [sampled[d.request.request_id] for d in step]
 
     def _run(self, rows: list[ScheduledRequest]) -> dict[str, int]:
         """One draft step over `rows`: request id -> greedy token of each sampling row."""

@@ -61,9 +61,14 @@ def make_proposer(
     config: SpeculativeConfig, runner: Any, engine_config: Any, draft_model: Any, mesh: Any
 ) -> Proposer:
     """The proposer of `config.method` for the engine whose target runs in `runner`
-    (`draft_model`: an already loaded draft LoadedModel, or None to load `config.model`)."""
+    (`draft_model`: an already loaded draft LoadedModel, or None to load `config.model`; the
+    "eagle" head is always read from `config.model`)."""
     if config.method == "ngram":
         return NgramSpeculator(config)
+    if config.method == "eagle":  # its head comes from config.model; draft_model is unused
+        from jaxllm.spec_decode.eagle_proposer import EagleProposer
+
+        return EagleProposer(config, runner, engine_config)
     from jaxllm.spec_decode.draft_model_proposer import DraftModelProposer
 
     return DraftModelProposer(config, runner, engine_config, draft_model, mesh)

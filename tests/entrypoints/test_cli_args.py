@@ -359,7 +359,7 @@ def test_speculative_config_flag_and_yaml_reach_llm(tmp_path):
         ("[1, 2]", "must be a JSON object, got list"),
         ('{"method": "ngram"}', "needs 'num_speculative_tokens'"),
         ('{"method": "ngram", "num_speculative_tokens": 2, "k": 1}', "unknown keys ['k']"),
-        ('{"method": "eagle", "num_speculative_tokens": 2}', "'eagle' is not supported"),
+        ('{"method": "eagle3", "num_speculative_tokens": 2}', "'eagle3' is not supported"),
         ('{"method": "ngram", "num_speculative_tokens": 0}', "must be an int >= 1"),
     ],
 )

@@ -51,7 +51,7 @@ def test_config_from_vllm_dicts_and_json():
     assert c.method == "draft_model"
     assert SpeculativeConfig.from_value(None) is None
     for bad, match in [
-        ({"method": "eagle", "num_speculative_tokens": 2, "model": "x"}, "not supported"),
+        ({"method": "eagle3", "num_speculative_tokens": 2, "model": "x"}, "not supported"),
         ({"method": "ngram"}, "num_speculative_tokens"),
         ({"method": "ngram", "num_speculative_tokens": 0}, ">= 1"),
         ({"method": "ngram", "num_speculative_tokens": 2, "lookup": 1}, "unknown keys"),

@@ -47,7 +47,8 @@ class LLM:
     of `generate(prompts)` without sampling params; "vllm": SamplingParams' own defaults),
     speculative_config (vLLM's dict, or its JSON text: `{"method": "ngram",
     "num_speculative_tokens": k, "prompt_lookup_min": ..., "prompt_lookup_max": ...}` or
-    `{"method": "draft_model", "model": ..., "num_speculative_tokens": k}`; outputs are those
+    `{"method": "draft_model", "model": ..., "num_speculative_tokens": k}` or `{"method":
+    "eagle", "model": EAGLE_HEAD_FOLDER, "num_speculative_tokens": k}`; outputs are those
     without it, the engine then schedules synchronously; see docs/speculative-decoding.md),
     enable_lora (serve PEFT LoRA adapters: `generate(..., lora_request=LoRARequest(...))`),
     max_loras (distinct adapters in one step: device slots), max_lora_rank (the largest adapter

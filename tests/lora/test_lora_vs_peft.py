@@ -24,17 +24,22 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=NEW, min_tokens=NEW)
 TEXTS = ["The capital of France is a city where", "Once upon a time, in a small village, there"]
 
 
-@pytest.fixture(scope="module")
-def hf_setup(smollm2_path, tmp_path_factory):
-    """(peft model over a fresh HF SmolLM2, {name: adapter folder}); the session's HF model is
-    left untouched (peft wraps its model in place)."""
-    import transformers
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """On a busy 2-core machine, 2 torch threads run HF's forward passes several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    torch.set_num_threads(2)
-    folder, name = os.path.split(smollm2_path)
-    base = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, dtype=torch.float32
-    ).eval()
+
+@pytest.fixture(scope="module")
+def hf_setup(smollm2_hf, tmp_path_factory):
+    """(peft model over a copy of the session's HF SmolLM2, {name: adapter folder}); the session's
+    model is left untouched (peft wraps its model in place, and merging rewrites its weights)."""
+    import copy
+
+    base = copy.deepcopy(smollm2_hf).eval()
     return make_adapters(base, tmp_path_factory.mktemp("adapters"))
 
 
@@ -51,7 +56,7 @@ def lora_requests(hf_setup):
 
 @pytest.fixture(scope="module")
 def llm(smollm2):
-    return LLM(smollm2, max_model_len=256, max_num_seqs=16, enable_lora=True, max_loras=3)
+    return LLM(smollm2, max_model_len=128, max_num_seqs=8, enable_lora=True, max_loras=3)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,10 @@ def reference(hf_setup, prompts, llm):
     return check
 
 
-def test_mixed_batch_of_three_adapters_and_base_equals_peft(llm, prompts, lora_requests, reference):
+@pytest.fixture(scope="module")
+def mixed_batch(llm, prompts, lora_requests):
+    """{adapter name or None: [tokens per prompt]}: one batch of every prompt under the base model
+    and each adapter."""
     names = [None, *ADAPTERS]
     batch = [(i, n) for n in names for i in range(len(prompts))]
     outs = llm.generate(
@@ -86,13 +94,18 @@ def test_mixed_batch_of_three_adapters_and_base_equals_peft(llm, prompts, lora_r
         use_tqdm=False,
     )
     got: dict = {n: [] for n in names}
-    for out, (i, n) in zip(outs, batch):
-        tokens = out.outputs[0].token_ids
-        assert len(tokens) == NEW
-        assert reference(n, i, tokens) == tokens, n
-        got[n].append(tokens)
+    for out, (_, n) in zip(outs, batch):
+        got[n].append(out.outputs[0].token_ids)
+    return got
+
+
+def test_mixed_batch_of_three_adapters_and_base_equals_peft(mixed_batch, reference):
+    for n, token_lists in mixed_batch.items():
+        for i, tokens in enumerate(token_lists):
+            assert len(tokens) == NEW
+            assert reference(n, i, tokens) == tokens, n
     for n in ADAPTERS:  # non-zero B: every adapter shows in the tokens
-        assert got[n] != got[None], n
+        assert mixed_batch[n] != mixed_batch[None], n
 
 
 def test_prefix_cache_is_per_adapter(llm, prompts, lora_requests):
@@ -211,13 +224,11 @@ def test_bad_adapters_fail_clearly_and_others_run(
     assert got is not None and reference("attn-r8", 0, got) == got
 
 
-def test_merged_adapter_equals(llm, hf_setup, prompts, lora_requests):
-    """Last in the module: merging rewrites the shared peft model's weights."""
+def test_merged_adapter_equals(llm, hf_setup, prompts, mixed_batch):
+    """Last in the module: merging rewrites the peft model's weights."""
     peft_model, _ = hf_setup
     name = "all-r16-rslora"
-    outs = llm.generate(prompts, GREEDY, lora_request=lora_requests[name], use_tqdm=False)
     peft_model.set_adapter(name)
     merged = peft_model.merge_and_unload(adapter_names=[name])
-    for p, out in zip(prompts, outs):
-        got = out.outputs[0].token_ids
+    for p, got in zip(prompts, mixed_batch[name]):
         assert hf_greedy_tokens(merged, p, got, llm.llm_engine.eos_token_ids) == got

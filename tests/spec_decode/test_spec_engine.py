@@ -16,40 +16,47 @@ PROMPTS = [
     "Count: 1 2 3 4 5 6 7 8 9 10 1 2 3 4 5 6 7 8 9 10 1 2 3",
     "Repeat this code exactly:\n" + CODE + "\n# and once more",  # a prefix-cache hit
 ]
+NEW = 16  # tokens per request
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}
 
 
+# Both engines: a small token budget chunks the prompts, and 10 blocks of 16 cannot hold all the
+# requests at once (preemption). The same shapes for both, so the reference's compiled steps
+# serve the speculative engine's steps without drafts (the persistent compilation cache).
+ENGINE = dict(
+    max_model_len=128,
+    max_num_seqs=4,
+    max_num_batched_tokens=32,
+    num_gpu_blocks_override=10,
+    seed=0,
+)
+
+
 def test_outputs_equal_non_speculative_with_chunks_preemption_and_prefix_hits():
-    """Greedy rows, seeded sampling rows with penalties and logprobs, stop strings: one batch."""
-    sampled = dict(
+    """Greedy rows and a seeded sampling row with penalties, logprobs and a stop string."""
+    sampled = SamplingParams(
         temperature=0.7,
         top_p=0.9,
         top_k=40,
+        min_p=0.05,
         seed=7,
         logprobs=2,
         frequency_penalty=0.3,
         min_tokens=4,
+        max_tokens=NEW,
+        stop=["return"],
     )
-    prompts = PROMPTS + [PROMPTS[0], PROMPTS[0], PROMPTS[2]]
-    sp = [SamplingParams(temperature=0.0, max_tokens=24) for _ in PROMPTS] + [
-        SamplingParams(max_tokens=24, **sampled),
-        SamplingParams(temperature=1.0, min_p=0.05, seed=11, max_tokens=24, stop=["return"]),
-        SamplingParams(temperature=0.0, max_tokens=24, stop=["sub"], presence_penalty=0.5),
+    sp = [
+        SamplingParams(temperature=0.0, max_tokens=NEW),
+        SamplingParams(temperature=0.0, max_tokens=NEW),
+        SamplingParams(temperature=0.0, max_tokens=NEW, stop=["sub"]),
+        sampled,  # the code prompt again, longer: a prefix-cache hit
     ]
-    base = LLM("smollm2-135m", max_model_len=192, max_num_seqs=8, seed=0)
-    ref = base.generate(prompts, sp, use_tqdm=False)
+    base = LLM("smollm2-135m", **ENGINE)
+    ref = base.generate(PROMPTS, sp, use_tqdm=False)
     del base
-    # a small token budget chunks the prompts, and 16 blocks of 16 cannot hold all requests
-    spec = LLM(
-        "smollm2-135m",
-        max_model_len=192,
-        max_num_seqs=8,
-        max_num_batched_tokens=48,
-        num_gpu_blocks_override=16,
-        seed=0,
-        speculative_config=NGRAM,
-    )
-    out = spec.generate(prompts, sp, use_tqdm=False)
+    spec = LLM("smollm2-135m", speculative_config=NGRAM, **ENGINE)
+    out = spec.generate(PROMPTS, sp, use_tqdm=False)
     for r, o in zip(ref, out, strict=True):
         a, b = r.outputs[0], o.outputs[0]
         assert (b.token_ids, b.text, b.finish_reason, b.stop_reason) == (
@@ -64,7 +71,7 @@ def test_outputs_equal_non_speculative_with_chunks_preemption_and_prefix_hits():
                 assert x.keys() == y.keys()
                 for t in x:
                     assert y[t].logprob == pytest.approx(x[t].logprob, abs=1e-4)
-    assert out[5].outputs[0].stop_reason == "return"  # the stop string ended it
+    assert out[3].outputs[0].stop_reason == "return"  # the stop string ended it
     eng = spec.llm_engine
     assert eng.scheduler.num_preemptions_total > 0
     assert max(o.num_cached_tokens for o in out) > 0
@@ -122,14 +129,22 @@ def _top4(llm, prompt):
 
 def test_sampled_distribution_with_drafts_is_the_targets():
     prompt = [5, 17, 42, 7, 99]
-    llm = LLM("dummy:tiny", max_model_len=16, max_num_seqs=512, seed=0, speculative_config=NGRAM)
+    n = 1500
+    # every request in one batch (its prefill in one step): few step shapes to compile
+    llm = LLM(
+        "dummy:tiny",
+        max_model_len=16,
+        max_num_seqs=n,
+        max_num_batched_tokens=n * len(prompt),
+        seed=0,
+        speculative_config=NGRAM,
+    )
     # the exact joint distribution of the first three tokens under top-k 4, temperature 1
     p1 = _top4(llm, prompt)
     p2 = {t1: _top4(llm, prompt + [t1]) for t1 in p1}
     p3 = {(t1, t2): _top4(llm, prompt + [t1, t2]) for t1 in p1 for t2 in p2[t1]}
     draft = {t1: max(p2[t1], key=p2[t1].get) for t1 in p1}
     llm.llm_engine.proposer = FixedProposer(len(prompt), draft)
-    n = 1500
     params = [SamplingParams(temperature=1.0, top_k=4, max_tokens=3, seed=s) for s in range(n)]
     outs = llm.generate([{"prompt_token_ids": prompt}] * n, params, use_tqdm=False)
     samples = [tuple(o.outputs[0].token_ids) for o in outs]

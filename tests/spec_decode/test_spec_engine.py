@@ -90,7 +90,7 @@ def test_async_scheduling_and_bad_configs_are_refused():
         LLM(
             "dummy:tiny",
             max_model_len=64,
-            speculative_config={"method": "eagle", "model": "x", "num_speculative_tokens": 2},
+            speculative_config={"method": "eagle3", "model": "x", "num_speculative_tokens": 2},
         )
 
 
